@@ -1,0 +1,246 @@
+//! The typed configuration. A value of these types has passed validation:
+//! addresses parse, weights are positive, routes point at known upstreams.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::units::StatusSet;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub admin: Admin,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Upstream>,
+    pub runtime: Runtime,
+}
+
+impl Config {
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// `/-/health`, `/-/ready` and later metrics and control endpoints.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// `None`: the route applies to every listener.
+    pub listener: Option<String>,
+    /// Exact host match, lower-cased, port ignored. `None`: any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub strip_prefix: bool,
+    pub upstream: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    P2c,
+    Random,
+    Hash,
+}
+
+impl Balance {
+    pub const NAMES: &'static [&'static str] =
+        &["round_robin", "least_conn", "p2c", "random", "hash"];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "round_robin" => Balance::RoundRobin,
+            "least_conn" => Balance::LeastConn,
+            "p2c" => Balance::P2c,
+            "random" => Balance::Random,
+            "hash" => Balance::Hash,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    Header(String),
+    Cookie(String),
+    ClientIp,
+}
+
+impl HashKey {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "client_ip" {
+            return Ok(HashKey::ClientIp);
+        }
+        match s.split_once(':') {
+            Some(("header", name)) if !name.is_empty() => {
+                match http_header_name_ok(name) {
+                    true => Ok(HashKey::Header(name.to_ascii_lowercase())),
+                    false => Err(format!("{name:?} is not a valid header name")),
+                }
+            }
+            Some(("cookie", name)) if !name.is_empty() => Ok(HashKey::Cookie(name.to_string())),
+            _ => Err(format!(
+                "invalid hash_key {s:?}: use \"header:NAME\", \"cookie:NAME\" or \"client_ip\""
+            )),
+        }
+    }
+}
+
+fn http_header_name_ok(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    pub address: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub balance: Balance,
+    pub hash_key: Option<HashKey>,
+    pub servers: Vec<Server>,
+    /// Active health checks; `None` when not configured.
+    pub health: Option<Health>,
+    pub outlier: Outlier,
+    pub retry: Retry,
+    pub breaker: Breaker,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    /// A server returning to rotation ramps its share up linearly over this.
+    pub slow_start: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub expect_status: StatusSet,
+    /// Host header sent with checks; default: the server address.
+    pub host: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outlier {
+    /// 0 disables passive outlier detection.
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOn {
+    Connect,
+    Reset,
+    Timeout,
+    Status(u16),
+    /// Any 5xx status.
+    Status5xx,
+}
+
+impl RetryOn {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "connect" => RetryOn::Connect,
+            "reset" => RetryOn::Reset,
+            "timeout" => RetryOn::Timeout,
+            "5xx" => RetryOn::Status5xx,
+            code => match code.parse::<u16>() {
+                Ok(c) if (500..=599).contains(&c) || (400..=499).contains(&c) => {
+                    RetryOn::Status(c)
+                }
+                _ => return None,
+            },
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Retry {
+    /// Total tries per request, the first one included. 1 disables retries.
+    pub attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Retries may be at most this percentage of requests over a 10 s window.
+    pub budget_percent: u32,
+    /// Retries always allowed per 10 s window, whatever the percentage says.
+    pub budget_min: u32,
+    pub on: Vec<RetryOn>,
+    /// Request bodies up to this size are buffered so they can be replayed.
+    pub buffer_body: u64,
+}
+
+impl Retry {
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.on.iter().any(|r| match r {
+            RetryOn::Status(c) => *c == status,
+            RetryOn::Status5xx => (500..=599).contains(&status),
+            _ => false,
+        })
+    }
+
+    pub fn retries(&self, kind: RetryOn) -> bool {
+        self.on.contains(&kind)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Breaker {
+    pub enabled: bool,
+    pub error_ratio: f64,
+    pub window: Duration,
+    pub min_requests: u32,
+    pub open_for: Duration,
+    pub half_open_requests: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_in_flight: u32,
+    pub queue: u32,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Time to receive response headers, per attempt.
+    pub response: Duration,
+    /// Idle keep-alive connections to the upstream are closed after this.
+    pub idle: Duration,
+    /// Overall deadline for a request, retries and backoff included.
+    pub request: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    /// 0: one per core (or `TOKIO_WORKER_THREADS`).
+    pub worker_threads: usize,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    /// One log line per request, at target `access`.
+    pub access_log: bool,
+}
