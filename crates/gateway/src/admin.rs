@@ -1,0 +1,89 @@
+//! Admin API: `/-/health` (liveness), `/-/ready` (every route has a healthy
+//! server), `/-/upstreams` (live state of every server).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::proxy::Shared;
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let builder = crate::listener::builder();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        let svc = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+fn json_resp(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(json_resp(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"})));
+    }
+    let snap = shared.snapshot.load();
+    Ok(match req.uri().path() {
+        "/-/health" => json_resp(StatusCode::OK, json!({"status": "ok"})),
+        "/-/ready" => {
+            let unready = snap.unready_routes();
+            if unready.is_empty() {
+                json_resp(StatusCode::OK, json!({"status": "ready"}))
+            } else {
+                json_resp(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"status": "not ready", "routes_without_healthy_server": unready}),
+                )
+            }
+        }
+        "/-/upstreams" => {
+            let groups: Vec<_> = snap
+                .groups
+                .iter()
+                .map(|g| {
+                    let servers: Vec<_> = g
+                        .servers
+                        .iter()
+                        .map(|s| {
+                            let st = s.status(&g.name, &g.cfg.breaker);
+                            json!({
+                                "address": st.addr.to_string(),
+                                "weight": st.weight,
+                                "healthy": st.healthy,
+                                "ejected": st.ejected,
+                                "breaker": st.breaker,
+                                "in_flight": st.in_flight,
+                                "consecutive_failures": st.consecutive_failures,
+                            })
+                        })
+                        .collect();
+                    json!({"name": &*g.name, "servers": servers})
+                })
+                .collect();
+            json_resp(StatusCode::OK, json!({ "upstreams": groups }))
+        }
+        _ => json_resp(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+    })
+}

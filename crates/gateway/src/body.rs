@@ -1,0 +1,127 @@
+//! Bodies that flow through the proxy, streamed and never fully buffered
+//! except for small request bodies kept for replay on retry.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::server::InFlight;
+
+/// The body sent to an upstream.
+#[derive(Debug)]
+pub enum ReqBody {
+    Empty,
+    /// A buffered body; cloned cheaply for each attempt.
+    Full(Option<Bytes>),
+    /// A streamed body: the already-read prefix, then the rest of the client's
+    /// body, taken from `slot` on the first poll. Until it is polled the slot
+    /// still holds it, so an attempt that failed to connect can hand it on.
+    Stream {
+        prefix: Option<Bytes>,
+        slot: Arc<Mutex<Option<Incoming>>>,
+        taken: Option<Incoming>,
+        size: SizeHint,
+    },
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::Stream { prefix, slot, taken, .. } => {
+                if taken.is_none() {
+                    *taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                }
+                if let Some(p) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(p))));
+                }
+                match taken {
+                    Some(rest) => Pin::new(rest).poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::Full(b) => b.is_none(),
+            ReqBody::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ReqBody::Stream { size, .. } => size.clone(),
+        }
+    }
+}
+
+/// Keeps a request's resources (its upstream slot and the server's in-flight
+/// count) until the response body has been sent or dropped.
+#[derive(Debug)]
+pub struct Guards {
+    pub in_flight: Option<InFlight>,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The body sent to a client.
+#[derive(Debug)]
+pub enum RespBody {
+    Upstream { inner: Incoming, _guards: Guards },
+    Full(Option<Bytes>),
+}
+
+impl RespBody {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        RespBody::Full(Some(b.into()))
+    }
+
+    pub fn empty() -> Self {
+        RespBody::Full(None)
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+            RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Upstream { inner, .. } => inner.is_end_stream(),
+            RespBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Upstream { inner, .. } => inner.size_hint(),
+            RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

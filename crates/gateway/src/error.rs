@@ -1,0 +1,82 @@
+//! Errors the gateway answers itself, and the one place that turns them into
+//! HTTP responses: `{"error":"…","status":N,"request_id":"…"}`.
+
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::RespBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("no route matches this request")]
+    NoRoute,
+    #[error("no healthy server in upstream")]
+    NoHealthyServer,
+    #[error("circuit open for every server in upstream")]
+    CircuitOpen,
+    #[error("upstream is at its concurrency limit and its queue is full")]
+    QueueFull,
+    #[error("timed out waiting in the upstream's queue")]
+    QueueTimeout,
+    #[error("could not connect to upstream server: {0}")]
+    Connect(String),
+    #[error("upstream connection failed: {0}")]
+    Reset(String),
+    #[error("upstream server did not answer in time")]
+    Timeout,
+    #[error("request deadline exceeded")]
+    Deadline,
+    #[error("could not read the request body: {0}")]
+    ClientBody(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoHealthyServer
+            | ProxyError::CircuitOpen
+            | ProxyError::QueueFull
+            | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(_) | ProxyError::Reset(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout | ProxyError::Deadline => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The message shown to clients: no addresses or internals.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(m) => m,
+            ProxyError::NoRoute => "no route matches this request",
+            ProxyError::NoHealthyServer => "no healthy server available",
+            ProxyError::CircuitOpen => "circuit open for every server",
+            ProxyError::QueueFull => "upstream overloaded: queue full",
+            ProxyError::QueueTimeout => "upstream overloaded: queue timeout",
+            ProxyError::Connect(_) => "upstream unreachable",
+            ProxyError::Reset(_) => "upstream connection failed",
+            ProxyError::Timeout => "upstream timed out",
+            ProxyError::Deadline => "request deadline exceeded",
+            ProxyError::ClientBody(_) => "could not read request body",
+        }
+    }
+
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<RespBody> {
+        let status = self.status();
+        let body = serde_json::json!({
+            "error": self.public_message(),
+            "status": status.as_u16(),
+            "request_id": request_id.to_str().unwrap_or(""),
+        });
+        let mut resp = Response::new(RespBody::full(body.to_string()));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
+        if matches!(self, ProxyError::BadRequest(_)) {
+            h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}

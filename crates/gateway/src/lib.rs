@@ -1,0 +1,222 @@
+//! centinela's data plane. See `docs/ARCHITECTURE.md` for the path of a
+//! request; [`Gateway`] is the entry point: start, reload, shut down.
+#![forbid(unsafe_code)]
+
+mod admin;
+pub mod balance;
+pub mod body;
+pub mod breaker;
+pub mod budget;
+pub mod error;
+pub mod headers;
+pub mod health;
+pub mod limit;
+mod listener;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use centinela_config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::proxy::Shared;
+use crate::snapshot::Registry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+struct RunningListener {
+    configured: SocketAddr,
+    bound: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    registry: Mutex<Registry>,
+    listeners: Mutex<HashMap<String, RunningListener>>,
+    health_tasks: Mutex<Vec<JoinHandle<()>>>,
+    admin_addr: SocketAddr,
+    admin_task: JoinHandle<()>,
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        addr,
+        what: what.to_string(),
+        source,
+    })
+}
+
+impl Gateway {
+    /// Binds the admin address and every listener, starts health checks and
+    /// serves. Must be called inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        let mut registry = Registry::default();
+        let admin_listener = bind(config.admin.listen, "admin").await?;
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            bound.push((l.clone(), bind(l.listen, &format!("listener {}", l.name)).await?));
+        }
+        let snapshot = registry.build(config);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+        });
+        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
+            addr: shared.snapshot.load().config.admin.listen,
+            what: "admin".into(),
+            source,
+        })?;
+        let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone()));
+        info!(addr = %admin_addr, "Admin API listening");
+        let gw = Gateway {
+            shared,
+            registry: Mutex::new(registry),
+            listeners: Mutex::new(HashMap::new()),
+            health_tasks: Mutex::new(Vec::new()),
+            admin_addr,
+            admin_task,
+        };
+        for (l, tcp) in bound {
+            gw.spawn_listener(l.name, l.listen, tcp);
+        }
+        gw.restart_health_checks();
+        Ok(gw)
+    }
+
+    fn spawn_listener(&self, name: String, configured: SocketAddr, tcp: TcpListener) {
+        let bound = tcp.local_addr().unwrap_or(configured);
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(listener::serve(tcp, name.as_str().into(), self.shared.clone(), async {
+            let _ = rx.await;
+        }));
+        info!(listener = %name, addr = %bound, "Listening");
+        lock(&self.listeners).insert(name, RunningListener { configured, bound, stop: tx, task });
+    }
+
+    fn restart_health_checks(&self) {
+        let mut tasks = lock(&self.health_tasks);
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        let snap = self.shared.snapshot.load();
+        for g in &snap.groups {
+            if let Some(h) = &g.cfg.health {
+                for s in &g.servers {
+                    tasks.push(tokio::spawn(health::run(g.name.clone(), s.clone(), h.clone())));
+                }
+            }
+        }
+    }
+
+    /// The address a listener is bound to (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        lock(&self.listeners).get(name).map(|l| l.bound)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.snapshot.load().config.clone()
+    }
+
+    /// Applies a validated config atomically. Requests in flight finish on the
+    /// config they started with; server state carries over.
+    pub async fn reload(&self, config: Config) -> Result<(), StartError> {
+        let old = self.config();
+        if old.admin.listen != config.admin.listen {
+            warn!(old = %old.admin.listen, new = %config.admin.listen, "Changing [admin] listen needs a restart; keeping the old address");
+        }
+        // Bind new or moved listeners first, so a bind error changes nothing.
+        let mut to_start = Vec::new();
+        {
+            let running = lock(&self.listeners);
+            for l in &config.listeners {
+                match running.get(&l.name) {
+                    Some(r) if r.configured == l.listen => {}
+                    _ => to_start.push(l.clone()),
+                }
+            }
+        }
+        let mut bound = Vec::new();
+        for l in to_start {
+            let moved = lock(&self.listeners).remove(&l.name);
+            if let Some(r) = moved {
+                let _ = r.stop.send(());
+            }
+            bound.push((l.clone(), bind(l.listen, &format!("listener {}", l.name)).await?));
+        }
+        let snapshot = lock(&self.registry).build(config.clone());
+        self.shared.snapshot.store(Arc::new(snapshot));
+        // Stop listeners that are gone.
+        {
+            let mut running = lock(&self.listeners);
+            let gone: Vec<String> = running
+                .keys()
+                .filter(|n| config.listeners.iter().all(|l| &l.name != *n))
+                .cloned()
+                .collect();
+            for n in gone {
+                if let Some(r) = running.remove(&n) {
+                    info!(listener = %n, "Listener removed by reload");
+                    let _ = r.stop.send(());
+                }
+            }
+        }
+        for (l, tcp) in bound {
+            self.spawn_listener(l.name, l.listen, tcp);
+        }
+        self.restart_health_checks();
+        info!(upstreams = config.upstreams.len(), routes = config.routes.len(), "Configuration reloaded");
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish up to `timeout`.
+    /// Returns true if everything drained in time.
+    pub async fn shutdown(self, timeout: Duration) -> bool {
+        let listeners: Vec<RunningListener> = lock(&self.listeners).drain().map(|(_, l)| l).collect();
+        let mut tasks = Vec::new();
+        for l in listeners {
+            let _ = l.stop.send(());
+            tasks.push(l.task);
+        }
+        let drained = tokio::time::timeout(timeout, async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+        .await
+        .is_ok();
+        for t in lock(&self.health_tasks).drain(..) {
+            t.abort();
+        }
+        self.admin_task.abort();
+        drained
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

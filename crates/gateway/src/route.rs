@@ -1,0 +1,139 @@
+//! Route matching: per listener, exact-host routes before any-host ones,
+//! then the longest path prefix (matched at a segment boundary).
+
+use centinela_config::Route;
+
+#[derive(Debug, Clone)]
+pub struct CompiledRoute {
+    pub host: Option<String>,
+    pub prefix: String,
+    pub strip_prefix: bool,
+    pub upstream: String,
+    /// Index into the snapshot's upstream groups.
+    pub group: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<CompiledRoute>,
+}
+
+impl RouteTable {
+    /// Routes of one listener, most specific first.
+    pub fn for_listener(listener: &str, routes: &[Route], group_index: impl Fn(&str) -> usize) -> Self {
+        let mut routes: Vec<CompiledRoute> = routes
+            .iter()
+            .filter(|r| r.listener.as_deref().is_none_or(|l| l == listener))
+            .map(|r| CompiledRoute {
+                host: r.host.clone(),
+                prefix: r.path_prefix.clone(),
+                strip_prefix: r.strip_prefix,
+                upstream: r.upstream.clone(),
+                group: group_index(&r.upstream),
+            })
+            .collect();
+        routes.sort_by(|a, b| {
+            b.host
+                .is_some()
+                .cmp(&a.host.is_some())
+                .then(b.prefix.len().cmp(&a.prefix.len()))
+        });
+        RouteTable { routes }
+    }
+
+    pub fn routes(&self) -> &[CompiledRoute] {
+        &self.routes
+    }
+
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&CompiledRoute> {
+        self.routes.iter().find(|r| {
+            let host_ok = match (&r.host, host) {
+                (None, _) => true,
+                (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+                (Some(_), None) => false,
+            };
+            host_ok && prefix_matches(&r.prefix, path)
+        })
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
+}
+
+/// The path sent upstream when the prefix is stripped.
+pub fn strip(prefix: &str, path: &str) -> String {
+    let rest = path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(path);
+    if rest.starts_with('/') {
+        rest.to_string()
+    } else {
+        format!("/{rest}")
+    }
+}
+
+/// The host of a request, lower-cased by the caller's comparison, without port.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(listener: Option<&str>, host: Option<&str>, prefix: &str, up: &str) -> Route {
+        Route {
+            listener: listener.map(Into::into),
+            host: host.map(Into::into),
+            path_prefix: prefix.into(),
+            strip_prefix: false,
+            upstream: up.into(),
+        }
+    }
+
+    #[test]
+    fn longest_prefix_and_host_preference() {
+        let routes = vec![
+            r(None, None, "/", "root"),
+            r(None, None, "/api", "api"),
+            r(None, None, "/api/v2", "v2"),
+            r(None, Some("admin.example.com"), "/", "admin"),
+            r(Some("other"), None, "/api/v2/x", "other"),
+        ];
+        let t = RouteTable::for_listener("web", &routes, |_| 0);
+        let up = |h: Option<&str>, p: &str| t.find(h, p).map(|r| r.upstream.clone());
+        assert_eq!(up(None, "/api/v2/items").as_deref(), Some("v2"));
+        assert_eq!(up(None, "/api/x").as_deref(), Some("api"));
+        assert_eq!(up(None, "/api").as_deref(), Some("api"));
+        assert_eq!(up(None, "/apix").as_deref(), Some("root"));
+        assert_eq!(up(Some("ADMIN.example.com"), "/api").as_deref(), Some("admin"));
+        // Routes of another listener are not used.
+        assert_eq!(up(None, "/api/v2/x").as_deref(), Some("v2"));
+        let only_api = RouteTable::for_listener("web", &routes[1..2], |_| 0);
+        assert!(only_api.find(None, "/other").is_none());
+    }
+
+    #[test]
+    fn strip_and_host() {
+        assert_eq!(strip("/api", "/api/items?x"), "/items?x");
+        assert_eq!(strip("/api", "/api"), "/");
+        assert_eq!(strip("/api/", "/api/items"), "/items");
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
+        assert_eq!(host_without_port("example.com"), "example.com");
+    }
+}

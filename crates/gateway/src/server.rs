@@ -1,0 +1,286 @@
+//! One upstream server's live state: active health, passive outlier
+//! ejection, circuit breaker, in-flight count and slow start. Every state
+//! change is logged as a structured event naming the server, the old state,
+//! the new state and the reason.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use centinela_config::{Breaker as BreakerCfg, Outlier as OutlierCfg};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::breaker::{Admit, CircuitBreaker};
+use crate::health::HealthState;
+
+/// How an attempt against a server ended, as far as its health is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    ConnectError,
+    Reset,
+    Timeout,
+    Status5xx,
+}
+
+impl Outcome {
+    pub fn is_failure(self) -> bool {
+        self != Outcome::Success
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::ConnectError => "connect error",
+            Outcome::Reset => "connection reset",
+            Outcome::Timeout => "timeout",
+            Outcome::Status5xx => "5xx response",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    health: HealthState,
+    consecutive_failures: u32,
+    ejected_until: Option<Instant>,
+    times_ejected: u32,
+    last_ejection_end: Option<Instant>,
+    breaker: CircuitBreaker,
+    /// When the server last came back into rotation (slow start).
+    returned_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    addr_label: Arc<str>,
+    weight: AtomicU32,
+    in_flight: AtomicU32,
+    inner: Mutex<Inner>,
+}
+
+/// A snapshot of a server for the admin API.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub breaker: &'static str,
+    pub in_flight: u32,
+    pub consecutive_failures: u32,
+}
+
+impl Server {
+    pub fn new(addr: SocketAddr, weight: u32, breaker: &BreakerCfg) -> Self {
+        Server {
+            addr,
+            addr_label: addr.to_string().into(),
+            weight: AtomicU32::new(weight),
+            in_flight: AtomicU32::new(0),
+            inner: Mutex::new(Inner {
+                health: HealthState::new(),
+                consecutive_failures: 0,
+                ejected_until: None,
+                times_ejected: 0,
+                last_ejection_end: None,
+                breaker: CircuitBreaker::new(breaker, Instant::now()),
+                returned_at: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn label(&self) -> &Arc<str> {
+        &self.addr_label
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, w: u32) {
+        self.weight.store(w, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn track(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Healthy: up by active checks and not ejected. Ends expired ejections.
+    pub fn is_healthy(&self, upstream: &str, now: Instant) -> bool {
+        let mut g = self.lock();
+        Self::expire_ejection(&mut g, upstream, &self.addr_label, now);
+        g.health.up && g.ejected_until.is_none()
+    }
+
+    pub fn is_ejected(&self, upstream: &str, now: Instant) -> bool {
+        let mut g = self.lock();
+        Self::expire_ejection(&mut g, upstream, &self.addr_label, now);
+        g.ejected_until.is_some()
+    }
+
+    fn expire_ejection(g: &mut Inner, upstream: &str, server: &str, now: Instant) {
+        if let Some(until) = g.ejected_until {
+            if now >= until {
+                g.ejected_until = None;
+                g.last_ejection_end = Some(now);
+                g.consecutive_failures = 0;
+                if g.health.up {
+                    g.returned_at = Some(now);
+                }
+                info!(upstream, server, old = "ejected", new = "active", reason = "ejection time elapsed", "Server state changed");
+            }
+        }
+    }
+
+    /// Whether the breaker would admit a request now (no probe slot taken).
+    pub fn breaker_allows(&self, cfg: &BreakerCfg, now: Instant) -> bool {
+        self.lock().breaker.would_admit(cfg, now)
+    }
+
+    /// Takes admission from the breaker for a chosen server.
+    pub fn admit(&self, upstream: &str, cfg: &BreakerCfg, now: Instant) -> bool {
+        let mut g = self.lock();
+        let before = g.breaker.state();
+        let admit = g.breaker.admit(cfg, now);
+        let after = g.breaker.state();
+        if before.name() != after.name() {
+            info!(upstream, server = &*self.addr_label, old = before.name(), new = after.name(), reason = "open_for elapsed", "Circuit breaker state changed");
+        }
+        admit != Admit::No
+    }
+
+    /// Slow-start factor in [0.1, 1.0]: a returning server's weight ramps up.
+    pub fn ramp(&self, slow_start: Duration, now: Instant) -> f64 {
+        if slow_start.is_zero() {
+            return 1.0;
+        }
+        let g = self.lock();
+        match g.returned_at {
+            Some(t) => {
+                let f = now.saturating_duration_since(t).as_secs_f64() / slow_start.as_secs_f64();
+                f.clamp(0.1, 1.0)
+            }
+            None => 1.0,
+        }
+    }
+
+    /// Records an attempt's outcome for the breaker and outlier detection.
+    /// `ejected_in_group` / `group_size` enforce `max_ejection_percent`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        upstream: &str,
+        outcome: Outcome,
+        breaker: &BreakerCfg,
+        outlier: &OutlierCfg,
+        ejected_in_group: usize,
+        group_size: usize,
+        now: Instant,
+    ) {
+        let mut g = self.lock();
+        if let Some((old, new)) = g.breaker.record(breaker, now, !outcome.is_failure()) {
+            let reason = if outcome.is_failure() {
+                format!("error ratio reached ({})", outcome.name())
+            } else {
+                "half-open probes succeeded".to_string()
+            };
+            warn!(upstream, server = &*self.addr_label, old = old.name(), new = new.name(), reason, "Circuit breaker state changed");
+        }
+        if !outcome.is_failure() {
+            g.consecutive_failures = 0;
+            return;
+        }
+        g.consecutive_failures = g.consecutive_failures.saturating_add(1);
+        if outlier.consecutive_failures == 0
+            || g.consecutive_failures < outlier.consecutive_failures
+            || g.ejected_until.is_some()
+        {
+            return;
+        }
+        // Never eject more than max_ejection_percent of the group.
+        if (ejected_in_group + 1) * 100 > group_size * outlier.max_ejection_percent as usize {
+            return;
+        }
+        // The multiplier decays once the server stayed in for max_ejection.
+        if g
+            .last_ejection_end
+            .is_some_and(|t| now.saturating_duration_since(t) > outlier.max_ejection)
+        {
+            g.times_ejected = 0;
+        }
+        g.times_ejected += 1;
+        let d = outlier
+            .base_ejection
+            .saturating_mul(g.times_ejected)
+            .min(outlier.max_ejection);
+        g.ejected_until = Some(now + d);
+        let failures = g.consecutive_failures;
+        warn!(
+            upstream,
+            server = &*self.addr_label,
+            old = "active",
+            new = "ejected",
+            reason = %format_args!("{failures} consecutive failures, last: {}", outcome.name()),
+            ejection_secs = d.as_secs_f64(),
+            times_ejected = g.times_ejected,
+            "Server state changed"
+        );
+    }
+
+    /// Records an active health check.
+    pub fn on_health_check(&self, upstream: &str, ok: bool, rise: u32, fall: u32, error: Option<&str>) {
+        let mut g = self.lock();
+        if g.health.on_check(ok, rise, fall) {
+            let now = Instant::now();
+            if g.health.up {
+                if g.ejected_until.is_none() {
+                    g.returned_at = Some(now);
+                }
+                g.consecutive_failures = 0;
+                info!(upstream, server = &*self.addr_label, old = "down", new = "up", reason = %format_args!("{rise} consecutive health checks passed"), "Server state changed");
+            } else {
+                warn!(upstream, server = &*self.addr_label, old = "up", new = "down", reason = %format_args!("{fall} consecutive health checks failed, last: {}", error.unwrap_or("?")), "Server state changed");
+            }
+        }
+    }
+
+    pub fn status(&self, upstream: &str, breaker: &BreakerCfg) -> Status {
+        let now = Instant::now();
+        let healthy = self.is_healthy(upstream, now);
+        let mut g = self.lock();
+        let _ = g.breaker.would_admit(breaker, now);
+        Status {
+            addr: self.addr,
+            weight: self.weight(),
+            healthy,
+            ejected: g.ejected_until.is_some(),
+            breaker: g.breaker.state().name(),
+            in_flight: self.in_flight(),
+            consecutive_failures: g.consecutive_failures,
+        }
+    }
+}
+
+/// Decrements the server's in-flight count when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<Server>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,103 @@
+//! The running configuration as the data plane sees it: route tables and
+//! upstream groups, swapped atomically on reload. Server state (health,
+//! ejections, breakers), retry budgets and connection pools survive reloads
+//! through the [`Registry`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use centinela_config::Config;
+
+use crate::budget::RetryBudget;
+use crate::route::RouteTable;
+use crate::server::Server;
+use crate::upstream::{new_client, Group, HttpClient};
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub groups: Vec<Arc<Group>>,
+    pub routes: HashMap<String, RouteTable>,
+}
+
+impl Snapshot {
+    pub fn group(&self, name: &str) -> Option<&Arc<Group>> {
+        self.groups.iter().find(|g| &*g.name == name)
+    }
+
+    /// Routes whose upstream has no available server (for `/-/ready`).
+    pub fn unready_routes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (listener, table) in &self.routes {
+            for r in table.routes() {
+                if !self.groups[r.group].has_available() {
+                    out.push(format!(
+                        "{listener} {}{} -> {}",
+                        r.host.as_deref().unwrap_or(""),
+                        r.prefix,
+                        r.upstream
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// State kept across reloads.
+#[derive(Default)]
+pub struct Registry {
+    servers: HashMap<(String, SocketAddr), Arc<Server>>,
+    budgets: HashMap<String, Arc<RetryBudget>>,
+    clients: HashMap<(String, Duration, Duration), HttpClient>,
+}
+
+impl Registry {
+    pub fn build(&mut self, config: Config) -> Snapshot {
+        let mut groups = Vec::new();
+        let mut servers_keep = HashMap::new();
+        let mut budgets_keep = HashMap::new();
+        let mut clients_keep = HashMap::new();
+        for up in &config.upstreams {
+            let servers: Vec<Arc<Server>> = up
+                .servers
+                .iter()
+                .map(|s| {
+                    let key = (up.name.clone(), s.address);
+                    let server = self
+                        .servers
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Server::new(s.address, s.weight, &up.breaker)));
+                    server.set_weight(s.weight);
+                    servers_keep.insert(key, server.clone());
+                    server
+                })
+                .collect();
+            let budget = self.budgets.get(&up.name).cloned().unwrap_or_default();
+            budgets_keep.insert(up.name.clone(), budget.clone());
+            let ckey = (up.name.clone(), up.timeouts.connect, up.timeouts.idle);
+            let client = self.clients.get(&ckey).cloned().unwrap_or_else(|| new_client(up));
+            clients_keep.insert(ckey, client.clone());
+            groups.push(Arc::new(Group::new(up.clone(), servers, budget, client)));
+        }
+        self.servers = servers_keep;
+        self.budgets = budgets_keep;
+        self.clients = clients_keep;
+
+        let index = |name: &str| groups.iter().position(|g: &Arc<Group>| &*g.name == name).unwrap_or(0);
+        let routes = config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), RouteTable::for_listener(&l.name, &config.routes, index)))
+            .collect();
+        Snapshot {
+            config: Arc::new(config),
+            groups,
+            routes,
+        }
+    }
+}

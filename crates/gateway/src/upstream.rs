@@ -1,0 +1,152 @@
+//! An upstream group: its servers, balancer, retry budget, concurrency
+//! limiter and connection pool. `pick` applies health, ejection, breakers,
+//! panic mode and the balancing policy.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use centinela_config::Upstream as Config;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::balance::{Balancer, Candidate};
+use crate::body::ReqBody;
+use crate::budget::RetryBudget;
+use crate::error::ProxyError;
+use crate::limit::Limiter;
+use crate::server::{Outcome, Server};
+
+pub type HttpClient = Client<HttpConnector, ReqBody>;
+
+pub fn new_client(cfg: &Config) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(cfg.timeouts.connect));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(cfg.timeouts.idle)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+#[derive(Debug)]
+pub struct Group {
+    pub name: Arc<str>,
+    pub cfg: Config,
+    pub servers: Vec<Arc<Server>>,
+    server_keys: Vec<u64>,
+    balancer: Balancer,
+    pub budget: Arc<RetryBudget>,
+    pub limiter: Limiter,
+    pub client: HttpClient,
+    in_panic: AtomicBool,
+}
+
+impl Group {
+    pub fn new(cfg: Config, servers: Vec<Arc<Server>>, budget: Arc<RetryBudget>, client: HttpClient) -> Self {
+        let server_keys = servers
+            .iter()
+            .map(|s| {
+                let mut h = DefaultHasher::new();
+                s.addr.hash(&mut h);
+                h.finish()
+            })
+            .collect();
+        Group {
+            name: cfg.name.as_str().into(),
+            balancer: Balancer::new(cfg.balance, servers.len()),
+            limiter: Limiter::new(cfg.limits.max_in_flight, cfg.limits.queue, cfg.limits.queue_timeout),
+            servers,
+            server_keys,
+            budget,
+            client,
+            cfg,
+            in_panic: AtomicBool::new(false),
+        }
+    }
+
+    /// Number of servers currently ejected by outlier detection.
+    fn ejected_count(&self, now: Instant) -> usize {
+        self.servers.iter().filter(|s| s.is_ejected(&self.name, now)).count()
+    }
+
+    /// True when at least one server is healthy and its breaker admits.
+    pub fn has_available(&self) -> bool {
+        let now = Instant::now();
+        self.servers
+            .iter()
+            .any(|s| s.is_healthy(&self.name, now) && s.breaker_allows(&self.cfg.breaker, now))
+    }
+
+    /// Chooses a server, preferring ones not in `tried`.
+    pub fn pick(&self, tried: &[usize], key: Option<u64>) -> Result<usize, ProxyError> {
+        let now = Instant::now();
+        let n = self.servers.len();
+        let mut healthy = vec![false; n];
+        let mut admits = vec![false; n];
+        for (i, s) in self.servers.iter().enumerate() {
+            healthy[i] = s.is_healthy(&self.name, now);
+            admits[i] = s.breaker_allows(&self.cfg.breaker, now);
+        }
+        let any_healthy = healthy.iter().any(|h| *h);
+        let panic = !any_healthy;
+        if panic != self.in_panic.swap(panic, Ordering::Relaxed) {
+            if panic {
+                warn!(upstream = &*self.name, servers = n, "Every server is unhealthy: panic mode, trying all of them");
+            } else {
+                info!(upstream = &*self.name, "A server is healthy again: leaving panic mode");
+            }
+        }
+        let usable = |i: usize| admits[i] && (panic || healthy[i]);
+        let mut cands: Vec<Candidate> = (0..n)
+            .filter(|&i| usable(i) && !tried.contains(&i))
+            .map(|i| self.candidate(i, now))
+            .collect();
+        if cands.is_empty() {
+            // Every usable server was tried already: allow them again.
+            cands = (0..n).filter(|&i| usable(i)).map(|i| self.candidate(i, now)).collect();
+        }
+        while !cands.is_empty() {
+            let idx = self.balancer.pick(&cands, key, &self.server_keys);
+            if self.servers[idx].admit(&self.name, &self.cfg.breaker, now) {
+                return Ok(idx);
+            }
+            // Lost the last half-open probe slot to another request.
+            cands.retain(|c| c.index != idx);
+        }
+        if (0..n).any(|i| !admits[i] && (panic || healthy[i])) {
+            Err(ProxyError::CircuitOpen)
+        } else {
+            Err(ProxyError::NoHealthyServer)
+        }
+    }
+
+    fn candidate(&self, i: usize, now: Instant) -> Candidate {
+        let s = &self.servers[i];
+        Candidate {
+            index: i,
+            weight: f64::from(s.weight()) * s.ramp(self.cfg.slow_start, now),
+            in_flight: s.in_flight(),
+        }
+    }
+
+    pub fn record(&self, idx: usize, outcome: Outcome) {
+        let now = Instant::now();
+        let ejected = if outcome.is_failure() { self.ejected_count(now) } else { 0 };
+        self.servers[idx].record(
+            &self.name,
+            outcome,
+            &self.cfg.breaker,
+            &self.cfg.outlier,
+            ejected,
+            self.servers.len(),
+            now,
+        );
+    }
+}
