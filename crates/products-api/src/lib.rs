@@ -68,6 +68,8 @@ pub async fn serve(
 ) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let db = Db::open(&opts.db)?;
+    // Tests and scripts read this line to learn the port when binding to :0.
+    println!("products-api listening on {addr}");
     let app = Arc::new(App {
         db,
         served_by: HeaderValue::from_str(&addr.to_string()).map_err(|e| e.to_string())?,

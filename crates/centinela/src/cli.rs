@@ -1,0 +1,169 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use centinela_config::{LogFormat, Loaded};
+use centinela_gateway::Gateway;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+/// Exit code for an invalid configuration or command line.
+pub const EXIT_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "centinela", version, about = "Reverse proxy and load balancer in one binary, configured by one TOML file")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. SIGHUP reloads the config; SIGTERM/SIGINT drain and exit.
+    Run {
+        #[arg(long, short, default_value = "centinela.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file, print every error with file:line:column, exit 2 if invalid.
+    Check {
+        #[arg(long, short, default_value = "centinela.toml")]
+        config: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+    }
+}
+
+fn load(path: &Path) -> Result<Loaded, ExitCode> {
+    match centinela_config::load(path) {
+        Ok(l) => {
+            for w in &l.warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok(l)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(l) => {
+            let c = &l.config;
+            println!(
+                "{}: OK ({} listener(s), {} route(s), {} upstream(s), {} server(s))",
+                path.display(),
+                c.listeners.len(),
+                c.routes.len(),
+                c.upstreams.len(),
+                c.upstreams.iter().map(|u| u.servers.len()).sum::<usize>()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}
+
+fn run(path: &Path) -> ExitCode {
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let cfg = loaded.config;
+    init_logging(cfg.runtime.log_format);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    // TOKIO_WORKER_THREADS is honoured by tokio when we don't set a number.
+    if cfg.runtime.worker_threads > 0 {
+        rt.worker_threads(cfg.runtime.worker_threads);
+    }
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("centinela: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(path.to_path_buf(), cfg))
+}
+
+async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
+    let (mut hup, mut term, mut int) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        _ => {
+            eprintln!("centinela: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let gw = match Gateway::start(cfg).await {
+        Ok(g) => g,
+        Err(e) => {
+            error!(error = %e, "Cannot start");
+            eprintln!("centinela: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(config = %path.display(), pid = std::process::id(), "centinela started");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!(config = %path.display(), "SIGHUP: reloading configuration");
+                match centinela_config::load(&path) {
+                    Ok(l) => {
+                        for w in &l.warnings {
+                            warn!(warning = %w, "Config warning");
+                        }
+                        if let Err(e) = gw.reload(l.config).await {
+                            error!(error = %e, "Reload failed; keeping the running configuration");
+                        }
+                    }
+                    Err(e) => {
+                        for d in &e.errors {
+                            error!(error = %d, "Invalid configuration");
+                        }
+                        error!(errors = e.errors.len(), "Reload rejected; keeping the running configuration");
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let timeout = gw.config().runtime.shutdown_timeout;
+    info!(timeout_secs = timeout.as_secs_f64(), "Shutting down: draining in-flight requests");
+    if gw.shutdown(timeout).await {
+        info!("Drained, exiting");
+    } else {
+        warn!("Shutdown timeout reached with requests still in flight, exiting");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,300 @@
+//! Tests of the real `centinela` binary with real `products-api` processes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use centinela_testkit::{bin, client, field, HttpClient, Proc, ProductsApi, TempDir};
+
+struct Running {
+    proc: Proc,
+    web: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn gateway_config(servers: &[SocketAddr], extra: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[route]]
+upstream = "products"
+
+[upstream.products]
+servers = [{}]
+health = {{ path = "/health", interval = "100ms", timeout = "200ms", rise = 2, fall = 2 }}
+timeouts = {{ connect = "200ms", response = "5s" }}
+{extra}
+
+[runtime]
+access_log = false
+shutdown_timeout = "10s"
+"#,
+        servers.join(", ")
+    )
+}
+
+async fn run_gateway(cfg_path: &std::path::Path) -> Running {
+    let mut proc = Proc::spawn(&bin("centinela"), &["run", "--config", cfg_path.to_str().unwrap()]);
+    let admin = proc.wait_line("Admin API listening", Duration::from_secs(20)).await;
+    let admin = field(&admin, "addr").unwrap().parse().unwrap();
+    let web = proc.wait_line("Listening listener=web", Duration::from_secs(20)).await;
+    let web = field(&web, "addr").unwrap().parse().unwrap();
+    Running { proc, web, admin }
+}
+
+/// A bounded load: `workers` clients sending requests until `stop` is set or
+/// `max` has passed. Counts successes and failures, remembers failures.
+struct Load {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(c: &HttpClient, base: String, workers: usize, max: Duration, post_every: usize) -> Load {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let (c, base, ok, failed, stop) = (c.clone(), base.clone(), ok.clone(), failed.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let end = Instant::now() + max;
+                let mut errors = Vec::new();
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                    i += 1;
+                    let res = if post_every > 0 && i % post_every == 0 {
+                        let body = format!("{{\"name\":\"load-{w}-{i}\",\"price\":1.5,\"stock\":1}}");
+                        let req = hyper::Request::post(format!("{base}/products"))
+                            .header("content-type", "application/json")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                            .unwrap();
+                        centinela_testkit::send(&c, req).await
+                    } else {
+                        centinela_testkit::get(&c, &format!("{base}/products?limit=5")).await
+                    };
+                    match res {
+                        Ok(g) if g.status < 300 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(g) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push(format!("{} {}", g.status, g.text()));
+                        }
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push(e);
+                        }
+                    }
+                }
+                errors
+            }));
+        }
+        Load { ok, failed, stop, tasks }
+    }
+
+    async fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for t in self.tasks {
+            errors.extend(t.await.unwrap());
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), errors)
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+}
+
+async fn server_json(c: &HttpClient, admin: SocketAddr, addr: SocketAddr) -> serde_json::Value {
+    let got = centinela_testkit::get(c, &format!("http://{admin}/-/upstreams")).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    v["upstreams"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["address"] == addr.to_string())
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
+    let dir = TempDir::new("kill9");
+    let db = dir.path("products.db");
+    let mut apis = Vec::new();
+    for _ in 0..3 {
+        apis.push(ProductsApi::spawn(&db, &[]).await);
+    }
+    let addrs: Vec<SocketAddr> = apis.iter().map(|a| a.addr).collect();
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(&cfg, gateway_config(&addrs, "")).unwrap();
+    let gw = run_gateway(&cfg).await;
+    let c = client();
+    let load = Load::start(&c, format!("http://{}", gw.web), 4, Duration::from_secs(15), 0);
+    let ok0 = load.ok();
+    assert!(centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > ok0 + 100 }).await);
+
+    // kill -9 one instance.
+    let victim = addrs[1];
+    let mut dead = apis.remove(1);
+    dead.proc.signal(libc::SIGKILL);
+    let killed_at = Instant::now();
+    let _ = dead.proc.wait_exit(Duration::from_secs(5)).await;
+    // Out of rotation (ejected or down) within 1 s.
+    let mut out_after = None;
+    while killed_at.elapsed() < Duration::from_secs(3) {
+        let s = server_json(&c, gw.admin, victim).await;
+        if s["healthy"] == false {
+            out_after = Some(killed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let out_after = out_after.expect("killed server never left rotation");
+    assert!(out_after < Duration::from_secs(1), "left rotation after {out_after:?}");
+
+    // Bring it back on the same port: it rejoins after `rise` checks.
+    let back = ProductsApi::spawn_on(&victim.to_string(), &db, &[]).await;
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(12), || async {
+            server_json(&c, gw.admin, victim).await["healthy"] == true
+        })
+        .await,
+        "restarted server never rejoined"
+    );
+    let mut served_by_back = false;
+    for _ in 0..30 {
+        let g = centinela_testkit::get(&c, &format!("http://{}/products", gw.web)).await.unwrap();
+        served_by_back |= g.header("x-served-by") == Some(&*victim.to_string());
+    }
+    assert!(served_by_back, "restarted server gets no traffic");
+
+    // Let the bounded 15 s load run to its end.
+    while load.tasks.iter().any(|t| !t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} failed requests of {}: {:?}", ok + failed, &errors[..errors.len().min(5)]);
+    assert!(ok > 1000, "load too small to mean anything: {ok}");
+    drop(back);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_under_load_drops_nothing_and_bad_reload_keeps_config() {
+    let dir = TempDir::new("reload");
+    let db = dir.path("products.db");
+    let mut apis = Vec::new();
+    for _ in 0..3 {
+        apis.push(ProductsApi::spawn(&db, &[]).await);
+    }
+    let addrs: Vec<SocketAddr> = apis.iter().map(|a| a.addr).collect();
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(&cfg, gateway_config(&addrs[..2], "")).unwrap();
+    let mut gw = run_gateway(&cfg).await;
+    let c = client();
+    let load = Load::start(&c, format!("http://{}", gw.web), 4, Duration::from_secs(20), 5);
+    let base = load.ok();
+    assert!(centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > base + 100 }).await);
+
+    // Reload 1: add the third server.
+    std::fs::write(&cfg, gateway_config(&addrs, "balance = \"least_conn\"")).unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    gw.proc.wait_line("Configuration reloaded", Duration::from_secs(5)).await;
+    let third = addrs[2].to_string();
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(5), || async {
+            let g = centinela_testkit::get(&c, &format!("http://{}/products", gw.web)).await.unwrap();
+            g.header("x-served-by") == Some(&*third)
+        })
+        .await,
+        "the server added by reload gets no traffic"
+    );
+    // Reload 2: an invalid file is rejected and the old config stays.
+    std::fs::write(&cfg, "[[listener]]\nname = \"web\"\nlisten = \"nope\"\n").unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    let line = gw.proc.wait_line("Reload rejected", Duration::from_secs(5)).await;
+    assert!(line.contains("keeping the running configuration"), "{line}");
+    assert!(gw.proc.seen.iter().any(|l| l.contains("centinela.toml:3:10")), "error lacks line:column");
+    // Reload 3: back to two servers, while the load continues.
+    std::fs::write(&cfg, gateway_config(&addrs[..2], "")).unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    gw.proc.wait_line("Configuration reloaded", Duration::from_secs(5)).await;
+    let after = load.ok();
+    assert!(centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > after + 100 }).await);
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} of {} failed: {:?}", ok + failed, &errors[..errors.len().min(5)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let dir = TempDir::new("drain");
+    let api = ProductsApi::spawn(&dir.path("p.db"), &["--latency-ms", "1500"]).await;
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(&cfg, gateway_config(&[api.addr], "")).unwrap();
+    let mut gw = run_gateway(&cfg).await;
+    let c = client();
+    let url = format!("http://{}/products", gw.web);
+    let (c2, u2) = (c.clone(), url.clone());
+    let in_flight = tokio::spawn(async move { centinela_testkit::get(&c2, &u2).await });
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(5), || async {
+            server_json(&c, gw.admin, api.addr).await["in_flight"] == 1
+        })
+        .await
+    );
+    gw.proc.signal(libc::SIGTERM);
+    gw.proc.wait_line("Shutting down", Duration::from_secs(5)).await;
+    // New connections are refused once the listener closed.
+    let web = gw.web;
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(2), || async { tokio::net::TcpStream::connect(web).await.is_err() }).await,
+        "still accepting after SIGTERM"
+    );
+    let got = in_flight.await.unwrap().expect("in-flight request completed");
+    assert_eq!(got.status, 200, "{}", got.text());
+    let status = gw.proc.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn invalid_config_exits_2_with_line_and_column() {
+    let dir = TempDir::new("badcfg");
+    let cfg = dir.path("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n[[route]]\nupstream = \"missing\"\n\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\nhealth = { rise = 0 }\n",
+    )
+    .unwrap();
+    for cmd in ["check", "run"] {
+        let out = std::process::Command::new(bin("centinela"))
+            .args([cmd, "--config", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("bad.toml:6:12: route[0].upstream: unknown upstream \"missing\""), "{cmd}: {err}");
+        assert!(err.contains("bad.toml:10:19: upstream.app.health.rise: must be at least 1"), "{cmd}: {err}");
+        assert!(err.contains("2 errors"), "{cmd}: {err}");
+    }
+    // A good file passes check with exit 0.
+    std::fs::write(&cfg, "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\n").unwrap();
+    let out = std::process::Command::new(bin("centinela")).args(["check", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // A missing file and a bad flag are errors too, not panics.
+    let out = std::process::Command::new(bin("centinela")).args(["check", "--config", "/nonexistent.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+    let out = std::process::Command::new(bin("centinela")).args(["frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: real sockets on 127.0.0.1 with ephemeral ports, real
+//! products-api processes or in-process servers, a real gateway.
+
+mod balancing;
+mod health;
+mod lifecycle;
+mod proxy;
+mod retries;
+mod util;

@@ -1,0 +1,355 @@
+//! Test support for centinela: real servers on `127.0.0.1:0`, child
+//! processes that die with the test, an HTTP client, and polling with a
+//! deadline instead of sleeps.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// Polls `check` until it returns true or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Asserts that `$cond` (an async expression) becomes true within `$secs`.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($secs:expr, $cond:expr, $($msg:tt)+) => {
+        assert!(
+            $crate::eventually(std::time::Duration::from_secs_f64($secs as f64), || async { $cond }).await,
+            $($msg)+
+        )
+    };
+}
+
+/// Path of a binary built in this workspace (same profile as the tests).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build it first (`cargo build --bins` or run the tests with `cargo nextest run --workspace`)",
+        p.display()
+    );
+    p
+}
+
+/// A child process killed (SIGKILL) when dropped. Its stdout and stderr
+/// lines are collected and can be awaited.
+pub struct Proc {
+    pub child: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(program: &std::path::Path, args: &[&str]) -> Proc {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .env("RUST_LOG", "info");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for stream in [Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(err)] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc { child, lines: rx, seen: Vec::new() }
+    }
+
+    /// Waits for an output line containing `needle`, returns it.
+    pub async fn wait_line(&mut self, needle: &str, deadline: Duration) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            match tokio::time::timeout_at(end, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Ok(None) => panic!("process exited before printing {needle:?}; output:\n{}", self.seen.join("\n")),
+                Err(_) => panic!("no line with {needle:?} within {deadline:?}; output:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Collects whatever output arrived so far.
+    pub fn drain(&mut self) -> &[String] {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+        &self.seen
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().map(|p| p as i32).unwrap_or(-1)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let pid = self.pid();
+        assert!(pid > 0, "process already reaped");
+        let rc = send_signal(pid, sig);
+        assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+    }
+
+    pub async fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(deadline, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("process did not exit within {deadline:?}"))
+            .expect("wait")
+    }
+}
+
+/// The one `unsafe` in the workspace: tests must send SIGSTOP, SIGHUP and
+/// SIGTERM to child processes, and std has no API for signals.
+fn send_signal(pid: i32, sig: i32) -> i32 {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    unsafe {
+        libc::kill(pid, sig)
+    }
+}
+
+/// Extracts `key=VALUE` from a log line (text format).
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    let rest = &line[start..];
+    Some(rest.split_whitespace().next()?.trim_matches('"'))
+}
+
+/// A products-api process on an ephemeral port.
+pub struct ProductsApi {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl ProductsApi {
+    pub async fn spawn(db: &std::path::Path, extra: &[&str]) -> ProductsApi {
+        Self::spawn_on("127.0.0.1:0", db, extra).await
+    }
+
+    pub async fn spawn_on(listen: &str, db: &std::path::Path, extra: &[&str]) -> ProductsApi {
+        let db = db.to_str().expect("utf-8 path");
+        let mut args = vec!["--listen", listen, "--db", db];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(&bin("products-api"), &args);
+        let line = proc.wait_line("listening on", Duration::from_secs(20)).await;
+        let addr = line.rsplit(' ').next().and_then(|a| a.parse().ok()).expect("address in line");
+        ProductsApi { proc, addr }
+    }
+}
+
+/// A throwaway directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "centinela-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What an in-process test server does with a request.
+pub type Handler = Arc<dyn Fn(&Request<Incoming>) -> Reply + Send + Sync>;
+
+/// A canned answer, optionally delayed.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn ok(body: &str) -> Reply {
+        Reply { status: 200, body: Bytes::copy_from_slice(body.as_bytes()), delay: Duration::ZERO }
+    }
+    pub fn status(status: u16) -> Reply {
+        Reply { status, body: Bytes::new(), delay: Duration::ZERO }
+    }
+    pub fn delayed(mut self, d: Duration) -> Reply {
+        self.delay = d;
+        self
+    }
+}
+
+/// An in-process HTTP/1.1 server on `127.0.0.1:0` that counts requests and
+/// answers every one with `x-served-by: ADDR`. It echoes request headers as
+/// `x-echo-NAME` response headers.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(handler: Handler) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::on(listener, handler)
+    }
+
+    pub async fn ok() -> TestServer {
+        Self::start(Arc::new(|_| Reply::ok("ok"))).await
+    }
+
+    pub fn on(listener: TcpListener, handler: Handler) -> TestServer {
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicU64::new(0));
+        let h2 = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let handler = handler.clone();
+                let hits = h2.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let handler = handler.clone();
+                        let hits = hits.clone();
+                        async move {
+                            hits.fetch_add(1, Ordering::Relaxed);
+                            let reply = handler(&req);
+                            let mut echo = Vec::new();
+                            for (k, v) in req.headers() {
+                                echo.push((format!("x-echo-{k}"), v.clone()));
+                            }
+                            let path = req.uri().to_string();
+                            // Read the whole body so the connection stays reusable.
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
+                            let mut resp = Response::new(Full::new(reply.body));
+                            *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+                            let h = resp.headers_mut();
+                            h.insert("x-served-by", addr.to_string().parse().expect("header"));
+                            h.insert("x-echo-path", path.parse().expect("header"));
+                            h.insert("x-echo-body-len", body.len().to_string().parse().expect("header"));
+                            for (k, v) in echo {
+                                if let Ok(name) = hyper::header::HeaderName::from_bytes(k.as_bytes()) {
+                                    h.append(name, v);
+                                }
+                            }
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        TestServer { addr, hits, task }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting and closes the listening socket.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http()
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<Got, String> {
+    let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Got { status: parts.status.as_u16(), headers: parts.headers, body })
+}
+
+pub async fn get(client: &HttpClient, url: &str) -> Result<Got, String> {
+    send(client, Request::get(url).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?).await
+}
