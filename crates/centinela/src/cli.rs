@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use centinela_config::{LogFormat, Loaded};
+use centinela_config::{Loaded, LogFormat};
 use centinela_gateway::Gateway;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
@@ -11,7 +11,11 @@ use tracing::{error, info, warn};
 pub const EXIT_CONFIG: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "centinela", version, about = "Reverse proxy and load balancer in one binary, configured by one TOML file")]
+#[command(
+    name = "centinela",
+    version,
+    about = "Reverse proxy and load balancer in one binary, configured by one TOML file"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,9 +86,15 @@ fn check(path: &Path) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
 }
@@ -159,7 +169,10 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         }
     }
     let timeout = gw.config().runtime.shutdown_timeout;
-    info!(timeout_secs = timeout.as_secs_f64(), "Shutting down: draining in-flight requests");
+    info!(
+        timeout_secs = timeout.as_secs_f64(),
+        "Shutting down: draining in-flight requests"
+    );
     if gw.shutdown(timeout).await {
         info!("Drained, exiting");
     } else {

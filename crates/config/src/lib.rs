@@ -15,7 +15,9 @@ use std::path::Path;
 
 pub use diag::{ConfigError, Diagnostic};
 pub use model::*;
-pub use parse::{default_breaker, default_limits, default_outlier, default_retry, default_timeouts};
+pub use parse::{
+    default_breaker, default_limits, default_outlier, default_retry, default_timeouts,
+};
 
 /// A config that passed validation, and the warnings found on the way.
 #[derive(Clone, Debug)]
@@ -31,7 +33,11 @@ pub fn parse(src: &str, file: &str) -> Result<Loaded, ConfigError> {
     if !syntax_errors.is_empty() {
         for e in syntax_errors {
             let span = e.span().unwrap_or(0..0);
-            sink.error(&span, "", format!("TOML syntax error: {}", e.message().trim()));
+            sink.error(
+                &span,
+                "",
+                format!("TOML syntax error: {}", e.message().trim()),
+            );
         }
         let (errors, _) = sink.finish();
         return Err(ConfigError { errors });

@@ -82,12 +82,10 @@ impl HashKey {
             return Ok(HashKey::ClientIp);
         }
         match s.split_once(':') {
-            Some(("header", name)) if !name.is_empty() => {
-                match http_header_name_ok(name) {
-                    true => Ok(HashKey::Header(name.to_ascii_lowercase())),
-                    false => Err(format!("{name:?} is not a valid header name")),
-                }
-            }
+            Some(("header", name)) if !name.is_empty() => match http_header_name_ok(name) {
+                true => Ok(HashKey::Header(name.to_ascii_lowercase())),
+                false => Err(format!("{name:?} is not a valid header name")),
+            },
             Some(("cookie", name)) if !name.is_empty() => Ok(HashKey::Cookie(name.to_string())),
             _ => Err(format!(
                 "invalid hash_key {s:?}: use \"header:NAME\", \"cookie:NAME\" or \"client_ip\""
@@ -163,9 +161,7 @@ impl RetryOn {
             "timeout" => RetryOn::Timeout,
             "5xx" => RetryOn::Status5xx,
             code => match code.parse::<u16>() {
-                Ok(c) if (500..=599).contains(&c) || (400..=499).contains(&c) => {
-                    RetryOn::Status(c)
-                }
+                Ok(c) if (500..=599).contains(&c) || (400..=499).contains(&c) => RetryOn::Status(c),
                 _ => return None,
             },
         })

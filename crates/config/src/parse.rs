@@ -80,7 +80,10 @@ impl<'t, 'i> Obj<'t, 'i> {
                 sink.error(
                     &k.span(),
                     &self.child_path(name),
-                    format!("unknown key `{name}`; expected one of: {}", known.join(", ")),
+                    format!(
+                        "unknown key `{name}`; expected one of: {}",
+                        known.join(", ")
+                    ),
                 );
             }
         }
@@ -119,35 +122,63 @@ impl<'t, 'i> Obj<'t, 'i> {
     }
 
     /// An integer in `min..=max`.
-    fn int(&mut self, sink: &mut Sink<'_>, key: &'static str, default: u64, min: u64, max: u64) -> u64 {
+    fn int(
+        &mut self,
+        sink: &mut Sink<'_>,
+        key: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
         let Some(v) = self.get(key) else {
             return default;
         };
         let path = self.child_path(key);
         match v.get_ref() {
-            DeValue::Integer(i) => match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
-                Ok(n) if n >= 0 && (n as u64) >= min && (n as u64) <= max => n as u64,
-                Ok(n) if n < min as i64 => {
-                    sink.error(&v.span(), &path, format!("must be at least {min}, found {n}"));
-                    default
+            DeValue::Integer(i) => {
+                match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
+                    Ok(n) if n >= 0 && (n as u64) >= min && (n as u64) <= max => n as u64,
+                    Ok(n) if n < min as i64 => {
+                        sink.error(
+                            &v.span(),
+                            &path,
+                            format!("must be at least {min}, found {n}"),
+                        );
+                        default
+                    }
+                    Ok(n) => {
+                        sink.error(
+                            &v.span(),
+                            &path,
+                            format!("must be at most {max}, found {n}"),
+                        );
+                        default
+                    }
+                    Err(_) => {
+                        sink.error(&v.span(), &path, "integer out of range");
+                        default
+                    }
                 }
-                Ok(n) => {
-                    sink.error(&v.span(), &path, format!("must be at most {max}, found {n}"));
-                    default
-                }
-                Err(_) => {
-                    sink.error(&v.span(), &path, "integer out of range");
-                    default
-                }
-            },
+            }
             other => {
-                sink.error(&v.span(), &path, format!("expected an integer, found {}", type_name(other)));
+                sink.error(
+                    &v.span(),
+                    &path,
+                    format!("expected an integer, found {}", type_name(other)),
+                );
                 default
             }
         }
     }
 
-    fn float(&mut self, sink: &mut Sink<'_>, key: &'static str, default: f64, min_excl: f64, max: f64) -> f64 {
+    fn float(
+        &mut self,
+        sink: &mut Sink<'_>,
+        key: &'static str,
+        default: f64,
+        min_excl: f64,
+        max: f64,
+    ) -> f64 {
         let Some(v) = self.get(key) else {
             return default;
         };
@@ -156,7 +187,11 @@ impl<'t, 'i> Obj<'t, 'i> {
             DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
             DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
             other => {
-                sink.error(&v.span(), &path, format!("expected a number, found {}", type_name(other)));
+                sink.error(
+                    &v.span(),
+                    &path,
+                    format!("expected a number, found {}", type_name(other)),
+                );
                 return default;
             }
         };
@@ -177,7 +212,13 @@ impl<'t, 'i> Obj<'t, 'i> {
         self.duration_min(sink, key, default, Duration::ZERO)
     }
 
-    fn duration_min(&mut self, sink: &mut Sink<'_>, key: &'static str, default: Duration, min: Duration) -> Duration {
+    fn duration_min(
+        &mut self,
+        sink: &mut Sink<'_>,
+        key: &'static str,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
         let Some((s, span)) = self.str(sink, key) else {
             return default;
         };
@@ -203,10 +244,15 @@ impl<'t, 'i> Obj<'t, 'i> {
             return default;
         };
         match v.get_ref() {
-            DeValue::Integer(i) => i.as_str().replace('_', "").parse::<u64>().unwrap_or_else(|_| {
-                sink.error(&v.span(), &self.child_path(key), "size out of range");
-                default
-            }),
+            DeValue::Integer(i) => {
+                i.as_str()
+                    .replace('_', "")
+                    .parse::<u64>()
+                    .unwrap_or_else(|_| {
+                        sink.error(&v.span(), &self.child_path(key), "size out of range");
+                        default
+                    })
+            }
             DeValue::String(s) => parse_size(s).unwrap_or_else(|e| {
                 sink.error(&v.span(), &self.child_path(key), e);
                 default
@@ -215,14 +261,21 @@ impl<'t, 'i> Obj<'t, 'i> {
                 sink.error(
                     &v.span(),
                     &self.child_path(key),
-                    format!("expected a size such as \"64KiB\", found {}", type_name(other)),
+                    format!(
+                        "expected a size such as \"64KiB\", found {}",
+                        type_name(other)
+                    ),
                 );
                 default
             }
         }
     }
 
-    fn addr(&mut self, sink: &mut Sink<'_>, key: &'static str) -> Option<(SocketAddr, Range<usize>)> {
+    fn addr(
+        &mut self,
+        sink: &mut Sink<'_>,
+        key: &'static str,
+    ) -> Option<(SocketAddr, Range<usize>)> {
         let (s, span) = self.str(sink, key)?;
         match parse_addr(&s) {
             Ok(a) => Some((a, span)),
@@ -242,7 +295,9 @@ impl<'t, 'i> Obj<'t, 'i> {
 
 pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>().map_err(|_| {
-        format!("invalid address {s:?}: expected IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"")
+        format!(
+            "invalid address {s:?}: expected IP:PORT, e.g. \"127.0.0.1:8080\" or \"[::1]:8080\""
+        )
     })
 }
 
@@ -282,13 +337,19 @@ pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config 
     if let Some(v) = top.get("listener") {
         for (i, item) in array_items(sink, v, "listener") {
             let path = format!("listener[{i}]");
-            let Some(mut o) = Obj::new(sink, item, &path) else { continue };
+            let Some(mut o) = Obj::new(sink, item, &path) else {
+                continue;
+            };
             let name = o.str(sink, "name");
             let listen = o.addr(sink, "listen");
             if name.is_none() {
                 missing(sink, &item.span(), &path, "name");
             }
-            if listen.is_none() && o.table.iter().all(|(k, _)| k.get_ref().as_ref() != "listen") {
+            if listen.is_none()
+                && o.table
+                    .iter()
+                    .all(|(k, _)| k.get_ref().as_ref() != "listen")
+            {
                 missing(sink, &item.span(), &path, "listen");
             }
             o.finish(sink);
@@ -304,7 +365,9 @@ pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config 
     if let Some(v) = top.get("route") {
         for (i, item) in array_items(sink, v, "route") {
             let path = format!("route[{i}]");
-            let Some(mut o) = Obj::new(sink, item, &path) else { continue };
+            let Some(mut o) = Obj::new(sink, item, &path) else {
+                continue;
+            };
             let listener = o.str(sink, "listener");
             let host = o.str(sink, "host").map(|(h, _)| {
                 let h = h.to_ascii_lowercase();
@@ -320,7 +383,11 @@ pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config 
             };
             let strip_prefix = o.bool(sink, "strip_prefix", false);
             let upstream = o.str(sink, "upstream");
-            if upstream.is_none() && o.table.iter().all(|(k, _)| k.get_ref().as_ref() != "upstream") {
+            if upstream.is_none()
+                && o.table
+                    .iter()
+                    .all(|(k, _)| k.get_ref().as_ref() != "upstream")
+            {
                 missing(sink, &item.span(), &path, "upstream");
             }
             o.finish(sink);
@@ -362,7 +429,11 @@ pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config 
                 Some((s, _)) if s == "text" => LogFormat::Text,
                 Some((s, _)) if s == "json" => LogFormat::Json,
                 Some((s, span)) => {
-                    sink.error(&span, "runtime.log_format", format!("unknown log format {s:?}; expected \"text\" or \"json\""));
+                    sink.error(
+                        &span,
+                        "runtime.log_format",
+                        format!("unknown log format {s:?}; expected \"text\" or \"json\""),
+                    );
                     LogFormat::Text
                 }
                 None => LogFormat::Text,
@@ -393,10 +464,21 @@ pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config 
     let mut seen_addrs: HashMap<SocketAddr, &str> = HashMap::new();
     for (l, (nspan, aspan, path)) in listeners.iter().zip(&listener_spans) {
         if let Some(first) = seen_names.insert(&l.name, path) {
-            sink.error(nspan, &format!("{path}.name"), format!("duplicate listener name {:?} (first defined in {first})", l.name));
+            sink.error(
+                nspan,
+                &format!("{path}.name"),
+                format!(
+                    "duplicate listener name {:?} (first defined in {first})",
+                    l.name
+                ),
+            );
         }
         if let Some(first) = seen_addrs.insert(l.listen, path) {
-            sink.error(aspan, &format!("{path}.listen"), format!("address {} is already used by {first}", l.listen));
+            sink.error(
+                aspan,
+                &format!("{path}.listen"),
+                format!("address {} is already used by {first}", l.listen),
+            );
         }
     }
     let mut seen_routes: HashMap<(Option<&str>, Option<&str>, &str), &str> = HashMap::new();
@@ -409,18 +491,34 @@ pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config 
                 format!(
                     "unknown upstream {:?}; defined upstreams: {}",
                     rr.upstream.0,
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             );
         }
         if let Some((l, span)) = &rr.listener {
             if listeners.iter().all(|x| &x.name != l) {
-                sink.error(span, &format!("{}.listener", rr.path), format!("unknown listener {l:?}"));
+                sink.error(
+                    span,
+                    &format!("{}.listener", rr.path),
+                    format!("unknown listener {l:?}"),
+                );
             }
         }
-        let key = (r.listener.as_deref(), r.host.as_deref(), r.path_prefix.as_str());
+        let key = (
+            r.listener.as_deref(),
+            r.host.as_deref(),
+            r.path_prefix.as_str(),
+        );
         if let Some(first) = seen_routes.insert(key, &rr.path) {
-            sink.error(&rr.span, &rr.path, format!("duplicate route: same listener, host and path_prefix as {first}"));
+            sink.error(
+                &rr.span,
+                &rr.path,
+                format!("duplicate route: same listener, host and path_prefix as {first}"),
+            );
         }
     }
 
@@ -439,7 +537,10 @@ fn default_admin() -> SocketAddr {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split_once(']').map(|(h, _)| &host[..h.len() + 1]).unwrap_or(host);
+        return host
+            .split_once(']')
+            .map(|(h, _)| &host[..h.len() + 1])
+            .unwrap_or(host);
     }
     match host.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
@@ -454,7 +555,10 @@ fn array_items<'t, 'i>(sink: &mut Sink<'_>, v: &'t SV<'i>, path: &str) -> Vec<(u
             sink.error(
                 &v.span(),
                 path,
-                format!("expected an array (write [[{path}]]), found {}", type_name(other)),
+                format!(
+                    "expected an array (write [[{path}]]), found {}",
+                    type_name(other)
+                ),
             );
             Vec::new()
         }
@@ -468,7 +572,10 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
             sink.error(
                 &span,
                 &format!("{path}.balance"),
-                format!("unknown balance {s:?}; expected one of: {}", Balance::NAMES.join(", ")),
+                format!(
+                    "unknown balance {s:?}; expected one of: {}",
+                    Balance::NAMES.join(", ")
+                ),
             );
             Balance::RoundRobin
         }),
@@ -478,7 +585,11 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
         Some((s, span)) => match HashKey::parse(&s) {
             Ok(k) => {
                 if balance != Balance::Hash {
-                    sink.warn(&span, &format!("{path}.hash_key"), "ignored: balance is not \"hash\"");
+                    sink.warn(
+                        &span,
+                        &format!("{path}.hash_key"),
+                        "ignored: balance is not \"hash\"",
+                    );
                 }
                 Some(k)
             }
@@ -489,8 +600,17 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
         },
         None => None,
     };
-    if balance == Balance::Hash && hash_key.is_none() && o.table.iter().all(|(k, _)| k.get_ref().as_ref() != "hash_key") {
-        sink.error(&v.span(), &format!("{path}.hash_key"), "balance = \"hash\" requires hash_key (header:NAME, cookie:NAME or client_ip)");
+    if balance == Balance::Hash
+        && hash_key.is_none()
+        && o.table
+            .iter()
+            .all(|(k, _)| k.get_ref().as_ref() != "hash_key")
+    {
+        sink.error(
+            &v.span(),
+            &format!("{path}.hash_key"),
+            "balance = \"hash\" requires hash_key (header:NAME, cookie:NAME or client_ip)",
+        );
     }
 
     let mut servers: Vec<Server> = Vec::new();
@@ -510,7 +630,12 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
                     DeValue::Table(_) => {
                         let mut so = Obj::new(sink, item, &spath)?;
                         let addr = so.addr(sink, "address");
-                        if addr.is_none() && so.table.iter().all(|(k, _)| k.get_ref().as_ref() != "address") {
+                        if addr.is_none()
+                            && so
+                                .table
+                                .iter()
+                                .all(|(k, _)| k.get_ref().as_ref() != "address")
+                        {
                             missing(sink, &item.span(), &spath, "address");
                         }
                         let weight = so.int(sink, "weight", 1, 1, 1_000_000) as u32;
@@ -528,14 +653,22 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
                 };
                 if let Some((address, weight, span)) = parsed {
                     if let Some(first) = seen.insert(address, i) {
-                        sink.error(&span, &spath, format!("duplicate server {address} (also servers[{first}])"));
+                        sink.error(
+                            &span,
+                            &spath,
+                            format!("duplicate server {address} (also servers[{first}])"),
+                        );
                         continue;
                     }
                     servers.push(Server { address, weight });
                 }
             }
             if servers.is_empty() && matches!(sv.get_ref(), DeValue::Array(a) if a.is_empty()) {
-                sink.error(&sv.span(), &format!("{path}.servers"), "an upstream needs at least one server");
+                sink.error(
+                    &sv.span(),
+                    &format!("{path}.servers"),
+                    "an upstream needs at least one server",
+                );
             }
         }
         None => sink.error(&v.span(), path, "missing required key `servers`"),
@@ -551,8 +684,18 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
             Some((p, _)) => p,
             None => "/health".to_string(),
         };
-        let interval = h.duration_min(sink, "interval", Duration::from_secs(2), Duration::from_millis(10));
-        let timeout = h.duration_min(sink, "timeout", Duration::from_secs(1), Duration::from_millis(1));
+        let interval = h.duration_min(
+            sink,
+            "interval",
+            Duration::from_secs(2),
+            Duration::from_millis(10),
+        );
+        let timeout = h.duration_min(
+            sink,
+            "timeout",
+            Duration::from_secs(1),
+            Duration::from_millis(1),
+        );
         let rise = h.int(sink, "rise", 2, 1, 1000) as u32;
         let fall = h.int(sink, "fall", 3, 1, 1000) as u32;
         let expect_status = match h.str(sink, "expect_status") {
@@ -564,7 +707,15 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
         };
         let host = h.str(sink, "host").map(|x| x.0);
         h.finish(sink);
-        Health { path: path_s, interval, timeout, rise, fall, expect_status, host }
+        Health {
+            path: path_s,
+            interval,
+            timeout,
+            rise,
+            fall,
+            expect_status,
+            host,
+        }
     });
 
     let outlier = match o.sub(sink, "outlier") {
@@ -611,7 +762,15 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
                 None => default_retry().on,
             };
             x.finish(sink);
-            Retry { attempts, backoff_base, backoff_max, budget_percent, budget_min, on, buffer_body }
+            Retry {
+                attempts,
+                backoff_base,
+                backoff_max,
+                budget_percent,
+                budget_min,
+                on,
+                buffer_body,
+            }
         }
         None => default_retry(),
     };
@@ -621,7 +780,12 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
             let r = Breaker {
                 enabled: x.bool(sink, "enabled", true),
                 error_ratio: x.float(sink, "error_ratio", 0.5, 0.0, 1.0),
-                window: x.duration_min(sink, "window", Duration::from_secs(10), Duration::from_millis(100)),
+                window: x.duration_min(
+                    sink,
+                    "window",
+                    Duration::from_secs(10),
+                    Duration::from_millis(100),
+                ),
                 min_requests: x.int(sink, "min_requests", 20, 1, 1_000_000) as u32,
                 open_for: x.duration(sink, "open_for", Duration::from_secs(30)),
                 half_open_requests: x.int(sink, "half_open_requests", 5, 1, 1_000_000) as u32,
@@ -648,10 +812,25 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
     let timeouts = match o.sub(sink, "timeouts") {
         Some(mut x) => {
             let r = Timeouts {
-                connect: x.duration_min(sink, "connect", Duration::from_secs(1), Duration::from_millis(1)),
-                response: x.duration_min(sink, "response", Duration::from_secs(30), Duration::from_millis(1)),
+                connect: x.duration_min(
+                    sink,
+                    "connect",
+                    Duration::from_secs(1),
+                    Duration::from_millis(1),
+                ),
+                response: x.duration_min(
+                    sink,
+                    "response",
+                    Duration::from_secs(30),
+                    Duration::from_millis(1),
+                ),
                 idle: x.duration(sink, "idle", Duration::from_secs(90)),
-                request: x.duration_min(sink, "request", Duration::from_secs(60), Duration::from_millis(1)),
+                request: x.duration_min(
+                    sink,
+                    "request",
+                    Duration::from_secs(60),
+                    Duration::from_millis(1),
+                ),
             };
             x.finish(sink);
             r

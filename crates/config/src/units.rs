@@ -18,7 +18,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("invalid duration {s:?}: expected a number before the unit"));
+            return Err(format!(
+                "invalid duration {s:?}: expected a number before the unit"
+            ));
         }
         let (num, tail) = rest.split_at(digits);
         let unit_len = tail
@@ -116,7 +118,9 @@ impl StatusSet {
             };
             let (lo, hi) = (parse(lo)?, parse(hi)?);
             if lo > hi {
-                return Err(format!("invalid status set {s:?}: range {lo}-{hi} is empty"));
+                return Err(format!(
+                    "invalid status set {s:?}: range {lo}-{hi} is empty"
+                ));
             }
             ranges.push((lo, hi));
         }
@@ -140,7 +144,9 @@ mod tests {
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("10 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("10 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("").is_err());
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");

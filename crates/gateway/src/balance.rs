@@ -150,7 +150,11 @@ mod tests {
         weights
             .iter()
             .enumerate()
-            .map(|(index, &weight)| Candidate { index, weight, in_flight: 0 })
+            .map(|(index, &weight)| Candidate {
+                index,
+                weight,
+                in_flight: 0,
+            })
             .collect()
     }
 

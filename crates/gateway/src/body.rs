@@ -40,7 +40,12 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Stream { prefix, slot, taken, .. } => {
+            ReqBody::Stream {
+                prefix,
+                slot,
+                taken,
+                ..
+            } => {
                 if taken.is_none() {
                     *taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
                 }
@@ -67,7 +72,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Stream { size, .. } => size.clone(),
+            ReqBody::Stream { size, .. } => *size,
         }
     }
 }

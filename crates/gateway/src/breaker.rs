@@ -136,7 +136,10 @@ impl CircuitBreaker {
     fn tick(&mut self, now: Instant) {
         if let State::Open { until } = self.state {
             if now >= until {
-                self.state = State::HalfOpen { issued: 0, succeeded: 0 };
+                self.state = State::HalfOpen {
+                    issued: 0,
+                    succeeded: 0,
+                };
             }
         }
     }
@@ -156,7 +159,9 @@ impl CircuitBreaker {
                 if requests >= cfg.min_requests
                     && f64::from(failures) >= cfg.error_ratio * f64::from(requests)
                 {
-                    self.state = State::Open { until: now + cfg.open_for };
+                    self.state = State::Open {
+                        until: now + cfg.open_for,
+                    };
                     self.window.reset();
                 }
             }
@@ -164,7 +169,9 @@ impl CircuitBreaker {
             State::Open { .. } => {}
             State::HalfOpen { succeeded, .. } => {
                 if !ok {
-                    self.state = State::Open { until: now + cfg.open_for };
+                    self.state = State::Open {
+                        until: now + cfg.open_for,
+                    };
                 } else {
                     *succeeded += 1;
                     if *succeeded >= cfg.half_open_requests {
@@ -174,7 +181,8 @@ impl CircuitBreaker {
                 }
             }
         }
-        (std::mem::discriminant(&old) != std::mem::discriminant(&self.state)).then_some((old, self.state))
+        (std::mem::discriminant(&old) != std::mem::discriminant(&self.state))
+            .then_some((old, self.state))
     }
 }
 
@@ -257,7 +265,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn disabled_breaker_admits_everything() {
-        let cfg = Config { enabled: false, ..cfg() };
+        let cfg = Config {
+            enabled: false,
+            ..cfg()
+        };
         let mut b = CircuitBreaker::new(&cfg, Instant::now());
         for _ in 0..100 {
             b.record(&cfg, Instant::now(), false);

@@ -26,7 +26,10 @@ impl RetryBudget {
     }
 
     fn with_current<R>(&self, f: impl FnOnce(&mut (u64, u64, u64), u64, u64) -> R) -> R {
-        let idx = Instant::now().saturating_duration_since(self.origin).as_secs() / SLICE.as_secs();
+        let idx = Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_secs()
+            / SLICE.as_secs();
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let (mut req, mut ret) = (0, 0);
         for x in b.iter() {

@@ -72,7 +72,10 @@ impl ProxyError {
         let mut resp = Response::new(RespBody::full(body.to_string()));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
         if matches!(self, ProxyError::BadRequest(_)) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));

@@ -153,7 +153,10 @@ mod tests {
     fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -165,7 +168,11 @@ mod tests {
         assert!(check_framing(&hm(&[("content-length", "5"), ("content-length", "6")])).is_err());
         assert!(check_framing(&hm(&[("content-length", "5, 6")])).is_err());
         assert!(check_framing(&hm(&[("transfer-encoding", "chunked")])).is_ok());
-        assert!(check_framing(&hm(&[("transfer-encoding", "chunked"), ("content-length", "5")])).is_err());
+        assert!(check_framing(&hm(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "5")
+        ]))
+        .is_err());
         assert!(check_framing(&hm(&[("transfer-encoding", "gzip, chunked")])).is_err());
         assert!(check_framing(&hm(&[("transfer-encoding", "identity")])).is_err());
     }
@@ -186,7 +193,12 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone} kept");
         }
         assert!(h.contains_key("accept"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some("api.example.com"));
+        add_forwarded(
+            &mut h,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            Some("api.example.com"),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "api.example.com");

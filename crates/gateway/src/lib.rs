@@ -61,11 +61,13 @@ pub struct Gateway {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        addr,
-        what: what.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr,
+            what: what.to_string(),
+            source,
+        })
 }
 
 impl Gateway {
@@ -76,17 +78,22 @@ impl Gateway {
         let admin_listener = bind(config.admin.listen, "admin").await?;
         let mut bound = Vec::new();
         for l in &config.listeners {
-            bound.push((l.clone(), bind(l.listen, &format!("listener {}", l.name)).await?));
+            bound.push((
+                l.clone(),
+                bind(l.listen, &format!("listener {}", l.name)).await?,
+            ));
         }
         let snapshot = registry.build(config);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
         });
-        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-            addr: shared.snapshot.load().config.admin.listen,
-            what: "admin".into(),
-            source,
-        })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: shared.snapshot.load().config.admin.listen,
+                what: "admin".into(),
+                source,
+            })?;
         let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone()));
         info!(addr = %admin_addr, "Admin API listening");
         let gw = Gateway {
@@ -107,11 +114,24 @@ impl Gateway {
     fn spawn_listener(&self, name: String, configured: SocketAddr, tcp: TcpListener) {
         let bound = tcp.local_addr().unwrap_or(configured);
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(listener::serve(tcp, name.as_str().into(), self.shared.clone(), async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(listener::serve(
+            tcp,
+            name.as_str().into(),
+            self.shared.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         info!(listener = %name, addr = %bound, "Listening");
-        lock(&self.listeners).insert(name, RunningListener { configured, bound, stop: tx, task });
+        lock(&self.listeners).insert(
+            name,
+            RunningListener {
+                configured,
+                bound,
+                stop: tx,
+                task,
+            },
+        );
     }
 
     fn restart_health_checks(&self) {
@@ -123,7 +143,11 @@ impl Gateway {
         for g in &snap.groups {
             if let Some(h) = &g.cfg.health {
                 for s in &g.servers {
-                    tasks.push(tokio::spawn(health::run(g.name.clone(), s.clone(), h.clone())));
+                    tasks.push(tokio::spawn(health::run(
+                        g.name.clone(),
+                        s.clone(),
+                        h.clone(),
+                    )));
                 }
             }
         }
@@ -166,7 +190,10 @@ impl Gateway {
             if let Some(r) = moved {
                 let _ = r.stop.send(());
             }
-            bound.push((l.clone(), bind(l.listen, &format!("listener {}", l.name)).await?));
+            bound.push((
+                l.clone(),
+                bind(l.listen, &format!("listener {}", l.name)).await?,
+            ));
         }
         let snapshot = lock(&self.registry).build(config.clone());
         self.shared.snapshot.store(Arc::new(snapshot));
@@ -189,14 +216,19 @@ impl Gateway {
             self.spawn_listener(l.name, l.listen, tcp);
         }
         self.restart_health_checks();
-        info!(upstreams = config.upstreams.len(), routes = config.routes.len(), "Configuration reloaded");
+        info!(
+            upstreams = config.upstreams.len(),
+            routes = config.routes.len(),
+            "Configuration reloaded"
+        );
         Ok(())
     }
 
     /// Stops accepting, lets in-flight requests finish up to `timeout`.
     /// Returns true if everything drained in time.
     pub async fn shutdown(self, timeout: Duration) -> bool {
-        let listeners: Vec<RunningListener> = lock(&self.listeners).drain().map(|(_, l)| l).collect();
+        let listeners: Vec<RunningListener> =
+            lock(&self.listeners).drain().map(|(_, l)| l).collect();
         let mut tasks = Vec::new();
         for l in listeners {
             let _ = l.stop.send(());

@@ -34,7 +34,9 @@ impl Limiter {
         // Take a queue place, or refuse at once when the queue is full.
         let taken = self
             .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| (q < self.queue).then_some(q + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < self.queue).then_some(q + 1)
+            });
         if taken.is_err() {
             return Err(ProxyError::QueueFull);
         }
@@ -64,7 +66,10 @@ mod tests {
         assert!(matches!(l.acquire().await, Err(ProxyError::QueueFull)));
         // The queued one times out after queue_timeout.
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(matches!(waiter.await.unwrap(), Err(ProxyError::QueueTimeout)));
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Err(ProxyError::QueueTimeout)
+        ));
         drop(held);
         assert!(l.acquire().await.is_ok());
     }

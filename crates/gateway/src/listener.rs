@@ -67,7 +67,8 @@ fn serve_connection(
     name: Arc<str>,
     shared: Arc<Shared>,
 ) {
-    let svc = hyper::service::service_fn(move |req| handle(shared.clone(), name.clone(), peer, req));
+    let svc =
+        hyper::service::service_fn(move |req| handle(shared.clone(), name.clone(), peer, req));
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .into_owned();

@@ -57,7 +57,11 @@ pub async fn handle(
     let rid = headers::request_id(req.headers());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let mut log = Log { upstream: None, server: None, attempts: 0 };
+    let mut log = Log {
+        upstream: None,
+        server: None,
+        attempts: 0,
+    };
     let resp = match forward(&snap, &listener, client, req, &rid, &mut log, start).await {
         Ok(r) => r,
         Err(e) => {
@@ -87,7 +91,11 @@ enum Prepared {
     /// Fully read (small): every attempt gets a copy.
     Replayable(Option<Bytes>),
     /// Too large to keep: streamed, usable by one attempt that starts sending.
-    Stream { prefix: Option<Bytes>, slot: Arc<Mutex<Option<Incoming>>>, size: SizeHint },
+    Stream {
+        prefix: Option<Bytes>,
+        slot: Arc<Mutex<Option<Incoming>>>,
+        size: SizeHint,
+    },
 }
 
 impl Prepared {
@@ -102,7 +110,7 @@ impl Prepared {
                     prefix: prefix.clone(),
                     slot: slot.clone(),
                     taken: None,
-                    size: size.clone(),
+                    size: *size,
                 })
             }
         }
@@ -135,7 +143,11 @@ async fn prepare(mut body: Incoming, limit: u64) -> Result<Prepared, ProxyError>
                     return Ok(Prepared::Stream {
                         prefix: Some(buf.freeze()),
                         slot: Arc::new(Mutex::new(Some(body))),
-                        size: if hint.exact().is_some() { hint } else { remaining },
+                        size: if hint.exact().is_some() {
+                            hint
+                        } else {
+                            remaining
+                        },
                     });
                 }
             }
@@ -185,7 +197,11 @@ async fn forward(
     // Route.
     let host_header = match req.uri().authority() {
         Some(a) => Some(a.as_str().to_string()),
-        None => req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     };
     let host = host_header.as_deref().map(host_without_port);
     let route = snap
@@ -207,7 +223,11 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let path_and_query = {
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         if route.strip_prefix {
             strip(&route.prefix, pq)
         } else {
@@ -216,10 +236,18 @@ async fn forward(
     };
     let mut base_headers = parts.headers;
     headers::remove_hop_by_hop(&mut base_headers, upgrade);
-    headers::add_forwarded(&mut base_headers, client.ip(), "http", host_header.as_deref());
+    headers::add_forwarded(
+        &mut base_headers,
+        client.ip(),
+        "http",
+        host_header.as_deref(),
+    );
     base_headers.insert(headers::X_REQUEST_ID, rid.clone());
     if !base_headers.contains_key(header::HOST) {
-        if let Some(h) = host_header.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        if let Some(h) = host_header
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok())
+        {
             base_headers.insert(header::HOST, h);
         }
     }
@@ -266,50 +294,77 @@ async fn forward(
         let in_flight = server.track();
         let per_attempt = cfg.timeouts.response.min(deadline - now);
         let deadline_bound = per_attempt < cfg.timeouts.response;
-        let (outcome, err) = match tokio::time::timeout(per_attempt, group.client.request(up_req)).await {
-            Ok(Ok(mut resp)) => {
-                let status = resp.status();
-                let outcome = if status.is_server_error() { Outcome::Status5xx } else { Outcome::Success };
-                group.record(idx, outcome);
-                let retry_status = cfg.retry.retries_status(status.as_u16());
-                if retry_status && attempt < cfg.retry.attempts && idempotent && body.next().is_some() && group.budget.try_retry(cfg.retry.budget_percent, cfg.retry.budget_min) {
-                    debug!(upstream = &*group.name, server = &**server.label(), status = status.as_u16(), attempt, "Retrying on status");
-                    drop(resp);
-                    sleep_backoff(cfg, attempt, deadline).await;
-                    continue;
-                }
-                if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_up) = client_upgrade {
-                        let upstream_up = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(async move {
-                            if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
-                                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                            }
-                        });
+        let (outcome, err) =
+            match tokio::time::timeout(per_attempt, group.client.request(up_req)).await {
+                Ok(Ok(mut resp)) => {
+                    let status = resp.status();
+                    let outcome = if status.is_server_error() {
+                        Outcome::Status5xx
+                    } else {
+                        Outcome::Success
+                    };
+                    group.record(idx, outcome);
+                    let retry_status = cfg.retry.retries_status(status.as_u16());
+                    if retry_status
+                        && attempt < cfg.retry.attempts
+                        && idempotent
+                        && body.next().is_some()
+                        && group
+                            .budget
+                            .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
+                    {
+                        debug!(
+                            upstream = &*group.name,
+                            server = &**server.label(),
+                            status = status.as_u16(),
+                            attempt,
+                            "Retrying on status"
+                        );
+                        drop(resp);
+                        sleep_backoff(cfg, attempt, deadline).await;
+                        continue;
                     }
-                    let (mut p, _) = resp.into_parts();
-                    headers::remove_hop_by_hop(&mut p.headers, true);
+                    if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_up) = client_upgrade {
+                            let upstream_up = hyper::upgrade::on(&mut resp);
+                            tokio::spawn(async move {
+                                if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
+                                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                                }
+                            });
+                        }
+                        let (mut p, _) = resp.into_parts();
+                        headers::remove_hop_by_hop(&mut p.headers, true);
+                        p.headers.insert(headers::X_REQUEST_ID, rid.clone());
+                        return Ok(Response::from_parts(p, RespBody::empty()));
+                    }
+                    let (mut p, inner) = resp.into_parts();
+                    headers::remove_hop_by_hop(&mut p.headers, false);
                     p.headers.insert(headers::X_REQUEST_ID, rid.clone());
-                    return Ok(Response::from_parts(p, RespBody::empty()));
+                    p.version = Version::HTTP_11;
+                    let guards = Guards {
+                        in_flight: Some(in_flight),
+                        permit: Some(permit),
+                    };
+                    return Ok(Response::from_parts(
+                        p,
+                        RespBody::Upstream {
+                            inner,
+                            _guards: guards,
+                        },
+                    ));
                 }
-                let (mut p, inner) = resp.into_parts();
-                headers::remove_hop_by_hop(&mut p.headers, false);
-                p.headers.insert(headers::X_REQUEST_ID, rid.clone());
-                p.version = Version::HTTP_11;
-                let guards = Guards { in_flight: Some(in_flight), permit: Some(permit) };
-                return Ok(Response::from_parts(p, RespBody::Upstream { inner, _guards: guards }));
-            }
-            Ok(Err(e)) => {
-                if e.is_connect() {
-                    (Outcome::ConnectError, ProxyError::Connect(error_chain(&e)))
-                } else {
-                    (Outcome::Reset, ProxyError::Reset(error_chain(&e)))
+                Ok(Err(e)) => {
+                    if e.is_connect() {
+                        (Outcome::ConnectError, ProxyError::Connect(error_chain(&e)))
+                    } else {
+                        (Outcome::Reset, ProxyError::Reset(error_chain(&e)))
+                    }
                 }
-            }
-            Err(_) if deadline_bound => (Outcome::Timeout, ProxyError::Deadline),
-            Err(_) => (Outcome::Timeout, ProxyError::Timeout),
-        };
+                Err(_) if deadline_bound => (Outcome::Timeout, ProxyError::Deadline),
+                Err(_) => (Outcome::Timeout, ProxyError::Timeout),
+            };
         drop(in_flight);
         group.record(idx, outcome);
         debug!(upstream = &*group.name, server = &**server.label(), attempt, error = %err, "Attempt failed");
@@ -324,7 +379,9 @@ async fn forward(
             && safe
             && !matches!(err, ProxyError::Deadline)
             && body.next().is_some()
-            && group.budget.try_retry(cfg.retry.budget_percent, cfg.retry.budget_min);
+            && group
+                .budget
+                .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min);
         last_err = Some(err);
         if !can_retry {
             break;

@@ -20,7 +20,11 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Routes of one listener, most specific first.
-    pub fn for_listener(listener: &str, routes: &[Route], group_index: impl Fn(&str) -> usize) -> Self {
+    pub fn for_listener(
+        listener: &str,
+        routes: &[Route],
+        group_index: impl Fn(&str) -> usize,
+    ) -> Self {
         let mut routes: Vec<CompiledRoute> = routes
             .iter()
             .filter(|r| r.listener.as_deref().is_none_or(|l| l == listener))
@@ -69,7 +73,9 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// The path sent upstream when the prefix is stripped.
 pub fn strip(prefix: &str, path: &str) -> String {
-    let rest = path.strip_prefix(prefix.trim_end_matches('/')).unwrap_or(path);
+    let rest = path
+        .strip_prefix(prefix.trim_end_matches('/'))
+        .unwrap_or(path);
     if rest.starts_with('/') {
         rest.to_string()
     } else {
@@ -120,7 +126,10 @@ mod tests {
         assert_eq!(up(None, "/api/x").as_deref(), Some("api"));
         assert_eq!(up(None, "/api").as_deref(), Some("api"));
         assert_eq!(up(None, "/apix").as_deref(), Some("root"));
-        assert_eq!(up(Some("ADMIN.example.com"), "/api").as_deref(), Some("admin"));
+        assert_eq!(
+            up(Some("ADMIN.example.com"), "/api").as_deref(),
+            Some("admin")
+        );
         // Routes of another listener are not used.
         assert_eq!(up(None, "/api/v2/x").as_deref(), Some("v2"));
         let only_api = RouteTable::for_listener("web", &routes[1..2], |_| 0);

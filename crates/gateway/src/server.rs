@@ -141,7 +141,14 @@ impl Server {
                 if g.health.up {
                     g.returned_at = Some(now);
                 }
-                info!(upstream, server, old = "ejected", new = "active", reason = "ejection time elapsed", "Server state changed");
+                info!(
+                    upstream,
+                    server,
+                    old = "ejected",
+                    new = "active",
+                    reason = "ejection time elapsed",
+                    "Server state changed"
+                );
             }
         }
     }
@@ -158,7 +165,14 @@ impl Server {
         let admit = g.breaker.admit(cfg, now);
         let after = g.breaker.state();
         if before.name() != after.name() {
-            info!(upstream, server = &*self.addr_label, old = before.name(), new = after.name(), reason = "open_for elapsed", "Circuit breaker state changed");
+            info!(
+                upstream,
+                server = &*self.addr_label,
+                old = before.name(),
+                new = after.name(),
+                reason = "open_for elapsed",
+                "Circuit breaker state changed"
+            );
         }
         admit != Admit::No
     }
@@ -198,7 +212,14 @@ impl Server {
             } else {
                 "half-open probes succeeded".to_string()
             };
-            warn!(upstream, server = &*self.addr_label, old = old.name(), new = new.name(), reason, "Circuit breaker state changed");
+            warn!(
+                upstream,
+                server = &*self.addr_label,
+                old = old.name(),
+                new = new.name(),
+                reason,
+                "Circuit breaker state changed"
+            );
         }
         if !outcome.is_failure() {
             g.consecutive_failures = 0;
@@ -216,8 +237,7 @@ impl Server {
             return;
         }
         // The multiplier decays once the server stayed in for max_ejection.
-        if g
-            .last_ejection_end
+        if g.last_ejection_end
             .is_some_and(|t| now.saturating_duration_since(t) > outlier.max_ejection)
         {
             g.times_ejected = 0;
@@ -242,7 +262,14 @@ impl Server {
     }
 
     /// Records an active health check.
-    pub fn on_health_check(&self, upstream: &str, ok: bool, rise: u32, fall: u32, error: Option<&str>) {
+    pub fn on_health_check(
+        &self,
+        upstream: &str,
+        ok: bool,
+        rise: u32,
+        fall: u32,
+        error: Option<&str>,
+    ) {
         let mut g = self.lock();
         if g.health.on_check(ok, rise, fall) {
             let now = Instant::now();

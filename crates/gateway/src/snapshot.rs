@@ -62,25 +62,27 @@ impl Registry {
         let mut budgets_keep = HashMap::new();
         let mut clients_keep = HashMap::new();
         for up in &config.upstreams {
-            let servers: Vec<Arc<Server>> = up
-                .servers
-                .iter()
-                .map(|s| {
-                    let key = (up.name.clone(), s.address);
-                    let server = self
-                        .servers
-                        .get(&key)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(Server::new(s.address, s.weight, &up.breaker)));
-                    server.set_weight(s.weight);
-                    servers_keep.insert(key, server.clone());
-                    server
-                })
-                .collect();
+            let servers: Vec<Arc<Server>> =
+                up.servers
+                    .iter()
+                    .map(|s| {
+                        let key = (up.name.clone(), s.address);
+                        let server = self.servers.get(&key).cloned().unwrap_or_else(|| {
+                            Arc::new(Server::new(s.address, s.weight, &up.breaker))
+                        });
+                        server.set_weight(s.weight);
+                        servers_keep.insert(key, server.clone());
+                        server
+                    })
+                    .collect();
             let budget = self.budgets.get(&up.name).cloned().unwrap_or_default();
             budgets_keep.insert(up.name.clone(), budget.clone());
             let ckey = (up.name.clone(), up.timeouts.connect, up.timeouts.idle);
-            let client = self.clients.get(&ckey).cloned().unwrap_or_else(|| new_client(up));
+            let client = self
+                .clients
+                .get(&ckey)
+                .cloned()
+                .unwrap_or_else(|| new_client(up));
             clients_keep.insert(ckey, client.clone());
             groups.push(Arc::new(Group::new(up.clone(), servers, budget, client)));
         }
@@ -88,11 +90,21 @@ impl Registry {
         self.budgets = budgets_keep;
         self.clients = clients_keep;
 
-        let index = |name: &str| groups.iter().position(|g: &Arc<Group>| &*g.name == name).unwrap_or(0);
+        let index = |name: &str| {
+            groups
+                .iter()
+                .position(|g: &Arc<Group>| &*g.name == name)
+                .unwrap_or(0)
+        };
         let routes = config
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), RouteTable::for_listener(&l.name, &config.routes, index)))
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    RouteTable::for_listener(&l.name, &config.routes, index),
+                )
+            })
             .collect();
         Snapshot {
             config: Arc::new(config),

@@ -49,7 +49,12 @@ pub struct Group {
 }
 
 impl Group {
-    pub fn new(cfg: Config, servers: Vec<Arc<Server>>, budget: Arc<RetryBudget>, client: HttpClient) -> Self {
+    pub fn new(
+        cfg: Config,
+        servers: Vec<Arc<Server>>,
+        budget: Arc<RetryBudget>,
+        client: HttpClient,
+    ) -> Self {
         let server_keys = servers
             .iter()
             .map(|s| {
@@ -61,7 +66,11 @@ impl Group {
         Group {
             name: cfg.name.as_str().into(),
             balancer: Balancer::new(cfg.balance, servers.len()),
-            limiter: Limiter::new(cfg.limits.max_in_flight, cfg.limits.queue, cfg.limits.queue_timeout),
+            limiter: Limiter::new(
+                cfg.limits.max_in_flight,
+                cfg.limits.queue,
+                cfg.limits.queue_timeout,
+            ),
             servers,
             server_keys,
             budget,
@@ -73,7 +82,10 @@ impl Group {
 
     /// Number of servers currently ejected by outlier detection.
     fn ejected_count(&self, now: Instant) -> usize {
-        self.servers.iter().filter(|s| s.is_ejected(&self.name, now)).count()
+        self.servers
+            .iter()
+            .filter(|s| s.is_ejected(&self.name, now))
+            .count()
     }
 
     /// True when at least one server is healthy and its breaker admits.
@@ -98,9 +110,16 @@ impl Group {
         let panic = !any_healthy;
         if panic != self.in_panic.swap(panic, Ordering::Relaxed) {
             if panic {
-                warn!(upstream = &*self.name, servers = n, "Every server is unhealthy: panic mode, trying all of them");
+                warn!(
+                    upstream = &*self.name,
+                    servers = n,
+                    "Every server is unhealthy: panic mode, trying all of them"
+                );
             } else {
-                info!(upstream = &*self.name, "A server is healthy again: leaving panic mode");
+                info!(
+                    upstream = &*self.name,
+                    "A server is healthy again: leaving panic mode"
+                );
             }
         }
         let usable = |i: usize| admits[i] && (panic || healthy[i]);
@@ -110,7 +129,10 @@ impl Group {
             .collect();
         if cands.is_empty() {
             // Every usable server was tried already: allow them again.
-            cands = (0..n).filter(|&i| usable(i)).map(|i| self.candidate(i, now)).collect();
+            cands = (0..n)
+                .filter(|&i| usable(i))
+                .map(|i| self.candidate(i, now))
+                .collect();
         }
         while !cands.is_empty() {
             let idx = self.balancer.pick(&cands, key, &self.server_keys);
@@ -138,7 +160,11 @@ impl Group {
 
     pub fn record(&self, idx: usize, outcome: Outcome) {
         let now = Instant::now();
-        let ejected = if outcome.is_failure() { self.ejected_count(now) } else { 0 };
+        let ejected = if outcome.is_failure() {
+            self.ejected_count(now)
+        } else {
+            0
+        };
         self.servers[idx].record(
             &self.name,
             outcome,

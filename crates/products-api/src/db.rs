@@ -30,7 +30,8 @@ impl Db {
     pub fn open(path: &Path) -> Result<Db, String> {
         let conn = Connection::open(path)
             .map_err(|err| format!("cannot open database {}: {err}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(e)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(e)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=NORMAL;
@@ -86,7 +87,9 @@ impl Db {
         )
         .map_err(e)?;
         let id = c.last_insert_rowid();
-        Ok(json!({"id": id, "name": p.name, "price": p.price, "stock": p.stock, "description": p.description}))
+        Ok(
+            json!({"id": id, "name": p.name, "price": p.price, "stock": p.stock, "description": p.description}),
+        )
     }
 
     pub fn update(&self, id: i64, p: &NewProduct) -> Result<Option<Value>, String> {

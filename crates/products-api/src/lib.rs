@@ -125,13 +125,21 @@ fn error(app: &App, status: StatusCode, msg: &str) -> Resp {
 async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/health" {
-        return Ok(json_response(&app, StatusCode::OK, &json!({"status": "ok"})));
+        return Ok(json_response(
+            &app,
+            StatusCode::OK,
+            &json!({"status": "ok"}),
+        ));
     }
     if !app.latency.is_zero() {
         tokio::time::sleep(app.latency).await;
     }
     if app.fail_rate > 0.0 && fastrand::f64() < app.fail_rate {
-        return Ok(error(&app, StatusCode::INTERNAL_SERVER_ERROR, "injected failure (--fail-rate)"));
+        return Ok(error(
+            &app,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "injected failure (--fail-rate)",
+        ));
     }
     Ok(route(&app, req, &path).await)
 }
@@ -179,7 +187,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>, path: &str) -> Resp {
             let db = app.db.clone();
             let result = match method {
                 Method::GET => blocking(move || db.get(id)).await,
-                Method::DELETE => blocking(move || db.delete(id).map(|ok| ok.then(|| json!({})))).await,
+                Method::DELETE => {
+                    blocking(move || db.delete(id).map(|ok| ok.then(|| json!({})))).await
+                }
                 Method::PUT => {
                     let product = match read_product(app, req).await {
                         Ok(p) => p,
@@ -263,10 +273,20 @@ async fn read_product(app: &App, req: Request<Incoming>) -> Result<NewProduct, R
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return Err(error(app, StatusCode::PAYLOAD_TOO_LARGE, "body larger than 1 MiB"));
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Err(error(
+                    app,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body larger than 1 MiB",
+                ));
             }
-            return Err(error(app, StatusCode::BAD_REQUEST, "could not read request body"));
+            return Err(error(
+                app,
+                StatusCode::BAD_REQUEST,
+                "could not read request body",
+            ));
         }
     };
     validate_product(&body).map_err(|fields| validation_failed(app, fields))
@@ -333,7 +353,10 @@ pub fn validate_product(body: &[u8]) -> Result<NewProduct, Map<String, Value>> {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.chars().count() <= 2000 => Some(s.clone()),
         Some(_) => {
-            fields.insert("description".into(), json!("must be a string of at most 2000 characters"));
+            fields.insert(
+                "description".into(),
+                json!("must be a string of at most 2000 characters"),
+            );
             None
         }
     };

@@ -26,12 +26,18 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !(0.0..=1.0).contains(&cli.fail_rate) {
-        eprintln!("products-api: --fail-rate must be between 0 and 1, got {}", cli.fail_rate);
+        eprintln!(
+            "products-api: --fail-rate must be between 0 and 1, got {}",
+            cli.fail_rate
+        );
         return ExitCode::from(2);
     }
     let listen = match cli.listen {
         Some(a) => a,
-        None => match std::env::var("PORT").ok().and_then(|p| p.parse::<u16>().ok()) {
+        None => match std::env::var("PORT")
+            .ok()
+            .and_then(|p| p.parse::<u16>().ok())
+        {
             Some(p) => SocketAddr::from(([127, 0, 0, 1], p)),
             None => {
                 eprintln!("products-api: give --listen ADDR or set PORT");
@@ -44,7 +50,10 @@ fn main() -> ExitCode {
         fail_rate: cli.fail_rate,
         latency: std::time::Duration::from_millis(cli.latency_ms),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("products-api: cannot start runtime: {e}");

@@ -80,11 +80,16 @@ impl Proc {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .env("RUST_LOG", "info");
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
         let (tx, rx) = mpsc::unbounded_channel();
         let out = child.stdout.take().expect("stdout");
         let err = child.stderr.take().expect("stderr");
-        for stream in [Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(err)] {
+        for stream in [
+            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(err),
+        ] {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stream).lines();
@@ -95,7 +100,11 @@ impl Proc {
                 }
             });
         }
-        Proc { child, lines: rx, seen: Vec::new() }
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for an output line containing `needle`, returns it.
@@ -112,8 +121,14 @@ impl Proc {
                         return l;
                     }
                 }
-                Ok(None) => panic!("process exited before printing {needle:?}; output:\n{}", self.seen.join("\n")),
-                Err(_) => panic!("no line with {needle:?} within {deadline:?}; output:\n{}", self.seen.join("\n")),
+                Ok(None) => panic!(
+                    "process exited before printing {needle:?}; output:\n{}",
+                    self.seen.join("\n")
+                ),
+                Err(_) => panic!(
+                    "no line with {needle:?} within {deadline:?}; output:\n{}",
+                    self.seen.join("\n")
+                ),
             }
         }
     }
@@ -149,9 +164,7 @@ impl Proc {
 /// SIGTERM to child processes, and std has no API for signals.
 fn send_signal(pid: i32, sig: i32) -> i32 {
     // SAFETY: kill(2) takes two integers and touches no memory of ours.
-    unsafe {
-        libc::kill(pid, sig)
-    }
+    unsafe { libc::kill(pid, sig) }
 }
 
 /// Extracts `key=VALUE` from a log line (text format).
@@ -177,8 +190,14 @@ impl ProductsApi {
         let mut args = vec!["--listen", listen, "--db", db];
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn(&bin("products-api"), &args);
-        let line = proc.wait_line("listening on", Duration::from_secs(20)).await;
-        let addr = line.rsplit(' ').next().and_then(|a| a.parse().ok()).expect("address in line");
+        let line = proc
+            .wait_line("listening on", Duration::from_secs(20))
+            .await;
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("address in line");
         ProductsApi { proc, addr }
     }
 }
@@ -222,10 +241,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: &str) -> Reply {
-        Reply { status: 200, body: Bytes::copy_from_slice(body.as_bytes()), delay: Duration::ZERO }
+        Reply {
+            status: 200,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            delay: Duration::ZERO,
+        }
     }
     pub fn status(status: u16) -> Reply {
-        Reply { status, body: Bytes::new(), delay: Duration::ZERO }
+        Reply {
+            status,
+            body: Bytes::new(),
+            delay: Duration::ZERO,
+        }
     }
     pub fn delayed(mut self, d: Duration) -> Reply {
         self.delay = d;
@@ -258,7 +285,9 @@ impl TestServer {
         let h2 = hits.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let handler = handler.clone();
                 let hits = h2.clone();
                 tokio::spawn(async move {
@@ -274,18 +303,29 @@ impl TestServer {
                             }
                             let path = req.uri().to_string();
                             // Read the whole body so the connection stays reusable.
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             if !reply.delay.is_zero() {
                                 tokio::time::sleep(reply.delay).await;
                             }
                             let mut resp = Response::new(Full::new(reply.body));
-                            *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+                            *resp.status_mut() =
+                                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
                             let h = resp.headers_mut();
                             h.insert("x-served-by", addr.to_string().parse().expect("header"));
                             h.insert("x-echo-path", path.parse().expect("header"));
-                            h.insert("x-echo-body-len", body.len().to_string().parse().expect("header"));
+                            h.insert(
+                                "x-echo-body-len",
+                                body.len().to_string().parse().expect("header"),
+                            );
                             for (k, v) in echo {
-                                if let Ok(name) = hyper::header::HeaderName::from_bytes(k.as_bytes()) {
+                                if let Ok(name) =
+                                    hyper::header::HeaderName::from_bytes(k.as_bytes())
+                                {
                                     h.append(name, v);
                                 }
                             }
@@ -347,9 +387,19 @@ pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Result<Got,
     let resp = client.request(req).await.map_err(|e| format!("{e:?}"))?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Got { status: parts.status.as_u16(), headers: parts.headers, body })
+    Ok(Got {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
 }
 
 pub async fn get(client: &HttpClient, url: &str) -> Result<Got, String> {
-    send(client, Request::get(url).body(Full::new(Bytes::new())).map_err(|e| e.to_string())?).await
+    send(
+        client,
+        Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?,
+    )
+    .await
 }

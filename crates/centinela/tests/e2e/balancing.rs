@@ -5,7 +5,11 @@ use centinela_testkit::{client, Reply};
 
 use crate::util::*;
 
-async fn count_by_server(gw: &centinela_gateway::Gateway, n: usize, concurrency: usize) -> HashMap<String, usize> {
+async fn count_by_server(
+    gw: &centinela_gateway::Gateway,
+    n: usize,
+    concurrency: usize,
+) -> HashMap<String, usize> {
     let c = client();
     let u = url(gw, "/");
     let mut tasks = Vec::new();
@@ -17,7 +21,8 @@ async fn count_by_server(gw: &centinela_gateway::Gateway, n: usize, concurrency:
             for _ in 0..share {
                 let got = centinela_testkit::get(&c, &u).await.unwrap();
                 assert_eq!(got.status, 200);
-                *m.entry(got.header("x-served-by").unwrap().to_string()).or_default() += 1;
+                *m.entry(got.header("x-served-by").unwrap().to_string())
+                    .or_default() += 1;
             }
             m
         }));
@@ -58,11 +63,19 @@ async fn least_conn_and_p2c_avoid_a_slow_server() {
         let mut s = servers(2).await;
         let slow = server_with(|_| Reply::ok("slow").delayed(Duration::from_millis(200))).await;
         s.push(slow);
-        let gw = start(&config(&[(s[0].addr, 1), (s[1].addr, 1), (s[2].addr, 1)], &format!("balance = \"{policy}\""))).await;
+        let gw = start(&config(
+            &[(s[0].addr, 1), (s[1].addr, 1), (s[2].addr, 1)],
+            &format!("balance = \"{policy}\""),
+        ))
+        .await;
         let counts = count_by_server(&gw, 600, 6).await;
         let slow_share = counts.get(&s[2].addr.to_string()).copied().unwrap_or(0) as f64 / 600.0;
         // A fair share would be 33%.
-        assert!(slow_share < 0.10, "{policy}: slow server got {:.1}% ({counts:?})", slow_share * 100.0);
+        assert!(
+            slow_share < 0.10,
+            "{policy}: slow server got {:.1}% ({counts:?})",
+            slow_share * 100.0
+        );
     }
 }
 
@@ -78,7 +91,10 @@ async fn hash_keeps_keys_and_moves_about_one_nth_when_a_server_leaves() {
         let id = format!("user-{user}");
         let a = send(&c, &gw, "GET", "/", &[("x-user-id", &id)], "").await;
         let b = send(&c, &gw, "GET", "/", &[("x-user-id", &id)], "").await;
-        let (a, b) = (a.header("x-served-by").unwrap().to_string(), b.header("x-served-by").unwrap().to_string());
+        let (a, b) = (
+            a.header("x-served-by").unwrap().to_string(),
+            b.header("x-served-by").unwrap().to_string(),
+        );
         assert_eq!(a, b, "key {id} moved between two requests");
         owner.insert(id, a);
     }
@@ -88,18 +104,28 @@ async fn hash_keeps_keys_and_moves_about_one_nth_when_a_server_leaves() {
     }
     // Remove server 3 by reload.
     let removed = s[3].addr.to_string();
-    let cfg = centinela_config::parse(&config(&all[..3], extra), "t.toml").unwrap().config;
+    let cfg = centinela_config::parse(&config(&all[..3], extra), "t.toml")
+        .unwrap()
+        .config;
     let mut cfg = cfg;
     cfg.listeners = gw.config().listeners.clone();
     gw.reload(cfg).await.unwrap();
     let mut moved = 0;
     for (id, before) in &owner {
-        let now = send(&c, &gw, "GET", "/", &[("x-user-id", id)], "").await.header("x-served-by").unwrap().to_string();
+        let now = send(&c, &gw, "GET", "/", &[("x-user-id", id)], "")
+            .await
+            .header("x-served-by")
+            .unwrap()
+            .to_string();
         if &now != before {
             assert_eq!(before, &removed, "{id} moved although its server stayed");
             moved += 1;
         }
     }
     let frac = moved as f64 / owner.len() as f64;
-    assert!((0.12..=0.40).contains(&frac), "moved {:.1}% of keys, expected about 25%", frac * 100.0);
+    assert!(
+        (0.12..=0.40).contains(&frac),
+        "moved {:.1}% of keys, expected about 25%",
+        frac * 100.0
+    );
 }

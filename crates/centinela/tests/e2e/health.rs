@@ -26,7 +26,11 @@ async fn active_checks_remove_a_failing_server_and_readmit_it_after_rise() {
     .await;
     let c = client();
     healthy.store(false, Ordering::Relaxed);
-    assert_eventually!(3, server_state(&upstream_state(&c, &gw).await, flaky.addr)["healthy"] == false, "flaky server never marked down");
+    assert_eventually!(
+        3,
+        server_state(&upstream_state(&c, &gw).await, flaky.addr)["healthy"] == false,
+        "flaky server never marked down"
+    );
     let before = flaky.hits();
     for _ in 0..20 {
         assert_eq!(get(&c, &gw, "/").await.status, 200);
@@ -35,25 +39,59 @@ async fn active_checks_remove_a_failing_server_and_readmit_it_after_rise() {
     let h_checks = flaky.hits() - before;
     assert!(h_checks < 20, "flaky got {h_checks} hits while down");
     healthy.store(true, Ordering::Relaxed);
-    assert_eventually!(3, server_state(&upstream_state(&c, &gw).await, flaky.addr)["healthy"] == true, "flaky server never came back");
+    assert_eventually!(
+        3,
+        server_state(&upstream_state(&c, &gw).await, flaky.addr)["healthy"] == true,
+        "flaky server never came back"
+    );
     assert_eventually!(
         3,
         get(&c, &gw, "/").await.header("x-served-by") == Some(&flaky.addr.to_string()),
         "flaky server gets no traffic after coming back"
     );
-    let ready = centinela_testkit::get(&c, &format!("http://{}/-/ready", gw.admin_addr())).await.unwrap();
+    let ready = centinela_testkit::get(&c, &format!("http://{}/-/ready", gw.admin_addr()))
+        .await
+        .unwrap();
     assert_eq!(ready.status, 200);
 }
 
 #[tokio::test]
 async fn ready_is_503_when_a_route_has_no_healthy_server() {
-    let s = server_with(|req| if req.uri().path() == "/health" { Reply::status(500) } else { Reply::ok("x") }).await;
-    let gw = start(&config(&[(s.addr, 1)], "health = { interval = \"20ms\", fall = 1 }")).await;
+    let s = server_with(|req| {
+        if req.uri().path() == "/health" {
+            Reply::status(500)
+        } else {
+            Reply::ok("x")
+        }
+    })
+    .await;
+    let gw = start(&config(
+        &[(s.addr, 1)],
+        "health = { interval = \"20ms\", fall = 1 }",
+    ))
+    .await;
     let c = client();
     let admin = format!("http://{}", gw.admin_addr());
-    assert_eq!(centinela_testkit::get(&c, &format!("{admin}/-/health")).await.unwrap().status, 200);
-    assert_eventually!(3, centinela_testkit::get(&c, &format!("{admin}/-/ready")).await.unwrap().status == 503, "never unready");
-    let body = centinela_testkit::get(&c, &format!("{admin}/-/ready")).await.unwrap().text();
+    assert_eq!(
+        centinela_testkit::get(&c, &format!("{admin}/-/health"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eventually!(
+        3,
+        centinela_testkit::get(&c, &format!("{admin}/-/ready"))
+            .await
+            .unwrap()
+            .status
+            == 503,
+        "never unready"
+    );
+    let body = centinela_testkit::get(&c, &format!("{admin}/-/ready"))
+        .await
+        .unwrap()
+        .text();
     assert!(body.contains("-> app"), "{body}");
     // Panic mode: every server is unhealthy, so the gateway tries them all
     // instead of refusing everything.
@@ -74,17 +112,31 @@ async fn outlier_detection_ejects_after_consecutive_5xx_but_never_more_than_max_
         }
     }
     // Ejected after its third consecutive 500: no more traffic after that.
-    assert_eq!(fails, 3, "bad server should get exactly 3 requests before ejection");
-    assert_eq!(server_state(&upstream_state(&c, &gw).await, bad.addr)["ejected"], true);
+    assert_eq!(
+        fails, 3,
+        "bad server should get exactly 3 requests before ejection"
+    );
+    assert_eq!(
+        server_state(&upstream_state(&c, &gw).await, bad.addr)["ejected"],
+        true
+    );
 
     // Two failing servers, 50%: only one may be ejected.
-    let (b1, b2) = (server_with(|_| Reply::status(500)).await, server_with(|_| Reply::status(500)).await);
+    let (b1, b2) = (
+        server_with(|_| Reply::status(500)).await,
+        server_with(|_| Reply::status(500)).await,
+    );
     let gw = start(&config(&[(b1.addr, 1), (b2.addr, 1)], extra)).await;
     for _ in 0..30 {
         get(&c, &gw, "/").await;
     }
     let st = upstream_state(&c, &gw).await;
-    let ejected = st.as_array().unwrap().iter().filter(|s| s["ejected"] == true).count();
+    let ejected = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["ejected"] == true)
+        .count();
     assert_eq!(ejected, 1, "{st}");
 }
 
@@ -105,12 +157,22 @@ async fn breaker_opens_on_error_ratio_answers_503_at_once_then_closes() {
     assert_eq!(got.status, 503);
     assert!(got.text().contains("circuit open"), "{}", got.text());
     assert_eq!(s.hits(), hits);
-    assert_eq!(server_state(&upstream_state(&c, &gw).await, s.addr)["breaker"], "open");
+    assert_eq!(
+        server_state(&upstream_state(&c, &gw).await, s.addr)["breaker"],
+        "open"
+    );
     // The server recovers; after open_for, half-open probes close the circuit.
     status.store(200, Ordering::Relaxed);
-    assert_eventually!(3, get(&c, &gw, "/").await.status == 200, "breaker never half-opened");
+    assert_eventually!(
+        3,
+        get(&c, &gw, "/").await.status == 200,
+        "breaker never half-opened"
+    );
     assert_eq!(get(&c, &gw, "/").await.status, 200);
-    assert_eq!(server_state(&upstream_state(&c, &gw).await, s.addr)["breaker"], "closed");
+    assert_eq!(
+        server_state(&upstream_state(&c, &gw).await, s.addr)["breaker"],
+        "closed"
+    );
     let _ = Duration::ZERO;
 }
 
@@ -124,7 +186,10 @@ async fn breaker_open_on_one_server_sends_traffic_to_the_others() {
     for _ in 0..10 {
         get(&c, &gw, "/").await;
     }
-    assert_eq!(server_state(&upstream_state(&c, &gw).await, bad.addr)["breaker"], "open");
+    assert_eq!(
+        server_state(&upstream_state(&c, &gw).await, bad.addr)["breaker"],
+        "open"
+    );
     for _ in 0..20 {
         assert_eq!(get(&c, &gw, "/").await.status, 200);
     }

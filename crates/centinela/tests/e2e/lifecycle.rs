@@ -41,10 +41,17 @@ shutdown_timeout = "10s"
 }
 
 async fn run_gateway(cfg_path: &std::path::Path) -> Running {
-    let mut proc = Proc::spawn(&bin("centinela"), &["run", "--config", cfg_path.to_str().unwrap()]);
-    let admin = proc.wait_line("Admin API listening", Duration::from_secs(20)).await;
+    let mut proc = Proc::spawn(
+        &bin("centinela"),
+        &["run", "--config", cfg_path.to_str().unwrap()],
+    );
+    let admin = proc
+        .wait_line("Admin API listening", Duration::from_secs(20))
+        .await;
     let admin = field(&admin, "addr").unwrap().parse().unwrap();
-    let web = proc.wait_line("Listening listener=web", Duration::from_secs(20)).await;
+    let web = proc
+        .wait_line("Listening listener=web", Duration::from_secs(20))
+        .await;
     let web = field(&web, "addr").unwrap().parse().unwrap();
     Running { proc, web, admin }
 }
@@ -59,13 +66,25 @@ struct Load {
 }
 
 impl Load {
-    fn start(c: &HttpClient, base: String, workers: usize, max: Duration, post_every: usize) -> Load {
+    fn start(
+        c: &HttpClient,
+        base: String,
+        workers: usize,
+        max: Duration,
+        post_every: usize,
+    ) -> Load {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for w in 0..workers {
-            let (c, base, ok, failed, stop) = (c.clone(), base.clone(), ok.clone(), failed.clone(), stop.clone());
+            let (c, base, ok, failed, stop) = (
+                c.clone(),
+                base.clone(),
+                ok.clone(),
+                failed.clone(),
+                stop.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let end = Instant::now() + max;
                 let mut errors = Vec::new();
@@ -73,7 +92,8 @@ impl Load {
                 while !stop.load(Ordering::Relaxed) && Instant::now() < end {
                     i += 1;
                     let res = if post_every > 0 && i % post_every == 0 {
-                        let body = format!("{{\"name\":\"load-{w}-{i}\",\"price\":1.5,\"stock\":1}}");
+                        let body =
+                            format!("{{\"name\":\"load-{w}-{i}\",\"price\":1.5,\"stock\":1}}");
                         let req = hyper::Request::post(format!("{base}/products"))
                             .header("content-type", "application/json")
                             .body(http_body_util::Full::new(bytes::Bytes::from(body)))
@@ -99,7 +119,12 @@ impl Load {
                 errors
             }));
         }
-        Load { ok, failed, stop, tasks }
+        Load {
+            ok,
+            failed,
+            stop,
+            tasks,
+        }
     }
 
     async fn finish(self) -> (u64, u64, Vec<String>) {
@@ -108,7 +133,11 @@ impl Load {
         for t in self.tasks {
             errors.extend(t.await.unwrap());
         }
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed), errors)
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
     }
 
     fn ok(&self) -> u64 {
@@ -117,7 +146,9 @@ impl Load {
 }
 
 async fn server_json(c: &HttpClient, admin: SocketAddr, addr: SocketAddr) -> serde_json::Value {
-    let got = centinela_testkit::get(c, &format!("http://{admin}/-/upstreams")).await.unwrap();
+    let got = centinela_testkit::get(c, &format!("http://{admin}/-/upstreams"))
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
     v["upstreams"][0]["servers"]
         .as_array()
@@ -141,9 +172,18 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
     std::fs::write(&cfg, gateway_config(&addrs, "")).unwrap();
     let gw = run_gateway(&cfg).await;
     let c = client();
-    let load = Load::start(&c, format!("http://{}", gw.web), 4, Duration::from_secs(15), 0);
+    let load = Load::start(
+        &c,
+        format!("http://{}", gw.web),
+        4,
+        Duration::from_secs(15),
+        0,
+    );
     let ok0 = load.ok();
-    assert!(centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > ok0 + 100 }).await);
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > ok0 + 100 })
+            .await
+    );
 
     // kill -9 one instance.
     let victim = addrs[1];
@@ -162,7 +202,10 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let out_after = out_after.expect("killed server never left rotation");
-    assert!(out_after < Duration::from_secs(1), "left rotation after {out_after:?}");
+    assert!(
+        out_after < Duration::from_secs(1),
+        "left rotation after {out_after:?}"
+    );
 
     // Bring it back on the same port: it rejoins after `rise` checks.
     let back = ProductsApi::spawn_on(&victim.to_string(), &db, &[]).await;
@@ -175,7 +218,9 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
     );
     let mut served_by_back = false;
     for _ in 0..30 {
-        let g = centinela_testkit::get(&c, &format!("http://{}/products", gw.web)).await.unwrap();
+        let g = centinela_testkit::get(&c, &format!("http://{}/products", gw.web))
+            .await
+            .unwrap();
         served_by_back |= g.header("x-served-by") == Some(&*victim.to_string());
     }
     assert!(served_by_back, "restarted server gets no traffic");
@@ -185,7 +230,13 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (ok, failed, errors) = load.finish().await;
-    assert_eq!(failed, 0, "{failed} failed requests of {}: {:?}", ok + failed, &errors[..errors.len().min(5)]);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} failed requests of {}: {:?}",
+        ok + failed,
+        &errors[..errors.len().min(5)]
+    );
     assert!(ok > 1000, "load too small to mean anything: {ok}");
     drop(back);
 }
@@ -203,18 +254,31 @@ async fn sighup_reload_under_load_drops_nothing_and_bad_reload_keeps_config() {
     std::fs::write(&cfg, gateway_config(&addrs[..2], "")).unwrap();
     let mut gw = run_gateway(&cfg).await;
     let c = client();
-    let load = Load::start(&c, format!("http://{}", gw.web), 4, Duration::from_secs(20), 5);
+    let load = Load::start(
+        &c,
+        format!("http://{}", gw.web),
+        4,
+        Duration::from_secs(20),
+        5,
+    );
     let base = load.ok();
-    assert!(centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > base + 100 }).await);
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > base + 100 })
+            .await
+    );
 
     // Reload 1: add the third server.
     std::fs::write(&cfg, gateway_config(&addrs, "balance = \"least_conn\"")).unwrap();
     gw.proc.signal(libc::SIGHUP);
-    gw.proc.wait_line("Configuration reloaded", Duration::from_secs(5)).await;
+    gw.proc
+        .wait_line("Configuration reloaded", Duration::from_secs(5))
+        .await;
     let third = addrs[2].to_string();
     assert!(
         centinela_testkit::eventually(Duration::from_secs(5), || async {
-            let g = centinela_testkit::get(&c, &format!("http://{}/products", gw.web)).await.unwrap();
+            let g = centinela_testkit::get(&c, &format!("http://{}/products", gw.web))
+                .await
+                .unwrap();
             g.header("x-served-by") == Some(&*third)
         })
         .await,
@@ -223,17 +287,37 @@ async fn sighup_reload_under_load_drops_nothing_and_bad_reload_keeps_config() {
     // Reload 2: an invalid file is rejected and the old config stays.
     std::fs::write(&cfg, "[[listener]]\nname = \"web\"\nlisten = \"nope\"\n").unwrap();
     gw.proc.signal(libc::SIGHUP);
-    let line = gw.proc.wait_line("Reload rejected", Duration::from_secs(5)).await;
+    let line = gw
+        .proc
+        .wait_line("Reload rejected", Duration::from_secs(5))
+        .await;
     assert!(line.contains("keeping the running configuration"), "{line}");
-    assert!(gw.proc.seen.iter().any(|l| l.contains("centinela.toml:3:10")), "error lacks line:column");
+    assert!(
+        gw.proc
+            .seen
+            .iter()
+            .any(|l| l.contains("centinela.toml:3:10")),
+        "error lacks line:column"
+    );
     // Reload 3: back to two servers, while the load continues.
     std::fs::write(&cfg, gateway_config(&addrs[..2], "")).unwrap();
     gw.proc.signal(libc::SIGHUP);
-    gw.proc.wait_line("Configuration reloaded", Duration::from_secs(5)).await;
+    gw.proc
+        .wait_line("Configuration reloaded", Duration::from_secs(5))
+        .await;
     let after = load.ok();
-    assert!(centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > after + 100 }).await);
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > after + 100 })
+            .await
+    );
     let (ok, failed, errors) = load.finish().await;
-    assert_eq!(failed, 0, "{failed} of {} failed: {:?}", ok + failed, &errors[..errors.len().min(5)]);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} failed: {:?}",
+        ok + failed,
+        &errors[..errors.len().min(5)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,14 +338,22 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         .await
     );
     gw.proc.signal(libc::SIGTERM);
-    gw.proc.wait_line("Shutting down", Duration::from_secs(5)).await;
+    gw.proc
+        .wait_line("Shutting down", Duration::from_secs(5))
+        .await;
     // New connections are refused once the listener closed.
     let web = gw.web;
     assert!(
-        centinela_testkit::eventually(Duration::from_secs(2), || async { tokio::net::TcpStream::connect(web).await.is_err() }).await,
+        centinela_testkit::eventually(Duration::from_secs(2), || async {
+            tokio::net::TcpStream::connect(web).await.is_err()
+        })
+        .await,
         "still accepting after SIGTERM"
     );
-    let got = in_flight.await.unwrap().expect("in-flight request completed");
+    let got = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completed");
     assert_eq!(got.status, 200, "{}", got.text());
     let status = gw.proc.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));
@@ -283,18 +375,38 @@ async fn invalid_config_exits_2_with_line_and_column() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{cmd}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("bad.toml:6:12: route[0].upstream: unknown upstream \"missing\""), "{cmd}: {err}");
-        assert!(err.contains("bad.toml:10:19: upstream.app.health.rise: must be at least 1"), "{cmd}: {err}");
+        assert!(
+            err.contains("bad.toml:6:12: route[0].upstream: unknown upstream \"missing\""),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains("bad.toml:10:19: upstream.app.health.rise: must be at least 1"),
+            "{cmd}: {err}"
+        );
         assert!(err.contains("2 errors"), "{cmd}: {err}");
     }
     // A good file passes check with exit 0.
     std::fs::write(&cfg, "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\n").unwrap();
-    let out = std::process::Command::new(bin("centinela")).args(["check", "--config", cfg.to_str().unwrap()]).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin("centinela"))
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A missing file and a bad flag are errors too, not panics.
-    let out = std::process::Command::new(bin("centinela")).args(["check", "--config", "/nonexistent.toml"]).output().unwrap();
+    let out = std::process::Command::new(bin("centinela"))
+        .args(["check", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
-    let out = std::process::Command::new(bin("centinela")).args(["frobnicate"]).output().unwrap();
+    let out = std::process::Command::new(bin("centinela"))
+        .args(["frobnicate"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -19,16 +19,27 @@ async fn forwards_with_proxy_headers_and_request_id() {
         &gw,
         "GET",
         "/items?x=1",
-        &[("host", "api.example.com:8080"), ("connection", "x-hop"), ("x-hop", "secret"), ("x-forwarded-for", "10.1.1.1")],
+        &[
+            ("host", "api.example.com:8080"),
+            ("connection", "x-hop"),
+            ("x-hop", "secret"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ],
         "",
     )
     .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.header("x-served-by").unwrap(), up[0].addr.to_string());
     assert_eq!(got.header("x-echo-path"), Some("/items?x=1"));
-    assert_eq!(got.header("x-echo-x-forwarded-for"), Some("10.1.1.1, 127.0.0.1"));
+    assert_eq!(
+        got.header("x-echo-x-forwarded-for"),
+        Some("10.1.1.1, 127.0.0.1")
+    );
     assert_eq!(got.header("x-echo-x-forwarded-proto"), Some("http"));
-    assert_eq!(got.header("x-echo-x-forwarded-host"), Some("api.example.com:8080"));
+    assert_eq!(
+        got.header("x-echo-x-forwarded-host"),
+        Some("api.example.com:8080")
+    );
     assert_eq!(got.header("x-echo-host"), Some("api.example.com:8080"));
     // Hop-by-hop headers, and those named in Connection, are not forwarded.
     assert!(got.header("x-echo-x-hop").is_none());
@@ -81,7 +92,15 @@ access_log = false
     let got = get(&c, &gw, "/api/v2/x").await;
     assert_eq!(got.header("x-served-by").unwrap(), b[0].addr.to_string());
     assert_eq!(got.header("x-echo-path"), Some("/api/v2/x"));
-    let got = send(&c, &gw, "GET", "/api/products", &[("host", "ADMIN.example.com")], "").await;
+    let got = send(
+        &c,
+        &gw,
+        "GET",
+        "/api/products",
+        &[("host", "ADMIN.example.com")],
+        "",
+    )
+    .await;
     assert_eq!(got.header("x-served-by").unwrap(), c_[0].addr.to_string());
     // No route: a JSON 404 with the request id.
     let got = get(&c, &gw, "/elsewhere").await;
@@ -114,7 +133,11 @@ async fn malformed_requests_get_400_and_never_reach_upstream() {
     ];
     for req in cases {
         let resp = raw(addr, req).await;
-        assert!(resp.starts_with("HTTP/1.1 400"), "{:?} got {resp:?}", String::from_utf8_lossy(req));
+        assert!(
+            resp.starts_with("HTTP/1.1 400"),
+            "{:?} got {resp:?}",
+            String::from_utf8_lossy(req)
+        );
     }
     assert_eq!(up[0].hits(), 0, "a malformed request reached the upstream");
 }
@@ -127,12 +150,22 @@ async fn http2_prior_knowledge_clients_are_served() {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
             .build_http();
-    let resp = h2.request(Request::get(url(&gw, "/h2")).body(Full::new(Bytes::new())).unwrap()).await.unwrap();
+    let resp = h2
+        .request(
+            Request::get(url(&gw, "/h2"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(resp.version(), hyper::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-echo-path"], "/h2");
     // The upstream got a Host header built from :authority.
-    assert_eq!(resp.headers()["x-echo-host"], gw.listener_addr("web").unwrap().to_string());
+    assert_eq!(
+        resp.headers()["x-echo-host"],
+        gw.listener_addr("web").unwrap().to_string()
+    );
 }
 
 #[tokio::test]
@@ -160,9 +193,19 @@ async fn websocket_upgrade_passes_through() {
             s.write_all(&buf[..n]).await.unwrap();
         }
     });
-    let gw = start(&config(&[(up_addr, 1)], "health = { path = \"/\", interval = \"1h\" }")).await;
-    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap()).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let gw = start(&config(
+        &[(up_addr, 1)],
+        "health = { path = \"/\", interval = \"1h\" }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -174,7 +217,10 @@ async fn websocket_upgrade_passes_through() {
     assert!(head.contains("upgrade: websocket"), "{head}");
     s.write_all(b"ping-over-websocket").await.unwrap();
     let mut echo = [0u8; 19];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&echo, b"ping-over-websocket");
 }
 
@@ -193,7 +239,11 @@ async fn gateway_errors_are_json_502_503_504() {
 
     // 504: the server answers after the response timeout.
     let slow = server_with(|_| Reply::ok("late").delayed(Duration::from_secs(3))).await;
-    let gw = start(&config(&[(slow.addr, 1)], "retry = { attempts = 1 }\ntimeouts = { response = \"200ms\" }")).await;
+    let gw = start(&config(
+        &[(slow.addr, 1)],
+        "retry = { attempts = 1 }\ntimeouts = { response = \"200ms\" }",
+    ))
+    .await;
     let t = std::time::Instant::now();
     let got = get(&c, &gw, "/").await;
     assert_eq!(got.status, 504);
@@ -203,17 +253,26 @@ async fn gateway_errors_are_json_502_503_504() {
 
     // 503: concurrency limit 1, no queue: a second request is refused at once.
     let slow = server_with(|_| Reply::ok("slow").delayed(Duration::from_millis(1500))).await;
-    let gw = start(&config(&[(slow.addr, 1)], "limits = { max_in_flight = 1, queue = 0 }")).await;
+    let gw = start(&config(
+        &[(slow.addr, 1)],
+        "limits = { max_in_flight = 1, queue = 0 }",
+    ))
+    .await;
     let first = {
         let c = c.clone();
         let u = url(&gw, "/");
         tokio::spawn(async move { centinela_testkit::get(&c, &u).await.unwrap().status })
     };
-    assert!(centinela_testkit::eventually(Duration::from_secs(5), || async { slow.hits() == 1 }).await);
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(5), || async { slow.hits() == 1 }).await
+    );
     let t = std::time::Instant::now();
     let got = get(&c, &gw, "/").await;
     assert_eq!(got.status, 503);
-    assert!(t.elapsed() < Duration::from_millis(500), "queue overflow must be refused at once");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "queue overflow must be refused at once"
+    );
     let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
     assert_eq!(v["error"], "upstream overloaded: queue full");
     assert_eq!(first.await.unwrap(), 200);
@@ -222,12 +281,18 @@ async fn gateway_errors_are_json_502_503_504() {
 #[tokio::test]
 async fn queued_request_times_out_with_503() {
     let slow = server_with(|_| Reply::ok("slow").delayed(Duration::from_millis(1500))).await;
-    let gw = start(&config(&[(slow.addr, 1)], "limits = { max_in_flight = 1, queue = 5, queue_timeout = \"100ms\" }")).await;
+    let gw = start(&config(
+        &[(slow.addr, 1)],
+        "limits = { max_in_flight = 1, queue = 5, queue_timeout = \"100ms\" }",
+    ))
+    .await;
     let c = client();
     let u = url(&gw, "/");
     let c2 = c.clone();
     let first = tokio::spawn(async move { centinela_testkit::get(&c2, &u).await.unwrap().status });
-    assert!(centinela_testkit::eventually(Duration::from_secs(5), || async { slow.hits() == 1 }).await);
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(5), || async { slow.hits() == 1 }).await
+    );
     let got = get(&c, &gw, "/").await;
     assert_eq!(got.status, 503);
     assert!(got.text().contains("queue timeout"), "{}", got.text());
@@ -239,7 +304,11 @@ async fn large_bodies_stream_both_ways() {
     const MIB: usize = 1024 * 1024;
     let up = server_with(|req| {
         if req.uri().path() == "/download" {
-            Reply { status: 200, body: Bytes::from(vec![7u8; 16 * MIB]), delay: Duration::ZERO }
+            Reply {
+                status: 200,
+                body: Bytes::from(vec![7u8; 16 * MIB]),
+                delay: Duration::ZERO,
+            }
         } else {
             Reply::ok("stored")
         }
@@ -248,10 +317,17 @@ async fn large_bodies_stream_both_ways() {
     let gw = start(&config(&[(up.addr, 1)], "")).await;
     let c = client();
     // Upload 32 MiB in 64 KiB chunks with no Content-Length (chunked).
-    let body = Chunks { left: 512, chunk: Bytes::from(vec![1u8; 64 * 1024]) };
+    let body = Chunks {
+        left: 512,
+        chunk: Bytes::from(vec![1u8; 64 * 1024]),
+    };
     let up_client: hyper_util::client::legacy::Client<_, Chunks> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
-    let resp = up_client.request(Request::post(url(&gw, "/upload")).body(body).unwrap()).await.unwrap();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = up_client
+        .request(Request::post(url(&gw, "/upload")).body(body).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-echo-body-len"], (32 * MIB).to_string());
     let got = get(&c, &gw, "/download").await;

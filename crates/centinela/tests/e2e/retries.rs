@@ -8,7 +8,11 @@ use crate::util::*;
 #[tokio::test]
 async fn connect_failures_fail_over_for_any_method() {
     let good = servers(1).await;
-    let gw = start(&config(&[(dead_addr(), 1), (good[0].addr, 1)], "outlier = { consecutive_failures = 0 }")).await;
+    let gw = start(&config(
+        &[(dead_addr(), 1), (good[0].addr, 1)],
+        "outlier = { consecutive_failures = 0 }",
+    ))
+    .await;
     let c = client();
     for method in ["GET", "POST", "PATCH"] {
         for _ in 0..4 {
@@ -38,7 +42,8 @@ async fn status_retries_go_to_another_server_only_for_idempotent_requests() {
     let mut saw_503 = false;
     for _ in 0..4 {
         let got = send(&c, &gw, "POST", "/p", &[], "{}").await;
-        saw_503 |= got.status == 503 && got.header("x-served-by") == Some(&*unavailable.addr.to_string());
+        saw_503 |=
+            got.status == 503 && got.header("x-served-by") == Some(&*unavailable.addr.to_string());
     }
     assert!(saw_503, "POST must not be retried once sent");
     // ...unless it carries an Idempotency-Key.
@@ -63,7 +68,11 @@ async fn retry_budget_caps_retries_when_every_server_fails() {
         );
     }
     let extra = "retry = { attempts = 3, budget_percent = 20, budget_min = 3, backoff_base = \"1ms\" }\noutlier = { consecutive_failures = 0 }\nbreaker = { enabled = false }";
-    let gw = start(&config(&[(s[0].addr, 1), (s[1].addr, 1), (s[2].addr, 1)], extra)).await;
+    let gw = start(&config(
+        &[(s[0].addr, 1), (s[1].addr, 1), (s[2].addr, 1)],
+        extra,
+    ))
+    .await;
     let c = client();
     for _ in 0..200 {
         assert_eq!(get(&c, &gw, "/").await.status, 503);
@@ -71,7 +80,10 @@ async fn retry_budget_caps_retries_when_every_server_fails() {
     let total = hits.load(Ordering::Relaxed);
     // Without a budget: 600 upstream requests. With it: 200 + at most 20%.
     assert!(total >= 200 + 3, "retries happened at all: {total}");
-    assert!(total <= 200 + 40 + 3, "retries multiplied the outage: {total} upstream requests for 200 client requests");
+    assert!(
+        total <= 200 + 40 + 3,
+        "retries multiplied the outage: {total} upstream requests for 200 client requests"
+    );
 }
 
 #[tokio::test]

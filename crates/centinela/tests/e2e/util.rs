@@ -38,24 +38,41 @@ access_log = false
 }
 
 pub async fn start(toml: &str) -> Gateway {
-    let cfg = centinela_config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("{e}")).config;
+    let cfg = centinela_config::parse(toml, "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
     Gateway::start(cfg).await.expect("gateway starts")
 }
 
 pub fn url(gw: &Gateway, path: &str) -> String {
-    format!("http://{}{}", gw.listener_addr("web").expect("listener"), path)
+    format!(
+        "http://{}{}",
+        gw.listener_addr("web").expect("listener"),
+        path
+    )
 }
 
 pub async fn get(client: &HttpClient, gw: &Gateway, path: &str) -> Got {
-    centinela_testkit::get(client, &url(gw, path)).await.expect("request")
+    centinela_testkit::get(client, &url(gw, path))
+        .await
+        .expect("request")
 }
 
-pub async fn send(client: &HttpClient, gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Got {
+pub async fn send(
+    client: &HttpClient,
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Got {
     let mut b = Request::builder().method(method).uri(url(gw, path));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b.body(Full::new(Bytes::copy_from_slice(body.as_bytes()))).unwrap();
+    let req = b
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .unwrap();
     centinela_testkit::send(client, req).await.expect("request")
 }
 
@@ -67,7 +84,9 @@ pub async fn servers(n: usize) -> Vec<TestServer> {
     v
 }
 
-pub async fn server_with(f: impl Fn(&Request<hyper::body::Incoming>) -> Reply + Send + Sync + 'static) -> TestServer {
+pub async fn server_with(
+    f: impl Fn(&Request<hyper::body::Incoming>) -> Reply + Send + Sync + 'static,
+) -> TestServer {
     TestServer::start(Arc::new(f)).await
 }
 
@@ -79,7 +98,9 @@ pub fn dead_addr() -> SocketAddr {
 
 /// Reads the admin API's view of the upstream's servers.
 pub async fn upstream_state(client: &HttpClient, gw: &Gateway) -> serde_json::Value {
-    let got = centinela_testkit::get(client, &format!("http://{}/-/upstreams", gw.admin_addr())).await.unwrap();
+    let got = centinela_testkit::get(client, &format!("http://{}/-/upstreams", gw.admin_addr()))
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
     v["upstreams"][0]["servers"].clone()
 }
