@@ -8,6 +8,7 @@ pub mod body;
 pub mod breaker;
 pub mod budget;
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod health;
 pub mod limit;

@@ -12,7 +12,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::framing::Sniff;
 use crate::proxy::{handle, Shared};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -67,10 +69,14 @@ fn serve_connection(
     name: Arc<str>,
     shared: Arc<Shared>,
 ) {
-    let svc =
-        hyper::service::service_fn(move |req| handle(shared.clone(), name.clone(), peer, req));
+    let smuggling = Arc::new(AtomicBool::new(false));
+    let flag = smuggling.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let smuggled = flag.load(Ordering::Acquire);
+        handle(shared.clone(), name.clone(), peer, smuggled, req)
+    });
     let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .serve_connection_with_upgrades(TokioIo::new(Sniff::new(stream, smuggling)), svc)
         .into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {

@@ -49,6 +49,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     listener: Arc<str>,
     client: SocketAddr,
+    smuggling: bool,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
@@ -62,7 +63,15 @@ pub async fn handle(
         server: None,
         attempts: 0,
     };
-    let resp = match forward(&snap, &listener, client, req, &rid, &mut log, start).await {
+    let result = if smuggling {
+        // framing.rs saw Content-Length and Transfer-Encoding in one head.
+        Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding present",
+        ))
+    } else {
+        forward(&snap, &listener, client, req, &rid, &mut log, start).await
+    };
+    let resp = match result {
         Ok(r) => r,
         Err(e) => {
             debug!(request_id = rid.to_str().unwrap_or(""), error = %e, "Request failed");

@@ -31,23 +31,57 @@ async fn crud_validation_pagination_and_persistence() {
     assert_eq!((h.status, h.text().as_str()), (200, "{\"status\":\"ok\"}"));
     assert_eq!(h.header("x-served-by"), Some(&*api.addr.to_string()));
 
-    let created = req(&c, "POST", &format!("{base}/products"), r#"{"name":"Panel","price":199.5,"stock":3}"#).await;
+    let created = req(
+        &c,
+        "POST",
+        &format!("{base}/products"),
+        r#"{"name":"Panel","price":199.5,"stock":3}"#,
+    )
+    .await;
     assert_eq!(created.status, 201);
     let p = json(&created);
     let id = p["id"].as_i64().unwrap();
-    assert_eq!(created.header("location"), Some(&*format!("/products/{id}")));
+    assert_eq!(
+        created.header("location"),
+        Some(&*format!("/products/{id}"))
+    );
     assert_eq!(p["name"], "Panel");
 
     let got = get(&c, &format!("{base}/products/{id}")).await.unwrap();
     assert_eq!(json(&got)["price"], 199.5);
 
-    let put = req(&c, "PUT", &format!("{base}/products/{id}"), r#"{"name":"Panel XL","price":250,"stock":0}"#).await;
+    let put = req(
+        &c,
+        "PUT",
+        &format!("{base}/products/{id}"),
+        r#"{"name":"Panel XL","price":250,"stock":0}"#,
+    )
+    .await;
     assert_eq!(put.status, 200);
     assert_eq!(json(&put)["name"], "Panel XL");
-    assert_eq!(req(&c, "PUT", &format!("{base}/products/99999"), r#"{"name":"a","price":1,"stock":0}"#).await.status, 404);
+    assert_eq!(
+        req(
+            &c,
+            "PUT",
+            &format!("{base}/products/99999"),
+            r#"{"name":"a","price":1,"stock":0}"#
+        )
+        .await
+        .status,
+        404
+    );
 
     // Validation: one error per field, unknown fields rejected.
-    let bad = req(&c, "POST", &format!("{base}/products"), &format!(r#"{{"name":"{}","price":0,"stock":-1,"colour":"red"}}"#, "x".repeat(201))).await;
+    let bad = req(
+        &c,
+        "POST",
+        &format!("{base}/products"),
+        &format!(
+            r#"{{"name":"{}","price":0,"stock":-1,"colour":"red"}}"#,
+            "x".repeat(201)
+        ),
+    )
+    .await;
     assert_eq!(bad.status, 422);
     let fields = &json(&bad)["fields"];
     for f in ["name", "price", "stock", "colour"] {
@@ -55,45 +89,109 @@ async fn crud_validation_pagination_and_persistence() {
     }
     let bad = req(&c, "POST", &format!("{base}/products"), "{not json").await;
     assert_eq!(bad.status, 422);
-    assert!(json(&bad)["fields"]["body"].as_str().unwrap().contains("invalid JSON"));
-    let bad = req(&c, "POST", &format!("{base}/products"), r#"{"price":1,"stock":1}"#).await;
+    assert!(json(&bad)["fields"]["body"]
+        .as_str()
+        .unwrap()
+        .contains("invalid JSON"));
+    let bad = req(
+        &c,
+        "POST",
+        &format!("{base}/products"),
+        r#"{"price":1,"stock":1}"#,
+    )
+    .await;
     assert_eq!(json(&bad)["fields"]["name"], "is required");
 
     // Pagination.
     for i in 0..5 {
-        assert_eq!(req(&c, "POST", &format!("{base}/products"), &format!(r#"{{"name":"p{i}","price":1,"stock":{i}}}"#)).await.status, 201);
+        assert_eq!(
+            req(
+                &c,
+                "POST",
+                &format!("{base}/products"),
+                &format!(r#"{{"name":"p{i}","price":1,"stock":{i}}}"#)
+            )
+            .await
+            .status,
+            201
+        );
     }
-    let page = json(&get(&c, &format!("{base}/products?limit=2&offset=1")).await.unwrap());
+    let page = json(
+        &get(&c, &format!("{base}/products?limit=2&offset=1"))
+            .await
+            .unwrap(),
+    );
     assert_eq!(page["total"], 6);
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert_eq!(page["items"][0]["name"], "p0");
-    assert_eq!(get(&c, &format!("{base}/products?limit=0")).await.unwrap().status, 422);
+    assert_eq!(
+        get(&c, &format!("{base}/products?limit=0"))
+            .await
+            .unwrap()
+            .status,
+        422
+    );
 
-    assert_eq!(req(&c, "DELETE", &format!("{base}/products/{id}"), "").await.status, 204);
-    assert_eq!(get(&c, &format!("{base}/products/{id}")).await.unwrap().status, 404);
-    assert_eq!(req(&c, "DELETE", &format!("{base}/products/{id}"), "").await.status, 404);
-    assert_eq!(get(&c, &format!("{base}/nothing")).await.unwrap().status, 404);
-    assert_eq!(req(&c, "PATCH", &format!("{base}/products"), "").await.status, 405);
+    assert_eq!(
+        req(&c, "DELETE", &format!("{base}/products/{id}"), "")
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        get(&c, &format!("{base}/products/{id}"))
+            .await
+            .unwrap()
+            .status,
+        404
+    );
+    assert_eq!(
+        req(&c, "DELETE", &format!("{base}/products/{id}"), "")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        get(&c, &format!("{base}/nothing")).await.unwrap().status,
+        404
+    );
+    assert_eq!(
+        req(&c, "PATCH", &format!("{base}/products"), "")
+            .await
+            .status,
+        405
+    );
 
     // Data survives a restart (even a kill -9).
     let mut api = api;
     api.proc.signal(libc::SIGKILL);
     let _ = api.proc.wait_exit(std::time::Duration::from_secs(5)).await;
     let api2 = ProductsApi::spawn(&db, &[]).await;
-    let page = json(&get(&c, &format!("http://{}/products", api2.addr)).await.unwrap());
+    let page = json(
+        &get(&c, &format!("http://{}/products", api2.addr))
+            .await
+            .unwrap(),
+    );
     assert_eq!(page["total"], 5);
 }
 
 #[tokio::test]
 async fn fault_knobs_fail_rate_and_latency_spare_health() {
     let dir = TempDir::new("faults");
-    let api = ProductsApi::spawn(&dir.path("p.db"), &["--fail-rate", "1.0", "--latency-ms", "300"]).await;
+    let api = ProductsApi::spawn(
+        &dir.path("p.db"),
+        &["--fail-rate", "1.0", "--latency-ms", "300"],
+    )
+    .await;
     let base = format!("http://{}", api.addr);
     let c = client();
     let t = std::time::Instant::now();
     let h = get(&c, &format!("{base}/health")).await.unwrap();
     assert_eq!(h.status, 200);
-    assert!(t.elapsed() < std::time::Duration::from_millis(300), "/health must not be delayed");
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(300),
+        "/health must not be delayed"
+    );
     let t = std::time::Instant::now();
     let g = get(&c, &format!("{base}/products")).await.unwrap();
     assert_eq!(g.status, 500);

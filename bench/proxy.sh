@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Side-by-side proxy benchmark: direct, centinela, HAProxy and nginx in the
+# same run, same origin, same wrk load (loopback, keep-alive, bounded).
+#
+#   bench/proxy.sh [SECONDS_PER_RUN]      (default 10)
+#
+# Prints, per target and connection count: requests/s, p50 and p99 latency,
+# the proxy's CPU µs per request (user+sys from /proc ÷ requests) and its
+# peak RSS; then RSS with 1,000 idle keep-alive client connections, and
+# centinela's peak RSS while 1 GiB is uploaded and downloaded through it.
+# Not a test: it never runs in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+CONNS=${CONNS:-"1 32 128"}
+
+need=()
+for t in haproxy:haproxy nginx:nginx wrk:wrk curl:curl; do
+    command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t##*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+cargo build --release --bins -q
+ulimit -n 65536 2>/dev/null || true
+
+work=$(mktemp -d /tmp/centinela-bench.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 200); do
+        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on $1" >&2; exit 1
+}
+ORIGIN=$(port); CEN=$(port); CEN_ADMIN=$(port); HAP=$(port); NGX=$(port); BIG=$(port); UP=$(port)
+mkdir -p "$work/tmp" "$work/www"
+truncate -s 1G "$work/www/big"
+
+nginx_conf() { # name port body
+    cat >"$work/$1.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.err warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $work/tmp/$1_body;
+    proxy_temp_path $work/tmp/$1_proxy;
+    fastcgi_temp_path $work/tmp/$1_f; uwsgi_temp_path $work/tmp/$1_u; scgi_temp_path $work/tmp/$1_s;
+    keepalive_requests 10000000;
+    $3
+}
+CONF
+}
+nginx_conf origin "$ORIGIN" "server { listen 127.0.0.1:$ORIGIN; location / { return 200 'hello from the origin\n'; } }
+    server { listen 127.0.0.1:$BIG; root $work/www; sendfile on; }"
+nginx_conf nginx "$NGX" "upstream origin { server 127.0.0.1:$ORIGIN; keepalive 512; }
+    server { listen 127.0.0.1:$NGX;
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Request-Id \$request_id;
+            add_header X-Request-Id \$request_id; } }"
+cat >"$work/haproxy.cfg" <<CONF
+global
+    nbthread 1
+    maxconn 20000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    option forwardfor
+frontend web
+    bind 127.0.0.1:$HAP
+    unique-id-format %{+X}o%ci%cp%fp%Ts%rt%pid
+    unique-id-header X-Request-Id
+    http-after-response set-header X-Request-Id %[unique-id]
+    default_backend origin
+backend origin
+    http-reuse always
+    server o1 127.0.0.1:$ORIGIN
+CONF
+cat >"$work/centinela.toml" <<CONF
+[admin]
+listen = "127.0.0.1:$CEN_ADMIN"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:$CEN"
+[[route]]
+path_prefix = "/upload"
+upstream = "upload"
+[[route]]
+path_prefix = "/big"
+upstream = "big"
+[[route]]
+upstream = "origin"
+[upstream.origin]
+servers = ["127.0.0.1:$ORIGIN"]
+limits = { max_in_flight = 100000, queue = 0 }
+[upstream.big]
+servers = ["127.0.0.1:$BIG"]
+timeouts = { response = "120s", request = "300s" }
+[upstream.upload]
+servers = ["127.0.0.1:$UP"]
+timeouts = { response = "120s", request = "300s" }
+[runtime]
+worker_threads = 1
+access_log = false
+CONF
+# An upload sink: reads a Content-Length body fully, then answers 200.
+cat >"$work/sink.py" <<'PY'
+import socket, sys, threading
+def serve(c):
+    f = c.makefile("rb")
+    while True:
+        line = f.readline()
+        if not line: return
+        n = 0
+        while line not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"): n = int(line.split(b":")[1])
+            line = f.readline()
+        left = n
+        while left:
+            b = f.read(min(left, 1 << 16))
+            if not b: return
+            left -= len(b)
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%d" % (len(str(n)), n))
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(64)
+while True:
+    c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+
+nginx -c "$work/origin.conf" & pids+=($!)
+nginx -c "$work/nginx.conf" & pids+=($!); NGX_MASTER=$!
+haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!); HAP_PID=$!
+RUST_LOG=warn target/release/centinela run --config "$work/centinela.toml" 2>"$work/centinela.log" & pids+=($!); CEN_PID=$!
+python3 "$work/sink.py" "$UP" & pids+=($!)
+for p in $ORIGIN $NGX $HAP $CEN $BIG $UP; do wait_port "$p"; done
+
+# The processes whose CPU and memory count for a target.
+proc_pids() {
+    case $1 in
+        centinela) echo "$CEN_PID" ;;
+        haproxy) echo "$HAP_PID" ;;
+        nginx) echo "$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')" ;;
+        direct) echo "" ;;
+    esac
+}
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
+rss_kib() { local t=0; for p in "$@"; do t=$((t + $(awk '/^'"$2"':/{print $2}' "/proc/$p/status"))); done; echo $t; }
+sum_status() { local key=$1; shift; local t=0; for p in "$@"; do t=$((t + $(awk -v k="$key:" '$1==k{print $2}' "/proc/$p/status"))); done; echo $t; }
+port_of() { case $1 in direct) echo $ORIGIN;; centinela) echo $CEN;; haproxy) echo $HAP;; nginx) echo $NGX;; esac; }
+HZ=$(getconf CLK_TCK)
+
+results="$work/results.tsv"
+: >"$results"
+for target in direct centinela haproxy nginx; do
+    # Warm up pools and caches.
+    wrk -t1 -c32 -d2s "http://127.0.0.1:$(port_of $target)/" >/dev/null
+    for c in $CONNS; do
+        ps=$(proc_pids $target)
+        before=0; [ -n "$ps" ] && before=$(cpu_ticks $ps)
+        wrk -t1 -c"$c" -d"${DUR}s" --latency "http://127.0.0.1:$(port_of $target)/" >"$work/wrk.out"
+        after=0; [ -n "$ps" ] && after=$(cpu_ticks $ps)
+        hwm=0; [ -n "$ps" ] && hwm=$(sum_status VmHWM $ps)
+        python3 - "$target" "$c" "$((after - before))" "$HZ" "$hwm" "$work/wrk.out" >>"$results" <<'PY'
+import re, sys
+target, conns, ticks, hz, hwm, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+out = open(path).read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v); x = float(m.group(1))
+    return x / 1000 if m.group(2) == "us" else x * 1000 if m.group(2) == "s" else x
+reqs = int(re.search(r"(\d+) requests in", out).group(1))
+errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+sock = re.search(r"Socket errors: (.*)", out)
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+p50 = ms(re.search(r"50%\s+(\S+)", out).group(1)); p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+cpu = ticks * 1e6 / hz / reqs if target != "direct" else float("nan")
+bad = (int(errs.group(1)) if errs else 0)
+print(f"{target}\t{conns}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu:.1f}\t{hwm/1024:.1f}\t{bad}\t{(sock.group(1) if sock else '')}")
+PY
+    done
+done
+
+# RSS with 1,000 idle keep-alive client connections.
+idle_rss() {
+    python3 - "$(port_of "$1")" <<'PY' &
+import socket, sys, time
+port = int(sys.argv[1]); socks = []
+for i in range(1000):
+    s = socket.create_connection(("127.0.0.1", port)); s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"origin"):
+        chunk = s.recv(4096)
+        if not chunk: break
+        data += chunk
+    socks.append(s)
+open("/tmp/centinela-bench-idle-ready", "w").write("1")
+time.sleep(5)
+PY
+    local py=$!
+    for _ in $(seq 1 300); do [ -f /tmp/centinela-bench-idle-ready ] && break; sleep 0.05; done
+    sleep 0.5
+    sum_status VmRSS $(proc_pids "$1")
+    rm -f /tmp/centinela-bench-idle-ready
+    wait $py
+}
+declare -A IDLE
+for target in centinela haproxy nginx; do IDLE[$target]=$(idle_rss $target); done
+
+# centinela's peak RSS while 1 GiB goes down and 1 GiB goes up through it.
+curl -fsS -o /dev/null "http://127.0.0.1:$CEN/big"
+up=$(head -c 1073741824 /dev/zero | curl -fsS -T - -H 'content-length: 1073741824' -H 'expect:' "http://127.0.0.1:$CEN/upload/x")
+STREAM_HWM=$(sum_status VmHWM $CEN_PID)
+
+echo
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "Versions: $(target/release/centinela --version), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3), wrk -t1, ${DUR}s per run"
+echo
+echo "| target | conns | req/s | p50 ms | p99 ms | proxy CPU µs/req | proxy peak RSS MiB | non-2xx |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+awk -F'\t' '{ cpu = ($1=="direct") ? "-" : $6; rss = ($1=="direct") ? "-" : $7; printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, cpu, rss, $8 }' "$results"
+echo
+echo "Ratios, centinela ÷ other (CPU µs/req; p99):"
+python3 - "$results" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+by = {(r[0], r[1]): r for r in rows}
+for c in sorted({r[1] for r in rows}, key=int):
+    ce = by.get(("centinela", c))
+    for other in ("haproxy", "nginx"):
+        o = by.get((other, c))
+        if ce and o:
+            print(f"  {c:>4} conns vs {other:<7}: CPU {float(ce[5])/float(o[5]):.2f}x   p99 {float(ce[4])/float(o[4]):.2f}x   req/s {float(ce[2])/float(o[2]):.2f}x")
+PY
+echo
+echo "RSS with 1,000 idle keep-alive connections: centinela $((IDLE[centinela]/1024)) MiB, haproxy $((IDLE[haproxy]/1024)) MiB, nginx $((IDLE[nginx]/1024)) MiB"
+echo "centinela peak RSS after a 1 GiB download and a 1 GiB upload through it: $((STREAM_HWM/1024)) MiB (upload sink counted $up bytes)"
