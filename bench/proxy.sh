@@ -39,11 +39,14 @@ wait_port() {
         python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
         sleep 0.05
     done
-    echo "nothing listens on $1" >&2; exit 1
+    echo "nothing listens on $1; logs:" >&2
+    tail -n 5 "$work"/*.err "$work"/*.log >&2 2>/dev/null || true
+    exit 1
 }
 ORIGIN=$(port); CEN=$(port); CEN_ADMIN=$(port); HAP=$(port); NGX=$(port); BIG=$(port); UP=$(port)
 mkdir -p "$work/tmp" "$work/www"
 truncate -s 1G "$work/www/big"
+chmod 755 "$work" "$work/www"; chmod 644 "$work/www/big"
 
 nginx_conf() { # name port body
     cat >"$work/$1.conf" <<CONF
@@ -72,7 +75,7 @@ nginx_conf nginx "$NGX" "upstream origin { server 127.0.0.1:$ORIGIN; keepalive 5
 cat >"$work/haproxy.cfg" <<CONF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 5000
 defaults
     mode http
     timeout connect 1s
@@ -221,7 +224,7 @@ for target in centinela haproxy nginx; do IDLE[$target]=$(idle_rss $target); don
 
 # centinela's peak RSS while 1 GiB goes down and 1 GiB goes up through it.
 curl -fsS -o /dev/null "http://127.0.0.1:$CEN/big"
-up=$(head -c 1073741824 /dev/zero | curl -fsS -T - -H 'content-length: 1073741824' -H 'expect:' "http://127.0.0.1:$CEN/upload/x")
+up=$(curl -fsS -T "$work/www/big" -H 'expect:' "http://127.0.0.1:$CEN/upload/x")
 STREAM_HWM=$(sum_status VmHWM $CEN_PID)
 
 echo

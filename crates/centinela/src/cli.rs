@@ -106,12 +106,20 @@ fn run(path: &Path) -> ExitCode {
     };
     let cfg = loaded.config;
     init_logging(cfg.runtime.log_format);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a single-threaded event loop, like HAProxy's nbthread 1 or
+    // one nginx worker, without work-stealing overhead. Otherwise the
+    // multi-threaded scheduler; TOKIO_WORKER_THREADS is honoured by tokio
+    // when the config leaves worker_threads at 0.
+    let mut rt = if cfg.runtime.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if cfg.runtime.worker_threads > 1 {
+            b.worker_threads(cfg.runtime.worker_threads);
+        }
+        b
+    };
     rt.enable_all();
-    // TOKIO_WORKER_THREADS is honoured by tokio when we don't set a number.
-    if cfg.runtime.worker_threads > 0 {
-        rt.worker_threads(cfg.runtime.worker_threads);
-    }
     let rt = match rt.build() {
         Ok(rt) => rt,
         Err(e) => {

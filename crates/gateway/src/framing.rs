@@ -64,6 +64,15 @@ impl Tracker {
                             return;
                         }
                     }
+                    // Fast path: a whole head inside this read is scanned in
+                    // place; only a head split across reads is copied.
+                    if self.head.is_empty() {
+                        if let Some(i) = find(data, b"\r\n\r\n") {
+                            self.state = head_state(&data[..i + 4], &self.flag);
+                            data = &data[i + 4..];
+                            continue;
+                        }
+                    }
                     let before = self.head.len();
                     self.head.extend_from_slice(data);
                     let from = before.saturating_sub(3);
@@ -71,7 +80,7 @@ impl Tracker {
                         Some(i) => {
                             let end = from + i + 4;
                             let consumed = end - before;
-                            self.on_head(end);
+                            self.state = head_state(&self.head[..end], &self.flag);
                             self.head.clear();
                             data = &data[consumed..];
                         }
@@ -154,55 +163,54 @@ impl Tracker {
             }
         }
     }
+}
 
-    fn on_head(&mut self, end: usize) {
-        let head = &self.head[..end];
-        let mut lines = head.split(|b| *b == b'\n');
-        let request_line = lines.next().unwrap_or_default();
-        if request_line.starts_with(b"PRI * HTTP/2") || request_line.starts_with(b"CONNECT ") {
-            self.state = State::Off;
-            return;
-        }
-        let (mut cl, mut te, mut chunked, mut upgrade) = (None::<u64>, false, false, false);
-        for line in lines {
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
-                continue;
-            };
-            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-            if name.eq_ignore_ascii_case(b"content-length") {
-                cl = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse().ok())
-                    .or(Some(0));
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                te = true;
-                chunked = value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
-            }
-        }
-        self.state = if te && cl.is_some() {
-            self.flag.store(true, Ordering::Release);
-            State::Off
-        } else if upgrade {
-            State::Off
-        } else if te && chunked {
-            State::ChunkSize {
-                size: 0,
-                ext: false,
-                digits: false,
-            }
-        } else if te {
-            State::Off
-        } else {
-            match cl {
-                Some(n) if n > 0 => State::Body(n),
-                _ => State::Head,
-            }
+/// The framing state after a complete request head.
+fn head_state(head: &[u8], flag: &AtomicBool) -> State {
+    let mut lines = head.split(|b| *b == b'\n');
+    let request_line = lines.next().unwrap_or_default();
+    if request_line.starts_with(b"PRI * HTTP/2") || request_line.starts_with(b"CONNECT ") {
+        return State::Off;
+    }
+    let (mut cl, mut te, mut chunked, mut upgrade) = (None::<u64>, false, false, false);
+    for line in lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
         };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            cl = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .or(Some(0));
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+            chunked = value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+    }
+    if te && cl.is_some() {
+        flag.store(true, Ordering::Release);
+        State::Off
+    } else if upgrade {
+        State::Off
+    } else if te && chunked {
+        State::ChunkSize {
+            size: 0,
+            ext: false,
+            digits: false,
+        }
+    } else if te {
+        State::Off
+    } else {
+        match cl {
+            Some(n) if n > 0 => State::Body(n),
+            _ => State::Head,
+        }
     }
 }
 

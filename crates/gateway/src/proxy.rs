@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use centinela_config::{HashKey, RetryOn};
 use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body::{Body, SizeHint};
 use http_body_util::BodyExt;
@@ -57,7 +58,7 @@ pub async fn handle(
     let snap = shared.snapshot.load_full();
     let rid = headers::request_id(req.headers());
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let uri = req.uri().clone();
     let mut log = Log {
         upstream: None,
         server: None,
@@ -82,7 +83,7 @@ pub async fn handle(
         info!(
             target: "access",
             method = %method,
-            path = %path,
+            path = uri.path(),
             status = resp.status().as_u16(),
             upstream = log.upstream.as_deref().unwrap_or("-"),
             server = log.server.as_deref().unwrap_or("-"),
@@ -203,16 +204,13 @@ async fn forward(
 ) -> Result<Response<RespBody>, ProxyError> {
     headers::check_framing(req.headers())?;
 
-    // Route.
-    let host_header = match req.uri().authority() {
-        Some(a) => Some(a.as_str().to_string()),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+    // Route. HTTP/2 carries the host in :authority, HTTP/1 in Host.
+    let host_value: Option<HeaderValue> = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
     };
-    let host = host_header.as_deref().map(host_without_port);
+    let host_header = host_value.as_ref().and_then(|v| v.to_str().ok());
+    let host = host_header.map(host_without_port);
     let route = snap
         .routes
         .get(listener)
@@ -231,32 +229,19 @@ async fn forward(
     let upgrade = headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let path_and_query = {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        if route.strip_prefix {
-            strip(&route.prefix, pq)
-        } else {
-            pq.to_string()
-        }
+    let path_and_query: PathAndQuery = match parts.uri.path_and_query() {
+        Some(pq) if route.strip_prefix => strip(&route.prefix, pq.as_str())
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+        Some(pq) => pq.clone(),
+        None => PathAndQuery::from_static("/"),
     };
     let mut base_headers = parts.headers;
     headers::remove_hop_by_hop(&mut base_headers, upgrade);
-    headers::add_forwarded(
-        &mut base_headers,
-        client.ip(),
-        "http",
-        host_header.as_deref(),
-    );
+    headers::add_forwarded(&mut base_headers, client.ip(), "http", host_header);
     base_headers.insert(headers::X_REQUEST_ID, rid.clone());
     if !base_headers.contains_key(header::HOST) {
-        if let Some(h) = host_header
-            .as_deref()
-            .and_then(|h| HeaderValue::from_str(h).ok())
-        {
+        if let Some(h) = host_value.clone() {
             base_headers.insert(header::HOST, h);
         }
     }
@@ -286,10 +271,12 @@ async fn forward(
             // A streamed body was already sent: it cannot be replayed.
             break;
         };
-        let uri: Uri = match format!("http://{}{}", server.addr, path_and_query).parse() {
-            Ok(u) => u,
-            Err(_) => return Err(ProxyError::BadRequest("invalid request target")),
-        };
+        let mut uri_parts = http::uri::Parts::default();
+        uri_parts.scheme = Some(Scheme::HTTP);
+        uri_parts.authority = Some(server.authority.clone());
+        uri_parts.path_and_query = Some(path_and_query.clone());
+        let uri = Uri::from_parts(uri_parts)
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         let mut up_req = Request::new(attempt_body);
         *up_req.method_mut() = parts.method.clone();
         *up_req.uri_mut() = uri;

@@ -56,6 +56,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once for every request's URI.
+    pub authority: http::uri::Authority,
     addr_label: Arc<str>,
     weight: AtomicU32,
     in_flight: AtomicU32,
@@ -76,9 +78,12 @@ pub struct Status {
 
 impl Server {
     pub fn new(addr: SocketAddr, weight: u32, breaker: &BreakerCfg) -> Self {
+        let label = addr.to_string();
         Server {
             addr,
-            addr_label: addr.to_string().into(),
+            authority: http::uri::Authority::try_from(label.as_str())
+                .expect("a socket address is a valid authority"),
+            addr_label: label.into(),
             weight: AtomicU32::new(weight),
             in_flight: AtomicU32::new(0),
             inner: Mutex::new(Inner {
@@ -151,6 +156,14 @@ impl Server {
                 );
             }
         }
+    }
+
+    /// (healthy, breaker would admit) under one lock, for the picker.
+    pub fn availability(&self, upstream: &str, cfg: &BreakerCfg, now: Instant) -> (bool, bool) {
+        let mut g = self.lock();
+        Self::expire_ejection(&mut g, upstream, &self.addr_label, now);
+        let healthy = g.health.up && g.ejected_until.is_none();
+        (healthy, g.breaker.would_admit(cfg, now))
     }
 
     /// Whether the breaker would admit a request now (no probe slot taken).

@@ -100,13 +100,14 @@ impl Group {
     pub fn pick(&self, tried: &[usize], key: Option<u64>) -> Result<usize, ProxyError> {
         let now = Instant::now();
         let n = self.servers.len();
-        let mut healthy = vec![false; n];
-        let mut admits = vec![false; n];
+        // One pass, one lock per server: (index, healthy, breaker admits).
+        let mut state: Vec<(usize, bool, bool)> = Vec::with_capacity(n);
+        let mut any_healthy = false;
         for (i, s) in self.servers.iter().enumerate() {
-            healthy[i] = s.is_healthy(&self.name, now);
-            admits[i] = s.breaker_allows(&self.cfg.breaker, now);
+            let (healthy, admits) = s.availability(&self.name, &self.cfg.breaker, now);
+            any_healthy |= healthy;
+            state.push((i, healthy, admits));
         }
-        let any_healthy = healthy.iter().any(|h| *h);
         let panic = !any_healthy;
         if panic != self.in_panic.swap(panic, Ordering::Relaxed) {
             if panic {
@@ -122,16 +123,18 @@ impl Group {
                 );
             }
         }
-        let usable = |i: usize| admits[i] && (panic || healthy[i]);
-        let mut cands: Vec<Candidate> = (0..n)
-            .filter(|&i| usable(i) && !tried.contains(&i))
-            .map(|i| self.candidate(i, now))
+        let usable = |&(_, healthy, admits): &(usize, bool, bool)| admits && (panic || healthy);
+        let mut cands: Vec<Candidate> = state
+            .iter()
+            .filter(|s| usable(s) && !tried.contains(&s.0))
+            .map(|s| self.candidate(s.0, now))
             .collect();
         if cands.is_empty() {
             // Every usable server was tried already: allow them again.
-            cands = (0..n)
-                .filter(|&i| usable(i))
-                .map(|i| self.candidate(i, now))
+            cands = state
+                .iter()
+                .filter(|s| usable(s))
+                .map(|s| self.candidate(s.0, now))
                 .collect();
         }
         while !cands.is_empty() {
@@ -142,7 +145,10 @@ impl Group {
             // Lost the last half-open probe slot to another request.
             cands.retain(|c| c.index != idx);
         }
-        if (0..n).any(|i| !admits[i] && (panic || healthy[i])) {
+        if state
+            .iter()
+            .any(|&(_, healthy, admits)| !admits && (panic || healthy))
+        {
             Err(ProxyError::CircuitOpen)
         } else {
             Err(ProxyError::NoHealthyServer)
