@@ -266,6 +266,8 @@ impl Reply {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    /// TCP connections accepted.
+    pub conns: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -282,12 +284,15 @@ impl TestServer {
     pub fn on(listener: TcpListener, handler: Handler) -> TestServer {
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicU64::new(0));
+        let conns = Arc::new(AtomicU64::new(0));
         let h2 = hits.clone();
+        let c2 = conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                c2.fetch_add(1, Ordering::Relaxed);
                 let handler = handler.clone();
                 let hits = h2.clone();
                 tokio::spawn(async move {
@@ -339,7 +344,12 @@ impl TestServer {
                 });
             }
         });
-        TestServer { addr, hits, task }
+        TestServer {
+            addr,
+            hits,
+            conns,
+            task,
+        }
     }
 
     pub fn hits(&self) -> u64 {

@@ -38,7 +38,10 @@ async fn count_by_server(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_3_2_1_over_6000_requests_within_5_percent() {
-    for policy in ["round_robin", "random"] {
+    // Smooth weighted round robin is exact: ±5% is the contract. Weighted
+    // random is statistical: ±15% is about 5 standard deviations for the
+    // smallest share at 6,000 draws, so the test cannot flake.
+    for (policy, tolerance) in [("round_robin", 0.05), ("random", 0.15)] {
         let s = servers(3).await;
         let gw = start(&config(
             &[(s[0].addr, 3), (s[1].addr, 2), (s[2].addr, 1)],
@@ -49,8 +52,8 @@ async fn weights_3_2_1_over_6000_requests_within_5_percent() {
         for (srv, want) in [(&s[0], 3000.0), (&s[1], 2000.0), (&s[2], 1000.0)] {
             let got = counts.get(&srv.addr.to_string()).copied().unwrap_or(0) as f64;
             assert!(
-                (got - want).abs() <= want * 0.05,
-                "{policy}: {} got {got}, want {want} ±5% ({counts:?})",
+                (got - want).abs() <= want * tolerance,
+                "{policy}: {} got {got}, want {want} ±{tolerance} ({counts:?})",
                 srv.addr
             );
         }

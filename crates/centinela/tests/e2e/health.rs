@@ -194,3 +194,60 @@ async fn breaker_open_on_one_server_sends_traffic_to_the_others() {
         assert_eq!(get(&c, &gw, "/").await.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_server_ramps_up_its_share_slowly() {
+    let steady = servers(1).await;
+    let healthy = Arc::new(AtomicBool::new(true));
+    let h = healthy.clone();
+    let returning = server_with(move |req| {
+        if req.uri().path() == "/health" && !h.load(Ordering::Relaxed) {
+            Reply::status(503)
+        } else {
+            Reply::ok("r")
+        }
+    })
+    .await;
+    let gw = start(&config(
+        &[(steady[0].addr, 1), (returning.addr, 1)],
+        "health = { interval = \"20ms\", rise = 1, fall = 1 }\nslow_start = \"3s\"",
+    ))
+    .await;
+    let c = client();
+    healthy.store(false, Ordering::Relaxed);
+    assert_eventually!(
+        3,
+        server_state(&upstream_state(&c, &gw).await, returning.addr)["healthy"] == false,
+        "never down"
+    );
+    healthy.store(true, Ordering::Relaxed);
+    assert_eventually!(
+        3,
+        server_state(&upstream_state(&c, &gw).await, returning.addr)["healthy"] == true,
+        "never back"
+    );
+    // Just back: weight ramps from 10%, so its share is far below half.
+    let share = |n: usize| {
+        let (c, gw_url, addr) = (c.clone(), url(&gw, "/"), returning.addr.to_string());
+        async move {
+            let mut mine = 0;
+            for _ in 0..n {
+                let got = centinela_testkit::get(&c, &gw_url).await.unwrap();
+                mine += usize::from(got.header("x-served-by") == Some(&*addr));
+            }
+            mine as f64 / n as f64
+        }
+    };
+    let early = share(60).await;
+    assert!(
+        early < 0.3,
+        "returning server got {:.0}% right after coming back",
+        early * 100.0
+    );
+    // After the slow-start period it gets its full half.
+    assert_eventually!(
+        10,
+        (share(100).await - 0.5).abs() < 0.1,
+        "share never reached 50%"
+    );
+}

@@ -410,3 +410,62 @@ async fn invalid_config_exits_2_with_line_and_column() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_access_lines_and_state_change_events() {
+    let dir = TempDir::new("jsonlog");
+    let api = ProductsApi::spawn(&dir.path("p.db"), &[]).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let cfg = dir.path("centinela.toml");
+    let toml = gateway_config(&[api.addr, dead], "").replace(
+        "access_log = false",
+        "access_log = true\nlog_format = \"json\"",
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let mut proc = Proc::spawn(
+        &bin("centinela"),
+        &["run", "--config", cfg.to_str().unwrap()],
+    );
+    let line = proc
+        .wait_line("\"Listening\"", Duration::from_secs(20))
+        .await;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let web: SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
+    // The dead server fails its health checks: a state-change event names it.
+    let line = proc
+        .wait_line("Server state changed", Duration::from_secs(5))
+        .await;
+    let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ev["server"], dead.to_string());
+    assert_eq!(
+        (ev["old"].as_str(), ev["new"].as_str()),
+        (Some("up"), Some("down"))
+    );
+    assert!(
+        ev["reason"]
+            .as_str()
+            .unwrap()
+            .contains("health checks failed"),
+        "{ev}"
+    );
+    // One access line per request, with the fields operators need.
+    let c = client();
+    let got = centinela_testkit::get(&c, &format!("http://{web}/products?limit=1"))
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    let rid = got.header("x-request-id").unwrap().to_string();
+    let line = proc.wait_line(&rid, Duration::from_secs(5)).await;
+    let a: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(a["target"], "access");
+    assert_eq!(a["method"], "GET");
+    assert_eq!(a["path"], "/products");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["server"], api.addr.to_string());
+    assert_eq!(a["attempts"], 1);
+    assert!(a["duration_ms"].as_f64().unwrap() > 0.0);
+}

@@ -358,3 +358,18 @@ impl hyper::body::Body for Chunks {
         std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(self.chunk.clone()))))
     }
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_kept_alive() {
+    let up = servers(1).await;
+    let gw = start(&config(&[(up[0].addr, 1)], "")).await;
+    let c = client();
+    for _ in 0..50 {
+        assert_eq!(get(&c, &gw, "/").await.status, 200);
+    }
+    let conns = up[0].conns.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        conns <= 2,
+        "50 sequential requests opened {conns} upstream connections"
+    );
+}

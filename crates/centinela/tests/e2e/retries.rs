@@ -108,3 +108,34 @@ async fn large_bodies_are_not_replayed_once_sent() {
     }
     assert!(big_503 > 0, "a 4 KiB body (> buffer_body) was replayed");
 }
+
+#[tokio::test]
+async fn timeouts_are_retried_elsewhere_and_the_request_deadline_holds() {
+    let slow = server_with(|_| Reply::ok("late").delayed(std::time::Duration::from_secs(3))).await;
+    let fast = servers(1).await;
+    let extra = "timeouts = { response = \"200ms\" }\noutlier = { consecutive_failures = 0 }\nbreaker = { enabled = false }";
+    let gw = start(&config(&[(slow.addr, 1), (fast[0].addr, 1)], extra)).await;
+    let c = client();
+    for _ in 0..4 {
+        let got = get(&c, &gw, "/").await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("x-served-by"), Some(&*fast[0].addr.to_string()));
+    }
+    // Every server slow: the overall deadline ends the request, retries included.
+    let slow2 = server_with(|_| Reply::ok("late").delayed(std::time::Duration::from_secs(3))).await;
+    let extra = "timeouts = { response = \"250ms\", request = \"400ms\" }\nretry = { attempts = 5, backoff_base = \"1ms\" }\noutlier = { consecutive_failures = 0 }\nbreaker = { enabled = false }";
+    let gw = start(&config(&[(slow.addr, 1), (slow2.addr, 1)], extra)).await;
+    let t = std::time::Instant::now();
+    let got = get(&c, &gw, "/").await;
+    assert_eq!(got.status, 504);
+    assert!(
+        t.elapsed() < std::time::Duration::from_millis(1500),
+        "deadline not enforced: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        got.text().contains("deadline") || got.text().contains("timed out"),
+        "{}",
+        got.text()
+    );
+}
