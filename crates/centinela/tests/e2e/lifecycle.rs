@@ -170,7 +170,7 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
     let addrs: Vec<SocketAddr> = apis.iter().map(|a| a.addr).collect();
     let cfg = dir.path("centinela.toml");
     std::fs::write(&cfg, gateway_config(&addrs, "")).unwrap();
-    let gw = run_gateway(&cfg).await;
+    let mut gw = run_gateway(&cfg).await;
     let c = client();
     let load = Load::start(
         &c,
@@ -206,6 +206,15 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
         out_after < Duration::from_secs(1),
         "left rotation after {out_after:?}"
     );
+    // The change was logged as a structured event naming the server.
+    let event = gw
+        .proc
+        .wait_line(&format!("server=\"{victim}\""), Duration::from_secs(3))
+        .await;
+    assert!(
+        event.contains("state changed") && event.contains("new="),
+        "{event}"
+    );
 
     // Bring it back on the same port: it rejoins after `rise` checks.
     let back = ProductsApi::spawn_on(&victim.to_string(), &db, &[]).await;
@@ -216,14 +225,24 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
         .await,
         "restarted server never rejoined"
     );
-    let mut served_by_back = false;
-    for _ in 0..30 {
+    // It starts at a slow-start share, so poll rather than count.
+    let rejoined = centinela_testkit::eventually(Duration::from_secs(10), || async {
         let g = centinela_testkit::get(&c, &format!("http://{}/products", gw.web))
             .await
             .unwrap();
-        served_by_back |= g.header("x-served-by") == Some(&*victim.to_string());
+        g.header("x-served-by") == Some(&*victim.to_string())
+    })
+    .await;
+    if !rejoined {
+        let state = server_json(&c, gw.admin, victim).await;
+        let events: Vec<&String> = gw
+            .proc
+            .drain()
+            .iter()
+            .filter(|l| l.contains(&victim.to_string()))
+            .collect();
+        panic!("restarted server gets no traffic; state {state}; events {events:#?}");
     }
-    assert!(served_by_back, "restarted server gets no traffic");
 
     // Let the bounded 15 s load run to its end.
     while load.tasks.iter().any(|t| !t.is_finished()) {
