@@ -70,7 +70,12 @@ pub async fn handle(
             "both Content-Length and Transfer-Encoding present",
         ))
     } else {
-        forward(&snap, &listener, client, req, &rid, &mut log, start).await
+        // Boxed: hyper keeps a slot sized for this future on every connection,
+        // idle or not; boxing keeps idle connections small.
+        Box::pin(forward(
+            &snap, &listener, client, req, &rid, &mut log, start,
+        ))
+        .await
     };
     let resp = match result {
         Ok(r) => r,

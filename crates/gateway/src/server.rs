@@ -324,3 +324,109 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use centinela_config::default_breaker;
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_time_grows_with_each_ejection_up_to_the_cap() {
+        let breaker = BreakerCfg {
+            enabled: false,
+            ..default_breaker()
+        };
+        let outlier = OutlierCfg {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            max_ejection_percent: 100,
+        };
+        let s = Server::new("127.0.0.1:1".parse().unwrap(), 1, &breaker);
+        let fail = |s: &Server| {
+            for _ in 0..3 {
+                s.record(
+                    "u",
+                    Outcome::ConnectError,
+                    &breaker,
+                    &outlier,
+                    0,
+                    2,
+                    Instant::now(),
+                );
+            }
+        };
+        // 1st ejection: 10 s, 2nd: 20 s, 3rd: capped at 25 s.
+        for expected in [10u64, 20, 25] {
+            fail(&s);
+            assert!(s.is_ejected("u", Instant::now()));
+            tokio::time::advance(Duration::from_secs(expected) - Duration::from_millis(1)).await;
+            assert!(
+                s.is_ejected("u", Instant::now()),
+                "ejection shorter than {expected}s"
+            );
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(
+                !s.is_ejected("u", Instant::now()),
+                "ejection longer than {expected}s"
+            );
+        }
+        // Fewer than 3 consecutive failures never eject; a success resets the count.
+        s.record(
+            "u",
+            Outcome::Timeout,
+            &breaker,
+            &outlier,
+            0,
+            2,
+            Instant::now(),
+        );
+        s.record(
+            "u",
+            Outcome::Status5xx,
+            &breaker,
+            &outlier,
+            0,
+            2,
+            Instant::now(),
+        );
+        s.record(
+            "u",
+            Outcome::Success,
+            &breaker,
+            &outlier,
+            0,
+            2,
+            Instant::now(),
+        );
+        s.record(
+            "u",
+            Outcome::Reset,
+            &breaker,
+            &outlier,
+            0,
+            2,
+            Instant::now(),
+        );
+        assert!(!s.is_ejected("u", Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_from_ten_percent_to_full_weight() {
+        let breaker = default_breaker();
+        let s = Server::new("127.0.0.1:1".parse().unwrap(), 1, &breaker);
+        let ss = Duration::from_secs(10);
+        assert_eq!(
+            s.ramp(ss, Instant::now()),
+            1.0,
+            "a server that never left is at full weight"
+        );
+        s.on_health_check("u", false, 1, 1, Some("down"));
+        s.on_health_check("u", true, 1, 1, None);
+        assert!((s.ramp(ss, Instant::now()) - 0.1).abs() < 1e-9);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!((s.ramp(ss, Instant::now()) - 0.5).abs() < 1e-9);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(s.ramp(ss, Instant::now()), 1.0);
+    }
+}
