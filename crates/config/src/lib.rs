@@ -9,6 +9,7 @@
 mod diag;
 mod model;
 mod parse;
+mod service;
 pub mod units;
 
 use std::path::Path;
@@ -42,7 +43,13 @@ pub fn parse(src: &str, file: &str) -> Result<Loaded, ConfigError> {
         let (errors, _) = sink.finish();
         return Err(ConfigError { errors });
     }
-    let config = parse::build(&mut sink, &root);
+    // Relative paths in the file (service commands, workdirs, log dirs) are
+    // relative to the file's directory.
+    let base_dir = std::path::Path::new(file)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let config = parse::build(&mut sink, &root, base_dir);
     let (errors, warnings) = sink.finish();
     if errors.is_empty() {
         Ok(Loaded { config, warnings })

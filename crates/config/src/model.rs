@@ -12,6 +12,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub upstreams: Vec<Upstream>,
+    /// Programs run by the supervisor.
+    pub services: Vec<Service>,
     pub runtime: Runtime,
 }
 
@@ -239,4 +241,119 @@ pub struct Runtime {
     pub log_format: LogFormat,
     /// One log line per request, at target `access`.
     pub access_log: bool,
+}
+
+/// When a crashed instance is restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// A signal by name, with its Linux number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub name: &'static str,
+    pub number: i32,
+}
+
+impl Signal {
+    pub const TERM: Signal = Signal {
+        name: "SIGTERM",
+        number: 15,
+    };
+
+    pub fn parse(s: &str) -> Option<Signal> {
+        let name = s.strip_prefix("SIG").unwrap_or(s);
+        let (name, number) = match name {
+            "TERM" => ("SIGTERM", 15),
+            "INT" => ("SIGINT", 2),
+            "QUIT" => ("SIGQUIT", 3),
+            "HUP" => ("SIGHUP", 1),
+            "KILL" => ("SIGKILL", 9),
+            "USR1" => ("SIGUSR1", 10),
+            "USR2" => ("SIGUSR2", 12),
+            "WINCH" => ("SIGWINCH", 28),
+            _ => return None,
+        };
+        Some(Signal { name, number })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// `GET path` on the instance's port; 2xx/3xx passes.
+    Http(String),
+    /// A TCP connect to the instance's port.
+    Tcp,
+    /// A command; exit code 0 passes.
+    Exec(Vec<String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that count (liveness: kill and restart).
+    pub failures: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceBackoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Uptime after which the backoff starts again from `initial`.
+    pub reset_after: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Stop {
+    pub signal: Signal,
+    /// SIGKILL to the process group after this.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Logs {
+    pub dir: std::path::PathBuf,
+    pub max_size: u64,
+    pub keep: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct GiveUp {
+    pub restarts: u32,
+    pub within: Duration,
+}
+
+/// A supervised program run as `instances` processes.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: String,
+    /// Resolved path of the program.
+    pub command: std::path::PathBuf,
+    /// Arguments; `{port}` is replaced by the instance's port.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: std::path::PathBuf,
+    pub instances: u32,
+    /// First and last port of the range; instance `i` gets `first + i`.
+    pub ports: Option<(u16, u16)>,
+    /// Instances join this upstream as its servers once ready.
+    pub upstream: Option<String>,
+    pub restart: Restart,
+    pub backoff: ServiceBackoff,
+    pub stop: Stop,
+    pub liveness: Option<Probe>,
+    pub readiness: Option<Probe>,
+    pub logs: Option<Logs>,
+    pub give_up: Option<GiveUp>,
+}
+
+impl Service {
+    pub fn port(&self, instance: u32) -> Option<u16> {
+        self.ports.map(|(first, _)| first + instance as u16)
+    }
 }

@@ -14,9 +14,9 @@ use crate::diag::Sink;
 use crate::model::*;
 use crate::units::{parse_duration, parse_size, StatusSet};
 
-type SV<'i> = Spanned<DeValue<'i>>;
+pub(crate) type SV<'i> = Spanned<DeValue<'i>>;
 
-fn type_name(v: &DeValue<'_>) -> &'static str {
+pub(crate) fn type_name(v: &DeValue<'_>) -> &'static str {
     match v {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "an integer",
@@ -30,14 +30,14 @@ fn type_name(v: &DeValue<'_>) -> &'static str {
 
 /// A table being read: remembers which keys were consumed so that the rest can
 /// be reported as unknown.
-struct Obj<'t, 'i> {
-    table: &'t DeTable<'i>,
-    path: String,
-    known: Vec<&'static str>,
+pub(crate) struct Obj<'t, 'i> {
+    pub(crate) table: &'t DeTable<'i>,
+    pub(crate) path: String,
+    pub(crate) known: Vec<&'static str>,
 }
 
 impl<'t, 'i> Obj<'t, 'i> {
-    fn new(sink: &mut Sink<'_>, v: &'t SV<'i>, path: &str) -> Option<Self> {
+    pub(crate) fn new(sink: &mut Sink<'_>, v: &'t SV<'i>, path: &str) -> Option<Self> {
         match v.get_ref() {
             DeValue::Table(table) => Some(Obj {
                 table,
@@ -55,7 +55,7 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
-    fn child_path(&self, key: &str) -> String {
+    pub(crate) fn child_path(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
         } else {
@@ -63,7 +63,7 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
-    fn get(&mut self, key: &'static str) -> Option<&'t SV<'i>> {
+    pub(crate) fn get(&mut self, key: &'static str) -> Option<&'t SV<'i>> {
         self.known.push(key);
         self.table
             .iter()
@@ -71,7 +71,7 @@ impl<'t, 'i> Obj<'t, 'i> {
             .map(|(_, v)| v)
     }
 
-    fn finish(self, sink: &mut Sink<'_>) {
+    pub(crate) fn finish(self, sink: &mut Sink<'_>) {
         for (k, _) in self.table.iter() {
             let name: &str = k.get_ref().as_ref();
             if !self.known.contains(&name) {
@@ -89,7 +89,11 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
-    fn str(&mut self, sink: &mut Sink<'_>, key: &'static str) -> Option<(String, Range<usize>)> {
+    pub(crate) fn str(
+        &mut self,
+        sink: &mut Sink<'_>,
+        key: &'static str,
+    ) -> Option<(String, Range<usize>)> {
         let v = self.get(key)?;
         match v.get_ref() {
             DeValue::String(s) => Some((s.to_string(), v.span())),
@@ -104,7 +108,7 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
-    fn bool(&mut self, sink: &mut Sink<'_>, key: &'static str, default: bool) -> bool {
+    pub(crate) fn bool(&mut self, sink: &mut Sink<'_>, key: &'static str, default: bool) -> bool {
         let Some(v) = self.get(key) else {
             return default;
         };
@@ -122,7 +126,7 @@ impl<'t, 'i> Obj<'t, 'i> {
     }
 
     /// An integer in `min..=max`.
-    fn int(
+    pub(crate) fn int(
         &mut self,
         sink: &mut Sink<'_>,
         key: &'static str,
@@ -171,7 +175,7 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
-    fn float(
+    pub(crate) fn float(
         &mut self,
         sink: &mut Sink<'_>,
         key: &'static str,
@@ -208,11 +212,16 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
-    fn duration(&mut self, sink: &mut Sink<'_>, key: &'static str, default: Duration) -> Duration {
+    pub(crate) fn duration(
+        &mut self,
+        sink: &mut Sink<'_>,
+        key: &'static str,
+        default: Duration,
+    ) -> Duration {
         self.duration_min(sink, key, default, Duration::ZERO)
     }
 
-    fn duration_min(
+    pub(crate) fn duration_min(
         &mut self,
         sink: &mut Sink<'_>,
         key: &'static str,
@@ -239,7 +248,7 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
-    fn size(&mut self, sink: &mut Sink<'_>, key: &'static str, default: u64) -> u64 {
+    pub(crate) fn size(&mut self, sink: &mut Sink<'_>, key: &'static str, default: u64) -> u64 {
         let Some(v) = self.get(key) else {
             return default;
         };
@@ -271,7 +280,7 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
-    fn addr(
+    pub(crate) fn addr(
         &mut self,
         sink: &mut Sink<'_>,
         key: &'static str,
@@ -286,7 +295,7 @@ impl<'t, 'i> Obj<'t, 'i> {
         }
     }
 
-    fn sub(&mut self, sink: &mut Sink<'_>, key: &'static str) -> Option<Obj<'t, 'i>> {
+    pub(crate) fn sub(&mut self, sink: &mut Sink<'_>, key: &'static str) -> Option<Obj<'t, 'i>> {
         let path = self.child_path(key);
         let v = self.get(key)?;
         Obj::new(sink, v, &path)
@@ -301,7 +310,7 @@ pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
-fn missing(sink: &mut Sink<'_>, span: &Range<usize>, path: &str, key: &str) {
+pub(crate) fn missing(sink: &mut Sink<'_>, span: &Range<usize>, path: &str, key: &str) {
     sink.error(span, path, format!("missing required key `{key}`"));
 }
 
@@ -312,7 +321,11 @@ struct RouteRef {
     path: String,
 }
 
-pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config {
+pub(crate) fn build(
+    sink: &mut Sink<'_>,
+    root: &Spanned<DeTable<'_>>,
+    base_dir: &std::path::Path,
+) -> Config {
     let mut top = Obj {
         table: root.get_ref(),
         path: String::new(),
@@ -409,13 +422,27 @@ pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config 
         }
     }
 
+    // Services first: an upstream fed by a service needs no static servers.
+    let mut services = Vec::new();
+    if let Some(svcs) = top.sub(sink, "service") {
+        for (k, v) in svcs.table.iter() {
+            if let Some(p) = crate::service::service(sink, v, k.get_ref(), base_dir) {
+                services.push(p);
+            }
+        }
+    }
+    let fed: Vec<String> = services
+        .iter()
+        .filter_map(|p| p.service.upstream.clone())
+        .collect();
+
     let mut upstreams = Vec::new();
     // Every key under [upstream] is an upstream name, so none is "unknown".
     if let Some(ups) = top.sub(sink, "upstream") {
         for (k, v) in ups.table.iter() {
             let name: &str = k.get_ref().as_ref();
             let path = format!("upstream.{name}");
-            if let Some(u) = upstream(sink, v, name, &path) {
+            if let Some(u) = upstream(sink, v, name, &path, fed.contains(&name.to_string())) {
                 upstreams.push(u);
             }
         }
@@ -457,6 +484,8 @@ pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config 
     top.finish(sink);
 
     // Cross-references.
+    let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
+    crate::service::cross_check(sink, &services, &upstream_names);
     if listeners.is_empty() {
         sink.error(&(0..0), "listener", "at least one [[listener]] is required");
     }
@@ -527,6 +556,7 @@ pub(crate) fn build(sink: &mut Sink<'_>, root: &Spanned<DeTable<'_>>) -> Config 
         listeners,
         routes,
         upstreams,
+        services: services.into_iter().map(|p| p.service).collect(),
         runtime,
     }
 }
@@ -548,7 +578,11 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn array_items<'t, 'i>(sink: &mut Sink<'_>, v: &'t SV<'i>, path: &str) -> Vec<(usize, &'t SV<'i>)> {
+pub(crate) fn array_items<'t, 'i>(
+    sink: &mut Sink<'_>,
+    v: &'t SV<'i>,
+    path: &str,
+) -> Vec<(usize, &'t SV<'i>)> {
     match v.get_ref() {
         DeValue::Array(items) => items.iter().enumerate().collect(),
         other => {
@@ -565,7 +599,13 @@ fn array_items<'t, 'i>(sink: &mut Sink<'_>, v: &'t SV<'i>, path: &str) -> Vec<(u
     }
 }
 
-fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<Upstream> {
+fn upstream(
+    sink: &mut Sink<'_>,
+    v: &SV<'_>,
+    name: &str,
+    path: &str,
+    fed_by_service: bool,
+) -> Option<Upstream> {
     let mut o = Obj::new(sink, v, path)?;
     let balance = match o.str(sink, "balance") {
         Some((s, span)) => Balance::parse(&s).unwrap_or_else(|| {
@@ -663,7 +703,10 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
                     servers.push(Server { address, weight });
                 }
             }
-            if servers.is_empty() && matches!(sv.get_ref(), DeValue::Array(a) if a.is_empty()) {
+            if servers.is_empty()
+                && !fed_by_service
+                && matches!(sv.get_ref(), DeValue::Array(a) if a.is_empty())
+            {
                 sink.error(
                     &sv.span(),
                     &format!("{path}.servers"),
@@ -671,7 +714,12 @@ fn upstream(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, path: &str) -> Option<U
                 );
             }
         }
-        None => sink.error(&v.span(), path, "missing required key `servers`"),
+        None if fed_by_service => {}
+        None => sink.error(
+            &v.span(),
+            path,
+            "missing required key `servers` (or a [service] with upstream = this name)",
+        ),
     }
 
     let health = o.sub(sink, "health").map(|mut h| {

@@ -1,0 +1,413 @@
+//! `[service.NAME]`: programs run and kept alive by the supervisor.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::DeValue;
+
+use crate::diag::Sink;
+use crate::model::*;
+use crate::parse::{array_items, missing, type_name, Obj, SV};
+
+/// A parsed service plus the spans needed for cross-checks.
+pub(crate) struct ParsedService {
+    pub service: Service,
+    pub upstream_span: Option<Range<usize>>,
+    pub ports_span: Option<Range<usize>>,
+}
+
+fn string_list(sink: &mut Sink<'_>, v: &SV<'_>, path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, item) in array_items(sink, v, path) {
+        match item.get_ref() {
+            DeValue::String(s) => out.push(s.to_string()),
+            other => sink.error(
+                &item.span(),
+                &format!("{path}[{i}]"),
+                format!("expected a string, found {}", type_name(other)),
+            ),
+        }
+    }
+    out
+}
+
+fn probe(
+    sink: &mut Sink<'_>,
+    o: &mut Obj<'_, '_>,
+    key: &'static str,
+    default_interval: Duration,
+) -> Option<Probe> {
+    let span = o
+        .table
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(_, v)| v.span())
+        .unwrap_or(0..0);
+    let mut p = o.sub(sink, key)?;
+    let path = p.path.clone();
+    let http = p.str(sink, "http");
+    let tcp = p.bool(sink, "tcp", false);
+    let exec = p
+        .get("exec")
+        .map(|v| (string_list(sink, v, &format!("{path}.exec")), v.span()));
+    let interval = p.duration_min(
+        sink,
+        "interval",
+        default_interval,
+        Duration::from_millis(10),
+    );
+    let timeout = p.duration_min(
+        sink,
+        "timeout",
+        Duration::from_secs(1),
+        Duration::from_millis(1),
+    );
+    let failures = p.int(sink, "failures", 3, 1, 1000) as u32;
+    let kinds = usize::from(http.is_some()) + usize::from(tcp) + usize::from(exec.is_some());
+    let kind = match (http, tcp, exec) {
+        _ if kinds > 1 => {
+            sink.error(&span, &path, "give only one of http, tcp = true or exec");
+            None
+        }
+        (Some((h, span)), _, _) => {
+            if !h.starts_with('/') {
+                sink.error(
+                    &span,
+                    &format!("{path}.http"),
+                    "must be a path starting with '/'",
+                );
+            }
+            Some(ProbeKind::Http(h))
+        }
+        (_, true, _) => Some(ProbeKind::Tcp),
+        (_, _, Some((cmd, span))) => {
+            if cmd.is_empty() {
+                sink.error(&span, &format!("{path}.exec"), "needs at least the program");
+            }
+            Some(ProbeKind::Exec(cmd))
+        }
+        _ => {
+            sink.error(
+                &span,
+                &path,
+                "needs one of http = \"/path\", tcp = true or exec = [\"cmd\", ...]",
+            );
+            None
+        }
+    };
+    p.finish(sink);
+    kind.map(|kind| Probe {
+        kind,
+        interval,
+        timeout,
+        failures,
+    })
+}
+
+fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let parse = |x: &str| x.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    match (parse(a), parse(b)) {
+        (Some(a), Some(b)) if a <= b => Ok((a, b)),
+        _ => Err(format!(
+            "invalid port range {s:?}: expected \"FIRST-LAST\", e.g. \"8001-8004\", or one port"
+        )),
+    }
+}
+
+/// Finds a program: a path with a `/` is taken relative to `workdir`; a bare
+/// name is looked up in `PATH`.
+pub(crate) fn resolve_command(cmd: &str, workdir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let candidates: Vec<PathBuf> = if cmd.contains('/') {
+        vec![workdir.join(cmd)]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(cmd)).collect())
+            .unwrap_or_default()
+    };
+    for c in &candidates {
+        if let Ok(m) = std::fs::metadata(c) {
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(c.clone());
+            }
+            if m.is_file() {
+                return Err(format!("{} is not executable", c.display()));
+            }
+        }
+    }
+    if cmd.contains('/') {
+        Err(format!(
+            "command {cmd:?} not found (looked for {})",
+            workdir.join(cmd).display()
+        ))
+    } else {
+        Err(format!("command {cmd:?} not found in PATH"))
+    }
+}
+
+pub(crate) fn service(
+    sink: &mut Sink<'_>,
+    v: &SV<'_>,
+    name: &str,
+    base_dir: &Path,
+) -> Option<ParsedService> {
+    let path = format!("service.{name}");
+    let mut o = Obj::new(sink, v, &path)?;
+    let workdir = match o.str(sink, "workdir") {
+        Some((w, span)) => {
+            let d = base_dir.join(w);
+            if !d.is_dir() {
+                sink.error(
+                    &span,
+                    &format!("{path}.workdir"),
+                    format!("{} is not a directory", d.display()),
+                );
+            }
+            d
+        }
+        None => base_dir.to_path_buf(),
+    };
+    let command = match o.str(sink, "command") {
+        Some((c, span)) => match resolve_command(&c, &workdir) {
+            Ok(p) => p,
+            Err(e) => {
+                sink.error(&span, &format!("{path}.command"), e);
+                PathBuf::from(c)
+            }
+        },
+        None => {
+            missing(sink, &v.span(), &path, "command");
+            PathBuf::new()
+        }
+    };
+    let args = o
+        .get("args")
+        .map(|a| string_list(sink, a, &format!("{path}.args")))
+        .unwrap_or_default();
+    let env = match o.sub(sink, "env") {
+        Some(mut e) => {
+            let mut out = Vec::new();
+            let ep = e.path.clone();
+            for (k, val) in e.table.iter() {
+                match val.get_ref() {
+                    DeValue::String(s) => out.push((k.get_ref().to_string(), s.to_string())),
+                    other => sink.error(
+                        &val.span(),
+                        &format!("{ep}.{}", k.get_ref()),
+                        format!("expected a string, found {}", type_name(other)),
+                    ),
+                }
+            }
+            e.known.clear();
+            out
+        }
+        None => Vec::new(),
+    };
+    let instances = o.int(sink, "instances", 1, 1, 1024) as u32;
+    let (ports, ports_span) = match o.str(sink, "ports") {
+        Some((p, span)) => match parse_ports(&p) {
+            Ok((a, b)) => {
+                let size = u32::from(b - a) + 1;
+                if size < instances {
+                    sink.error(
+                        &span,
+                        &format!("{path}.ports"),
+                        format!("range {p:?} has {size} port(s) but instances = {instances}"),
+                    );
+                }
+                (Some((a, b)), Some(span))
+            }
+            Err(e) => {
+                sink.error(&span, &format!("{path}.ports"), e);
+                (None, Some(span))
+            }
+        },
+        None => (None, None),
+    };
+    if ports.is_none() && ports_span.is_none() && args.iter().any(|a| a.contains("{port}")) {
+        sink.error(
+            &v.span(),
+            &format!("{path}.ports"),
+            "args use {port} but no ports are set",
+        );
+    }
+    let (upstream, upstream_span) = match o.str(sink, "upstream") {
+        Some((u, span)) => (Some(u), Some(span)),
+        None => (None, None),
+    };
+    if upstream.is_some() && ports.is_none() && ports_span.is_none() {
+        sink.error(
+            &v.span(),
+            &format!("{path}.ports"),
+            "a service that joins an upstream needs ports",
+        );
+    }
+    let restart = match o.str(sink, "restart") {
+        Some((r, span)) => match r.as_str() {
+            "always" => Restart::Always,
+            "on-failure" => Restart::OnFailure,
+            "never" => Restart::Never,
+            _ => {
+                sink.error(
+                    &span,
+                    &format!("{path}.restart"),
+                    format!("unknown restart policy {r:?}; expected always, on-failure or never"),
+                );
+                Restart::Always
+            }
+        },
+        None => Restart::Always,
+    };
+    let backoff = match o.sub(sink, "backoff") {
+        Some(mut b) => {
+            let r = ServiceBackoff {
+                initial: b.duration_min(
+                    sink,
+                    "initial",
+                    Duration::from_millis(100),
+                    Duration::from_millis(1),
+                ),
+                max: b.duration(sink, "max", Duration::from_secs(30)),
+                reset_after: b.duration(sink, "reset_after", Duration::from_secs(60)),
+            };
+            b.finish(sink);
+            r
+        }
+        None => ServiceBackoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(60),
+        },
+    };
+    let stop = match o.sub(sink, "stop") {
+        Some(mut s) => {
+            let signal = match s.str(sink, "signal") {
+                Some((sig, span)) => Signal::parse(&sig).unwrap_or_else(|| {
+                    sink.error(
+                        &span,
+                        &format!("{path}.stop.signal"),
+                        format!("unknown signal {sig:?}; expected e.g. SIGTERM, SIGINT, SIGQUIT"),
+                    );
+                    Signal::TERM
+                }),
+                None => Signal::TERM,
+            };
+            let timeout = s.duration(sink, "timeout", Duration::from_secs(10));
+            s.finish(sink);
+            Stop { signal, timeout }
+        }
+        None => Stop {
+            signal: Signal::TERM,
+            timeout: Duration::from_secs(10),
+        },
+    };
+    let liveness = probe(sink, &mut o, "liveness", Duration::from_secs(2));
+    let readiness = probe(sink, &mut o, "readiness", Duration::from_millis(250));
+    for (p, key) in [(&liveness, "liveness"), (&readiness, "readiness")] {
+        if matches!(
+            p,
+            Some(Probe {
+                kind: ProbeKind::Http(_) | ProbeKind::Tcp,
+                ..
+            })
+        ) && ports.is_none()
+        {
+            sink.error(
+                &v.span(),
+                &format!("{path}.{key}"),
+                "http and tcp probes need ports",
+            );
+        }
+    }
+    let logs = match o.sub(sink, "logs") {
+        Some(mut l) => {
+            let dir = l
+                .str(sink, "dir")
+                .map(|(d, _)| base_dir.join(d))
+                .unwrap_or_else(|| base_dir.join("logs").join(name));
+            let max_size = l.size(sink, "max_size", 10 * 1000 * 1000);
+            let keep = l.int(sink, "keep", 5, 1, 1000) as u32;
+            l.finish(sink);
+            Some(Logs {
+                dir,
+                max_size,
+                keep,
+            })
+        }
+        None => None,
+    };
+    let give_up = match o.sub(sink, "give_up") {
+        Some(mut g) => {
+            let restarts = g.int(sink, "restarts", 10, 1, 1_000_000) as u32;
+            let within = g.duration_min(
+                sink,
+                "within",
+                Duration::from_secs(300),
+                Duration::from_millis(1),
+            );
+            g.finish(sink);
+            Some(GiveUp { restarts, within })
+        }
+        None => None,
+    };
+    o.finish(sink);
+    sink.warn(
+        &v.span(),
+        &path,
+        "validated but not run yet: the supervisor is not built (issue #3)",
+    );
+    Some(ParsedService {
+        service: Service {
+            name: name.to_string(),
+            command,
+            args,
+            env,
+            workdir,
+            instances,
+            ports,
+            upstream,
+            restart,
+            backoff,
+            stop,
+            liveness,
+            readiness,
+            logs,
+            give_up,
+        },
+        upstream_span,
+        ports_span,
+    })
+}
+
+/// Checks across services: known upstreams, no port used twice.
+pub(crate) fn cross_check(sink: &mut Sink<'_>, services: &[ParsedService], upstreams: &[String]) {
+    let mut taken: HashMap<u16, &str> = HashMap::new();
+    for p in services {
+        let s = &p.service;
+        if let (Some(u), Some(span)) = (&s.upstream, &p.upstream_span) {
+            if !upstreams.contains(u) {
+                sink.error(
+                    span,
+                    &format!("service.{}.upstream", s.name),
+                    format!("upstream {u:?} is not defined; add [upstream.{u}]"),
+                );
+            }
+        }
+        if let (Some(_), Some(span)) = (s.ports, &p.ports_span) {
+            for i in 0..s.instances {
+                let port = s.port(i).unwrap_or(0);
+                if let Some(other) = taken.insert(port, &s.name) {
+                    sink.error(
+                        span,
+                        &format!("service.{}.ports", s.name),
+                        format!("port {port} is also used by service {other:?}"),
+                    );
+                    break;
+                }
+            }
+        }
+    }
+}

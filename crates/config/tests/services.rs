@@ -1,0 +1,167 @@
+//! `[service.NAME]` validation, with real files for command checks.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use centinela_config::{parse, ProbeKind, Restart};
+
+struct Dir(std::path::PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir_with_scripts(tag: &str) -> Dir {
+    let d = std::env::temp_dir().join(format!("centinela-svc-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(d.join("bin")).unwrap();
+    std::fs::write(d.join("bin/app"), "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(d.join("bin/app"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(d.join("bin/notexec"), "data").unwrap();
+    std::fs::set_permissions(
+        d.join("bin/notexec"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    Dir(d)
+}
+
+const BASE: &str = r#"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+[[route]]
+upstream = "products"
+[upstream.products]
+"#;
+
+#[test]
+fn the_issue_example_loads_with_defaults_filled() {
+    let d = dir_with_scripts("ok");
+    let src = format!(
+        r#"{BASE}
+[service.products]
+command = "bin/app"
+args = ["--listen", "127.0.0.1:{{port}}", "--db", "data/products.db"]
+env = {{ RUST_LOG = "info" }}
+workdir = "."
+instances = 4
+ports = "8001-8004"
+upstream = "products"
+restart = "always"
+backoff = {{ initial = "100ms", max = "30s", reset_after = "60s" }}
+stop = {{ signal = "SIGTERM", timeout = "10s" }}
+liveness = {{ http = "/health", interval = "2s", timeout = "1s", failures = 3 }}
+readiness = {{ http = "/health", interval = "250ms", timeout = "1s" }}
+logs = {{ dir = "logs/products", max_size = "10MB", keep = 5 }}
+give_up = {{ restarts = 10, within = "5m" }}
+"#
+    );
+    let file = d.0.join("centinela.toml");
+    let cfg = parse(&src, file.to_str().unwrap())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    let s = &cfg.services[0];
+    assert_eq!(s.command, d.0.join("./bin/app"));
+    assert_eq!(
+        (s.instances, s.ports, s.port(3)),
+        (4, Some((8001, 8004)), Some(8004))
+    );
+    assert_eq!(s.upstream.as_deref(), Some("products"));
+    assert_eq!(s.restart, Restart::Always);
+    assert_eq!(s.env, vec![("RUST_LOG".to_string(), "info".to_string())]);
+    assert_eq!(s.stop.signal.number, 15);
+    assert_eq!(
+        s.liveness.as_ref().unwrap().kind,
+        ProbeKind::Http("/health".into())
+    );
+    assert_eq!(
+        s.readiness.as_ref().unwrap().interval,
+        Duration::from_millis(250)
+    );
+    assert_eq!(s.logs.as_ref().unwrap().max_size, 10_000_000);
+    assert_eq!(s.logs.as_ref().unwrap().dir, d.0.join("logs/products"));
+    assert_eq!(s.give_up.as_ref().unwrap().within, Duration::from_secs(300));
+    // The upstream gets its servers from the service: no static list needed.
+    assert!(cfg.upstream("products").unwrap().servers.is_empty());
+}
+
+#[test]
+fn service_errors_are_all_reported_with_positions() {
+    let d = dir_with_scripts("bad");
+    let src = format!(
+        r#"{BASE}
+[service.a]
+command = "bin/missing"
+instances = 4
+ports = "9001-9002"
+upstream = "nope"
+
+[service.b]
+command = "bin/notexec"
+ports = "9002"
+restart = "sometimes"
+stop = {{ signal = "SIGFOO" }}
+liveness = {{ http = "/health", tcp = true }}
+
+[service.c]
+command = "definitely-not-a-program-on-path"
+args = ["--port", "{{port}}"]
+"#
+    );
+    let file = d.0.join("c.toml");
+    let err = parse(&src, file.to_str().unwrap()).unwrap_err().to_string();
+    for needle in [
+        "service.a.command: command \"bin/missing\" not found",
+        "service.a.ports: range \"9001-9002\" has 2 port(s) but instances = 4",
+        "service.a.upstream: upstream \"nope\" is not defined",
+        "service.b.command: ",
+        "bin/notexec is not executable",
+        "service.b.ports: port 9002 is also used by service \"a\"",
+        "service.b.restart: unknown restart policy \"sometimes\"",
+        "service.b.stop.signal: unknown signal \"SIGFOO\"",
+        "service.b.liveness: give only one of http, tcp = true or exec",
+        "service.c.command: command \"definitely-not-a-program-on-path\" not found in PATH",
+        "service.c.ports: args use {port} but no ports are set",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    // Every line carries file:line:column.
+    for line in err.lines().skip(1) {
+        assert!(
+            line.trim_start()
+                .starts_with(&format!("{}:", file.display())),
+            "{line}"
+        );
+    }
+    // An upstream with neither servers nor a service is still an error.
+    let err = parse(
+        "[[listener]]\nname=\"w\"\nlisten=\"127.0.0.1:0\"\n[upstream.x]\n",
+        "x.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("missing required key `servers`"), "{err}");
+}
+
+#[test]
+fn services_warn_that_they_are_not_run_yet_and_probe_errors_point_at_the_probe() {
+    let d = dir_with_scripts("warn");
+    let file = d.0.join("w.toml");
+    let src = format!("{BASE}servers = [\"127.0.0.1:1\"]\n[service.s]\ncommand = \"bin/app\"\n");
+    let loaded = parse(&src, file.to_str().unwrap()).unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains("not run yet")),
+        "{:?}",
+        loaded.warnings
+    );
+
+    let src = format!("{BASE}servers = [\"127.0.0.1:1\"]\n[service.s]\ncommand = \"bin/app\"\nports = \"9100\"\nreadiness = {{ }}\n");
+    let err = parse(&src, file.to_str().unwrap()).unwrap_err();
+    let d0 = &err.errors[0];
+    assert_eq!((d0.line, d0.column), (12, 13), "{d0}");
+    assert!(d0.message.contains("needs one of http"), "{d0}");
+}
