@@ -1,0 +1,51 @@
+//! The supervisor's only `unsafe`: two Linux calls std does not offer.
+//! - `kill(-pgid, sig)`: signals a whole process group, so a worker's own
+//!   children are stopped with it.
+//! - `prctl(PR_SET_PDEATHSIG, SIGKILL)` in the child between fork and exec,
+//!   so an instance dies when centinela dies, even by SIGKILL. It fires when
+//!   the *thread* that spawned the child exits: instances are spawned from
+//!   runtime worker threads, which live as long as centinela.
+#![allow(unsafe_code)]
+
+use std::io;
+
+/// Sends `sig` to the process group `pgid`. False if no such group remains.
+pub fn kill_group(pgid: u32, sig: i32) -> bool {
+    let Ok(pgid) = i32::try_from(pgid) else {
+        return false;
+    };
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: kill(2) takes two integers and touches no memory of ours; a
+    // negative pid addresses the group, never pid 1 or "every process" (-1)
+    // because pgid > 1 was checked.
+    unsafe { libc::kill(-pgid, sig) == 0 }
+}
+
+/// Asks the kernel to SIGKILL the child when its parent dies.
+pub fn die_with_parent(cmd: &mut tokio::process::Command) {
+    // SAFETY: getpid() is async-signal-safe, and so are the prctl(2) and
+    // getppid(2) calls in the closure, which allocates nothing: all that
+    // pre_exec requires between fork and exec.
+    let parent = unsafe { libc::getpid() };
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                return Err(io::Error::other("parent exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,228 @@
+//! Real processes (shell scripts) under the supervisor.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use centinela_config::{GiveUp, Logs, Restart, Service, ServiceBackoff, Signal, Stop};
+use centinela_supervisor::{Instance, State};
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+fn tempdir(tag: &str) -> Dir {
+    let d = std::env::temp_dir().join(format!("centinela-sup-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    Dir(d)
+}
+
+fn service(dir: &Path, script: &str) -> Service {
+    Service {
+        name: "app".into(),
+        command: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        env: vec![("GREETING".into(), "hello".into())],
+        workdir: dir.to_path_buf(),
+        instances: 1,
+        ports: Some((9500, 9500)),
+        upstream: None,
+        restart: Restart::Always,
+        backoff: ServiceBackoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+            reset_after: Duration::from_secs(60),
+        },
+        stop: Stop {
+            signal: Signal::TERM,
+            timeout: Duration::from_secs(5),
+        },
+        liveness: None,
+        readiness: None,
+        logs: None,
+        give_up: None,
+    }
+}
+
+async fn until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; check its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_is_restarted_in_well_under_a_second_with_its_port_and_env() {
+    let d = tempdir("kill");
+    let svc = service(
+        &d.0,
+        "echo \"$GREETING $PORT $CENTINELA_INSTANCE\" > started.$$; exec sleep 300",
+    );
+    let inst = Instance::spawn(Arc::new(svc), 0);
+    assert!(
+        until(Duration::from_secs(5), || inst.status().state
+            == State::Running)
+        .await
+    );
+    let first = inst.status().pid.unwrap();
+    let marker = d.0.join(format!("started.{first}"));
+    assert!(until(Duration::from_secs(5), || marker.exists()).await);
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap().trim(),
+        "hello 9500 0"
+    );
+
+    let killed = Instant::now();
+    assert!(std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("kill -9 {first}")])
+        .status()
+        .is_ok_and(|s| s.success()));
+    assert!(
+        until(Duration::from_secs(2), || inst
+            .status()
+            .pid
+            .is_some_and(|p| p != first)
+            && inst.status().state == State::Running)
+        .await,
+        "not restarted: {:?}",
+        inst.status()
+    );
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_millis(500),
+        "first restart took {took:?}"
+    );
+    let st = inst.status();
+    assert_eq!(st.restarts, 1);
+    assert_eq!(st.last_exit.as_deref(), Some("signal 9"));
+    assert_eq!(st.delays.front(), Some(&Duration::from_millis(50)));
+    let pid = st.pid.unwrap();
+    inst.stop().await;
+    assert!(!alive(pid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_exits_at_once_backs_off_to_the_cap_crash_loops_and_can_give_up() {
+    let d = tempdir("loop");
+    let svc = service(&d.0, "echo boom-$$ >&2; exit 3");
+    let inst = Instance::spawn(Arc::new(svc.clone()), 0);
+    assert!(
+        until(Duration::from_secs(10), || inst.status().delays.len() >= 6).await,
+        "{:?}",
+        inst.status()
+    );
+    let st = inst.status();
+    let ms: Vec<u128> = st.delays.iter().take(6).map(|d| d.as_millis()).collect();
+    assert_eq!(ms, vec![50, 100, 200, 400, 400, 400]);
+    assert_eq!(st.state, State::CrashLooping);
+    assert_eq!(st.last_exit.as_deref(), Some("exit code 3"));
+    assert!(
+        st.stderr_tail.iter().any(|l| l.starts_with("boom-")),
+        "{:?}",
+        st.stderr_tail
+    );
+    inst.stop().await;
+
+    // With give_up, it is marked failed and left alone.
+    let mut svc = svc;
+    svc.give_up = Some(GiveUp {
+        restarts: 3,
+        within: Duration::from_secs(60),
+    });
+    let inst = Instance::spawn(Arc::new(svc), 0);
+    assert!(
+        until(Duration::from_secs(10), || inst.status().state
+            == State::Failed)
+        .await,
+        "{:?}",
+        inst.status()
+    );
+    let restarts = inst.status().restarts;
+    assert_eq!(restarts, 3);
+    // A negative check: over longer than the backoff cap, nothing restarts it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(inst.status().restarts, restarts);
+    assert_eq!(inst.status().state, State::Failed);
+    inst.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_reaches_the_whole_process_group_and_escalates_to_sigkill() {
+    let d = tempdir("group");
+    // The worker starts a child of its own and ignores SIGTERM.
+    let mut svc = service(&d.0, "trap '' TERM; sleep 300 & echo $! > child.pid; wait");
+    svc.stop.timeout = Duration::from_millis(300);
+    let inst = Instance::spawn(Arc::new(svc), 0);
+    let child_file = d.0.join("child.pid");
+    assert!(
+        until(Duration::from_secs(5), || std::fs::read_to_string(
+            &child_file
+        )
+        .is_ok_and(|s| s.ends_with('\n')))
+        .await
+    );
+    let child: u32 = std::fs::read_to_string(&child_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let leader = inst.status().pid.unwrap();
+    assert!(alive(leader) && alive(child));
+    let t = Instant::now();
+    inst.stop().await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "SIGTERM was ignored, so stop waits for the timeout ({took:?})"
+    );
+    assert!(
+        until(Duration::from_secs(2), || !alive(leader) && !alive(child)).await,
+        "leader {leader} or child {child} outlived the stop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_goes_to_rotating_log_files_that_keep_at_most_keep() {
+    let d = tempdir("logs");
+    let mut svc = service(&d.0, "i=0; while [ $i -lt 400 ]; do echo \"line $i of instance output\"; i=$((i+1)); done; exec sleep 300");
+    svc.logs = Some(Logs {
+        dir: d.0.join("logs"),
+        max_size: 1000,
+        keep: 3,
+    });
+    let inst = Instance::spawn(Arc::new(svc), 0);
+    let current = d.0.join("logs/app-0.log");
+    assert!(
+        until(Duration::from_secs(5), || std::fs::read_to_string(&current)
+            .is_ok_and(|s| s.contains("line 399 ")))
+        .await,
+        "last line never logged"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(d.0.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["app-0.log", "app-0.log.1", "app-0.log.2"]);
+    inst.stop().await;
+}
