@@ -2,7 +2,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use centinela_config::{Loaded, LogFormat};
+use std::sync::Arc;
+
 use centinela_gateway::Gateway;
+use centinela_supervisor::Supervisor;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -142,15 +145,25 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let services = cfg.services.clone();
     let gw = match Gateway::start(cfg).await {
-        Ok(g) => g,
+        Ok(g) => Arc::new(g),
         Err(e) => {
             error!(error = %e, "Cannot start");
             eprintln!("centinela: {e}");
             return ExitCode::FAILURE;
         }
     };
-    info!(config = %path.display(), pid = std::process::id(), "centinela started");
+    // Supervised instances join their upstream once ready.
+    let supervisor = {
+        let g = gw.clone();
+        let on_member: centinela_supervisor::OnMember =
+            Arc::new(move |upstream: &str, addr, ready| g.set_member(upstream, addr, ready));
+        Supervisor::start(&services, Some(on_member))
+    };
+    let view = supervisor.view();
+    gw.add_status("services", Arc::new(move || view.to_json()));
+    info!(config = %path.display(), pid = std::process::id(), services = services.len(), "centinela started");
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -159,6 +172,9 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
                     Ok(l) => {
                         for w in &l.warnings {
                             warn!(warning = %w, "Config warning");
+                        }
+                        if format!("{:?}", l.config.services) != format!("{:?}", gw.config().services) {
+                            warn!("Service changes are not applied by a reload yet; restart centinela to apply them");
                         }
                         if let Err(e) = gw.reload(l.config).await {
                             error!(error = %e, "Reload failed; keeping the running configuration");
@@ -182,9 +198,11 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         "Shutting down: draining in-flight requests"
     );
     if gw.shutdown(timeout).await {
-        info!("Drained, exiting");
+        info!("Drained");
     } else {
-        warn!("Shutdown timeout reached with requests still in flight, exiting");
+        warn!("Shutdown timeout reached with requests still in flight");
     }
+    supervisor.stop().await;
+    info!("Instances stopped, exiting");
     ExitCode::SUCCESS
 }

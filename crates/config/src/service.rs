@@ -354,11 +354,6 @@ pub(crate) fn service(
         None => None,
     };
     o.finish(sink);
-    sink.warn(
-        &v.span(),
-        &path,
-        "validated but not run yet: the supervisor is not built (issue #3)",
-    );
     Some(ParsedService {
         service: Service {
             name: name.to_string(),

@@ -14,6 +14,9 @@ use tokio::net::TcpListener;
 
 use crate::proxy::Shared;
 
+/// Produces the JSON of an extra admin page.
+pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let builder = crate::listener::builder();
     loop {
@@ -92,6 +95,12 @@ async fn handle(
                 .collect();
             json_resp(StatusCode::OK, json!({ "upstreams": groups }))
         }
-        _ => json_resp(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+        path => {
+            let name = path.strip_prefix("/-/").unwrap_or("");
+            match shared.status.load().iter().find(|(n, _)| n == name) {
+                Some((_, f)) => json_resp(StatusCode::OK, f()),
+                None => json_resp(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+            }
+        }
     })
 }

@@ -2,7 +2,7 @@
 //! request; [`Gateway`] is the entry point: start, reload, shut down.
 #![forbid(unsafe_code)]
 
-mod admin;
+pub mod admin;
 pub mod balance;
 pub mod body;
 pub mod breaker;
@@ -19,7 +19,7 @@ pub mod server;
 pub mod snapshot;
 pub mod upstream;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +54,10 @@ struct RunningListener {
 /// A running gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
+    /// The config as last loaded, without supervised members.
+    base: Mutex<Config>,
+    /// Ready supervised instances per upstream, added to its servers.
+    members: Mutex<HashMap<String, BTreeSet<SocketAddr>>>,
     registry: Mutex<Registry>,
     listeners: Mutex<HashMap<String, RunningListener>>,
     health_tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -84,9 +88,11 @@ impl Gateway {
                 bind(l.listen, &format!("listener {}", l.name)).await?,
             ));
         }
+        let base = config.clone();
         let snapshot = registry.build(config);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
+            status: ArcSwap::from_pointee(Vec::new()),
         });
         let admin_addr = admin_listener
             .local_addr()
@@ -99,6 +105,8 @@ impl Gateway {
         info!(addr = %admin_addr, "Admin API listening");
         let gw = Gateway {
             shared,
+            base: Mutex::new(base),
+            members: Mutex::new(HashMap::new()),
             registry: Mutex::new(registry),
             listeners: Mutex::new(HashMap::new()),
             health_tasks: Mutex::new(Vec::new()),
@@ -196,8 +204,8 @@ impl Gateway {
                 bind(l.listen, &format!("listener {}", l.name)).await?,
             ));
         }
-        let snapshot = lock(&self.registry).build(config.clone());
-        self.shared.snapshot.store(Arc::new(snapshot));
+        *lock(&self.base) = config.clone();
+        self.rebuild();
         // Stop listeners that are gone.
         {
             let mut running = lock(&self.listeners);
@@ -216,7 +224,6 @@ impl Gateway {
         for (l, tcp) in bound {
             self.spawn_listener(l.name, l.listen, tcp);
         }
-        self.restart_health_checks();
         info!(
             upstreams = config.upstreams.len(),
             routes = config.routes.len(),
@@ -225,9 +232,62 @@ impl Gateway {
         Ok(())
     }
 
+    /// Builds and swaps in a snapshot of the base config plus supervised
+    /// members, then restarts health checks for the new server set.
+    fn rebuild(&self) {
+        let mut config = lock(&self.base).clone();
+        {
+            let members = lock(&self.members);
+            for up in &mut config.upstreams {
+                for addr in members.get(&up.name).into_iter().flatten() {
+                    if up.servers.iter().all(|s| s.address != *addr) {
+                        up.servers.push(centinela_config::Server {
+                            address: *addr,
+                            weight: 1,
+                        });
+                    }
+                }
+            }
+        }
+        let snapshot = lock(&self.registry).build(config);
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.restart_health_checks();
+    }
+
+    /// Adds (`ready`) or removes a supervised instance as a server of
+    /// `upstream`. Requests in flight to a removed server finish.
+    pub fn set_member(&self, upstream: &str, addr: SocketAddr, ready: bool) {
+        let changed = {
+            let mut m = lock(&self.members);
+            let set = m.entry(upstream.to_string()).or_default();
+            if ready {
+                set.insert(addr)
+            } else {
+                set.remove(&addr)
+            }
+        };
+        if changed {
+            let what = if ready {
+                "Supervised server joined"
+            } else {
+                "Supervised server left"
+            };
+            info!(upstream, server = %addr, "{what}");
+            self.rebuild();
+        }
+    }
+
+    /// Serves `GET /-/NAME` on the admin API with the JSON that `f` returns.
+    pub fn add_status(&self, name: &str, f: admin::StatusFn) {
+        let mut v: Vec<(String, admin::StatusFn)> = (**self.shared.status.load()).clone();
+        v.retain(|(n, _)| n != name);
+        v.push((name.to_string(), f));
+        self.shared.status.store(Arc::new(v));
+    }
+
     /// Stops accepting, lets in-flight requests finish up to `timeout`.
     /// Returns true if everything drained in time.
-    pub async fn shutdown(self, timeout: Duration) -> bool {
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
         let listeners: Vec<RunningListener> =
             lock(&self.listeners).drain().map(|(_, l)| l).collect();
         let mut tasks = Vec::new();

@@ -37,6 +37,8 @@ use crate::upstream::Group;
 /// What the data plane shares between connections.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
+    /// Extra admin pages: `/-/NAME` → JSON (e.g. the supervisor's services).
+    pub status: ArcSwap<Vec<(String, crate::admin::StatusFn)>>,
 }
 
 /// Facts about one request for the access log.

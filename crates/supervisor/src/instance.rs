@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::backoff::RestartBackoff;
 use crate::logs::RotatingFile;
+use crate::probe;
 use crate::sys;
 
 const STDERR_TAIL: usize = 20;
@@ -23,8 +24,10 @@ const CRASH_LOOP_AFTER: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
+    /// Spawned; its readiness probe has not passed yet.
     Starting,
-    Running,
+    /// Ready: receives traffic.
+    Ready,
     /// Exited; waiting out the backoff before the next start.
     Restarting,
     /// Restarting over and over; centinela keeps trying.
@@ -38,7 +41,7 @@ impl State {
     pub fn name(self) -> &'static str {
         match self {
             State::Starting => "starting",
-            State::Running => "running",
+            State::Ready => "ready",
             State::Restarting => "restarting",
             State::CrashLooping => "crash-looping",
             State::Failed => "failed",
@@ -61,6 +64,10 @@ pub struct Status {
     pub delays: VecDeque<Duration>,
 }
 
+/// Told when an instance with a port starts or stops taking traffic:
+/// `(port, ready)`. Called with `false` before the instance is stopped.
+pub type OnReady = Arc<dyn Fn(u16, bool) + Send + Sync>;
+
 pub struct Instance {
     status: Arc<Mutex<Status>>,
     stop: watch::Sender<bool>,
@@ -74,6 +81,11 @@ fn lock(s: &Mutex<Status>) -> std::sync::MutexGuard<'_, Status> {
 impl Instance {
     /// Starts instance `index` of `svc` and keeps it running until stopped.
     pub fn spawn(svc: Arc<Service>, index: u32) -> Instance {
+        Self::spawn_with(svc, index, None)
+    }
+
+    /// Like [`Instance::spawn`], reporting readiness changes to `on_ready`.
+    pub fn spawn_with(svc: Arc<Service>, index: u32, on_ready: Option<OnReady>) -> Instance {
         let status = Arc::new(Mutex::new(Status {
             state: State::Starting,
             pid: None,
@@ -85,12 +97,17 @@ impl Instance {
             delays: VecDeque::new(),
         }));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(svc, index, status.clone(), stop_rx));
+        let task = tokio::spawn(run(svc, index, status.clone(), stop_rx, on_ready));
         Instance { status, stop, task }
     }
 
     pub fn status(&self) -> Status {
         lock(&self.status).clone()
+    }
+
+    /// A handle on the live status, for status pages.
+    pub fn status_handle(&self) -> Arc<Mutex<Status>> {
+        self.status.clone()
     }
 
     /// Stops the instance (stop signal to its process group, SIGKILL after
@@ -174,12 +191,62 @@ async fn stop_group(child: &mut tokio::process::Child, pid: u32, svc: &Service) 
     sys::kill_group(pid, libc::SIGKILL);
 }
 
+/// Waits until the instance is ready (its readiness probe, else a TCP connect
+/// to its port, else at once), reports it, then runs the liveness probe and
+/// returns when it failed `failures` times in a row.
+async fn probes(
+    svc: &Service,
+    index: u32,
+    status: &Mutex<Status>,
+    ready: &(dyn Fn(bool) + Sync),
+) -> String {
+    let port = svc.port(index);
+    let readiness = svc.readiness.clone().or_else(|| {
+        port.map(|_| centinela_config::Probe {
+            kind: centinela_config::ProbeKind::Tcp,
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_secs(1),
+            failures: 1,
+        })
+    });
+    if let Some(r) = &readiness {
+        while probe::check(r, port, &svc.workdir).await.is_err() {
+            tokio::time::sleep(r.interval).await;
+        }
+    }
+    lock(status).state = State::Ready;
+    ready(true);
+    let Some(l) = &svc.liveness else {
+        return std::future::pending().await;
+    };
+    let mut failures = 0;
+    loop {
+        tokio::time::sleep(l.interval).await;
+        match probe::check(l, port, &svc.workdir).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                if failures >= l.failures {
+                    return format!("liveness probe failed {failures} times, last: {e}");
+                }
+            }
+        }
+    }
+}
+
 async fn run(
     svc: Arc<Service>,
     index: u32,
     status: Arc<Mutex<Status>>,
     mut stop: watch::Receiver<bool>,
+    on_ready: Option<OnReady>,
 ) {
+    let port = svc.port(index);
+    let ready = |r: bool| {
+        if let (Some(f), Some(p)) = (&on_ready, port) {
+            f(p, r);
+        }
+    };
     let name = format!("{}[{index}]", svc.name);
     let log = svc.logs.as_ref().and_then(|l| {
         match RotatingFile::open(&l.dir, &format!("{}-{index}", svc.name), l.max_size, l.keep) {
@@ -205,7 +272,6 @@ async fn run(
                     let mut st = lock(&status);
                     st.pid = Some(pid);
                     st.started_at = Some(started);
-                    st.state = State::Running;
                 }
                 info!(instance = %name, pid, port = ?svc.port(index), "Instance started");
                 let out = child.stdout.take().map(|s| pump(s, log.clone(), None));
@@ -213,13 +279,29 @@ async fn run(
                     .stderr
                     .take()
                     .map(|s| pump(s, log.clone(), Some(status.clone())));
-                let exit = tokio::select! {
-                    r = child.wait() => Some(r),
-                    _ = stop.changed() => None,
+                enum Ended {
+                    Exited(std::io::Result<std::process::ExitStatus>),
+                    Stop,
+                    Hung(String),
+                }
+                let ended = tokio::select! {
+                    r = child.wait() => Ended::Exited(r),
+                    _ = stop.changed() => Ended::Stop,
+                    why = probes(&svc, index, &status, &ready) => Ended::Hung(why),
                 };
-                let Some(exit) = exit else {
-                    stop_group(&mut child, pid, &svc).await;
-                    break;
+                // Out of rotation before anything is stopped.
+                ready(false);
+                let exit = match ended {
+                    Ended::Exited(r) => r,
+                    Ended::Stop => {
+                        stop_group(&mut child, pid, &svc).await;
+                        break;
+                    }
+                    Ended::Hung(why) => {
+                        warn!(instance = %name, pid, reason = %why, "Instance is not alive; stopping it");
+                        stop_group(&mut child, pid, &svc).await;
+                        Err(std::io::Error::other(why))
+                    }
                 };
                 sys::kill_group(pid, libc::SIGKILL);
                 // Let the pumps record the last lines (they end at EOF).
@@ -228,7 +310,7 @@ async fn run(
                 }
                 match exit {
                     Ok(s) => (describe(s), s.success()),
-                    Err(e) => (format!("wait failed: {e}"), false),
+                    Err(e) => (format!("killed: {e}"), false),
                 }
             }
             Err(e) => (format!("spawn failed: {e}"), false),

@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use centinela_config::{GiveUp, Logs, Restart, Service, ServiceBackoff, Signal, Stop};
+use centinela_config::{
+    GiveUp, Logs, Probe, ProbeKind, Restart, Service, ServiceBackoff, Signal, Stop,
+};
 use centinela_supervisor::{Instance, State};
 
 struct Dir(PathBuf);
@@ -41,7 +43,13 @@ fn service(dir: &Path, script: &str) -> Service {
             timeout: Duration::from_secs(5),
         },
         liveness: None,
-        readiness: None,
+        // The scripts listen on no port: ready once `true` exits 0.
+        readiness: Some(Probe {
+            kind: ProbeKind::Exec(vec!["true".into()]),
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_secs(1),
+            failures: 1,
+        }),
         logs: None,
         give_up: None,
     }
@@ -81,7 +89,7 @@ async fn a_killed_instance_is_restarted_in_well_under_a_second_with_its_port_and
     let inst = Instance::spawn(Arc::new(svc), 0);
     assert!(
         until(Duration::from_secs(5), || inst.status().state
-            == State::Running)
+            == State::Ready)
         .await
     );
     let first = inst.status().pid.unwrap();
@@ -102,7 +110,7 @@ async fn a_killed_instance_is_restarted_in_well_under_a_second_with_its_port_and
             .status()
             .pid
             .is_some_and(|p| p != first)
-            && inst.status().state == State::Running)
+            && inst.status().state == State::Ready)
         .await,
         "not restarted: {:?}",
         inst.status()

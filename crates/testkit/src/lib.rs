@@ -167,6 +167,31 @@ fn send_signal(pid: i32, sig: i32) -> i32 {
     unsafe { libc::kill(pid, sig) }
 }
 
+/// `n` consecutive free ports on 127.0.0.1, for configs that need a port
+/// range (services). Taken from 20000-32000, below Linux's ephemeral range
+/// (32768-60999), so that no outgoing connection of a concurrent test grabs
+/// one between this check and the moment the service binds it.
+pub fn free_port_range(n: u16) -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()).wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0);
+    for attempt in 0..500u64 {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed) + attempt;
+        let base =
+            20000 + ((seed.wrapping_add(k.wrapping_mul(104729))) % (12000 - u64::from(n))) as u16;
+        let taken: Vec<_> = (0..n)
+            .map(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)))
+            .collect();
+        if taken.iter().all(|r| r.is_ok()) {
+            return base;
+        }
+    }
+    panic!("no range of {n} free ports found in 20000-32000");
+}
+
 /// Extracts `key=VALUE` from a log line (text format).
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!("{key}="))? + key.len() + 1;

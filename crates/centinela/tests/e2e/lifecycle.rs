@@ -488,3 +488,181 @@ async fn json_logs_carry_access_lines_and_state_change_events() {
     assert_eq!(a["attempts"], 1);
     assert!(a["duration_ms"].as_f64().unwrap() > 0.0);
 }
+
+async fn services_json(c: &HttpClient, admin: SocketAddr) -> serde_json::Value {
+    let got = centinela_testkit::get(c, &format!("http://{admin}/-/services"))
+        .await
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&got.body).unwrap()["services"][0]["instances"]
+        .clone()
+}
+
+fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervised_instances_serve_traffic_are_restarted_after_kill_9_and_die_with_centinela() {
+    let dir = TempDir::new("supervise");
+    let base = centinela_testkit::free_port_range(3);
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[route]]
+upstream = "products"
+
+[upstream.products]
+timeouts = {{ connect = "200ms", response = "5s" }}
+
+[service.products]
+command = "{}"
+args = ["--listen", "127.0.0.1:{{port}}", "--db", "products.db"]
+instances = 3
+ports = "{base}-{}"
+upstream = "products"
+backoff = {{ initial = "50ms", max = "2s" }}
+readiness = {{ http = "/health", interval = "20ms" }}
+
+[runtime]
+access_log = false
+"#,
+            bin("products-api").display(),
+            base + 2
+        ),
+    )
+    .unwrap();
+    let mut gw = run_gateway(&cfg).await;
+    let c = client();
+    let ports: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
+    // All three instances become ready and serve traffic through the gateway.
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let all_served = centinela_testkit::eventually(Duration::from_secs(20), || {
+        let (c, web, seen) = (c.clone(), gw.web, seen.clone());
+        async move {
+            if let Ok(g) = centinela_testkit::get(&c, &format!("http://{web}/products")).await {
+                if g.status == 200 {
+                    seen.lock()
+                        .unwrap()
+                        .insert(g.header("x-served-by").unwrap_or("").to_string());
+                }
+            }
+            seen.lock().unwrap().len() == 3
+        }
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(all_served, "not every instance served: {seen:?}");
+    for p in &ports {
+        assert!(seen.contains(p), "{p} never served");
+    }
+    let inst = services_json(&c, gw.admin).await;
+    assert!(
+        inst.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "ready"),
+        "{inst}"
+    );
+
+    // kill -9 one instance under load: no request fails, it is back quickly.
+    let load = Load::start(
+        &c,
+        format!("http://{}", gw.web),
+        4,
+        Duration::from_secs(6),
+        0,
+    );
+    let before = load.ok();
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(5), || async {
+            load.ok() > before + 100
+        })
+        .await
+    );
+    let victim = inst[1]["pid"].as_u64().unwrap();
+    assert!(std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("kill -9 {victim}")])
+        .status()
+        .unwrap()
+        .success());
+    let killed = Instant::now();
+    let mut back_after = None;
+    while killed.elapsed() < Duration::from_secs(3) {
+        let i = &services_json(&c, gw.admin).await[1];
+        if i["pid"].as_u64().is_some_and(|p| p != victim) && i["state"] == "ready" {
+            back_after = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let back_after = back_after.expect("killed instance not restarted and ready");
+    assert!(
+        back_after < Duration::from_secs(1),
+        "restarted and ready after {back_after:?}"
+    );
+    let i = &services_json(&c, gw.admin).await[1];
+    assert_eq!(i["restarts"], 1);
+    assert_eq!(i["last_exit"], "signal 9");
+    while load.tasks.iter().any(|t| !t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} failed: {:?}",
+        ok + failed,
+        &errors[..errors.len().min(5)]
+    );
+
+    // kill -9 of centinela: every worker is gone within 1 s.
+    let pids: Vec<u64> = services_json(&c, gw.admin)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_u64().unwrap())
+        .collect();
+    assert!(pids.iter().all(|p| alive(*p)));
+    gw.proc.signal(libc::SIGKILL);
+    let t = Instant::now();
+    let _ = gw.proc.wait_exit(Duration::from_secs(5)).await;
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(1), || async {
+            pids.iter().all(|p| !alive(*p))
+        })
+        .await,
+        "workers outlived centinela: {:?}",
+        pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // A new centinela starts cleanly on the same ports.
+    let gw2 = run_gateway(&cfg).await;
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(20), || async {
+            // The page may not exist for a moment after the admin API starts.
+            services_json(&c, gw2.admin)
+                .await
+                .as_array()
+                .is_some_and(|a| a.len() == 3 && a.iter().all(|i| i["state"] == "ready"))
+        })
+        .await,
+        "second centinela's instances never became ready"
+    );
+}
