@@ -666,3 +666,114 @@ access_log = false
         "second centinela's instances never became ready"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_instance_fails_liveness_and_is_replaced_without_failing_requests() {
+    let dir = TempDir::new("hung");
+    let base = centinela_testkit::free_port_range(2);
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[route]]
+upstream = "products"
+
+[upstream.products]
+timeouts = {{ connect = "200ms", response = "300ms" }}
+retry = {{ attempts = 3, on = ["connect", "reset", "timeout", "502", "503", "504"] }}
+
+[service.products]
+command = "{}"
+args = ["--listen", "127.0.0.1:{{port}}", "--db", "products.db"]
+instances = 2
+ports = "{base}-{}"
+upstream = "products"
+stop = {{ timeout = "500ms" }}
+readiness = {{ http = "/health", interval = "20ms" }}
+liveness = {{ http = "/health", interval = "200ms", timeout = "200ms", failures = 2 }}
+
+[runtime]
+access_log = false
+"#,
+            bin("products-api").display(),
+            base + 1
+        ),
+    )
+    .unwrap();
+    let gw = run_gateway(&cfg).await;
+    let c = client();
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(20), || async {
+            services_json(&c, gw.admin)
+                .await
+                .as_array()
+                .is_some_and(|a| a.len() == 2 && a.iter().all(|i| i["state"] == "ready"))
+        })
+        .await,
+        "instances never became ready"
+    );
+    let load = Load::start(
+        &c,
+        format!("http://{}", gw.web),
+        4,
+        Duration::from_secs(6),
+        0,
+    );
+    let before = load.ok();
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > before + 50 })
+            .await
+    );
+
+    // SIGSTOP: the process lives but answers nothing.
+    let hung = services_json(&c, gw.admin).await[0]["pid"]
+        .as_u64()
+        .unwrap();
+    assert!(std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("kill -STOP {hung}")])
+        .status()
+        .unwrap()
+        .success());
+    let stopped = Instant::now();
+    // Detected after interval × failures (400 ms) plus a probe timeout, then
+    // killed (stop timeout 500 ms, the stopped process cannot act on
+    // SIGTERM) and restarted: ready again well within 3 s.
+    let mut replaced_after = None;
+    while stopped.elapsed() < Duration::from_secs(5) {
+        let i = &services_json(&c, gw.admin).await[0];
+        if i["pid"].as_u64().is_some_and(|p| p != hung) && i["state"] == "ready" {
+            replaced_after = Some(stopped.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let replaced_after = replaced_after.expect("hung instance never replaced");
+    assert!(
+        replaced_after < Duration::from_secs(3),
+        "replaced after {replaced_after:?}"
+    );
+    assert!(!alive(hung), "the hung process was not killed");
+    let i = &services_json(&c, gw.admin).await[0];
+    assert!(
+        i["last_exit"].as_str().unwrap_or("").contains("liveness"),
+        "{i}"
+    );
+    while load.tasks.iter().any(|t| !t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, failed, errors) = load.finish().await;
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} failed: {:?}",
+        ok + failed,
+        &errors[..errors.len().min(5)]
+    );
+}
