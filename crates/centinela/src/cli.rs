@@ -36,6 +36,25 @@ enum Command {
         #[arg(long, short, default_value = "centinela.toml")]
         config: PathBuf,
     },
+    /// Show every supervised instance: state, pid, port, uptime, restarts, last exit, RSS.
+    Status {
+        /// Admin address of the running centinela (default: [admin] listen of --config).
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(long, short, default_value = "centinela.toml")]
+        config: PathBuf,
+        /// Print the admin API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a systemd unit (Type=notify, watchdog, Restart=always) for centinela.
+    SystemdUnit {
+        #[arg(long, short, default_value = "/etc/centinela/centinela.toml")]
+        config: PathBuf,
+        /// Path of the centinela binary (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -50,6 +69,24 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
+        Command::Status {
+            admin,
+            config,
+            json,
+        } => status(admin, &config, json),
+        Command::SystemdUnit { config, binary } => {
+            let binary = binary
+                .or_else(|| std::env::current_exe().ok())
+                .unwrap_or_else(|| PathBuf::from("/usr/local/bin/centinela"));
+            print!(
+                "{}",
+                crate::sdnotify::unit_file(
+                    &binary.display().to_string(),
+                    &config.display().to_string()
+                )
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 
@@ -84,6 +121,90 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+/// A plain HTTP/1.0 GET to the admin API; the body of a 200 answer.
+fn admin_get(addr: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)
+        .map_err(|e| format!("cannot reach the admin API at {addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("reading from {addr}: {e}"))?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or("malformed answer from the admin API")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(format!(
+            "admin API answered: {}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
+    Ok(body.to_string())
+}
+
+fn status(admin: Option<String>, config: &Path, json: bool) -> ExitCode {
+    let addr = match admin {
+        Some(a) => a,
+        None => match load(config) {
+            Ok(l) => l.config.admin.listen.to_string(),
+            Err(code) => return code,
+        },
+    };
+    let body = match admin_get(&addr, "/-/services") {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("centinela status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    let v: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("centinela status: bad JSON from the admin API: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>8}  LAST EXIT",
+        "SERVICE", "#", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "RSS MiB"
+    );
+    for svc in v["services"].as_array().into_iter().flatten() {
+        for i in svc["instances"].as_array().into_iter().flatten() {
+            let dash = || "-".to_string();
+            println!(
+                "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>8}  {}",
+                svc["name"].as_str().unwrap_or("?"),
+                i["index"],
+                i["state"].as_str().unwrap_or("?"),
+                i["pid"]
+                    .as_u64()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(dash),
+                i["port"]
+                    .as_u64()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(dash),
+                i["uptime_secs"]
+                    .as_f64()
+                    .map(|u| format!("{u:.0}s"))
+                    .unwrap_or_else(dash),
+                i["restarts"],
+                i["rss_kib"]
+                    .as_u64()
+                    .map(|r| format!("{:.1}", r as f64 / 1024.0))
+                    .unwrap_or_else(dash),
+                i["last_exit"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(format: LogFormat) {
@@ -164,6 +285,15 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     let view = supervisor.view();
     gw.add_status("services", Arc::new(move || view.to_json()));
     info!(config = %path.display(), pid = std::process::id(), services = services.len(), "centinela started");
+    crate::sdnotify::notify("READY=1");
+    let watchdog = crate::sdnotify::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            loop {
+                crate::sdnotify::notify("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        })
+    });
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -191,6 +321,10 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+    }
+    crate::sdnotify::notify("STOPPING=1");
+    if let Some(w) = watchdog {
+        w.abort();
     }
     let timeout = gw.config().runtime.shutdown_timeout;
     info!(

@@ -73,7 +73,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(program: &std::path::Path, args: &[&str]) -> Proc {
+        Self::spawn_env(program, args, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables.
+    pub fn spawn_env(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut cmd = tokio::process::Command::new(program);
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

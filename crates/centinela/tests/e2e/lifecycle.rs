@@ -580,6 +580,43 @@ access_log = false
         "{inst}"
     );
 
+    // `centinela status` shows them, as a table and as JSON.
+    let admin = gw.admin.to_string();
+    let out = std::process::Command::new(bin("centinela"))
+        .args(["status", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.starts_with("SERVICE"), "{table}");
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("products") && l.contains(" ready "))
+            .count(),
+        3,
+        "{table}"
+    );
+    for p in &ports {
+        assert!(table.contains(p.rsplit(':').next().unwrap()), "{table}");
+    }
+    let out = std::process::Command::new(bin("centinela"))
+        .args(["status", "--admin", &admin, "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["services"][0]["instances"].as_array().unwrap().len(), 3);
+    let out = std::process::Command::new(bin("centinela"))
+        .args(["status", "--admin", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
+
     // kill -9 one instance under load: no request fails, it is back quickly.
     let load = Load::start(
         &c,
@@ -776,4 +813,90 @@ access_log = false
         ok + failed,
         &errors[..errors.len().min(5)]
     );
+}
+
+async fn recv(sock: &tokio::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+        .await
+        .expect("no notification")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_notify_ready_watchdog_and_stopping() {
+    let dir = TempDir::new("sdnotify");
+    let sock_path = dir.path("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let up = ProductsApi::spawn(&dir.path("p.db"), &[]).await;
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(&cfg, gateway_config(&[up.addr], "")).unwrap();
+    let mut proc = Proc::spawn_env(
+        &bin("centinela"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    assert_eq!(recv(&sock).await, "READY=1");
+    // READY only once serving: the listener accepts now.
+    let web = field(
+        &proc
+            .wait_line("Listening listener=web", Duration::from_secs(5))
+            .await,
+        "addr",
+    )
+    .unwrap()
+    .parse::<SocketAddr>()
+    .unwrap();
+    assert!(tokio::net::TcpStream::connect(web).await.is_ok());
+    // Watchdog pings every WATCHDOG_USEC / 2.
+    let t = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(recv(&sock).await, "WATCHDOG=1");
+    }
+    assert!(t.elapsed() < Duration::from_secs(2));
+    proc.signal(libc::SIGTERM);
+    let mut last = recv(&sock).await;
+    while last == "WATCHDOG=1" {
+        last = recv(&sock).await;
+    }
+    assert_eq!(last, "STOPPING=1");
+    assert_eq!(
+        proc.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn systemd_unit_is_type_notify_with_watchdog_and_restart() {
+    let out = std::process::Command::new(bin("centinela"))
+        .args([
+            "systemd-unit",
+            "--config",
+            "/etc/centinela/prod.toml",
+            "--binary",
+            "/usr/local/bin/centinela",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let unit = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "Type=notify",
+        "ExecStart=/usr/local/bin/centinela run --config /etc/centinela/prod.toml",
+        "ExecStartPre=/usr/local/bin/centinela check --config /etc/centinela/prod.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=always",
+        "WatchdogSec=30s",
+        "LimitNOFILE=1048576",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "missing {line:?} in:\n{unit}"
+        );
+    }
 }
