@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Quickstart: builds centinela and products-api, starts 3 products-api
-# instances (SQLite, no external server) behind the gateway, prints the URLs
-# to try, and stops everything on Ctrl-C.
+# Quickstart: builds centinela and products-api, runs centinela with 3
+# supervised products-api instances (SQLite, no external server) behind the
+# gateway, prints the URLs to try, and stops everything on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --bins
-data=${QUICKSTART_DATA:-data/quickstart}
+data=$(realpath -m "${QUICKSTART_DATA:-data/quickstart}")
 mkdir -p "$data"
 
 # GET a URL on 127.0.0.1 and print the status code, with bash alone (no curl
@@ -28,13 +28,38 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-for port in 8001 8002 8003; do
-    target/release/products-api --listen "127.0.0.1:$port" --db "$data/products.db" >"$data/products-$port.log" 2>&1 &
-    pids+=($!)
-done
+# centinela runs the three products-api instances itself ([service]) and
+# puts each one behind the gateway once its readiness probe passes.
+cat >"$data/centinela.toml" <<TOML
+[admin]
+listen = "127.0.0.1:9901"
 
-target/release/centinela check --config examples/quickstart.toml
-target/release/centinela run --config examples/quickstart.toml 2>"$data/centinela.log" &
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+
+[[route]]
+upstream = "products"
+
+[upstream.products]
+balance = "round_robin"
+retry = { attempts = 3 }
+timeouts = { connect = "500ms", response = "10s" }
+
+[service.products]
+command = "$PWD/target/release/products-api"
+args = ["--listen", "127.0.0.1:{port}", "--db", "products.db"]
+workdir = "."
+instances = 3
+ports = "8001-8003"
+upstream = "products"
+readiness = { http = "/health", interval = "100ms" }
+liveness = { http = "/health", interval = "2s", timeout = "1s", failures = 3 }
+logs = { dir = "logs", max_size = "10MB", keep = 5 }
+TOML
+
+target/release/centinela check --config "$data/centinela.toml"
+target/release/centinela run --config "$data/centinela.toml" 2>"$data/centinela.log" &
 gw=$!
 pids+=($gw)
 
@@ -47,7 +72,8 @@ done
 
 cat <<TXT
 
-centinela is running: gateway on :8080 in front of 3 products-api instances (:8001-8003).
+centinela is running: gateway on :8080 in front of 3 products-api instances (:8001-8003)
+that it runs and keeps alive itself.
 
   curl -i http://127.0.0.1:8080/products
   curl -i -X POST http://127.0.0.1:8080/products -H 'content-type: application/json' \\
@@ -58,15 +84,18 @@ Admin:
   curl http://127.0.0.1:9901/-/health               # liveness
   curl http://127.0.0.1:9901/-/ready                # every route has a healthy server
   curl http://127.0.0.1:9901/-/upstreams            # live state of every server
+  target/release/centinela status --admin 127.0.0.1:9901   # the supervised instances
 
-Try a failure: kill one instance (kill $(pgrep -f 'products-api --listen 127.0.0.1:8002'))
-and keep curling: no request fails. Reload the config: kill -HUP $gw
-Logs: $data/*.log      Stop: Ctrl-C
+Try a failure: kill -9 \$(pgrep -f 'products-api --listen 127.0.0.1:8002')
+and keep curling: no request fails, and centinela restarts it in well under a second.
+Reload the config: kill -HUP $gw
+Logs: $data/centinela.log, $data/logs/      Stop: Ctrl-C
 TXT
 
 if [ "${QUICKSTART_SMOKE:-}" = 1 ]; then
     # Non-interactive check used by CI: one request through the gateway.
     [ "$(status_of 8080 /products)" = 200 ] || { echo "quickstart smoke test: FAILED"; cat "$data/centinela.log"; exit 1; }
+    target/release/centinela status --admin 127.0.0.1:9901
     echo "quickstart smoke test: OK"
     exit 0
 fi

@@ -209,8 +209,8 @@ fn documented_example_config_loads() {
 #[test]
 fn shipped_example_configs_load() {
     let (name, src) = (
-        "examples/quickstart.toml",
-        include_str!("../../../examples/quickstart.toml"),
+        "examples/gateway.toml",
+        include_str!("../../../examples/gateway.toml"),
     );
     let loaded = parse(src, name).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.config.upstreams[0].servers.len(), 3);
