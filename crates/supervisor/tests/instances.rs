@@ -55,6 +55,10 @@ fn service(dir: &Path, script: &str) -> Service {
     }
 }
 
+fn alive_u32(pid: u32) -> bool {
+    centinela_testkit::alive(u64::from(pid))
+}
+
 async fn until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     while Instant::now() < end {
@@ -64,19 +68,6 @@ async fn until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     f()
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie still has a /proc entry; check its state.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +117,7 @@ async fn a_killed_instance_is_restarted_in_well_under_a_second_with_its_port_and
     assert_eq!(st.delays.front(), Some(&Duration::from_millis(50)));
     let pid = st.pid.unwrap();
     inst.stop().await;
-    assert!(!alive(pid));
+    assert!(!alive_u32(pid));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +186,7 @@ async fn stop_reaches_the_whole_process_group_and_escalates_to_sigkill() {
         .parse()
         .unwrap();
     let leader = inst.status().pid.unwrap();
-    assert!(alive(leader) && alive(child));
+    assert!(alive_u32(leader) && alive_u32(child));
     let t = Instant::now();
     inst.stop().await;
     let took = t.elapsed();
@@ -204,7 +195,9 @@ async fn stop_reaches_the_whole_process_group_and_escalates_to_sigkill() {
         "SIGTERM was ignored, so stop waits for the timeout ({took:?})"
     );
     assert!(
-        until(Duration::from_secs(2), || !alive(leader) && !alive(child)).await,
+        until(Duration::from_secs(2), || !alive_u32(leader)
+            && !alive_u32(child))
+        .await,
         "leader {leader} or child {child} outlived the stop"
     );
 }

@@ -198,6 +198,19 @@ pub fn free_port_range(n: u16) -> u16 {
     panic!("no range of {n} free ports found in 20000-32000");
 }
 
+/// Is `pid` a live process (a zombie counts as gone)?
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
 /// Extracts `key=VALUE` from a log line (text format).
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let start = line.find(&format!("{key}="))? + key.len() + 1;

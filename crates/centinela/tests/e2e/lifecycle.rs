@@ -497,25 +497,17 @@ async fn services_json(c: &HttpClient, admin: SocketAddr) -> serde_json::Value {
         .clone()
 }
 
-fn alive(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn supervised_instances_serve_traffic_are_restarted_after_kill_9_and_die_with_centinela() {
-    let dir = TempDir::new("supervise");
-    let base = centinela_testkit::free_port_range(3);
-    let cfg = dir.path("centinela.toml");
+/// Writes a config whose upstream `products` is fed by `n` supervised
+/// products-api instances on a free port range; returns the first port.
+fn supervised_config(
+    path: &std::path::Path,
+    n: u16,
+    upstream_extra: &str,
+    service_extra: &str,
+) -> u16 {
+    let base = centinela_testkit::free_port_range(n);
     std::fs::write(
-        &cfg,
+        path,
         format!(
             r#"[admin]
 listen = "127.0.0.1:0"
@@ -528,25 +520,68 @@ listen = "127.0.0.1:0"
 upstream = "products"
 
 [upstream.products]
-timeouts = {{ connect = "200ms", response = "5s" }}
+{upstream_extra}
 
 [service.products]
 command = "{}"
 args = ["--listen", "127.0.0.1:{{port}}", "--db", "products.db"]
-instances = 3
+instances = {n}
 ports = "{base}-{}"
 upstream = "products"
-backoff = {{ initial = "50ms", max = "2s" }}
 readiness = {{ http = "/health", interval = "20ms" }}
+{service_extra}
 
 [runtime]
 access_log = false
 "#,
             bin("products-api").display(),
-            base + 2
+            base + n - 1
         ),
     )
     .unwrap();
+    base
+}
+
+/// Sends a signal (`-9`, `-STOP`...) with the shell's `kill`.
+fn kill(signal: &str, pid: u64) {
+    let ok = std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("kill {signal} {pid}")])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {pid} failed");
+}
+
+/// Polls until instance `index` runs again under a pid other than `old` and
+/// is ready; returns the time since `since`, or None after `within`.
+async fn wait_replaced(
+    c: &HttpClient,
+    admin: SocketAddr,
+    index: usize,
+    old: u64,
+    since: Instant,
+    within: Duration,
+) -> Option<Duration> {
+    while since.elapsed() < within {
+        let i = &services_json(c, admin).await[index];
+        if i["pid"].as_u64().is_some_and(|p| p != old) && i["state"] == "ready" {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervised_instances_serve_traffic_are_restarted_after_kill_9_and_die_with_centinela() {
+    let dir = TempDir::new("supervise");
+    let cfg = dir.path("centinela.toml");
+    let base = supervised_config(
+        &cfg,
+        3,
+        "timeouts = { connect = \"200ms\", response = \"5s\" }",
+        "backoff = { initial = \"50ms\", max = \"2s\" }",
+    );
     let mut gw = run_gateway(&cfg).await;
     let c = client();
     let ports: Vec<String> = (0..3).map(|i| format!("127.0.0.1:{}", base + i)).collect();
@@ -633,21 +668,9 @@ access_log = false
         .await
     );
     let victim = inst[1]["pid"].as_u64().unwrap();
-    assert!(std::process::Command::new("/bin/sh")
-        .args(["-c", &format!("kill -9 {victim}")])
-        .status()
-        .unwrap()
-        .success());
+    kill("-9", victim);
     let killed = Instant::now();
-    let mut back_after = None;
-    while killed.elapsed() < Duration::from_secs(3) {
-        let i = &services_json(&c, gw.admin).await[1];
-        if i["pid"].as_u64().is_some_and(|p| p != victim) && i["state"] == "ready" {
-            back_after = Some(killed.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let back_after = wait_replaced(&c, gw.admin, 1, victim, killed, Duration::from_secs(3)).await;
     let back_after = back_after.expect("killed instance not restarted and ready");
     assert!(
         back_after < Duration::from_secs(1),
@@ -676,17 +699,19 @@ access_log = false
         .iter()
         .map(|i| i["pid"].as_u64().unwrap())
         .collect();
-    assert!(pids.iter().all(|p| alive(*p)));
+    assert!(pids.iter().all(|p| centinela_testkit::alive(*p)));
     gw.proc.signal(libc::SIGKILL);
     let t = Instant::now();
     let _ = gw.proc.wait_exit(Duration::from_secs(5)).await;
     assert!(
         centinela_testkit::eventually(Duration::from_secs(1), || async {
-            pids.iter().all(|p| !alive(*p))
+            pids.iter().all(|p| !centinela_testkit::alive(*p))
         })
         .await,
         "workers outlived centinela: {:?}",
-        pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        pids.iter()
+            .filter(|p| centinela_testkit::alive(**p))
+            .collect::<Vec<_>>()
     );
     assert!(t.elapsed() < Duration::from_secs(2));
     // A new centinela starts cleanly on the same ports.
@@ -707,43 +732,13 @@ access_log = false
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_instance_fails_liveness_and_is_replaced_without_failing_requests() {
     let dir = TempDir::new("hung");
-    let base = centinela_testkit::free_port_range(2);
     let cfg = dir.path("centinela.toml");
-    std::fs::write(
+    supervised_config(
         &cfg,
-        format!(
-            r#"[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[route]]
-upstream = "products"
-
-[upstream.products]
-timeouts = {{ connect = "200ms", response = "300ms" }}
-retry = {{ attempts = 3, on = ["connect", "reset", "timeout", "502", "503", "504"] }}
-
-[service.products]
-command = "{}"
-args = ["--listen", "127.0.0.1:{{port}}", "--db", "products.db"]
-instances = 2
-ports = "{base}-{}"
-upstream = "products"
-stop = {{ timeout = "500ms" }}
-readiness = {{ http = "/health", interval = "20ms" }}
-liveness = {{ http = "/health", interval = "200ms", timeout = "200ms", failures = 2 }}
-
-[runtime]
-access_log = false
-"#,
-            bin("products-api").display(),
-            base + 1
-        ),
-    )
-    .unwrap();
+        2,
+        "timeouts = { connect = \"200ms\", response = \"300ms\" }\nretry = { attempts = 3, on = [\"connect\", \"reset\", \"timeout\", \"502\", \"503\", \"504\"] }",
+        "stop = { timeout = \"500ms\" }\nliveness = { http = \"/health\", interval = \"200ms\", timeout = \"200ms\", failures = 2 }",
+    );
     let gw = run_gateway(&cfg).await;
     let c = client();
     assert!(
@@ -773,30 +768,22 @@ access_log = false
     let hung = services_json(&c, gw.admin).await[0]["pid"]
         .as_u64()
         .unwrap();
-    assert!(std::process::Command::new("/bin/sh")
-        .args(["-c", &format!("kill -STOP {hung}")])
-        .status()
-        .unwrap()
-        .success());
+    kill("-STOP", hung);
     let stopped = Instant::now();
     // Detected after interval × failures (400 ms) plus a probe timeout, then
     // killed (stop timeout 500 ms, the stopped process cannot act on
     // SIGTERM) and restarted: ready again well within 3 s.
-    let mut replaced_after = None;
-    while stopped.elapsed() < Duration::from_secs(5) {
-        let i = &services_json(&c, gw.admin).await[0];
-        if i["pid"].as_u64().is_some_and(|p| p != hung) && i["state"] == "ready" {
-            replaced_after = Some(stopped.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let replaced_after =
+        wait_replaced(&c, gw.admin, 0, hung, stopped, Duration::from_secs(5)).await;
     let replaced_after = replaced_after.expect("hung instance never replaced");
     assert!(
         replaced_after < Duration::from_secs(3),
         "replaced after {replaced_after:?}"
     );
-    assert!(!alive(hung), "the hung process was not killed");
+    assert!(
+        !centinela_testkit::alive(hung),
+        "the hung process was not killed"
+    );
     let i = &services_json(&c, gw.admin).await[0];
     assert!(
         i["last_exit"].as_str().unwrap_or("").contains("liveness"),
