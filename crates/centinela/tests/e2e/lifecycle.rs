@@ -580,7 +580,7 @@ async fn supervised_instances_serve_traffic_are_restarted_after_kill_9_and_die_w
         &cfg,
         3,
         "timeouts = { connect = \"200ms\", response = \"5s\" }",
-        "backoff = { initial = \"50ms\", max = \"2s\" }",
+        "backoff = { initial = \"50ms\", max = \"2s\" }\nlogs = { dir = \"logs\", keep = 2 }",
     );
     let mut gw = run_gateway(&cfg).await;
     let c = client();
@@ -651,6 +651,31 @@ async fn supervised_instances_serve_traffic_are_restarted_after_kill_9_and_die_w
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
+
+    // `centinela logs` shows each instance's output, tagged.
+    let out = std::process::Command::new(bin("centinela"))
+        .args(["logs", "products", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for (i, p) in ports.iter().enumerate() {
+        assert!(
+            text.lines()
+                .any(|l| l == format!("products[{i}] products-api listening on {p}")),
+            "{text}"
+        );
+    }
+    let out = std::process::Command::new(bin("centinela"))
+        .args(["logs", "nosuch", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("services: products"));
 
     // kill -9 one instance under load: no request fails, it is back quickly.
     let load = Load::start(
