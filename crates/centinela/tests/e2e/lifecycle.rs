@@ -40,6 +40,14 @@ shutdown_timeout = "10s"
     )
 }
 
+async fn spawn_apis(db: &std::path::Path, n: usize) -> Vec<ProductsApi> {
+    let mut apis = Vec::new();
+    for _ in 0..n {
+        apis.push(ProductsApi::spawn(db, &[]).await);
+    }
+    apis
+}
+
 async fn run_gateway(cfg_path: &std::path::Path) -> Running {
     let mut proc = Proc::spawn(
         &bin("centinela"),
@@ -143,6 +151,25 @@ impl Load {
     fn ok(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
     }
+
+    /// Waits (up to 5 s) until `n` more requests succeeded.
+    async fn wait_progress(&self, n: u64) {
+        let start = self.ok();
+        assert!(
+            centinela_testkit::eventually(Duration::from_secs(5), || async {
+                self.ok() > start + n
+            })
+            .await,
+            "load made no progress"
+        );
+    }
+
+    /// Waits until the bounded load ends by itself.
+    async fn run_out(&self) {
+        while self.tasks.iter().any(|t| !t.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 async fn server_json(c: &HttpClient, admin: SocketAddr, addr: SocketAddr) -> serde_json::Value {
@@ -163,10 +190,7 @@ async fn server_json(c: &HttpClient, admin: SocketAddr, addr: SocketAddr) -> ser
 async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
     let dir = TempDir::new("kill9");
     let db = dir.path("products.db");
-    let mut apis = Vec::new();
-    for _ in 0..3 {
-        apis.push(ProductsApi::spawn(&db, &[]).await);
-    }
+    let mut apis = spawn_apis(&db, 3).await;
     let addrs: Vec<SocketAddr> = apis.iter().map(|a| a.addr).collect();
     let cfg = dir.path("centinela.toml");
     std::fs::write(&cfg, gateway_config(&addrs, "")).unwrap();
@@ -179,11 +203,7 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
         Duration::from_secs(15),
         0,
     );
-    let ok0 = load.ok();
-    assert!(
-        centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > ok0 + 100 })
-            .await
-    );
+    load.wait_progress(100).await;
 
     // kill -9 one instance.
     let victim = addrs[1];
@@ -245,9 +265,7 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
     }
 
     // Let the bounded 15 s load run to its end.
-    while load.tasks.iter().any(|t| !t.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    load.run_out().await;
     let (ok, failed, errors) = load.finish().await;
     assert_eq!(
         failed,
@@ -264,10 +282,7 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
 async fn sighup_reload_under_load_drops_nothing_and_bad_reload_keeps_config() {
     let dir = TempDir::new("reload");
     let db = dir.path("products.db");
-    let mut apis = Vec::new();
-    for _ in 0..3 {
-        apis.push(ProductsApi::spawn(&db, &[]).await);
-    }
+    let apis = spawn_apis(&db, 3).await;
     let addrs: Vec<SocketAddr> = apis.iter().map(|a| a.addr).collect();
     let cfg = dir.path("centinela.toml");
     std::fs::write(&cfg, gateway_config(&addrs[..2], "")).unwrap();
@@ -280,11 +295,7 @@ async fn sighup_reload_under_load_drops_nothing_and_bad_reload_keeps_config() {
         Duration::from_secs(20),
         5,
     );
-    let base = load.ok();
-    assert!(
-        centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > base + 100 })
-            .await
-    );
+    load.wait_progress(100).await;
 
     // Reload 1: add the third server.
     std::fs::write(&cfg, gateway_config(&addrs, "balance = \"least_conn\"")).unwrap();
@@ -324,11 +335,7 @@ async fn sighup_reload_under_load_drops_nothing_and_bad_reload_keeps_config() {
     gw.proc
         .wait_line("Configuration reloaded", Duration::from_secs(5))
         .await;
-    let after = load.ok();
-    assert!(
-        centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > after + 100 })
-            .await
-    );
+    load.wait_progress(100).await;
     let (ok, failed, errors) = load.finish().await;
     assert_eq!(
         failed,
@@ -685,13 +692,7 @@ async fn supervised_instances_serve_traffic_are_restarted_after_kill_9_and_die_w
         Duration::from_secs(6),
         0,
     );
-    let before = load.ok();
-    assert!(
-        centinela_testkit::eventually(Duration::from_secs(5), || async {
-            load.ok() > before + 100
-        })
-        .await
-    );
+    load.wait_progress(100).await;
     let victim = inst[1]["pid"].as_u64().unwrap();
     kill("-9", victim);
     let killed = Instant::now();
@@ -704,9 +705,7 @@ async fn supervised_instances_serve_traffic_are_restarted_after_kill_9_and_die_w
     let i = &services_json(&c, gw.admin).await[1];
     assert_eq!(i["restarts"], 1);
     assert_eq!(i["last_exit"], "signal 9");
-    while load.tasks.iter().any(|t| !t.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    load.run_out().await;
     let (ok, failed, errors) = load.finish().await;
     assert_eq!(
         failed,
@@ -783,11 +782,7 @@ async fn a_hung_instance_fails_liveness_and_is_replaced_without_failing_requests
         Duration::from_secs(6),
         0,
     );
-    let before = load.ok();
-    assert!(
-        centinela_testkit::eventually(Duration::from_secs(5), || async { load.ok() > before + 50 })
-            .await
-    );
+    load.wait_progress(50).await;
 
     // SIGSTOP: the process lives but answers nothing.
     let hung = services_json(&c, gw.admin).await[0]["pid"]
@@ -814,9 +809,7 @@ async fn a_hung_instance_fails_liveness_and_is_replaced_without_failing_requests
         i["last_exit"].as_str().unwrap_or("").contains("liveness"),
         "{i}"
     );
-    while load.tasks.iter().any(|t| !t.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    load.run_out().await;
     let (ok, failed, errors) = load.finish().await;
     assert_eq!(
         failed,
