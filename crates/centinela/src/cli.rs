@@ -59,6 +59,14 @@ enum Command {
         #[arg(long, short = 'n', default_value_t = 20)]
         lines: usize,
     },
+    /// Rolling restart of a service: one instance at a time, each replacement
+    /// ready before the old instance is drained and stopped. Starts a stopped
+    /// service. Exits non-zero if it did not finish.
+    Restart(Control),
+    /// Drain and stop every instance of a service (it stays stopped).
+    Stop(Control),
+    /// Start a stopped service and wait until its instances are ready.
+    Start(Control),
     /// Print a systemd unit (Type=notify, watchdog, Restart=always) for centinela.
     SystemdUnit {
         #[arg(long, short, default_value = "/etc/centinela/centinela.toml")]
@@ -67,6 +75,17 @@ enum Command {
         #[arg(long)]
         binary: Option<PathBuf>,
     },
+}
+
+/// Arguments of the service control commands.
+#[derive(clap::Args)]
+struct Control {
+    service: String,
+    /// Admin address of the running centinela (default: [admin] listen of --config).
+    #[arg(long)]
+    admin: Option<String>,
+    #[arg(long, short, default_value = "centinela.toml")]
+    config: PathBuf,
 }
 
 pub fn main() -> ExitCode {
@@ -92,6 +111,9 @@ pub fn main() -> ExitCode {
             config,
             json,
         } => status(admin, &config, json),
+        Command::Restart(c) => control("restart", c),
+        Command::Stop(c) => control("stop", c),
+        Command::Start(c) => control("start", c),
         Command::SystemdUnit { config, binary } => {
             let binary = binary
                 .or_else(|| std::env::current_exe().ok())
@@ -141,35 +163,90 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// A plain HTTP/1.0 GET to the admin API; the body of a 200 answer.
-fn admin_get(addr: &str, path: &str) -> Result<String, String> {
+/// A plain HTTP/1.0 request to the admin API: the status code and body.
+fn admin_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)
         .map_err(|e| format!("cannot reach the admin API at {addr}: {e}"))?;
-    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let _ = s.set_read_timeout(timeout);
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut out = String::new();
     s.read_to_string(&mut out)
         .map_err(|e| format!("reading from {addr}: {e}"))?;
     let (head, body) = out
         .split_once("\r\n\r\n")
         .ok_or("malformed answer from the admin API")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(format!(
-            "admin API answered: {}",
-            head.lines().next().unwrap_or("")
-        ));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("malformed status line from the admin API")?;
+    Ok((code, body.to_string()))
+}
+
+/// A GET to the admin API; the body of a 200 answer.
+fn admin_get(addr: &str, path: &str) -> Result<String, String> {
+    match admin_request(addr, "GET", path, Some(std::time::Duration::from_secs(5)))? {
+        (200, body) => Ok(body),
+        (code, body) => Err(format!("admin API answered {code}: {body}")),
     }
-    Ok(body.to_string())
+}
+
+/// The admin address: `--admin`, else `[admin] listen` of the config file.
+fn admin_addr(admin: Option<String>, config: &Path) -> Result<String, ExitCode> {
+    match admin {
+        Some(a) => Ok(a),
+        None => load(config).map(|l| l.config.admin.listen.to_string()),
+    }
+}
+
+/// `centinela restart|stop|start SERVICE`.
+fn control(action: &str, c: Control) -> ExitCode {
+    let addr = match admin_addr(c.admin, &c.config) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let path = format!("/-/services/{}/{action}", c.service);
+    // A rolling restart takes as long as it takes: no read timeout.
+    match admin_request(&addr, "POST", &path, None) {
+        Ok((code, body)) => {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let text = v["result"]
+                .as_str()
+                .or(v["error"].as_str())
+                .unwrap_or(body.as_str());
+            if code == 200 {
+                println!("{text}");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("centinela {action}: {text}");
+                if code == 404 {
+                    ExitCode::from(EXIT_CONFIG)
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("centinela {action}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn status(admin: Option<String>, config: &Path, json: bool) -> ExitCode {
-    let addr = match admin {
-        Some(a) => a,
-        None => match load(config) {
-            Ok(l) => l.config.admin.listen.to_string(),
-            Err(code) => return code,
-        },
+    let addr = match admin_addr(admin, config) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let body = match admin_get(&addr, "/-/services") {
         Ok(b) => b,
@@ -189,15 +266,42 @@ fn status(admin: Option<String>, config: &Path, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The gateway's view of each instance, by address.
+    let upstreams: serde_json::Value = admin_get(&addr, "/-/upstreams")
+        .ok()
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or_default();
+    let health = |upstream: Option<&str>, port: Option<u64>| -> String {
+        let (Some(up), Some(port)) = (upstream, port) else {
+            return "-".into();
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let server = upstreams["upstreams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|u| u["name"] == up)
+            .flat_map(|u| u["servers"].as_array().into_iter().flatten())
+            .find(|s| s["address"] == addr.as_str());
+        match server {
+            None => "out".into(),
+            Some(s) if s["ejected"] == true => "ejected".into(),
+            Some(s) if s["healthy"] != true => "down".into(),
+            Some(s) if s["breaker"] != "closed" => {
+                format!("breaker {}", s["breaker"].as_str().unwrap_or("?"))
+            }
+            Some(_) => "up".into(),
+        }
+    };
     println!(
-        "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>8}  LAST EXIT",
-        "SERVICE", "#", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "RSS MiB"
+        "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>6} {:>8} {:<8}  LAST EXIT",
+        "SERVICE", "#", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "CPU%", "RSS MiB", "HEALTH"
     );
     for svc in v["services"].as_array().into_iter().flatten() {
         for i in svc["instances"].as_array().into_iter().flatten() {
             let dash = || "-".to_string();
             println!(
-                "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>8}  {}",
+                "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>6} {:>8} {:<8}  {}",
                 svc["name"].as_str().unwrap_or("?"),
                 i["index"],
                 i["state"].as_str().unwrap_or("?"),
@@ -214,10 +318,19 @@ fn status(admin: Option<String>, config: &Path, json: bool) -> ExitCode {
                     .map(|u| format!("{u:.0}s"))
                     .unwrap_or_else(dash),
                 i["restarts"],
+                i["cpu_percent"]
+                    .as_f64()
+                    .map(|c| format!("{c:.1}"))
+                    .unwrap_or_else(dash),
                 i["rss_kib"]
                     .as_u64()
                     .map(|r| format!("{:.1}", r as f64 / 1024.0))
                     .unwrap_or_else(dash),
+                if i["pid"].is_null() {
+                    dash()
+                } else {
+                    health(svc["upstream"].as_str(), i["port"].as_u64())
+                },
                 i["last_exit"].as_str().unwrap_or("-"),
             );
         }
@@ -362,14 +475,13 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         }
     };
     // Supervised instances join their upstream once ready.
-    let supervisor = {
-        let g = gw.clone();
-        let on_member: centinela_supervisor::OnMember =
-            Arc::new(move |upstream: &str, addr, ready| g.set_member(upstream, addr, ready));
-        Supervisor::start(&services, Some(on_member))
-    };
+    let supervisor = Arc::new(Supervisor::start(
+        &services,
+        Some(Arc::new(Members(gw.clone()))),
+    ));
     let view = supervisor.view();
     gw.add_status("services", Arc::new(move || view.to_json()));
+    gw.add_action("services", service_action(supervisor.clone()));
     info!(config = %path.display(), pid = std::process::id(), services = services.len(), "centinela started");
     crate::sdnotify::notify("READY=1");
     let watchdog = crate::sdnotify::watchdog_interval().map(|every| {
@@ -389,12 +501,22 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
                         for w in &l.warnings {
                             warn!(warning = %w, "Config warning");
                         }
-                        if format!("{:?}", l.config.services) != format!("{:?}", gw.config().services) {
-                            warn!("Service changes are not applied by a reload yet; restart centinela to apply them");
-                        }
+                        let services = l.config.services.clone();
                         if let Err(e) = gw.reload(l.config).await {
                             error!(error = %e, "Reload failed; keeping the running configuration");
+                            continue;
                         }
+                        // Rolling restarts take a while: signals keep being
+                        // served meanwhile, and reloads apply in order.
+                        let sup = supervisor.clone();
+                        tokio::spawn(async move {
+                            for r in sup.apply(&services).await {
+                                match r {
+                                    Ok(done) => info!(change = %done, "Service change applied"),
+                                    Err(e) => error!(error = %e, "Service change failed"),
+                                }
+                            }
+                        });
                     }
                     Err(e) => {
                         for d in &e.errors {
@@ -425,4 +547,63 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     supervisor.stop().await;
     info!("Instances stopped, exiting");
     ExitCode::SUCCESS
+}
+
+/// The gateway's upstreams, as the supervisor sees them.
+struct Members(Arc<Gateway>);
+
+impl centinela_supervisor::Membership for Members {
+    fn set(&self, upstream: &str, addr: std::net::SocketAddr, ready: bool) {
+        self.0.set_member(upstream, addr, ready);
+    }
+
+    fn in_flight(&self, upstream: &str, addr: std::net::SocketAddr) -> u32 {
+        self.0.member_in_flight(upstream, addr)
+    }
+}
+
+/// `POST /-/services/NAME/{restart,stop,start}`. The operation runs in its
+/// own task: a client that hangs up does not cut a rolling restart short.
+fn service_action(sup: Arc<Supervisor>) -> centinela_gateway::admin::ActionFn {
+    use centinela_supervisor::OpError;
+    use http::StatusCode;
+    Arc::new(move |rest: String| {
+        let sup = sup.clone();
+        Box::pin(async move {
+            let Some((name, op)) = rest.split_once('/') else {
+                return (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": "expected /-/services/NAME/restart, stop or start"}),
+                );
+            };
+            let (name, op) = (name.to_string(), op.to_string());
+            let task = tokio::spawn(async move {
+                match op.as_str() {
+                    "restart" => Some(sup.restart(&name).await),
+                    "stop" => Some(sup.stop_service(&name).await),
+                    "start" => Some(sup.start_service(&name).await),
+                    _ => None,
+                }
+            });
+            match task.await {
+                Ok(Some(Ok(done))) => (StatusCode::OK, serde_json::json!({ "result": done })),
+                Ok(Some(Err(e @ OpError::NotFound(_)))) => (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": e.to_string()}),
+                ),
+                Ok(Some(Err(e))) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"error": e.to_string()}),
+                ),
+                Ok(None) => (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": "unknown action; expected restart, stop or start"}),
+                ),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"error": format!("the operation's task failed: {e}")}),
+                ),
+            }
+        })
+    })
 }

@@ -291,7 +291,7 @@ pub enum ProbeKind {
     Exec(Vec<String>),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Probe {
     pub kind: ProbeKind,
     pub interval: Duration,
@@ -300,7 +300,7 @@ pub struct Probe {
     pub failures: u32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceBackoff {
     pub initial: Duration,
     pub max: Duration,
@@ -308,28 +308,32 @@ pub struct ServiceBackoff {
     pub reset_after: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Stop {
     pub signal: Signal,
     /// SIGKILL to the process group after this.
     pub timeout: Duration,
+    /// On a rolling restart, scale-down or `centinela stop`, the instance
+    /// first leaves its upstream; its requests in flight get this long to
+    /// finish before the stop signal is sent.
+    pub drain: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Logs {
     pub dir: std::path::PathBuf,
     pub max_size: u64,
     pub keep: u32,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GiveUp {
     pub restarts: u32,
     pub within: Duration,
 }
 
 /// A supervised program run as `instances` processes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Service {
     pub name: String,
     /// Resolved path of the program.
@@ -339,7 +343,9 @@ pub struct Service {
     pub env: Vec<(String, String)>,
     pub workdir: std::path::PathBuf,
     pub instances: u32,
-    /// First and last port of the range; instance `i` gets `first + i`.
+    /// First and last port of the pool. Instance `i` starts on `first + i`;
+    /// ports beyond `instances` let a rolling restart start each replacement
+    /// before stopping the instance it replaces.
     pub ports: Option<(u16, u16)>,
     /// Instances join this upstream as its servers once ready.
     pub upstream: Option<String>,
@@ -350,10 +356,26 @@ pub struct Service {
     pub readiness: Option<Probe>,
     pub logs: Option<Logs>,
     pub give_up: Option<GiveUp>,
+    /// How long a rolling restart waits for a replacement to become ready.
+    pub ready_timeout: Duration,
 }
 
 impl Service {
+    /// The port instance `instance` starts on.
     pub fn port(&self, instance: u32) -> Option<u16> {
         self.ports.map(|(first, _)| first + instance as u16)
+    }
+
+    /// Every port of the pool.
+    pub fn port_pool(&self) -> impl Iterator<Item = u16> {
+        self.ports.into_iter().flat_map(|(a, b)| a..=b)
+    }
+
+    /// Equal in everything but the number of instances: a change of
+    /// `instances` alone scales, anything else rolls the instances.
+    pub fn same_but_instances(&self, other: &Service) -> bool {
+        let mut o = other.clone();
+        o.instances = self.instances;
+        *self == o
     }
 }

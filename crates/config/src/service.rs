@@ -296,12 +296,18 @@ pub(crate) fn service(
                 None => Signal::TERM,
             };
             let timeout = s.duration(sink, "timeout", Duration::from_secs(10));
+            let drain = s.duration(sink, "drain", Duration::from_secs(30));
             s.finish(sink);
-            Stop { signal, timeout }
+            Stop {
+                signal,
+                timeout,
+                drain,
+            }
         }
         None => Stop {
             signal: Signal::TERM,
             timeout: Duration::from_secs(10),
+            drain: Duration::from_secs(30),
         },
     };
     let liveness = probe(sink, &mut o, "liveness", Duration::from_secs(2));
@@ -353,6 +359,12 @@ pub(crate) fn service(
         }
         None => None,
     };
+    let ready_timeout = o.duration_min(
+        sink,
+        "ready_timeout",
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+    );
     o.finish(sink);
     Some(ParsedService {
         service: Service {
@@ -371,6 +383,7 @@ pub(crate) fn service(
             readiness,
             logs,
             give_up,
+            ready_timeout,
         },
         upstream_span,
         ports_span,
@@ -392,8 +405,7 @@ pub(crate) fn cross_check(sink: &mut Sink<'_>, services: &[ParsedService], upstr
             }
         }
         if let (Some(_), Some(span)) = (s.ports, &p.ports_span) {
-            for i in 0..s.instances {
-                let port = s.port(i).unwrap_or(0);
+            for port in s.port_pool() {
                 if let Some(other) = taken.insert(port, &s.name) {
                     sink.error(
                         span,

@@ -1,5 +1,10 @@
 //! Admin API: `/-/health` (liveness), `/-/ready` (every route has a healthy
-//! server), `/-/upstreams` (live state of every server).
+//! server), `/-/upstreams` (live state of every server), pages added with
+//! [`crate::Gateway::add_status`] and `POST` actions added with
+//! [`crate::Gateway::add_action`] (e.g. `POST /-/services/NAME/restart`).
+//!
+//! The admin API has no authentication of its own: bind it to loopback (the
+//! default) or a management network only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +21,13 @@ use crate::proxy::Shared;
 
 /// Produces the JSON of an extra admin page.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// What an action answers: an HTTP status and a JSON body.
+pub type ActionFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (StatusCode, serde_json::Value)> + Send>>;
+
+/// Runs `POST /-/NAME/REST`, given `REST`.
+pub type ActionFn = Arc<dyn Fn(String) -> ActionFuture + Send + Sync>;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let builder = crate::listener::builder();
@@ -49,6 +61,23 @@ async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::POST {
+        let path = req.uri().path().strip_prefix("/-/").unwrap_or("");
+        let (name, rest) = path.split_once('/').unwrap_or((path, ""));
+        let action = shared
+            .actions
+            .load()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f.clone());
+        return Ok(match action {
+            Some(f) => {
+                let (status, body) = f(rest.to_string()).await;
+                json_resp(status, body)
+            }
+            None => json_resp(StatusCode::NOT_FOUND, json!({"error": "no such action"})),
+        });
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(json_resp(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -21,7 +21,7 @@ pub mod upstream;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::proxy::Shared;
+use crate::server::Server;
 use crate::snapshot::Registry;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,9 @@ pub struct Gateway {
     base: Mutex<Config>,
     /// Ready supervised instances per upstream, added to its servers.
     members: Mutex<HashMap<String, BTreeSet<SocketAddr>>>,
+    /// Supervised servers removed from their upstream, while requests in
+    /// flight may still hold them (for [`Gateway::member_in_flight`]).
+    draining: Mutex<HashMap<(String, SocketAddr), Weak<Server>>>,
     registry: Mutex<Registry>,
     listeners: Mutex<HashMap<String, RunningListener>>,
     health_tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -93,6 +97,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             status: ArcSwap::from_pointee(Vec::new()),
+            actions: ArcSwap::from_pointee(Vec::new()),
         });
         let admin_addr = admin_listener
             .local_addr()
@@ -107,6 +112,7 @@ impl Gateway {
             shared,
             base: Mutex::new(base),
             members: Mutex::new(HashMap::new()),
+            draining: Mutex::new(HashMap::new()),
             registry: Mutex::new(registry),
             listeners: Mutex::new(HashMap::new()),
             health_tasks: Mutex::new(Vec::new()),
@@ -266,15 +272,49 @@ impl Gateway {
                 set.remove(&addr)
             }
         };
-        if changed {
-            let what = if ready {
-                "Supervised server joined"
-            } else {
-                "Supervised server left"
-            };
-            info!(upstream, server = %addr, "{what}");
-            self.rebuild();
+        if !changed {
+            return;
         }
+        if ready {
+            info!(upstream, server = %addr, "Supervised server joined");
+            self.rebuild();
+            return;
+        }
+        info!(upstream, server = %addr, "Supervised server left");
+        let old = self.server(upstream, addr);
+        self.rebuild();
+        // Unless it is also a configured server, requests that started
+        // before must not pick it again; its in-flight count stays readable.
+        if let Some(old) = old {
+            if self.server(upstream, addr).is_none() {
+                old.retire();
+                let mut d = lock(&self.draining);
+                d.retain(|_, w| w.strong_count() > 0);
+                d.insert((upstream.to_string(), addr), Arc::downgrade(&old));
+            }
+        }
+    }
+
+    fn server(&self, upstream: &str, addr: SocketAddr) -> Option<Arc<Server>> {
+        let snap = self.shared.snapshot.load();
+        snap.group(upstream)?
+            .servers
+            .iter()
+            .find(|s| s.addr == addr)
+            .cloned()
+    }
+
+    /// Requests in flight to a server of `upstream`, or to one just removed
+    /// from it: a supervised instance is stopped once this reaches 0.
+    pub fn member_in_flight(&self, upstream: &str, addr: SocketAddr) -> u32 {
+        let current = self.server(upstream, addr).map(|s| s.in_flight());
+        let removed = || {
+            lock(&self.draining)
+                .get(&(upstream.to_string(), addr))
+                .and_then(Weak::upgrade)
+                .map(|s| s.in_flight())
+        };
+        current.or_else(removed).unwrap_or(0)
     }
 
     /// Serves `GET /-/NAME` on the admin API with the JSON that `f` returns.
@@ -283,6 +323,14 @@ impl Gateway {
         v.retain(|(n, _)| n != name);
         v.push((name.to_string(), f));
         self.shared.status.store(Arc::new(v));
+    }
+
+    /// Serves `POST /-/NAME/REST` on the admin API with `f(REST)`.
+    pub fn add_action(&self, name: &str, f: admin::ActionFn) {
+        let mut v: Vec<(String, admin::ActionFn)> = (**self.shared.actions.load()).clone();
+        v.retain(|(n, _)| n != name);
+        v.push((name.to_string(), f));
+        self.shared.actions.store(Arc::new(v));
     }
 
     /// Stops accepting, lets in-flight requests finish up to `timeout`.

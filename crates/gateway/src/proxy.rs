@@ -39,6 +39,8 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Extra admin pages: `/-/NAME` → JSON (e.g. the supervisor's services).
     pub status: ArcSwap<Vec<(String, crate::admin::StatusFn)>>,
+    /// Admin actions: `POST /-/NAME/...`.
+    pub actions: ArcSwap<Vec<(String, crate::admin::ActionFn)>>,
 }
 
 /// Facts about one request for the access log.

@@ -4,7 +4,7 @@
 //! the new state and the reason.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -61,6 +61,9 @@ pub struct Server {
     addr_label: Arc<str>,
     weight: AtomicU32,
     in_flight: AtomicU32,
+    /// Removed from its upstream: requests that started on an older
+    /// snapshot must not pick it any more (it is draining).
+    retired: AtomicBool,
     inner: Mutex<Inner>,
 }
 
@@ -86,6 +89,7 @@ impl Server {
             addr_label: label.into(),
             weight: AtomicU32::new(weight),
             in_flight: AtomicU32::new(0),
+            retired: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 health: HealthState::new(),
                 consecutive_failures: 0,
@@ -116,6 +120,15 @@ impl Server {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Marks the server as removed from its upstream.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Counts a request in flight until the guard is dropped.

@@ -104,6 +104,9 @@ impl Group {
         let mut state: Vec<(usize, bool, bool)> = Vec::with_capacity(n);
         let mut any_healthy = false;
         for (i, s) in self.servers.iter().enumerate() {
+            if s.is_retired() {
+                continue;
+            }
             let (healthy, admits) = s.availability(&self.name, &self.cfg.breaker, now);
             any_healthy |= healthy;
             state.push((i, healthy, admits));

@@ -1,6 +1,8 @@
-//! One instance of a service: spawn, watch, restart with backoff, stop.
+//! One instance of a service: spawn, watch, restart with backoff, drain and
+//! stop.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -28,6 +30,9 @@ pub enum State {
     Starting,
     /// Ready: receives traffic.
     Ready,
+    /// Out of rotation, letting its requests in flight finish before it is
+    /// stopped.
+    Draining,
     /// Exited; waiting out the backoff before the next start.
     Restarting,
     /// Restarting over and over; centinela keeps trying.
@@ -42,6 +47,7 @@ impl State {
         match self {
             State::Starting => "starting",
             State::Ready => "ready",
+            State::Draining => "draining",
             State::Restarting => "restarting",
             State::CrashLooping => "crash-looping",
             State::Failed => "failed",
@@ -53,6 +59,8 @@ impl State {
 #[derive(Clone, Debug)]
 pub struct Status {
     pub state: State,
+    /// The instance number, 0..instances (`CENTINELA_INSTANCE`).
+    pub slot: u32,
     pub pid: Option<u32>,
     pub port: Option<u16>,
     pub started_at: Option<Instant>,
@@ -62,15 +70,49 @@ pub struct Status {
     pub stderr_tail: VecDeque<String>,
     /// The most recent restart delays, newest last (at most 16).
     pub delays: VecDeque<Duration>,
+    /// CPU use of the whole process group over the last sample, in percent
+    /// of one core, and its resident memory (see `stats`).
+    pub cpu_percent: Option<f64>,
+    pub rss_kib: Option<u64>,
 }
 
-/// Told when an instance with a port starts or stops taking traffic:
-/// `(port, ready)`. Called with `false` before the instance is stopped.
-pub type OnReady = Arc<dyn Fn(u16, bool) + Send + Sync>;
+/// Where instances take and leave traffic: the gateway's upstreams.
+pub trait Membership: Send + Sync {
+    /// Adds (`ready`) or removes `addr` as a server of `upstream`.
+    fn set(&self, upstream: &str, addr: SocketAddr, ready: bool);
+    /// Requests in flight to `addr`, including those of a server that has
+    /// just been removed.
+    fn in_flight(&self, upstream: &str, addr: SocketAddr) -> u32;
+}
+
+/// A log file shared by the successive instances of one slot.
+pub type SharedLog = Arc<Mutex<RotatingFile>>;
+
+/// Everything an instance is started with.
+pub struct Setup {
+    pub svc: Arc<Service>,
+    pub slot: u32,
+    pub port: Option<u16>,
+    pub member: Option<Arc<dyn Membership>>,
+    pub log: Option<SharedLog>,
+    /// Turns true when centinela shuts down: stop at once, without draining.
+    pub closing: Option<watch::Receiver<bool>>,
+}
+
+/// How to stop an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopMode {
+    /// Leave the upstream, wait for requests in flight (up to `stop.drain`),
+    /// then the stop signal.
+    Drain,
+    /// The stop signal at once (the gateway has already drained).
+    Now,
+}
 
 pub struct Instance {
     status: Arc<Mutex<Status>>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<StopMode>>,
+    state: watch::Receiver<State>,
     task: JoinHandle<()>,
 }
 
@@ -79,26 +121,44 @@ fn lock(s: &Mutex<Status>) -> std::sync::MutexGuard<'_, Status> {
 }
 
 impl Instance {
-    /// Starts instance `index` of `svc` and keeps it running until stopped.
-    pub fn spawn(svc: Arc<Service>, index: u32) -> Instance {
-        Self::spawn_with(svc, index, None)
+    /// Starts instance `slot` of `svc` on its first port, on its own (no
+    /// upstream), with its own log file, and keeps it running until stopped.
+    pub fn spawn(svc: Arc<Service>, slot: u32) -> Instance {
+        let log = svc.logs.as_ref().and_then(|l| open_log(&svc.name, slot, l));
+        Self::start(Setup {
+            port: svc.port(slot),
+            svc,
+            slot,
+            member: None,
+            log,
+            closing: None,
+        })
     }
 
-    /// Like [`Instance::spawn`], reporting readiness changes to `on_ready`.
-    pub fn spawn_with(svc: Arc<Service>, index: u32, on_ready: Option<OnReady>) -> Instance {
+    /// Starts an instance and keeps it running until stopped.
+    pub fn start(setup: Setup) -> Instance {
         let status = Arc::new(Mutex::new(Status {
             state: State::Starting,
+            slot: setup.slot,
             pid: None,
-            port: svc.port(index),
+            port: setup.port,
             started_at: None,
             restarts: 0,
             last_exit: None,
             stderr_tail: VecDeque::new(),
             delays: VecDeque::new(),
+            cpu_percent: None,
+            rss_kib: None,
         }));
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(svc, index, status.clone(), stop_rx, on_ready));
-        Instance { status, stop, task }
+        let (stop, stop_rx) = watch::channel(None);
+        let (state_tx, state) = watch::channel(State::Starting);
+        let task = tokio::spawn(run(setup, status.clone(), state_tx, stop_rx));
+        Instance {
+            status,
+            stop,
+            state,
+            task,
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -110,16 +170,69 @@ impl Instance {
         self.status.clone()
     }
 
-    /// Stops the instance (stop signal to its process group, SIGKILL after
-    /// the stop timeout) and waits until it is gone.
+    pub fn port(&self) -> Option<u16> {
+        lock(&self.status).port
+    }
+
+    /// Waits until the instance is ready. Fails if it exits first, or stops,
+    /// or is not ready within `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let mut rx = self.state.clone();
+        let wait = async {
+            loop {
+                let state = *rx.borrow_and_update();
+                let st = self.status();
+                if st.restarts > 0 || !matches!(state, State::Starting | State::Ready) {
+                    return Err(format!(
+                        "exited before it was ready ({}){}",
+                        st.last_exit.as_deref().unwrap_or("no exit status"),
+                        st.stderr_tail
+                            .back()
+                            .map(|l| format!("; last stderr line: {l}"))
+                            .unwrap_or_default()
+                    ));
+                }
+                if state == State::Ready {
+                    return Ok(());
+                }
+                if rx.changed().await.is_err() {
+                    return Err("its task ended".to_string());
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("not ready after {:?} (ready_timeout)", timeout)),
+        }
+    }
+
+    /// Stops the instance at once (stop signal to its process group, SIGKILL
+    /// after the stop timeout) and waits until it is gone.
     pub async fn stop(self) {
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(Some(StopMode::Now));
+        let _ = self.task.await;
+    }
+
+    /// Takes the instance out of its upstream, lets its requests in flight
+    /// finish (up to `stop.drain`), then stops it and waits until it is gone.
+    pub async fn drain_and_stop(self) {
+        let _ = self.stop.send(Some(StopMode::Drain));
         let _ = self.task.await;
     }
 }
 
-fn command(svc: &Service, index: u32) -> tokio::process::Command {
-    let port = svc.port(index);
+/// Opens slot `slot`'s log file, `DIR/NAME-SLOT.log`.
+pub fn open_log(service: &str, slot: u32, l: &centinela_config::Logs) -> Option<SharedLog> {
+    match RotatingFile::open(&l.dir, &format!("{service}-{slot}"), l.max_size, l.keep) {
+        Ok(f) => Some(Arc::new(Mutex::new(f))),
+        Err(e) => {
+            warn!(instance = %format!("{service}[{slot}]"), dir = %l.dir.display(), error = %e, "Cannot open log file; output is dropped");
+            None
+        }
+    }
+}
+
+fn command(svc: &Service, slot: u32, port: Option<u16>) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&svc.command);
     for a in &svc.args {
         match port {
@@ -131,7 +244,10 @@ fn command(svc: &Service, index: u32) -> tokio::process::Command {
     if let Some(p) = port {
         cmd.env("PORT", p.to_string());
     }
-    cmd.env("CENTINELA_INSTANCE", index.to_string());
+    cmd.env("CENTINELA_INSTANCE", slot.to_string());
+    // Marks the process as ours, so that a later centinela can find it if
+    // it outlives this one (see `stats::sweep_orphans`).
+    cmd.env(crate::stats::OWNER_ENV, std::process::id().to_string());
     cmd.current_dir(&svc.workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -196,11 +312,10 @@ async fn stop_group(child: &mut tokio::process::Child, pid: u32, svc: &Service) 
 /// returns when it failed `failures` times in a row.
 async fn probes(
     svc: &Service,
-    index: u32,
-    status: &Mutex<Status>,
+    port: Option<u16>,
+    set_state: &(dyn Fn(State) + Sync),
     ready: &(dyn Fn(bool) + Sync),
 ) -> String {
-    let port = svc.port(index);
     let readiness = svc.readiness.clone().or_else(|| {
         port.map(|_| centinela_config::Probe {
             kind: centinela_config::ProbeKind::Tcp,
@@ -214,7 +329,7 @@ async fn probes(
             tokio::time::sleep(r.interval).await;
         }
     }
-    lock(status).state = State::Ready;
+    set_state(State::Ready);
     ready(true);
     let Some(l) = &svc.liveness else {
         return std::future::pending().await;
@@ -234,38 +349,83 @@ async fn probes(
     }
 }
 
-async fn run(
-    svc: Arc<Service>,
-    index: u32,
-    status: Arc<Mutex<Status>>,
-    mut stop: watch::Receiver<bool>,
-    on_ready: Option<OnReady>,
-) {
-    let port = svc.port(index);
-    let ready = |r: bool| {
-        if let (Some(f), Some(p)) = (&on_ready, port) {
-            f(p, r);
+/// Resolves when a stop is asked for, by the instance's owner or by
+/// centinela shutting down (which never drains).
+async fn stop_asked(
+    stop: &mut watch::Receiver<Option<StopMode>>,
+    closing: &mut Option<watch::Receiver<bool>>,
+) -> StopMode {
+    let own = async {
+        match stop.wait_for(Option::is_some).await {
+            Ok(m) => (*m).unwrap_or(StopMode::Now),
+            Err(_) => StopMode::Now,
         }
     };
-    let name = format!("{}[{index}]", svc.name);
-    let log = svc.logs.as_ref().and_then(|l| {
-        match RotatingFile::open(&l.dir, &format!("{}-{index}", svc.name), l.max_size, l.keep) {
-            Ok(f) => Some(Arc::new(Mutex::new(f))),
-            Err(e) => {
-                warn!(instance = %name, dir = %l.dir.display(), error = %e, "Cannot open log file; output is dropped");
-                None
+    let all = async {
+        match closing {
+            Some(c) => {
+                let _ = c.wait_for(|c| *c).await;
             }
+            None => std::future::pending().await,
         }
-    });
+    };
+    tokio::select! {
+        m = own => m,
+        _ = all => StopMode::Now,
+    }
+}
+
+/// Waits until no request is in flight to the instance, at most `limit`.
+async fn drain(member: &dyn Membership, upstream: &str, addr: SocketAddr, limit: Duration) -> u32 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let n = member.in_flight(upstream, addr);
+        if n == 0 || Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn run(
+    setup: Setup,
+    status: Arc<Mutex<Status>>,
+    state_tx: watch::Sender<State>,
+    mut stop: watch::Receiver<Option<StopMode>>,
+) {
+    let Setup {
+        svc,
+        slot,
+        port,
+        member,
+        log,
+        mut closing,
+    } = setup;
+    let set_state = |s: State| {
+        lock(&status).state = s;
+        state_tx.send_replace(s);
+    };
+    let upstream_addr = match (&member, &svc.upstream, port) {
+        (Some(m), Some(up), Some(p)) => {
+            Some((m.clone(), up.clone(), SocketAddr::from(([127, 0, 0, 1], p))))
+        }
+        _ => None,
+    };
+    let ready = |r: bool| {
+        if let Some((m, up, addr)) = &upstream_addr {
+            m.set(up, *addr, r);
+        }
+    };
+    let name = format!("{}[{slot}]", svc.name);
     let mut backoff = RestartBackoff::new(svc.backoff.clone());
     let mut exits: VecDeque<Instant> = VecDeque::new();
     loop {
-        if *stop.borrow() {
+        if stop.borrow().is_some() || closing.as_ref().is_some_and(|c| *c.borrow()) {
             break;
         }
-        lock(&status).state = State::Starting;
+        set_state(State::Starting);
         let started = Instant::now();
-        let (outcome, success) = match command(&svc, index).spawn() {
+        let (outcome, success) = match command(&svc, slot, port).spawn() {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
                 {
@@ -273,7 +433,7 @@ async fn run(
                     st.pid = Some(pid);
                     st.started_at = Some(started);
                 }
-                info!(instance = %name, pid, port = ?svc.port(index), "Instance started");
+                info!(instance = %name, pid, port = ?port, "Instance started");
                 let out = child.stdout.take().map(|s| pump(s, log.clone(), None));
                 let err = child
                     .stderr
@@ -281,20 +441,37 @@ async fn run(
                     .map(|s| pump(s, log.clone(), Some(status.clone())));
                 enum Ended {
                     Exited(std::io::Result<std::process::ExitStatus>),
-                    Stop,
+                    Stop(StopMode),
                     Hung(String),
                 }
                 let ended = tokio::select! {
                     r = child.wait() => Ended::Exited(r),
-                    _ = stop.changed() => Ended::Stop,
-                    why = probes(&svc, index, &status, &ready) => Ended::Hung(why),
+                    m = stop_asked(&mut stop, &mut closing) => Ended::Stop(m),
+                    why = probes(&svc, port, &set_state, &ready) => Ended::Hung(why),
                 };
                 // Out of rotation before anything is stopped.
                 ready(false);
                 let exit = match ended {
                     Ended::Exited(r) => r,
-                    Ended::Stop => {
+                    Ended::Stop(mode) => {
+                        if let (StopMode::Drain, Some((m, up, addr))) = (mode, &upstream_addr) {
+                            set_state(State::Draining);
+                            let t = Instant::now();
+                            let left = tokio::select! {
+                                n = drain(&**m, up, *addr, svc.stop.drain) => n,
+                                _ = stop_asked(&mut stop, &mut closing) => m.in_flight(up, *addr),
+                            };
+                            if left > 0 {
+                                warn!(instance = %name, pid, in_flight = left, drain_secs = svc.stop.drain.as_secs_f64(), "Drain time is up; stopping with requests in flight");
+                            } else {
+                                info!(instance = %name, pid, drain_ms = t.elapsed().as_millis() as u64, "Instance drained");
+                            }
+                        }
                         stop_group(&mut child, pid, &svc).await;
+                        for h in [out, err].into_iter().flatten() {
+                            let _ = tokio::time::timeout(Duration::from_millis(200), h).await;
+                        }
+                        info!(instance = %name, pid, "Instance stopped");
                         break;
                     }
                     Ended::Hung(why) => {
@@ -319,6 +496,8 @@ async fn run(
         {
             let mut st = lock(&status);
             st.pid = None;
+            st.cpu_percent = None;
+            st.rss_kib = None;
             st.last_exit = Some(outcome.clone());
         }
         let restart = match svc.restart {
@@ -328,7 +507,6 @@ async fn run(
         };
         if !restart {
             info!(instance = %name, exit = %outcome, "Instance exited; not restarted (restart policy)");
-            lock(&status).state = State::Stopped;
             break;
         }
         let now = Instant::now();
@@ -343,40 +521,44 @@ async fn run(
             if exits.len() as u32 > g.restarts {
                 let tail: Vec<String> = lock(&status).stderr_tail.iter().cloned().collect();
                 warn!(instance = %name, exit = %outcome, restarts = exits.len(), within_secs = g.within.as_secs_f64(), stderr_tail = ?tail, "Instance failed: giving up");
-                lock(&status).state = State::Failed;
+                set_state(State::Failed);
                 break;
             }
         }
         let delay = backoff.on_exit(uptime);
         let crash_looping = backoff.quick_exits >= CRASH_LOOP_AFTER;
-        {
+        let was = {
             let mut st = lock(&status);
             st.restarts += 1;
             if st.delays.len() == 16 {
                 st.delays.pop_front();
             }
             st.delays.push_back(delay);
-            let was = st.state;
-            st.state = if crash_looping {
-                State::CrashLooping
-            } else {
-                State::Restarting
-            };
-            if crash_looping && was != State::CrashLooping {
-                let tail: Vec<String> = st.stderr_tail.iter().cloned().collect();
-                warn!(instance = %name, exit = %outcome, quick_exits = backoff.quick_exits, stderr_tail = ?tail, "Instance is crash-looping");
-            } else {
-                info!(instance = %name, exit = %outcome, uptime_secs = uptime.as_secs_f64(), delay_ms = delay.as_millis() as u64, "Instance exited; restarting");
-            }
+            st.state
+        };
+        set_state(if crash_looping {
+            State::CrashLooping
+        } else {
+            State::Restarting
+        });
+        if crash_looping && was != State::CrashLooping {
+            let tail: Vec<String> = lock(&status).stderr_tail.iter().cloned().collect();
+            warn!(instance = %name, exit = %outcome, quick_exits = backoff.quick_exits, stderr_tail = ?tail, "Instance is crash-looping");
+        } else {
+            info!(instance = %name, exit = %outcome, uptime_secs = uptime.as_secs_f64(), delay_ms = delay.as_millis() as u64, "Instance exited; restarting");
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => break,
+            _ = stop_asked(&mut stop, &mut closing) => break,
         }
     }
-    let mut st = lock(&status);
-    if st.state != State::Failed {
-        st.state = State::Stopped;
+    {
+        let mut st = lock(&status);
+        st.pid = None;
+        st.cpu_percent = None;
+        st.rss_kib = None;
     }
-    st.pid = None;
+    if *state_tx.borrow() != State::Failed {
+        set_state(State::Stopped);
+    }
 }

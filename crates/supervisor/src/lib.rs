@@ -1,121 +1,559 @@
-//! centinela's supervisor (issue #3, in progress): runs each service's
-//! instances, restarts crashes with exponential backoff, marks crash loops,
-//! gives up when told to, stops whole process groups, and rotates logs.
+//! centinela's supervisor: runs each service's instances, restarts crashes
+//! with exponential backoff, marks crash loops, gives up when told to, stops
+//! whole process groups, rotates logs, and changes running services without
+//! dropping a request: rolling restarts, scaling, stop and start.
 //!
-//! [`Supervisor`] runs every configured service; ready instances are
-//! reported so that the gateway adds them to their upstream. Rolling
-//! restarts, reloads of services and the control commands are still to come.
+//! [`Supervisor`] owns every service. Instances take and leave traffic
+//! through a [`Membership`] (the gateway's upstreams). Operations on one
+//! service are serialised; a rolling restart replaces one instance at a
+//! time: start the replacement (on a spare port of the pool when there is
+//! one, else on the same port once the old instance is gone), wait until it
+//! is ready, take the old one out of rotation, drain it, stop it.
 #![deny(unsafe_code)]
 
 pub mod backoff;
 pub mod instance;
 pub mod logs;
 pub mod probe;
+pub mod stats;
 mod sys;
 
-pub use instance::{Instance, OnReady, State, Status};
+pub use instance::{Instance, Membership, Setup, SharedLog, State, Status};
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use centinela_config::Service;
 use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
 
-/// Told when a supervised instance joins (`true`) or leaves its upstream.
-pub type OnMember = Arc<dyn Fn(&str, SocketAddr, bool) + Send + Sync>;
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why an operation on a service did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpError {
+    /// No service of that name is configured.
+    NotFound(String),
+    /// The operation started but did not finish; the text says where.
+    Failed(String),
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpError::NotFound(n) => write!(f, "no service {n:?} is configured"),
+            OpError::Failed(why) => f.write_str(why),
+        }
+    }
+}
 
 /// Every service's instances.
 pub struct Supervisor {
-    instances: Vec<Instance>,
-    view: View,
+    inner: Arc<Inner>,
 }
 
-/// One instance in a [`View`]: its service, index and live status.
-type Entry = (Arc<Service>, u32, Arc<Mutex<Status>>);
+struct Inner {
+    member: Option<Arc<dyn Membership>>,
+    services: Mutex<Vec<Arc<Svc>>>,
+    /// Reloads are applied one after the other, in order.
+    apply: tokio::sync::Mutex<()>,
+    closing: watch::Sender<bool>,
+}
+
+/// One service.
+struct Svc {
+    name: String,
+    group: tokio::sync::Mutex<Group>,
+    /// Instances shown on the status page: the running ones, replacements
+    /// being started and old ones draining, or the last ones when stopped.
+    shown: Mutex<Vec<Arc<Mutex<Status>>>>,
+    /// A copy of the group's settings, readable while an operation runs.
+    spec: Mutex<Arc<Service>>,
+}
+
+impl Svc {
+    fn set_spec(&self, g: &mut Group, spec: Arc<Service>) {
+        *lock(&self.spec) = spec.clone();
+        g.spec = spec;
+    }
+}
+
+struct Group {
+    spec: Arc<Service>,
+    /// The running instances; `slots[i]` is instance `i`. Empty when stopped.
+    slots: Vec<Instance>,
+    stopped: bool,
+    logs: HashMap<u32, SharedLog>,
+    /// When each port of the pool was last given back: a replacement gets
+    /// the port that has been free the longest.
+    released: HashMap<u16, Instant>,
+}
 
 /// A cheap, clonable view of every instance's status.
 #[derive(Clone)]
-pub struct View(Arc<Vec<Entry>>);
+pub struct View(Arc<Inner>);
 
 impl Supervisor {
-    /// Starts `instances` processes of every service.
-    pub fn start(services: &[Service], on_member: Option<OnMember>) -> Supervisor {
-        let mut instances = Vec::new();
-        let mut view = Vec::new();
-        for svc in services {
-            let svc = Arc::new(svc.clone());
-            for i in 0..svc.instances {
-                let on_ready: Option<OnReady> = match (&on_member, &svc.upstream) {
-                    (Some(f), Some(up)) => {
-                        let (f, up) = (f.clone(), up.clone());
-                        Some(Arc::new(move |port: u16, ready: bool| {
-                            f(&up, SocketAddr::from(([127, 0, 0, 1], port)), ready)
-                        }))
-                    }
-                    _ => None,
-                };
-                let inst = Instance::spawn_with(svc.clone(), i, on_ready);
-                view.push((svc.clone(), i, inst.status_handle()));
-                instances.push(inst);
-            }
+    /// Kills what a dead centinela left behind, then starts `instances`
+    /// processes of every service. Must be called inside a tokio runtime.
+    pub fn start(services: &[Service], member: Option<Arc<dyn Membership>>) -> Supervisor {
+        let swept = stats::sweep_orphans();
+        if !swept.is_empty() {
+            warn!(
+                killed = swept.len(),
+                "Killed processes left behind by a previous centinela"
+            );
         }
-        Supervisor {
-            instances,
-            view: View(Arc::new(view)),
+        let inner = Arc::new(Inner {
+            member,
+            services: Mutex::new(Vec::new()),
+            apply: tokio::sync::Mutex::new(()),
+            closing: watch::Sender::new(false),
+        });
+        for spec in services {
+            let svc = inner.add(spec.clone());
+            // Nothing else can hold the lock of a service just added.
+            if let Ok(mut g) = svc.group.try_lock() {
+                inner.scale_up(&svc, &mut g);
+            };
         }
+        tokio::spawn(sample_stats(Arc::downgrade(&inner)));
+        Supervisor { inner }
     }
 
     pub fn view(&self) -> View {
-        self.view.clone()
+        View(self.inner.clone())
     }
 
-    /// Stops every instance (concurrently) and waits until all are gone.
-    pub async fn stop(self) {
-        let mut tasks = Vec::new();
-        for inst in self.instances {
-            tasks.push(tokio::spawn(inst.stop()));
+    /// Rolling restart of one service, one instance at a time; starts it if
+    /// it was stopped. Returns once every instance has been replaced.
+    pub async fn restart(&self, name: &str) -> Result<String, OpError> {
+        let svc = self.inner.find(name)?;
+        let mut g = svc.group.lock().await;
+        if g.stopped {
+            return self.inner.start_stopped(&svc, &mut g).await;
         }
-        for t in tasks {
-            let _ = t.await;
+        let spec = g.spec.clone();
+        let n = g.slots.len();
+        self.inner.roll(&svc, &mut g, spec).await?;
+        Ok(format!("{name}: {n} instance(s) replaced one at a time"))
+    }
+
+    /// Drains and stops every instance of a service; it stays stopped until
+    /// `start` or `restart`.
+    pub async fn stop_service(&self, name: &str) -> Result<String, OpError> {
+        let svc = self.inner.find(name)?;
+        let mut g = svc.group.lock().await;
+        if g.stopped {
+            return Ok(format!("{name}: already stopped"));
         }
+        let n = g.slots.len();
+        let stops: Vec<_> = g.slots.drain(..).map(|i| i.drain_and_stop()).collect();
+        futures_join(stops).await;
+        g.stopped = true;
+        info!(service = name, "Service stopped");
+        Ok(format!("{name}: {n} instance(s) drained and stopped"))
+    }
+
+    /// Starts a stopped service and waits until its instances are ready.
+    pub async fn start_service(&self, name: &str) -> Result<String, OpError> {
+        let svc = self.inner.find(name)?;
+        let mut g = svc.group.lock().await;
+        if !g.stopped {
+            return Ok(format!("{name}: already running"));
+        }
+        self.inner.start_stopped(&svc, &mut g).await
+    }
+
+    /// Applies a reloaded configuration: new services start, removed ones
+    /// stop, a change of `instances` alone scales, any other change rolls
+    /// the instances onto the new settings. One line per service changed.
+    pub async fn apply(&self, services: &[Service]) -> Vec<Result<String, OpError>> {
+        let inner = &self.inner;
+        let _order = inner.apply.lock().await;
+        let mut out = Vec::new();
+        let current: Vec<Arc<Svc>> = lock(&inner.services).clone();
+        for svc in &current {
+            if services.iter().all(|s| s.name != svc.name) {
+                let mut g = svc.group.lock().await;
+                let stops: Vec<_> = g.slots.drain(..).map(|i| i.drain_and_stop()).collect();
+                futures_join(stops).await;
+                g.stopped = true;
+                lock(&inner.services).retain(|s| !Arc::ptr_eq(s, svc));
+                info!(service = %svc.name, "Service removed by reload; its instances are stopped");
+                out.push(Ok(format!("{}: removed", svc.name)));
+            }
+        }
+        for spec in services {
+            let existing = lock(&inner.services)
+                .iter()
+                .find(|s| s.name == spec.name)
+                .cloned();
+            let Some(svc) = existing else {
+                let svc = inner.add(spec.clone());
+                let mut g = svc.group.lock().await;
+                inner.scale_up(&svc, &mut g);
+                let r = inner.wait_all_ready(&g).await;
+                info!(service = %spec.name, instances = spec.instances, "Service added by reload");
+                out.push(r.map(|()| format!("{}: added", spec.name)));
+                continue;
+            };
+            let mut g = svc.group.lock().await;
+            if *g.spec == *spec {
+                continue;
+            }
+            if g.spec.logs != spec.logs {
+                g.logs.clear();
+            }
+            let new = Arc::new(spec.clone());
+            if g.stopped {
+                svc.set_spec(&mut g, new);
+                out.push(Ok(format!(
+                    "{}: stopped; the new settings apply when it starts",
+                    spec.name
+                )));
+                continue;
+            }
+            let from = g.slots.len();
+            let r = if g.spec.same_but_instances(spec) {
+                svc.set_spec(&mut g, new);
+                inner.scale(&svc, &mut g).await.map(|()| {
+                    format!(
+                        "{}: scaled from {from} to {} instance(s)",
+                        spec.name, spec.instances
+                    )
+                })
+            } else {
+                inner.roll(&svc, &mut g, new).await.map(|()| {
+                    format!(
+                        "{}: rolled onto the new settings, {from} -> {} instance(s)",
+                        spec.name, spec.instances
+                    )
+                })
+            };
+            out.push(r);
+        }
+        out
+    }
+
+    /// Stops every instance at once (the gateway has drained already) and
+    /// waits until all are gone. Operations under way are cut short.
+    pub async fn stop(&self) {
+        self.inner.closing.send_replace(true);
+        let services: Vec<Arc<Svc>> = lock(&self.inner.services).clone();
+        let mut stops = Vec::new();
+        for svc in &services {
+            let mut g = svc.group.lock().await;
+            stops.extend(g.slots.drain(..).map(|i| i.stop()));
+        }
+        futures_join(stops).await;
     }
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+/// Runs futures concurrently and waits for all of them.
+async fn futures_join<F: std::future::Future<Output = ()> + Send + 'static>(fs: Vec<F>) {
+    let tasks: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+impl Inner {
+    fn find(&self, name: &str) -> Result<Arc<Svc>, OpError> {
+        lock(&self.services)
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| OpError::NotFound(name.to_string()))
+    }
+
+    fn add(&self, spec: Service) -> Arc<Svc> {
+        let spec = Arc::new(spec);
+        let svc = Arc::new(Svc {
+            name: spec.name.clone(),
+            spec: Mutex::new(spec.clone()),
+            group: tokio::sync::Mutex::new(Group {
+                spec,
+                slots: Vec::new(),
+                stopped: false,
+                logs: HashMap::new(),
+                released: HashMap::new(),
+            }),
+            shown: Mutex::new(Vec::new()),
+        });
+        lock(&self.services).push(svc.clone());
+        svc
+    }
+
+    fn closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    /// Starts instance `slot` of `spec` on `port` and shows it.
+    fn launch(
+        &self,
+        svc: &Svc,
+        g: &mut Group,
+        spec: &Arc<Service>,
+        slot: u32,
+        port: Option<u16>,
+    ) -> Instance {
+        let log = match g.logs.get(&slot) {
+            Some(l) => Some(l.clone()),
+            None => {
+                let l = spec
+                    .logs
+                    .as_ref()
+                    .and_then(|l| instance::open_log(&spec.name, slot, l));
+                if let Some(l) = &l {
+                    g.logs.insert(slot, l.clone());
+                }
+                l
+            }
+        };
+        if let Some(p) = port {
+            g.released.remove(&p);
+        }
+        let inst = Instance::start(Setup {
+            svc: spec.clone(),
+            slot,
+            port,
+            member: self.member.clone(),
+            log,
+            closing: Some(self.closing.subscribe()),
+        });
+        lock(&svc.shown).push(inst.status_handle());
+        inst
+    }
+
+    /// Forgets a finished instance: hides it and gives its port back.
+    fn retire(&self, svc: &Svc, g: &mut Group, status: &Arc<Mutex<Status>>) {
+        lock(&svc.shown).retain(|s| !Arc::ptr_eq(s, status));
+        if let Some(p) = lock(status).port {
+            g.released.insert(p, Instant::now());
+        }
+    }
+
+    /// A port of `spec`'s pool that no running instance holds: never used
+    /// ones first, else the one given back the longest ago.
+    fn free_port(g: &Group, spec: &Service) -> Option<u16> {
+        let used: Vec<u16> = g.slots.iter().filter_map(Instance::port).collect();
+        spec.port_pool()
+            .filter(|p| !used.contains(p))
+            .min_by_key(|p| {
+                g.released
+                    .get(p)
+                    .map(|t| (1, *t))
+                    .unwrap_or((0, Instant::now()))
+            })
+    }
+
+    /// Starts the slots missing up to `instances`, each on its own port
+    /// (`first + slot` when free), without waiting.
+    fn scale_up(&self, svc: &Svc, g: &mut Group) {
+        let spec = g.spec.clone();
+        while g.slots.len() < spec.instances as usize && !self.closing() {
+            let slot = g.slots.len() as u32;
+            let used: Vec<u16> = g.slots.iter().filter_map(Instance::port).collect();
+            let port = match spec.port(slot) {
+                Some(p) if !used.contains(&p) && spec.port_pool().any(|q| q == p) => Some(p),
+                Some(_) => Self::free_port(g, &spec),
+                None => None,
+            };
+            let inst = self.launch(svc, g, &spec, slot, port);
+            g.slots.push(inst);
+        }
+    }
+
+    async fn wait_all_ready(&self, g: &Group) -> Result<(), OpError> {
+        let mut errors = Vec::new();
+        for inst in &g.slots {
+            if let Err(e) = inst.wait_ready(g.spec.ready_timeout).await {
+                errors.push(format!("{}[{}]: {e}", g.spec.name, inst.status().slot));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(OpError::Failed(errors.join("; ")))
+        }
+    }
+
+    /// Scales to `g.spec.instances`: new slots start and must become ready;
+    /// slots beyond the count are drained and stopped, highest first.
+    async fn scale(&self, svc: &Svc, g: &mut Group) -> Result<(), OpError> {
+        let want = g.spec.instances as usize;
+        while g.slots.len() > want {
+            let Some(old) = g.slots.pop() else { break };
+            let status = old.status_handle();
+            old.drain_and_stop().await;
+            self.retire(svc, g, &status);
+        }
+        self.scale_up(svc, g);
+        self.wait_all_ready(g).await
+    }
+
+    async fn start_stopped(&self, svc: &Svc, g: &mut Group) -> Result<String, OpError> {
+        lock(&svc.shown).clear();
+        g.stopped = false;
+        self.scale_up(svc, g);
+        self.wait_all_ready(g).await?;
+        info!(service = %svc.name, "Service started");
+        Ok(format!(
+            "{}: {} instance(s) started",
+            svc.name,
+            g.slots.len()
+        ))
+    }
+
+    /// Replaces every instance with one of `spec`, one at a time, then scales
+    /// to `spec.instances`. Stops at the first replacement that does not
+    /// become ready; the instances not yet replaced keep serving.
+    async fn roll(&self, svc: &Svc, g: &mut Group, spec: Arc<Service>) -> Result<(), OpError> {
+        // The new settings are what the service should run from now on, even
+        // if this roll stops half way: a later restart tries them again.
+        svc.set_spec(g, spec.clone());
+        let want = spec.instances as usize;
+        while g.slots.len() > want {
+            let Some(old) = g.slots.pop() else { break };
+            let status = old.status_handle();
+            old.drain_and_stop().await;
+            self.retire(svc, g, &status);
+        }
+        let started = std::time::Instant::now();
+        for slot in 0..g.slots.len() {
+            if self.closing() {
+                return Err(OpError::Failed("centinela is shutting down".into()));
+            }
+            let old_status = g.slots[slot].status_handle();
+            let old_port = g.slots[slot].port();
+            let fail = |e: String| {
+                OpError::Failed(format!(
+                    "rolling restart of {} stopped at instance {slot}: replacement {e}",
+                    spec.name
+                ))
+            };
+            match Self::free_port(g, &spec) {
+                Some(port) => {
+                    // Surge: the replacement runs beside the old instance
+                    // until it is ready.
+                    let new = self.launch(svc, g, &spec, slot as u32, Some(port));
+                    if let Err(e) = new.wait_ready(spec.ready_timeout).await {
+                        let st = new.status_handle();
+                        new.stop().await;
+                        self.retire(svc, g, &st);
+                        warn!(service = %spec.name, slot, error = %e, "Rolling restart stopped: the replacement did not become ready; the old instance keeps serving");
+                        return Err(fail(e));
+                    }
+                    let old = std::mem::replace(&mut g.slots[slot], new);
+                    old.drain_and_stop().await;
+                    self.retire(svc, g, &old_status);
+                    info!(service = %spec.name, slot, old_port = ?old_port, new_port = port, "Instance replaced");
+                }
+                None => {
+                    // No spare port (or no ports): the old instance leaves
+                    // first, and the replacement takes its port.
+                    let port = old_port.filter(|p| spec.port_pool().any(|q| q == *p));
+                    if spec.ports.is_some() && port.is_none() {
+                        return Err(fail(format!(
+                            "has no free port in {:?}",
+                            spec.ports.unwrap_or_default()
+                        )));
+                    }
+                    let old = g.slots.remove(slot);
+                    old.drain_and_stop().await;
+                    self.retire(svc, g, &old_status);
+                    let new = self.launch(svc, g, &spec, slot as u32, port);
+                    g.slots.insert(slot, new);
+                    if let Err(e) = g.slots[slot].wait_ready(spec.ready_timeout).await {
+                        warn!(service = %spec.name, slot, error = %e, "Rolling restart stopped: the replacement did not become ready");
+                        return Err(fail(e));
+                    }
+                    info!(service = %spec.name, slot, port = ?port, "Instance replaced in place");
+                }
+            }
+        }
+        self.scale_up(svc, g);
+        self.wait_all_ready(g).await?;
+        info!(service = %spec.name, instances = g.slots.len(), secs = started.elapsed().as_secs_f64(), "Rolling restart finished");
+        Ok(())
+    }
+}
+
+/// Refreshes CPU% and RSS of every shown instance every 2 s, while the
+/// supervisor lives.
+async fn sample_stats(inner: Weak<Inner>) {
+    let mut sampler = stats::Sampler::default();
+    loop {
+        let shown: Vec<Arc<Mutex<Status>>> = {
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.closing() {
+                return;
+            }
+            let services = lock(&inner.services).clone();
+            services
+                .iter()
+                .flat_map(|s| lock(&s.shown).clone())
+                .collect()
+        };
+        let pids: Vec<u32> = shown.iter().filter_map(|s| lock(s).pid).collect();
+        // Reading /proc is blocking file I/O, though fast.
+        let sampled = tokio::task::spawn_blocking(move || sampler.sample_owned(&pids)).await;
+        let Ok((s, by_pid)) = sampled else { return };
+        sampler = s;
+        for st in &shown {
+            let mut st = lock(st);
+            if let Some((cpu, rss)) = st.pid.and_then(|p| by_pid.get(&p)) {
+                st.cpu_percent = *cpu;
+                st.rss_kib = Some(*rss);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+impl stats::Sampler {
+    fn sample_owned(mut self, pgids: &[u32]) -> (Self, HashMap<u32, (Option<f64>, u64)>) {
+        let r = self.sample(pgids);
+        (self, r)
+    }
 }
 
 impl View {
     /// `{"services":[{"name":..,"instances":[{state, pid, port, ...}]}]}`
     pub fn to_json(&self) -> serde_json::Value {
-        let mut services: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
-        for (svc, i, st) in self.0.iter() {
-            let st = st.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let inst = json!({
-                "index": i,
-                "state": st.state.name(),
-                "pid": st.pid,
-                "port": st.port,
-                "uptime_secs": st.pid.and(st.started_at).map(|t| t.elapsed().as_secs_f64()),
-                "restarts": st.restarts,
-                "last_exit": st.last_exit,
-                "stderr_tail": st.stderr_tail,
-                "rss_kib": st.pid.and_then(rss_kib),
-            });
-            match services.iter_mut().find(|(n, _)| *n == svc.name) {
-                Some((_, v)) => v.push(inst),
-                None => services.push((svc.name.clone(), vec![inst])),
-            }
-        }
-        json!({
-            "services": services
-                .into_iter()
-                .map(|(name, instances)| json!({"name": name, "instances": instances}))
-                .collect::<Vec<_>>()
-        })
+        let services: Vec<Arc<Svc>> = lock(&self.0.services).clone();
+        let services: Vec<serde_json::Value> = services
+            .iter()
+            .map(|svc| {
+                let mut all: Vec<Status> = lock(&svc.shown).iter().map(|s| lock(s).clone()).collect();
+                all.sort_by_key(|s| (s.slot, s.started_at));
+                let instances: Vec<serde_json::Value> = all
+                    .iter()
+                    .map(|st| {
+                        json!({
+                            "index": st.slot,
+                            "state": st.state.name(),
+                            "pid": st.pid,
+                            "port": st.port,
+                            "uptime_secs": st.pid.and(st.started_at).map(|t| t.elapsed().as_secs_f64()),
+                            "restarts": st.restarts,
+                            "last_exit": st.last_exit,
+                            "stderr_tail": st.stderr_tail,
+                            "cpu_percent": st.cpu_percent.map(|c| (c * 10.0).round() / 10.0),
+                            "rss_kib": st.rss_kib,
+                        })
+                    })
+                    .collect();
+                let upstream = lock(&svc.spec).upstream.clone();
+                json!({"name": svc.name, "upstream": upstream, "instances": instances})
+            })
+            .collect();
+        json!({ "services": services })
     }
 }

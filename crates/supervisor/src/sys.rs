@@ -1,10 +1,11 @@
-//! The supervisor's only `unsafe`: two Linux calls std does not offer.
+//! The supervisor's only `unsafe`: Linux calls std does not offer.
 //! - `kill(-pgid, sig)`: signals a whole process group, so a worker's own
 //!   children are stopped with it.
 //! - `prctl(PR_SET_PDEATHSIG, SIGKILL)` in the child between fork and exec,
 //!   so an instance dies when centinela dies, even by SIGKILL. It fires when
 //!   the *thread* that spawned the child exits: instances are spawned from
 //!   runtime worker threads, which live as long as centinela.
+//! - `sysconf` for the clock tick rate and page size, to read `/proc`.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -48,4 +49,38 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
             Ok(())
         });
     }
+}
+
+/// Clock ticks per second, the unit of CPU times in `/proc/PID/stat`.
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf(3) only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// The page size, the unit of RSS in `/proc/PID/stat`.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf(3) only reads a system constant.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}
+
+/// Sends `sig` to one process.
+pub fn kill_pid(pid: u32, sig: i32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    if pid <= 1 {
+        return false;
+    }
+    // SAFETY: as for kill_group; pid > 1 names one process.
+    unsafe { libc::kill(pid, sig) == 0 }
 }

@@ -41,6 +41,7 @@ fn service(dir: &Path, script: &str) -> Service {
         stop: Stop {
             signal: Signal::TERM,
             timeout: Duration::from_secs(5),
+            drain: Duration::from_secs(5),
         },
         liveness: None,
         // The scripts listen on no port: ready once `true` exits 0.
@@ -52,6 +53,7 @@ fn service(dir: &Path, script: &str) -> Service {
         }),
         logs: None,
         give_up: None,
+        ready_timeout: Duration::from_secs(10),
     }
 }
 

@@ -1,0 +1,198 @@
+//! What `/proc` tells about instances: CPU% and RSS per process group, and
+//! processes left behind by a centinela that died.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use tracing::warn;
+
+use crate::sys;
+
+/// Set in every instance's environment to the pid of the centinela that
+/// started it.
+pub const OWNER_ENV: &str = "CENTINELA_SUPERVISOR";
+
+/// One process, from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    pub pgrp: u32,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+    pub rss_pages: u64,
+}
+
+/// Parses `/proc/PID/stat`. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let pid = text.split_whitespace().next()?.parse().ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state); field n is f[n - 3].
+    let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    Some(ProcStat {
+        pid,
+        pgrp: num(5)? as u32,
+        cpu_ticks: num(14)? + num(15)?,
+        rss_pages: num(24)?,
+    })
+}
+
+fn all_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
+fn stat_of(pid: u32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU ticks and RSS pages summed over each process group.
+fn groups() -> HashMap<u32, (u64, u64)> {
+    let mut out: HashMap<u32, (u64, u64)> = HashMap::new();
+    for st in all_pids().filter_map(stat_of) {
+        let e = out.entry(st.pgrp).or_default();
+        e.0 += st.cpu_ticks;
+        e.1 += st.rss_pages;
+    }
+    out
+}
+
+/// Turns successive samples into CPU% and RSS per process group.
+pub struct Sampler {
+    ticks: u64,
+    page: u64,
+    last: HashMap<u32, (u64, Instant)>,
+}
+
+impl Default for Sampler {
+    fn default() -> Self {
+        Sampler {
+            ticks: sys::clock_ticks(),
+            page: sys::page_size(),
+            last: HashMap::new(),
+        }
+    }
+}
+
+impl Sampler {
+    /// For each process group in `pgids`: CPU% since the previous sample
+    /// (None on the first) and RSS in KiB.
+    pub fn sample(&mut self, pgids: &[u32]) -> HashMap<u32, (Option<f64>, u64)> {
+        let now = Instant::now();
+        let all = groups();
+        let mut out = HashMap::new();
+        let mut last = HashMap::new();
+        for &g in pgids {
+            let Some(&(cpu, rss)) = all.get(&g) else {
+                continue;
+            };
+            let pct = self.last.get(&g).and_then(|&(prev, at)| {
+                let secs = now.duration_since(at).as_secs_f64();
+                (secs > 0.0 && cpu >= prev)
+                    .then(|| (cpu - prev) as f64 / self.ticks as f64 / secs * 100.0)
+            });
+            out.insert(g, (pct, rss * self.page / 1024));
+            last.insert(g, (cpu, now));
+        }
+        self.last = last;
+        out
+    }
+}
+
+fn owner_of(pid: u32) -> Option<u32> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let key = format!("{OWNER_ENV}=");
+    env.split(|b| *b == 0).find_map(|kv| {
+        std::str::from_utf8(kv.strip_prefix(key.as_bytes())?)
+            .ok()?
+            .parse()
+            .ok()
+    })
+}
+
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// Kills processes started by a centinela that is no longer running (for
+/// example the children of a worker, which the kernel does not kill when
+/// centinela is SIGKILLed), so that they do not hold ports a new centinela
+/// needs. Returns the pids killed.
+pub fn sweep_orphans() -> Vec<u32> {
+    let me = std::process::id();
+    let my_comm = comm(me);
+    let mut killed = Vec::new();
+    for pid in all_pids() {
+        if pid == me {
+            continue;
+        }
+        let Some(owner) = owner_of(pid) else {
+            continue;
+        };
+        // The owner lives on if its pid is still a centinela.
+        if owner == me || (comm(owner).is_some() && comm(owner) == my_comm) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default();
+        warn!(pid, owner, command = %cmdline.trim_end(), "Killing a process left behind by a centinela that is gone");
+        if let Some(st) = stat_of(pid) {
+            if st.pgrp == pid {
+                sys::kill_group(pid, libc::SIGKILL);
+            }
+        }
+        sys::kill_pid(pid, libc::SIGKILL);
+        killed.push(pid);
+    }
+    killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_and_parens_in_the_name() {
+        let line = "4242 (my (odd) worker) S 1 4240 4240 0 -1 4194560 100 0 0 0 \
+                    250 50 0 0 20 0 1 0 12345 104857600 2560 18446744073709551615";
+        let st = parse_stat(line).unwrap();
+        assert_eq!(
+            st,
+            ProcStat {
+                pid: 4242,
+                pgrp: 4240,
+                cpu_ticks: 300,
+                rss_pages: 2560
+            }
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn samples_this_process_group_with_cpu_after_the_second_sample() {
+        let st = stat_of(std::process::id()).unwrap();
+        let mut s = Sampler::default();
+        let first = s.sample(&[st.pgrp]);
+        let (cpu, rss) = first[&st.pgrp];
+        assert_eq!(cpu, None);
+        assert!(rss > 100, "rss {rss} KiB");
+        // Burn 5 ticks of CPU so the second sample sees it.
+        let me = std::process::id();
+        let mut x = 0u64;
+        while stat_of(me).unwrap().cpu_ticks < st.cpu_ticks + 5 {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+        }
+        let (cpu, _) = s.sample(&[st.pgrp])[&st.pgrp];
+        let cpu = cpu.unwrap();
+        assert!(cpu > 0.0, "cpu {cpu}%");
+    }
+}
