@@ -62,6 +62,7 @@ pub struct Gateway {
     /// Supervised servers removed from their upstream, while requests in
     /// flight may still hold them (for [`Gateway::member_in_flight`]).
     draining: Mutex<HashMap<(String, SocketAddr), Weak<Server>>>,
+    member_changes: Mutex<()>,
     registry: Mutex<Registry>,
     listeners: Mutex<HashMap<String, RunningListener>>,
     health_tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -113,6 +114,7 @@ impl Gateway {
             base: Mutex::new(base),
             members: Mutex::new(HashMap::new()),
             draining: Mutex::new(HashMap::new()),
+            member_changes: Mutex::new(()),
             registry: Mutex::new(registry),
             listeners: Mutex::new(HashMap::new()),
             health_tasks: Mutex::new(Vec::new()),
@@ -241,6 +243,10 @@ impl Gateway {
     /// Builds and swaps in a snapshot of the base config plus supervised
     /// members, then restarts health checks for the new server set.
     fn rebuild(&self) {
+        // One rebuild at a time, from reading the members to storing the
+        // snapshot: two concurrent ones must not store an older member set
+        // last. (Lock order: registry, then base, then members.)
+        let mut registry = lock(&self.registry);
         let mut config = lock(&self.base).clone();
         {
             let members = lock(&self.members);
@@ -255,7 +261,7 @@ impl Gateway {
                 }
             }
         }
-        let snapshot = lock(&self.registry).build(config);
+        let snapshot = registry.build(config);
         self.shared.snapshot.store(Arc::new(snapshot));
         self.restart_health_checks();
     }
@@ -263,6 +269,9 @@ impl Gateway {
     /// Adds (`ready`) or removes a supervised instance as a server of
     /// `upstream`. Requests in flight to a removed server finish.
     pub fn set_member(&self, upstream: &str, addr: SocketAddr, ready: bool) {
+        // One change at a time: the server removed must be found in the
+        // snapshot before this change, not one that another change built.
+        let _one = lock(&self.member_changes);
         let changed = {
             let mut m = lock(&self.members);
             let set = m.entry(upstream.to_string()).or_default();

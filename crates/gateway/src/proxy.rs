@@ -267,9 +267,17 @@ async fn forward(
     let mut tried: Vec<usize> = Vec::with_capacity(cfg.retry.attempts as usize);
     let mut last_err: Option<ProxyError> = None;
     for attempt in 1..=cfg.retry.attempts {
-        let idx = match group.pick(&tried, key) {
-            Ok(i) => i,
-            Err(e) => return Err(last_err.unwrap_or(e)),
+        // Counted in flight before anything is sent, and never on a server
+        // retired in between (it is being drained: see `Server::retire`).
+        let (idx, in_flight) = loop {
+            let idx = match group.pick(&tried, key) {
+                Ok(i) => i,
+                Err(e) => return Err(last_err.unwrap_or(e)),
+            };
+            let guard = group.servers[idx].track();
+            if !group.servers[idx].is_retired() {
+                break (idx, guard);
+            }
         };
         tried.push(idx);
         let server = &group.servers[idx];
@@ -296,7 +304,6 @@ async fn forward(
         if now >= deadline {
             return Err(last_err.unwrap_or(ProxyError::Deadline));
         }
-        let in_flight = server.track();
         let per_attempt = cfg.timeouts.response.min(deadline - now);
         let deadline_bound = per_attempt < cfg.timeouts.response;
         let (outcome, err) =

@@ -119,21 +119,25 @@ impl Server {
     }
 
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Marks the server as removed from its upstream.
+    /// Marks the server as removed from its upstream. Together with
+    /// [`Server::track`] (both sequentially consistent), either a request
+    /// counted in flight sees the mark and goes elsewhere, or whoever reads
+    /// [`Server::in_flight`] after marking sees the request: a drain that
+    /// reads 0 after `retire` cannot miss a request about to be sent.
     pub fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
+        self.retired.store(true, Ordering::SeqCst);
     }
 
     pub fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Relaxed)
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// Counts a request in flight until the guard is dropped.
     pub fn track(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
     }
 

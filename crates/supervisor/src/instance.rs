@@ -110,6 +110,7 @@ enum StopMode {
 }
 
 pub struct Instance {
+    svc: Arc<Service>,
     status: Arc<Mutex<Status>>,
     stop: watch::Sender<Option<StopMode>>,
     state: watch::Receiver<State>,
@@ -152,8 +153,10 @@ impl Instance {
         }));
         let (stop, stop_rx) = watch::channel(None);
         let (state_tx, state) = watch::channel(State::Starting);
+        let svc = setup.svc.clone();
         let task = tokio::spawn(run(setup, status.clone(), state_tx, stop_rx));
         Instance {
+            svc,
             status,
             stop,
             state,
@@ -168,6 +171,11 @@ impl Instance {
     /// A handle on the live status, for status pages.
     pub fn status_handle(&self) -> Arc<Mutex<Status>> {
         self.status.clone()
+    }
+
+    /// The settings this instance runs with.
+    pub fn spec(&self) -> Arc<Service> {
+        self.svc.clone()
     }
 
     pub fn port(&self) -> Option<u16> {
@@ -375,6 +383,29 @@ async fn stop_asked(
     }
 }
 
+/// Resolves when a stop without drain is asked for (a drain under way is
+/// cut short).
+async fn stop_now(
+    stop: &mut watch::Receiver<Option<StopMode>>,
+    closing: &mut Option<watch::Receiver<bool>>,
+) {
+    let own = async {
+        let _ = stop.wait_for(|m| *m == Some(StopMode::Now)).await;
+    };
+    let all = async {
+        match closing {
+            Some(c) => {
+                let _ = c.wait_for(|c| *c).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = own => {}
+        _ = all => {}
+    }
+}
+
 /// Waits until no request is in flight to the instance, at most `limit`.
 async fn drain(member: &dyn Membership, upstream: &str, addr: SocketAddr, limit: Duration) -> u32 {
     let deadline = Instant::now() + limit;
@@ -459,7 +490,7 @@ async fn run(
                             let t = Instant::now();
                             let left = tokio::select! {
                                 n = drain(&**m, up, *addr, svc.stop.drain) => n,
-                                _ = stop_asked(&mut stop, &mut closing) => m.in_flight(up, *addr),
+                                _ = stop_now(&mut stop, &mut closing) => m.in_flight(up, *addr),
                             };
                             if left > 0 {
                                 warn!(instance = %name, pid, in_flight = left, drain_secs = svc.stop.drain.as_secs_f64(), "Drain time is up; stopping with requests in flight");

@@ -466,14 +466,22 @@ impl Inner {
                         )));
                     }
                     let old = g.slots.remove(slot);
+                    let old_spec = old.spec();
                     old.drain_and_stop().await;
                     self.retire(svc, g, &old_status);
                     let new = self.launch(svc, g, &spec, slot as u32, port);
-                    g.slots.insert(slot, new);
-                    if let Err(e) = g.slots[slot].wait_ready(spec.ready_timeout).await {
-                        warn!(service = %spec.name, slot, error = %e, "Rolling restart stopped: the replacement did not become ready");
+                    if let Err(e) = new.wait_ready(spec.ready_timeout).await {
+                        // Roll back this slot: the settings it ran before.
+                        let st = new.status_handle();
+                        new.stop().await;
+                        self.retire(svc, g, &st);
+                        let back = self.launch(svc, g, &old_spec, slot as u32, old_port);
+                        let back_ready = back.wait_ready(old_spec.ready_timeout).await;
+                        g.slots.insert(slot, back);
+                        warn!(service = %spec.name, slot, error = %e, rolled_back = back_ready.is_ok(), "Rolling restart stopped: the replacement did not become ready; the instance runs its previous settings again");
                         return Err(fail(e));
                     }
+                    g.slots.insert(slot, new);
                     info!(service = %spec.name, slot, port = ?port, "Instance replaced in place");
                 }
             }

@@ -114,7 +114,12 @@ fn owner_of(pid: u32) -> Option<u32> {
     })
 }
 
+/// The command name of a live (not zombie) process.
 fn comm(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    if stat[stat.rfind(')')? + 1..].trim_start().starts_with('Z') {
+        return None;
+    }
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .ok()
         .map(|s| s.trim_end().to_string())

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use centinela_testkit::{bin, client, field, HttpClient, Proc, ProductsApi, TempDir};
 
-struct Running {
-    proc: Proc,
-    web: SocketAddr,
-    admin: SocketAddr,
+pub(crate) struct Running {
+    pub proc: Proc,
+    pub web: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 fn gateway_config(servers: &[SocketAddr], extra: &str) -> String {
@@ -48,7 +48,7 @@ async fn spawn_apis(db: &std::path::Path, n: usize) -> Vec<ProductsApi> {
     apis
 }
 
-async fn run_gateway(cfg_path: &std::path::Path) -> Running {
+pub(crate) async fn run_gateway(cfg_path: &std::path::Path) -> Running {
     let mut proc = Proc::spawn(
         &bin("centinela"),
         &["run", "--config", cfg_path.to_str().unwrap()],
@@ -66,15 +66,17 @@ async fn run_gateway(cfg_path: &std::path::Path) -> Running {
 
 /// A bounded load: `workers` clients sending requests until `stop` is set or
 /// `max` has passed. Counts successes and failures, remembers failures.
-struct Load {
+pub(crate) struct Load {
     ok: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    /// `Location` of every product created (201).
+    created: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
 }
 
 impl Load {
-    fn start(
+    pub(crate) fn start(
         c: &HttpClient,
         base: String,
         workers: usize,
@@ -84,14 +86,16 @@ impl Load {
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let created = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for w in 0..workers {
-            let (c, base, ok, failed, stop) = (
+            let (c, base, ok, failed, stop, created) = (
                 c.clone(),
                 base.clone(),
                 ok.clone(),
                 failed.clone(),
                 stop.clone(),
+                created.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let end = Instant::now() + max;
@@ -113,6 +117,10 @@ impl Load {
                     match res {
                         Ok(g) if g.status < 300 => {
                             ok.fetch_add(1, Ordering::Relaxed);
+                            if g.status == 201 {
+                                let at = g.header("location").unwrap_or("?").to_string();
+                                created.lock().unwrap().push(at);
+                            }
                         }
                         Ok(g) => {
                             failed.fetch_add(1, Ordering::Relaxed);
@@ -130,12 +138,13 @@ impl Load {
         Load {
             ok,
             failed,
+            created,
             stop,
             tasks,
         }
     }
 
-    async fn finish(self) -> (u64, u64, Vec<String>) {
+    pub(crate) async fn finish(self) -> (u64, u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         let mut errors = Vec::new();
         for t in self.tasks {
@@ -148,12 +157,17 @@ impl Load {
         )
     }
 
-    fn ok(&self) -> u64 {
+    /// `Location` of every product created so far.
+    pub(crate) fn created(&self) -> Vec<String> {
+        self.created.lock().unwrap().clone()
+    }
+
+    pub(crate) fn ok(&self) -> u64 {
         self.ok.load(Ordering::Relaxed)
     }
 
     /// Waits (up to 5 s) until `n` more requests succeeded.
-    async fn wait_progress(&self, n: u64) {
+    pub(crate) async fn wait_progress(&self, n: u64) {
         let start = self.ok();
         assert!(
             centinela_testkit::eventually(Duration::from_secs(5), || async {
@@ -165,7 +179,7 @@ impl Load {
     }
 
     /// Waits until the bounded load ends by itself.
-    async fn run_out(&self) {
+    pub(crate) async fn run_out(&self) {
         while self.tasks.iter().any(|t| !t.is_finished()) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -496,7 +510,7 @@ async fn json_logs_carry_access_lines_and_state_change_events() {
     assert!(a["duration_ms"].as_f64().unwrap() > 0.0);
 }
 
-async fn services_json(c: &HttpClient, admin: SocketAddr) -> serde_json::Value {
+pub(crate) async fn services_json(c: &HttpClient, admin: SocketAddr) -> serde_json::Value {
     let got = centinela_testkit::get(c, &format!("http://{admin}/-/services"))
         .await
         .unwrap();
@@ -506,13 +520,35 @@ async fn services_json(c: &HttpClient, admin: SocketAddr) -> serde_json::Value {
 
 /// Writes a config whose upstream `products` is fed by `n` supervised
 /// products-api instances on a free port range; returns the first port.
-fn supervised_config(
+pub(crate) fn supervised_config(
     path: &std::path::Path,
     n: u16,
     upstream_extra: &str,
     service_extra: &str,
 ) -> u16 {
     let base = centinela_testkit::free_port_range(n);
+    write_supervised_config(
+        path,
+        n,
+        (base, base + n - 1),
+        &[],
+        upstream_extra,
+        service_extra,
+    );
+    base
+}
+
+/// Writes the config of [`supervised_config`] with `n` instances on the
+/// port pool `ports` (first, last).
+pub(crate) fn write_supervised_config(
+    path: &std::path::Path,
+    n: u16,
+    ports: (u16, u16),
+    extra_args: &[&str],
+    upstream_extra: &str,
+    service_extra: &str,
+) {
+    let extra_args: String = extra_args.iter().map(|a| format!(", \"{a}\"")).collect();
     std::fs::write(
         path,
         format!(
@@ -531,9 +567,9 @@ upstream = "products"
 
 [service.products]
 command = "{}"
-args = ["--listen", "127.0.0.1:{{port}}", "--db", "products.db"]
+args = ["--listen", "127.0.0.1:{{port}}", "--db", "products.db"{extra_args}]
 instances = {n}
-ports = "{base}-{}"
+ports = "{}-{}"
 upstream = "products"
 readiness = {{ http = "/health", interval = "20ms" }}
 {service_extra}
@@ -542,15 +578,15 @@ readiness = {{ http = "/health", interval = "20ms" }}
 access_log = false
 "#,
             bin("products-api").display(),
-            base + n - 1
+            ports.0,
+            ports.1
         ),
     )
     .unwrap();
-    base
 }
 
 /// Sends a signal (`-9`, `-STOP`...) with the shell's `kill`.
-fn kill(signal: &str, pid: u64) {
+pub(crate) fn kill(signal: &str, pid: u64) {
     let ok = std::process::Command::new("/bin/sh")
         .args(["-c", &format!("kill {signal} {pid}")])
         .status()

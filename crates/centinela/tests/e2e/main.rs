@@ -6,4 +6,5 @@ mod health;
 mod lifecycle;
 mod proxy;
 mod retries;
+mod rolling;
 mod util;
