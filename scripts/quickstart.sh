@@ -51,7 +51,7 @@ command = "$PWD/target/release/products-api"
 args = ["--listen", "127.0.0.1:{port}", "--db", "products.db"]
 workdir = "."
 instances = 3
-ports = "8001-8003"
+ports = "8001-8004"   # one spare: rolling restarts start each replacement first
 upstream = "products"
 readiness = { http = "/health", interval = "100ms" }
 liveness = { http = "/health", interval = "2s", timeout = "1s", failures = 3 }
@@ -72,7 +72,7 @@ done
 
 cat <<TXT
 
-centinela is running: gateway on :8080 in front of 3 products-api instances (:8001-8003)
+centinela is running: gateway on :8080 in front of 3 products-api instances (:8001-8004 pool)
 that it runs and keeps alive itself.
 
   curl -i http://127.0.0.1:8080/products
@@ -88,7 +88,9 @@ Admin:
 
 Try a failure: kill -9 \$(pgrep -f 'products-api --listen 127.0.0.1:8002')
 and keep curling: no request fails, and centinela restarts it in well under a second.
-Reload the config: kill -HUP $gw
+Deploy without dropping a request (one instance at a time, each drained):
+  target/release/centinela restart products --admin 127.0.0.1:9901
+Reload the config (e.g. change instances = 3 to 4): kill -HUP $gw
 Logs: $data/centinela.log, $data/logs/      Stop: Ctrl-C
 TXT
 
@@ -96,6 +98,8 @@ if [ "${QUICKSTART_SMOKE:-}" = 1 ]; then
     # Non-interactive check used by CI: one request through the gateway.
     [ "$(status_of 8080 /products)" = 200 ] || { echo "quickstart smoke test: FAILED"; cat "$data/centinela.log"; exit 1; }
     target/release/centinela status --admin 127.0.0.1:9901
+    target/release/centinela restart products --admin 127.0.0.1:9901 || { echo "quickstart smoke test: restart FAILED"; cat "$data/centinela.log"; exit 1; }
+    [ "$(status_of 8080 /products)" = 200 ] || { echo "quickstart smoke test: FAILED after restart"; exit 1; }
     echo "quickstart smoke test: OK"
     exit 0
 fi
