@@ -208,7 +208,24 @@ async fn stop_drains_in_flight_requests_start_brings_it_back_and_a_bad_rollout_k
         .await,
         "the slow request never reached an instance"
     );
-    let stop = cli(&["stop", "products", "--admin", &admin]).await;
+    let stop = {
+        let admin = admin.clone();
+        tokio::spawn(async move { cli(&["stop", "products", "--admin", &admin]).await })
+    };
+    // The instance with the request shows `draining` until it finishes.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            services_json(&c, gw.admin)
+                .await
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["state"] == "draining")
+        })
+        .await,
+        "no instance was shown draining"
+    );
+    let stop = stop.await.unwrap();
     assert!(stop.status.success(), "{}", text(&stop.stderr));
     assert!(text(&stop.stdout).contains("2 instance(s) drained and stopped"));
     let slow = slow.await.unwrap().unwrap();
@@ -483,4 +500,74 @@ access_log = false
     assert_eq!(got.status, 200);
     gw2.proc.signal(libc::SIGTERM);
     let _ = gw2.proc.wait_exit(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_starts_an_added_service_and_stops_a_removed_one() {
+    let dir = TempDir::new("addsvc");
+    let cfg = dir.path("centinela.toml");
+    let base = centinela_testkit::free_port_range(1);
+    write_supervised_config(&cfg, 1, (base, base), &[], UPSTREAM, "");
+    let mut gw = run_gateway(&cfg).await;
+    let c = client();
+    all_ready(&c, gw.admin, 1, Duration::from_secs(20)).await;
+    let service_names = |v: serde_json::Value| -> Vec<String> {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // A worker without ports is added by reload: it starts.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "\n[service.worker]\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"echo working; exec sleep 300\"]\ninstances = 2\n",
+    );
+    std::fs::write(&cfg, &text).unwrap();
+    gw.proc.signal(libc::SIGHUP);
+    gw.proc
+        .wait_line("worker: added", Duration::from_secs(20))
+        .await;
+    let got = centinela_testkit::get(&c, &format!("http://{}/-/services", gw.admin))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(service_names(v.clone()), ["products", "worker"]);
+    let workers: Vec<u64> = v["services"][1]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            assert_eq!(i["state"], "ready", "{i}");
+            i["pid"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(workers.len(), 2);
+    assert!(workers.iter().all(|p| centinela_testkit::alive(*p)));
+
+    // Removed again: its instances stop, products is untouched.
+    let products_before = all_ready(&c, gw.admin, 1, Duration::from_secs(1)).await;
+    write_supervised_config(&cfg, 1, (base, base), &[], UPSTREAM, "");
+    gw.proc.signal(libc::SIGHUP);
+    gw.proc
+        .wait_line("worker: removed", Duration::from_secs(20))
+        .await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            workers.iter().all(|p| !centinela_testkit::alive(*p))
+        })
+        .await,
+        "worker instances outlived their removal"
+    );
+    let got = centinela_testkit::get(&c, &format!("http://{}/-/services", gw.admin))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(service_names(v), ["products"]);
+    assert_eq!(
+        all_ready(&c, gw.admin, 1, Duration::from_secs(1)).await,
+        products_before
+    );
 }
