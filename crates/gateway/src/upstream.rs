@@ -30,6 +30,8 @@ pub fn new_client(cfg: &Config) -> HttpClient {
     connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(cfg.timeouts.idle)
+        // See `listener::builder`: flat writes are cheaper for small requests.
+        .http1_writev(false)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector)
