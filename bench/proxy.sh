@@ -182,13 +182,16 @@ import re, sys
 target, conns, ticks, hz, hwm, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 out = open(path).read()
 def ms(v):
-    m = re.match(r"([\d.]+)(us|ms|s)", v); x = float(m.group(1))
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    if not m:
+        sys.exit(f"cannot read a latency from {v!r} in the wrk output of {target} c={conns}:\n{out}")
+    x = float(m.group(1))
     return x / 1000 if m.group(2) == "us" else x * 1000 if m.group(2) == "s" else x
 reqs = int(re.search(r"(\d+) requests in", out).group(1))
 errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 sock = re.search(r"Socket errors: (.*)", out)
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", out).group(1)); p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)); p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
 cpu = ticks * 1e6 / hz / reqs if target != "direct" else float("nan")
 bad = (int(errs.group(1)) if errs else 0)
 print(f"{target}\t{conns}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu:.1f}\t{hwm/1024:.1f}\t{bad}\t{(sock.group(1) if sock else '')}")

@@ -510,6 +510,11 @@ async fn sample_stats(inner: Weak<Inner>) {
                 .collect()
         };
         let pids: Vec<u32> = shown.iter().filter_map(|s| lock(s).pid).collect();
+        if pids.is_empty() {
+            // Nothing to measure: do not scan /proc.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
         // Reading /proc is blocking file I/O, though fast.
         let sampled = tokio::task::spawn_blocking(move || sampler.sample_owned(&pids)).await;
         let Ok((s, by_pid)) = sampled else { return };

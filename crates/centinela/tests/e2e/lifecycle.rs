@@ -741,6 +741,18 @@ async fn supervised_instances_serve_traffic_are_restarted_after_kill_9_and_die_w
     let i = &services_json(&c, gw.admin).await[1];
     assert_eq!(i["restarts"], 1);
     assert_eq!(i["last_exit"], "signal 9");
+    // CPU% and RSS come from /proc (sampled every 2 s): an instance serving
+    // the load uses some CPU and a few MiB.
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(6), || async {
+            let i = &services_json(&c, gw.admin).await[0];
+            i["cpu_percent"].as_f64().is_some_and(|c| c > 0.0)
+                && i["rss_kib"].as_u64().is_some_and(|r| r > 1024)
+        })
+        .await,
+        "no CPU% or RSS: {}",
+        services_json(&c, gw.admin).await[0]
+    );
     load.run_out().await;
     let (ok, failed, errors) = load.finish().await;
     assert_eq!(
