@@ -4,7 +4,10 @@
 #
 #   bench/proxy.sh [SECONDS_PER_RUN]      (default 10)
 #
-# Prints, per target and connection count: requests/s, p50 and p99 latency,
+# The proxies run on CPU 1 and wrk and the origin on CPU 0 (when there are
+# two cores and taskset), so that the load generator does not steal the
+# proxy's core. Prints, per target and connection count (median of ROUNDS
+# interleaved runs): requests/s, p50 and p99 latency,
 # the proxy's CPU µs per request (user+sys from /proc ÷ requests) and its
 # peak RSS; then RSS with 1,000 idle keep-alive client connections, and
 # centinela's peak RSS while 1 GiB is uploaded and downloaded through it.
@@ -13,6 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 CONNS=${CONNS:-"1 32 128"}
+# Rounds are interleaved (every target once per round) and summarised by
+# their median, so that a slow minute of the shared machine does not land on
+# one target only.
+ROUNDS=${ROUNDS:-3}
 
 need=()
 for t in haproxy:haproxy nginx:nginx wrk:wrk curl:curl; do
@@ -144,10 +151,15 @@ while True:
     c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 PY
 
-nginx -c "$work/origin.conf" & pids+=($!)
-nginx -c "$work/nginx.conf" & pids+=($!); NGX_MASTER=$!
-haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!); HAP_PID=$!
-RUST_LOG=warn target/release/centinela run --config "$work/centinela.toml" 2>"$work/centinela.log" & pids+=($!); CEN_PID=$!
+# CPU pinning: proxies on CPU 1, load generator and origin on CPU 0.
+LOADCPU=(); PROXYCPU=()
+if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+    LOADCPU=(taskset -c 0); PROXYCPU=(taskset -c 1)
+fi
+"${LOADCPU[@]}" nginx -c "$work/origin.conf" & pids+=($!)
+"${PROXYCPU[@]}" nginx -c "$work/nginx.conf" & pids+=($!); NGX_MASTER=$!
+"${PROXYCPU[@]}" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!); HAP_PID=$!
+RUST_LOG=warn "${PROXYCPU[@]}" target/release/centinela run --config "$work/centinela.toml" 2>"$work/centinela.log" & pids+=($!); CEN_PID=$!
 python3 "$work/sink.py" "$UP" & pids+=($!)
 for p in $ORIGIN $NGX $HAP $CEN $BIG $UP; do wait_port "$p"; done
 
@@ -168,18 +180,21 @@ HZ=$(getconf CLK_TCK)
 
 results="$work/results.tsv"
 : >"$results"
+# Warm up pools and caches.
 for target in direct centinela haproxy nginx; do
-    # Warm up pools and caches.
-    wrk -t1 -c32 -d2s "http://127.0.0.1:$(port_of $target)/" >/dev/null
-    for c in $CONNS; do
+    "${LOADCPU[@]}" wrk -t1 -c32 -d2s "http://127.0.0.1:$(port_of $target)/" >/dev/null
+done
+for round in $(seq 1 "$ROUNDS"); do
+  for c in $CONNS; do
+    for target in direct centinela haproxy nginx; do
         ps=$(proc_pids $target)
         before=0; [ -n "$ps" ] && before=$(cpu_ticks $ps)
-        wrk -t1 -c"$c" -d"${DUR}s" --latency "http://127.0.0.1:$(port_of $target)/" >"$work/wrk.out"
+        "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" --latency "http://127.0.0.1:$(port_of $target)/" >"$work/wrk.out"
         after=0; [ -n "$ps" ] && after=$(cpu_ticks $ps)
         hwm=0; [ -n "$ps" ] && hwm=$(sum_status VmHWM $ps)
-        python3 - "$target" "$c" "$((after - before))" "$HZ" "$hwm" "$work/wrk.out" >>"$results" <<'PY'
+        python3 - "$target" "$c" "$((after - before))" "$HZ" "$hwm" "$work/wrk.out" "$round" >>"$results" <<'PY'
 import re, sys
-target, conns, ticks, hz, hwm, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+target, conns, ticks, hz, hwm, path, rnd = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
 out = open(path).read()
 def ms(v):
     m = re.match(r"([\d.]+)(us|ms|s)", v)
@@ -189,14 +204,14 @@ def ms(v):
     return x / 1000 if m.group(2) == "us" else x * 1000 if m.group(2) == "s" else x
 reqs = int(re.search(r"(\d+) requests in", out).group(1))
 errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-sock = re.search(r"Socket errors: (.*)", out)
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)); p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
 cpu = ticks * 1e6 / hz / reqs if target != "direct" else float("nan")
 bad = (int(errs.group(1)) if errs else 0)
-print(f"{target}\t{conns}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu:.1f}\t{hwm/1024:.1f}\t{bad}\t{(sock.group(1) if sock else '')}")
+print(f"{target}\t{conns}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu:.1f}\t{hwm/1024:.1f}\t{bad}\t{rnd}")
 PY
     done
+  done
 done
 
 # RSS with 1,000 idle keep-alive client connections.
@@ -232,23 +247,43 @@ STREAM_HWM=$(sum_status VmHWM $CEN_PID)
 
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "Versions: $(target/release/centinela --version), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3), wrk -t1, ${DUR}s per run"
+echo "Versions: $(target/release/centinela --version), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3), wrk -t1, ${DUR}s per run, median of $ROUNDS interleaved rounds${PROXYCPU:+, proxies pinned to CPU 1, wrk and origin to CPU 0}"
 echo
-echo "| target | conns | req/s | p50 ms | p99 ms | proxy CPU µs/req | proxy peak RSS MiB | non-2xx |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-awk -F'\t' '{ cpu = ($1=="direct") ? "-" : $6; rss = ($1=="direct") ? "-" : $7; printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, cpu, rss, $8 }' "$results"
-echo
-echo "Ratios, centinela ÷ other (CPU µs/req; p99):"
 python3 - "$results" <<'PY'
-import sys
+import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-by = {(r[0], r[1]): r for r in rows}
-for c in sorted({r[1] for r in rows}, key=int):
-    ce = by.get(("centinela", c))
+keys = []
+for r in rows:
+    if (r[0], r[1]) not in keys:
+        keys.append((r[0], r[1]))
+order = {"direct": 0, "centinela": 1, "haproxy": 2, "nginx": 3}
+keys.sort(key=lambda k: (order[k[0]], int(k[1])))
+med = {}
+print(f"| target | conns | req/s | p50 ms | p99 ms | proxy CPU µs/req | proxy peak RSS MiB | non-2xx |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for k in keys:
+    rs = [r for r in rows if (r[0], r[1]) == k]
+    m = lambda i: statistics.median(float(r[i]) for r in rs)
+    med[k] = {"rps": m(2), "p50": m(3), "p99": m(4), "cpu": m(5)}
+    cpu = "-" if k[0] == "direct" else f"{med[k]['cpu']:.1f}"
+    rss = "-" if k[0] == "direct" else f"{max(float(r[6]) for r in rs):.1f}"
+    bad = sum(int(r[7]) for r in rs)
+    print(f"| {k[0]} | {k[1]} | {med[k]['rps']:.0f} | {med[k]['p50']:.3f} | {med[k]['p99']:.3f} | {cpu} | {rss} | {bad} |")
+print()
+print("Ratios, centinela ÷ other, of the medians (in brackets: the range of the per-round ratios):")
+for c in sorted({k[1] for k in keys}, key=int):
     for other in ("haproxy", "nginx"):
-        o = by.get((other, c))
-        if ce and o:
-            print(f"  {c:>4} conns vs {other:<7}: CPU {float(ce[5])/float(o[5]):.2f}x   p99 {float(ce[4])/float(o[4]):.2f}x   req/s {float(ce[2])/float(o[2]):.2f}x")
+        ce, o = med.get(("centinela", c)), med.get((other, c))
+        if not (ce and o):
+            continue
+        per = []
+        for rnd in sorted({r[8] for r in rows}):
+            a = [r for r in rows if r[0] == "centinela" and r[1] == c and r[8] == rnd]
+            b = [r for r in rows if r[0] == other and r[1] == c and r[8] == rnd]
+            if a and b:
+                per.append(float(a[0][5]) / float(b[0][5]))
+        spread = f"[{min(per):.2f}-{max(per):.2f}]" if per else ""
+        print(f"  {c:>4} conns vs {other:<7}: CPU {ce['cpu']/o['cpu']:.2f}x {spread:<12} p99 {ce['p99']/o['p99']:.2f}x   req/s {ce['rps']/o['rps']:.2f}x")
 PY
 echo
 echo "RSS with 1,000 idle keep-alive connections: centinela $((IDLE[centinela]/1024)) MiB, haproxy $((IDLE[haproxy]/1024)) MiB, nginx $((IDLE[nginx]/1024)) MiB"

@@ -32,18 +32,40 @@ impl Db {
             .map_err(|err| format!("cannot open database {}: {err}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(e)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS products (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 name TEXT NOT NULL,
-                 price REAL NOT NULL,
-                 stock INTEGER NOT NULL,
-                 description TEXT
-             );",
-        )
-        .map_err(|err| format!("cannot initialise database {}: {err}", path.display()))?;
+        let init = || {
+            conn.execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 PRAGMA synchronous=NORMAL;
+                 CREATE TABLE IF NOT EXISTS products (
+                     id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     name TEXT NOT NULL,
+                     price REAL NOT NULL,
+                     stock INTEGER NOT NULL,
+                     description TEXT
+                 );",
+            )
+        };
+        // Several instances starting at once on a new file: switching it to
+        // WAL can answer SQLITE_BUSY without waiting for the busy timeout.
+        // Retry for up to 5 s.
+        let mut tries = 0;
+        loop {
+            match init() {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if f.code == rusqlite::ErrorCode::DatabaseBusy && tries < 250 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(err) => {
+                    return Err(format!(
+                        "cannot initialise database {}: {err}",
+                        path.display()
+                    ))
+                }
+            }
+        }
         Ok(Db(Arc::new(Mutex::new(conn))))
     }
 

@@ -213,3 +213,28 @@ async fn bad_flags_exit_2_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_started_together_on_a_new_database_all_come_up() {
+    // A supervisor starts every instance at once; creating the database and
+    // switching it to WAL must not make any of them fail.
+    for round in 0..10 {
+        let dir = TempDir::new(&format!("together{round}"));
+        let db = dir.path("p.db");
+        let db = db.to_str().unwrap();
+        let mut procs: Vec<centinela_testkit::Proc> = (0..16)
+            .map(|_| {
+                centinela_testkit::Proc::spawn(
+                    &centinela_testkit::bin("products-api"),
+                    &["--listen", "127.0.0.1:0", "--db", db],
+                )
+            })
+            .collect();
+        for p in &mut procs {
+            let line = p
+                .wait_line("listening on", std::time::Duration::from_secs(10))
+                .await;
+            assert!(line.contains("127.0.0.1:"), "{line}");
+        }
+    }
+}

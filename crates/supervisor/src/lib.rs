@@ -197,8 +197,8 @@ impl Supervisor {
             let Some(svc) = existing else {
                 let svc = inner.add(spec.clone());
                 let mut g = svc.group.lock().await;
-                inner.scale_up(&svc, &mut g);
-                let r = inner.wait_all_ready(&g).await;
+                let new = inner.scale_up(&svc, &mut g);
+                let r = inner.wait_all_ready(&g, new).await;
                 info!(service = %spec.name, instances = spec.instances, "Service added by reload");
                 out.push(r.map(|()| format!("{}: added", spec.name)));
                 continue;
@@ -355,8 +355,9 @@ impl Inner {
 
     /// Starts the slots missing up to `instances`, each on its own port
     /// (`first + slot` when free), without waiting.
-    fn scale_up(&self, svc: &Svc, g: &mut Group) {
+    fn scale_up(&self, svc: &Svc, g: &mut Group) -> std::ops::Range<usize> {
         let spec = g.spec.clone();
+        let from = g.slots.len();
         while g.slots.len() < spec.instances as usize && !self.closing() {
             let slot = g.slots.len() as u32;
             let used: Vec<u16> = g.slots.iter().filter_map(Instance::port).collect();
@@ -368,11 +369,17 @@ impl Inner {
             let inst = self.launch(svc, g, &spec, slot, port);
             g.slots.push(inst);
         }
+        from..g.slots.len()
     }
 
-    async fn wait_all_ready(&self, g: &Group) -> Result<(), OpError> {
+    /// Waits until the instances in `slots` (just started) are ready.
+    async fn wait_all_ready(
+        &self,
+        g: &Group,
+        slots: std::ops::Range<usize>,
+    ) -> Result<(), OpError> {
         let mut errors = Vec::new();
-        for inst in &g.slots {
+        for inst in &g.slots[slots] {
             if let Err(e) = inst.wait_ready(g.spec.ready_timeout).await {
                 errors.push(format!("{}[{}]: {e}", g.spec.name, inst.status().slot));
             }
@@ -394,15 +401,15 @@ impl Inner {
             old.drain_and_stop().await;
             self.retire(svc, g, &status);
         }
-        self.scale_up(svc, g);
-        self.wait_all_ready(g).await
+        let new = self.scale_up(svc, g);
+        self.wait_all_ready(g, new).await
     }
 
     async fn start_stopped(&self, svc: &Svc, g: &mut Group) -> Result<String, OpError> {
         lock(&svc.shown).clear();
         g.stopped = false;
-        self.scale_up(svc, g);
-        self.wait_all_ready(g).await?;
+        let new = self.scale_up(svc, g);
+        self.wait_all_ready(g, new).await?;
         info!(service = %svc.name, "Service started");
         Ok(format!(
             "{}: {} instance(s) started",
@@ -486,8 +493,8 @@ impl Inner {
                 }
             }
         }
-        self.scale_up(svc, g);
-        self.wait_all_ready(g).await?;
+        let new = self.scale_up(svc, g);
+        self.wait_all_ready(g, new).await?;
         info!(service = %spec.name, instances = g.slots.len(), secs = started.elapsed().as_secs_f64(), "Rolling restart finished");
         Ok(())
     }
