@@ -229,3 +229,85 @@ async fn output_goes_to_rotating_log_files_that_keep_at_most_keep() {
     assert_eq!(names, vec!["app-0.log", "app-0.log.1", "app-0.log.2"]);
     inst.stop().await;
 }
+
+/// Pids of a service's running instances, from the status view.
+fn pids(sup: &centinela_supervisor::Supervisor, name: &str) -> Vec<Option<u64>> {
+    let v = sup.view().to_json();
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == name)
+        .flat_map(|s| s["instances"].as_array().unwrap().clone())
+        .map(|i| i["pid"].as_u64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supervisor_scales_rolls_stops_and_starts_a_service() {
+    use centinela_supervisor::{OpError, Supervisor};
+    let d = tempdir("ops");
+    let mut svc = service(&d.0, "exec sleep 300");
+    svc.ports = None;
+    let sup = Supervisor::start(std::slice::from_ref(&svc), None);
+    let ready = |n: usize| {
+        let p = pids(&sup, "app");
+        p.len() == n && p.iter().all(Option::is_some)
+    };
+    assert!(until(Duration::from_secs(5), || ready(1)).await);
+
+    // An instance that was restarted once does not fail a later scale-up.
+    let first = pids(&sup, "app")[0].unwrap();
+    assert!(std::process::Command::new("/bin/sh")
+        .args(["-c", &format!("kill -9 {first}")])
+        .status()
+        .is_ok_and(|s| s.success()));
+    assert!(
+        until(Duration::from_secs(5), || ready(1)
+            && pids(&sup, "app")[0] != Some(first))
+        .await
+    );
+    svc.instances = 3;
+    let r = sup.apply(std::slice::from_ref(&svc)).await;
+    assert_eq!(
+        r,
+        vec![Ok("app: scaled from 1 to 3 instance(s)".to_string())]
+    );
+    assert!(ready(3));
+
+    // A rolling restart replaces every instance (in place: no ports).
+    let before = pids(&sup, "app");
+    let r = sup.restart("app").await.unwrap();
+    assert!(r.contains("3 instance(s) replaced"), "{r}");
+    let after = pids(&sup, "app");
+    assert_eq!(after.len(), 3);
+    for p in &before {
+        assert!(!after.contains(p), "{p:?} was not replaced");
+        assert!(!alive_u32(p.unwrap() as u32));
+    }
+
+    // Stop, then start.
+    assert!(sup.stop_service("app").await.unwrap().contains("stopped"));
+    assert!(pids(&sup, "app").iter().all(Option::is_none));
+    assert!(after.iter().all(|p| !alive_u32(p.unwrap() as u32)));
+    assert!(sup.start_service("app").await.unwrap().contains("started"));
+    assert!(ready(3));
+    assert_eq!(
+        sup.restart("nosuch").await,
+        Err(OpError::NotFound("nosuch".into()))
+    );
+
+    // Scale down by reload, then remove.
+    svc.instances = 1;
+    let r = sup.apply(std::slice::from_ref(&svc)).await;
+    assert_eq!(
+        r,
+        vec![Ok("app: scaled from 3 to 1 instance(s)".to_string())]
+    );
+    assert!(ready(1));
+    let last = pids(&sup, "app")[0].unwrap();
+    let r = sup.apply(&[]).await;
+    assert_eq!(r, vec![Ok("app: removed".to_string())]);
+    assert!(!alive_u32(last as u32));
+    sup.stop().await;
+}
