@@ -317,7 +317,7 @@ fn status(admin: Option<String>, config: &Path, json: bool) -> ExitCode {
                     .as_f64()
                     .map(|u| format!("{u:.0}s"))
                     .unwrap_or_else(dash),
-                i["restarts"],
+                i["restarts"].as_u64().unwrap_or(0),
                 i["cpu_percent"]
                     .as_f64()
                     .map(|c| format!("{c:.1}"))
@@ -484,6 +484,9 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     gw.add_action("services", service_action(supervisor.clone()));
     info!(config = %path.display(), pid = std::process::id(), services = services.len(), "centinela started");
     crate::sdnotify::notify("READY=1");
+    let trim = tokio::spawn(crate::memory::trim_periodically(
+        std::time::Duration::from_secs(10),
+    ));
     let watchdog = crate::sdnotify::watchdog_interval().map(|every| {
         tokio::spawn(async move {
             loop {
@@ -531,6 +534,7 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         }
     }
     crate::sdnotify::notify("STOPPING=1");
+    trim.abort();
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -1,6 +1,7 @@
 //! The `centinela` command: CLI parsing, logging, signals and the run loop.
 //! All data-plane logic lives in `centinela-gateway`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod cli;
+mod memory;
 pub mod sdnotify;
