@@ -255,7 +255,7 @@ fn command(svc: &Service, slot: u32, port: Option<u16>) -> tokio::process::Comma
     cmd.env("CENTINELA_INSTANCE", slot.to_string());
     // Marks the process as ours, so that a later centinela can find it if
     // it outlives this one (see `stats::sweep_orphans`).
-    cmd.env(crate::stats::OWNER_ENV, std::process::id().to_string());
+    cmd.env(crate::stats::OWNER_ENV, crate::stats::owner_tag());
     cmd.current_dir(&svc.workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

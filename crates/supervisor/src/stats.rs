@@ -103,26 +103,35 @@ impl Sampler {
     }
 }
 
-fn owner_of(pid: u32) -> Option<u32> {
+/// A process's start time (clock ticks since boot, field 22 of its stat),
+/// unless it is gone or a zombie. With the pid it names one process for
+/// good: a pid used again later has another start time.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    if f.first() == Some(&"Z") {
+        return None;
+    }
+    f.get(22 - 3)?.parse().ok()
+}
+
+/// The value of [`OWNER_ENV`] for processes this process starts:
+/// `PID:START_TIME`.
+pub fn owner_tag() -> String {
+    let me = std::process::id();
+    format!("{me}:{}", start_time(me).unwrap_or(0))
+}
+
+/// The owner recorded in a process's environment: (pid, start time).
+fn owner_of(pid: u32) -> Option<(u32, u64)> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     let key = format!("{OWNER_ENV}=");
     env.split(|b| *b == 0).find_map(|kv| {
-        std::str::from_utf8(kv.strip_prefix(key.as_bytes())?)
-            .ok()?
-            .parse()
-            .ok()
+        let v = std::str::from_utf8(kv.strip_prefix(key.as_bytes())?).ok()?;
+        let (p, t) = v.split_once(':')?;
+        Some((p.parse().ok()?, t.parse().ok()?))
     })
-}
-
-/// The command name of a live (not zombie) process.
-fn comm(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    if stat[stat.rfind(')')? + 1..].trim_start().starts_with('Z') {
-        return None;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string())
 }
 
 /// Kills processes started by a centinela that is no longer running (for
@@ -131,17 +140,16 @@ fn comm(pid: u32) -> Option<String> {
 /// needs. Returns the pids killed.
 pub fn sweep_orphans() -> Vec<u32> {
     let me = std::process::id();
-    let my_comm = comm(me);
     let mut killed = Vec::new();
     for pid in all_pids() {
         if pid == me {
             continue;
         }
-        let Some(owner) = owner_of(pid) else {
+        let Some((owner, started)) = owner_of(pid) else {
             continue;
         };
-        // The owner lives on if its pid is still a centinela.
-        if owner == me || (comm(owner).is_some() && comm(owner) == my_comm) {
+        // The owner lives on if a process with its pid and start time does.
+        if owner == me || start_time(owner) == Some(started) {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -178,6 +186,18 @@ mod tests {
             }
         );
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn the_owner_tag_names_this_process_by_pid_and_start_time() {
+        let tag = owner_tag();
+        let (pid, start) = tag.split_once(':').unwrap();
+        let pid: u32 = pid.parse().unwrap();
+        assert_eq!(pid, std::process::id());
+        assert_eq!(start_time(pid), Some(start.parse().unwrap()));
+        assert!(start.parse::<u64>().unwrap() > 0);
+        // No process has pid 0 in /proc; u32::MAX is above pid_max.
+        assert_eq!(start_time(u32::MAX), None);
     }
 
     #[test]

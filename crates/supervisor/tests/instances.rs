@@ -273,7 +273,7 @@ async fn supervisor_scales_rolls_stops_and_starts_a_service() {
         r,
         vec![Ok("app: scaled from 1 to 3 instance(s)".to_string())]
     );
-    assert!(ready(3));
+    assert!(ready(3), "{}", sup.view().to_json());
 
     // A rolling restart replaces every instance (in place: no ports).
     let before = pids(&sup, "app");
