@@ -437,6 +437,9 @@ async fn invalid_config_exits_2_with_line_and_column() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(
+        "OK (1 listener(s), 1 route(s), 1 upstream(s), 1 server(s), 0 service(s) with 0 instance(s))\n"
+    ));
     // A missing file and a bad flag are errors too, not panics.
     let out = std::process::Command::new(bin("centinela"))
         .args(["check", "--config", "/nonexistent.toml"])
