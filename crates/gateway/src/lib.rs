@@ -13,6 +13,7 @@ pub mod headers;
 pub mod health;
 pub mod limit;
 mod listener;
+pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use centinela_config::{HashKey, RetryOn};
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, Uri, Version};
 use http_body::{Body, SizeHint};
 use http_body_util::BodyExt;
@@ -26,9 +26,10 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::body::{Guards, ReqBody, RespBody};
+use crate::body::{Guards, ReqBody, RespBody, Reuse};
 use crate::error::ProxyError;
 use crate::headers;
+use crate::pool::SendError;
 use crate::route::{host_without_port, strip};
 use crate::server::Outcome;
 use crate::snapshot::Snapshot;
@@ -288,17 +289,17 @@ async fn forward(
             // A streamed body was already sent: it cannot be replayed.
             break;
         };
-        let mut uri_parts = http::uri::Parts::default();
-        uri_parts.scheme = Some(Scheme::HTTP);
-        uri_parts.authority = Some(server.authority.clone());
-        uri_parts.path_and_query = Some(path_and_query.clone());
-        let uri = Uri::from_parts(uri_parts)
-            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        // Origin form (`/path?query`) on the connection to the server.
         let mut up_req = Request::new(attempt_body);
         *up_req.method_mut() = parts.method.clone();
-        *up_req.uri_mut() = uri;
+        *up_req.uri_mut() = Uri::from(path_and_query.clone());
         *up_req.version_mut() = Version::HTTP_11;
         *up_req.headers_mut() = base_headers.clone();
+        if !up_req.headers().contains_key(header::HOST) {
+            if let Ok(h) = http::HeaderValue::from_str(server.authority.as_str()) {
+                up_req.headers_mut().insert(header::HOST, h);
+            }
+        }
 
         let now = Instant::now();
         if now >= deadline {
@@ -306,77 +307,79 @@ async fn forward(
         }
         let per_attempt = cfg.timeouts.response.min(deadline - now);
         let deadline_bound = per_attempt < cfg.timeouts.response;
-        let (outcome, err) =
-            match tokio::time::timeout(per_attempt, group.client.request(up_req)).await {
-                Ok(Ok(mut resp)) => {
-                    let status = resp.status();
-                    let outcome = if status.is_server_error() {
-                        Outcome::Status5xx
-                    } else {
-                        Outcome::Success
-                    };
-                    group.record(idx, outcome);
-                    let retry_status = cfg.retry.retries_status(status.as_u16());
-                    if retry_status
-                        && attempt < cfg.retry.attempts
-                        && idempotent
-                        && body.next().is_some()
-                        && group
-                            .budget
-                            .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
-                    {
-                        debug!(
-                            upstream = &*group.name,
-                            server = &**server.label(),
-                            status = status.as_u16(),
-                            attempt,
-                            "Retrying on status"
-                        );
-                        drop(resp);
-                        sleep_backoff(cfg, attempt, deadline).await;
-                        continue;
+        let (outcome, err) = match tokio::time::timeout(
+            per_attempt,
+            server
+                .pool
+                .send(server.addr, up_req, cfg.timeouts.connect, cfg.timeouts.idle),
+        )
+        .await
+        {
+            Ok(Ok((mut resp, conn))) => {
+                let status = resp.status();
+                let outcome = if status.is_server_error() {
+                    Outcome::Status5xx
+                } else {
+                    Outcome::Success
+                };
+                group.record(idx, outcome);
+                let retry_status = cfg.retry.retries_status(status.as_u16());
+                if retry_status
+                    && attempt < cfg.retry.attempts
+                    && idempotent
+                    && body.next().is_some()
+                    && group
+                        .budget
+                        .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
+                {
+                    debug!(
+                        upstream = &*group.name,
+                        server = &**server.label(),
+                        status = status.as_u16(),
+                        attempt,
+                        "Retrying on status"
+                    );
+                    drop(resp);
+                    sleep_backoff(cfg, attempt, deadline).await;
+                    continue;
+                }
+                if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_up) = client_upgrade {
+                        let upstream_up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(async move {
+                            if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
+                                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                            }
+                        });
                     }
-                    if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(client_up) = client_upgrade {
-                            let upstream_up = hyper::upgrade::on(&mut resp);
-                            tokio::spawn(async move {
-                                if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
-                                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                                }
-                            });
-                        }
-                        let (mut p, _) = resp.into_parts();
-                        headers::remove_hop_by_hop(&mut p.headers, true);
-                        p.headers.insert(headers::X_REQUEST_ID, rid.clone());
-                        return Ok(Response::from_parts(p, RespBody::empty()));
-                    }
-                    let (mut p, inner) = resp.into_parts();
-                    headers::remove_hop_by_hop(&mut p.headers, false);
+                    let (mut p, _) = resp.into_parts();
+                    headers::remove_hop_by_hop(&mut p.headers, true);
                     p.headers.insert(headers::X_REQUEST_ID, rid.clone());
-                    p.version = Version::HTTP_11;
-                    let guards = Guards {
-                        in_flight: Some(in_flight),
-                        permit: Some(permit),
-                    };
-                    return Ok(Response::from_parts(
-                        p,
-                        RespBody::Upstream {
-                            inner,
-                            _guards: guards,
-                        },
-                    ));
+                    return Ok(Response::from_parts(p, RespBody::empty()));
                 }
-                Ok(Err(e)) => {
-                    if e.is_connect() {
-                        (Outcome::ConnectError, ProxyError::Connect(error_chain(&e)))
-                    } else {
-                        (Outcome::Reset, ProxyError::Reset(error_chain(&e)))
-                    }
-                }
-                Err(_) if deadline_bound => (Outcome::Timeout, ProxyError::Deadline),
-                Err(_) => (Outcome::Timeout, ProxyError::Timeout),
-            };
+                let (mut p, inner) = resp.into_parts();
+                headers::remove_hop_by_hop(&mut p.headers, false);
+                p.headers.insert(headers::X_REQUEST_ID, rid.clone());
+                p.version = Version::HTTP_11;
+                let guards = Guards {
+                    in_flight: Some(in_flight),
+                    permit: Some(permit),
+                };
+                return Ok(Response::from_parts(
+                    p,
+                    RespBody::Upstream {
+                        inner,
+                        _guards: guards,
+                        reuse: Reuse::new(server.clone(), conn),
+                    },
+                ));
+            }
+            Ok(Err(SendError::Connect(e))) => (Outcome::ConnectError, ProxyError::Connect(e)),
+            Ok(Err(SendError::Failed(e))) => (Outcome::Reset, ProxyError::Reset(error_chain(&e))),
+            Err(_) if deadline_bound => (Outcome::Timeout, ProxyError::Deadline),
+            Err(_) => (Outcome::Timeout, ProxyError::Timeout),
+        };
         drop(in_flight);
         group.record(idx, outcome);
         debug!(upstream = &*group.name, server = &**server.label(), attempt, error = %err, "Attempt failed");

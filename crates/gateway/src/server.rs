@@ -64,6 +64,8 @@ pub struct Server {
     /// Removed from its upstream: requests that started on an older
     /// snapshot must not pick it any more (it is draining).
     retired: AtomicBool,
+    /// Idle keep-alive connections to this server.
+    pub pool: crate::pool::Pool,
     inner: Mutex<Inner>,
 }
 
@@ -90,6 +92,7 @@ impl Server {
             weight: AtomicU32::new(weight),
             in_flight: AtomicU32::new(0),
             retired: AtomicBool::new(false),
+            pool: crate::pool::Pool::default(),
             inner: Mutex::new(Inner {
                 health: HealthState::new(),
                 consecutive_failures: 0,

@@ -6,14 +6,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use centinela_config::Config;
 
 use crate::budget::RetryBudget;
 use crate::route::RouteTable;
 use crate::server::Server;
-use crate::upstream::{new_client, Group, HttpClient};
+use crate::upstream::Group;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -52,7 +51,6 @@ impl Snapshot {
 pub struct Registry {
     servers: HashMap<(String, SocketAddr), Arc<Server>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
-    clients: HashMap<(String, Duration, Duration), HttpClient>,
 }
 
 impl Registry {
@@ -60,7 +58,6 @@ impl Registry {
         let mut groups = Vec::new();
         let mut servers_keep = HashMap::new();
         let mut budgets_keep = HashMap::new();
-        let mut clients_keep = HashMap::new();
         for up in &config.upstreams {
             let servers: Vec<Arc<Server>> =
                 up.servers
@@ -77,18 +74,10 @@ impl Registry {
                     .collect();
             let budget = self.budgets.get(&up.name).cloned().unwrap_or_default();
             budgets_keep.insert(up.name.clone(), budget.clone());
-            let ckey = (up.name.clone(), up.timeouts.connect, up.timeouts.idle);
-            let client = self
-                .clients
-                .get(&ckey)
-                .cloned()
-                .unwrap_or_else(|| new_client(up));
-            clients_keep.insert(ckey, client.clone());
-            groups.push(Arc::new(Group::new(up.clone(), servers, budget, client)));
+            groups.push(Arc::new(Group::new(up.clone(), servers, budget)));
         }
         self.servers = servers_keep;
         self.budgets = budgets_keep;
-        self.clients = clients_keep;
 
         let index = |name: &str| {
             groups

@@ -8,34 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use centinela_config::Upstream as Config;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::balance::{Balancer, Candidate};
-use crate::body::ReqBody;
 use crate::budget::RetryBudget;
 use crate::error::ProxyError;
 use crate::limit::Limiter;
 use crate::server::{Outcome, Server};
-
-pub type HttpClient = Client<HttpConnector, ReqBody>;
-
-pub fn new_client(cfg: &Config) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.timeouts.connect));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(std::time::Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(cfg.timeouts.idle)
-        // See `listener::builder`: flat writes are cheaper for small requests.
-        .http1_writev(false)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector)
-}
 
 #[derive(Debug)]
 pub struct Group {
@@ -46,17 +26,11 @@ pub struct Group {
     balancer: Balancer,
     pub budget: Arc<RetryBudget>,
     pub limiter: Limiter,
-    pub client: HttpClient,
     in_panic: AtomicBool,
 }
 
 impl Group {
-    pub fn new(
-        cfg: Config,
-        servers: Vec<Arc<Server>>,
-        budget: Arc<RetryBudget>,
-        client: HttpClient,
-    ) -> Self {
+    pub fn new(cfg: Config, servers: Vec<Arc<Server>>, budget: Arc<RetryBudget>) -> Self {
         let server_keys = servers
             .iter()
             .map(|s| {
@@ -76,7 +50,6 @@ impl Group {
             servers,
             server_keys,
             budget,
-            client,
             cfg,
             in_panic: AtomicBool::new(false),
         }
