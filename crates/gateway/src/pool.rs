@@ -9,6 +9,7 @@
 //! nothing of it reached the server.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub type Conn = SendRequest<ReqBody>;
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<Vec<(Conn, Instant)>>,
+    /// The upstream's idle timeout, as last used by `send`, in ms.
+    idle_ms: AtomicU64,
 }
 
 /// Why a request could not be sent.
@@ -51,9 +54,19 @@ impl Pool {
         if conn.is_closed() {
             return;
         }
+        let now = Instant::now();
+        let timeout = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
         let mut idle = self.lock();
+        // The oldest are at the front: close those idle for too long.
+        let expired = idle
+            .iter()
+            .take_while(|(_, since)| now.duration_since(*since) >= timeout)
+            .count();
+        if expired > 0 {
+            idle.drain(..expired);
+        }
         if idle.len() < MAX_IDLE {
-            idle.push((conn, Instant::now()));
+            idle.push((conn, now));
         }
     }
 
@@ -82,6 +95,8 @@ impl Pool {
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Result<(Response<Incoming>, Conn), SendError> {
+        self.idle_ms
+            .store(idle_timeout.as_millis() as u64, Ordering::Relaxed);
         let mut req = req;
         loop {
             let (mut conn, pooled) = match self.checkout(idle_timeout).await {
@@ -121,4 +136,102 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, SendError>
         let _ = task.with_upgrades().await;
     });
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use centinela_testkit::TestServer;
+    use http_body_util::BodyExt;
+
+    async fn get(pool: &Pool, addr: SocketAddr, idle: Duration) -> Conn {
+        let req = Request::get("/").body(ReqBody::Empty).unwrap();
+        let (resp, conn) = pool
+            .send(addr, req, Duration::from_secs(1), idle)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await.unwrap();
+        conn
+    }
+
+    #[tokio::test]
+    async fn reuses_a_connection_until_it_has_been_idle_too_long() {
+        let server = TestServer::ok().await;
+        let pool = Pool::default();
+        let idle = Duration::from_millis(300);
+        for _ in 0..5 {
+            let c = get(&pool, server.addr, idle).await;
+            pool.put(c);
+        }
+        assert_eq!(
+            server.conns.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "five requests in a row share one connection"
+        );
+        // Idle past the timeout: not reused, a new connection is made.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let c = get(&pool, server.addr, idle).await;
+        assert_eq!(server.conns.load(std::sync::atomic::Ordering::Relaxed), 2);
+        pool.put(c);
+        assert_eq!(pool.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_by_the_server_is_not_used_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Answers one request per connection, then closes it, as a server
+        // that times out idle keep-alive connections does.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                });
+            }
+        });
+        let pool = Pool::default();
+        let idle = Duration::from_secs(60);
+        let c = get(&pool, addr, idle).await;
+        pool.put(c);
+        // Once the connection is seen closed, it is skipped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.lock().first().is_some_and(|(c, _)| !c.is_closed()) {
+            assert!(Instant::now() < deadline, "the close was never seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let c = get(&pool, addr, idle).await;
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
+        pool.put(c);
+    }
+
+    #[tokio::test]
+    async fn connect_errors_say_so() {
+        let pool = Pool::default();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let req = Request::get("/").body(ReqBody::Empty).unwrap();
+        match pool
+            .send(addr, req, Duration::from_secs(1), Duration::from_secs(1))
+            .await
+        {
+            Err(SendError::Connect(e)) => assert!(e.contains(&addr.to_string()), "{e}"),
+            other => panic!("expected a connect error, got {other:?}"),
+        }
+    }
 }
