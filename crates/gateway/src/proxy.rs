@@ -78,7 +78,7 @@ pub async fn handle(
         // Boxed: hyper keeps a slot sized for this future on every connection,
         // idle or not; boxing keeps idle connections small.
         Box::pin(forward(
-            &snap, &listener, client, req, &rid, &mut log, start,
+            &shared, &snap, &listener, client, req, &rid, &mut log, start,
         ))
         .await
     };
@@ -204,6 +204,7 @@ fn backoff(base: Duration, max: Duration, retry: u32) -> Duration {
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
+    shared: &Shared,
     snap: &Snapshot,
     listener: &str,
     client: SocketAddr,
@@ -226,9 +227,12 @@ async fn forward(
         .get(listener)
         .and_then(|t| t.find(host, req.uri().path()))
         .ok_or(ProxyError::NoRoute)?;
-    let group: &Arc<Group> = &snap.groups[route.group];
+    let first_group: Arc<Group> = snap.groups[route.group].clone();
+    let cfg = &first_group.cfg;
+    // The group attempts pick from; see the retired case below.
+    let mut group: Arc<Group> = first_group.clone();
+    let mut switched = false;
     log.upstream = Some(group.name.clone());
-    let cfg = &group.cfg;
     group.budget.record_request();
 
     // Limit.
@@ -273,7 +277,20 @@ async fn forward(
         let (idx, in_flight) = loop {
             let idx = match group.pick(&tried, key) {
                 Ok(i) => i,
-                Err(e) => return Err(last_err.unwrap_or(e)),
+                Err(e) => {
+                    // Every server this request's snapshot knows was retired
+                    // while it waited (a rolling restart or scale-down is
+                    // draining them): pick from the current servers instead.
+                    if !switched && group.servers.iter().any(|s| s.is_retired()) {
+                        if let Some(g) = shared.snapshot.load().group(&group.name).cloned() {
+                            switched = true;
+                            group = g;
+                            tried.clear();
+                            continue;
+                        }
+                    }
+                    return Err(last_err.unwrap_or(e));
+                }
             };
             let guard = group.servers[idx].track();
             if !group.servers[idx].is_retired() {

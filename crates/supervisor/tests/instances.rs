@@ -250,9 +250,17 @@ async fn supervisor_scales_rolls_stops_and_starts_a_service() {
     let mut svc = service(&d.0, "exec sleep 300");
     svc.ports = None;
     let sup = Supervisor::start(std::slice::from_ref(&svc), None);
+    // `n` instances, each running and ready.
     let ready = |n: usize| {
-        let p = pids(&sup, "app");
-        p.len() == n && p.iter().all(Option::is_some)
+        let v = sup.view().to_json();
+        let inst = v["services"][0]["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        inst.len() == n
+            && inst
+                .iter()
+                .all(|i| i["state"] == "ready" && i["pid"].is_u64())
     };
     assert!(until(Duration::from_secs(5), || ready(1)).await);
 
@@ -264,16 +272,25 @@ async fn supervisor_scales_rolls_stops_and_starts_a_service() {
         .is_ok_and(|s| s.success()));
     assert!(
         until(Duration::from_secs(5), || ready(1)
-            && pids(&sup, "app")[0] != Some(first))
-        .await
+            && sup.view().to_json()["services"][0]["instances"][0]
+                ["restarts"]
+                == 1)
+        .await,
+        "{}",
+        sup.view().to_json()
     );
+    assert_ne!(pids(&sup, "app")[0], Some(first));
     svc.instances = 3;
     let r = sup.apply(std::slice::from_ref(&svc)).await;
     assert_eq!(
         r,
         vec![Ok("app: scaled from 1 to 3 instance(s)".to_string())]
     );
-    assert!(ready(3), "{}", sup.view().to_json());
+    assert!(
+        until(Duration::from_secs(5), || ready(3)).await,
+        "{}",
+        sup.view().to_json()
+    );
 
     // A rolling restart replaces every instance (in place: no ports).
     let before = pids(&sup, "app");
@@ -291,7 +308,7 @@ async fn supervisor_scales_rolls_stops_and_starts_a_service() {
     assert!(pids(&sup, "app").iter().all(Option::is_none));
     assert!(after.iter().all(|p| !alive_u32(p.unwrap() as u32)));
     assert!(sup.start_service("app").await.unwrap().contains("started"));
-    assert!(ready(3));
+    assert!(until(Duration::from_secs(5), || ready(3)).await);
     assert_eq!(
         sup.restart("nosuch").await,
         Err(OpError::NotFound("nosuch".into()))
@@ -304,7 +321,7 @@ async fn supervisor_scales_rolls_stops_and_starts_a_service() {
         r,
         vec![Ok("app: scaled from 3 to 1 instance(s)".to_string())]
     );
-    assert!(ready(1));
+    assert!(until(Duration::from_secs(5), || ready(1)).await);
     let last = pids(&sup, "app")[0].unwrap();
     let r = sup.apply(&[]).await;
     assert_eq!(r, vec![Ok("app: removed".to_string())]);
