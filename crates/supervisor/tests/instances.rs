@@ -135,7 +135,16 @@ async fn an_instance_that_exits_at_once_backs_off_to_the_cap_crash_loops_and_can
     let st = inst.status();
     let ms: Vec<u128> = st.delays.iter().take(6).map(|d| d.as_millis()).collect();
     assert_eq!(ms, vec![50, 100, 200, 400, 400, 400]);
-    assert_eq!(st.state, State::CrashLooping);
+    // Between two tries it waits out its delay as crash-looping (each try
+    // shows `starting` for the moment the process lives).
+    assert!(
+        until(Duration::from_secs(5), || inst.status().state
+            == State::CrashLooping)
+        .await,
+        "{:?}",
+        inst.status()
+    );
+    let st = inst.status();
     assert_eq!(st.last_exit.as_deref(), Some("exit code 3"));
     assert!(
         st.stderr_tail.iter().any(|l| l.starts_with("boom-")),
