@@ -357,6 +357,17 @@ async fn probes(
     }
 }
 
+/// Resolves when centinela shuts down (never, for an instance without a
+/// `closing` signal).
+async fn shutting_down(closing: &mut Option<watch::Receiver<bool>>) {
+    match closing {
+        Some(c) => {
+            let _ = c.wait_for(|c| *c).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Resolves when a stop is asked for, by the instance's owner or by
 /// centinela shutting down (which never drains).
 async fn stop_asked(
@@ -369,17 +380,9 @@ async fn stop_asked(
             Err(_) => StopMode::Now,
         }
     };
-    let all = async {
-        match closing {
-            Some(c) => {
-                let _ = c.wait_for(|c| *c).await;
-            }
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         m = own => m,
-        _ = all => StopMode::Now,
+        _ = shutting_down(closing) => StopMode::Now,
     }
 }
 
@@ -392,17 +395,9 @@ async fn stop_now(
     let own = async {
         let _ = stop.wait_for(|m| *m == Some(StopMode::Now)).await;
     };
-    let all = async {
-        match closing {
-            Some(c) => {
-                let _ = c.wait_for(|c| *c).await;
-            }
-            None => std::future::pending().await,
-        }
-    };
     tokio::select! {
         _ = own => {}
-        _ = all => {}
+        _ = shutting_down(closing) => {}
     }
 }
 

@@ -94,6 +94,15 @@ struct Group {
     released: HashMap<u16, Instant>,
 }
 
+impl Group {
+    /// Drains and stops every instance at once; the service stays stopped.
+    async fn stop_all(&mut self) {
+        let stops: Vec<_> = self.slots.drain(..).map(|i| i.drain_and_stop()).collect();
+        futures_join(stops).await;
+        self.stopped = true;
+    }
+}
+
 /// A cheap, clonable view of every instance's status.
 #[derive(Clone)]
 pub struct View(Arc<Inner>);
@@ -153,9 +162,7 @@ impl Supervisor {
             return Ok(format!("{name}: already stopped"));
         }
         let n = g.slots.len();
-        let stops: Vec<_> = g.slots.drain(..).map(|i| i.drain_and_stop()).collect();
-        futures_join(stops).await;
-        g.stopped = true;
+        g.stop_all().await;
         info!(service = name, "Service stopped");
         Ok(format!("{name}: {n} instance(s) drained and stopped"))
     }
@@ -181,9 +188,7 @@ impl Supervisor {
         for svc in &current {
             if services.iter().all(|s| s.name != svc.name) {
                 let mut g = svc.group.lock().await;
-                let stops: Vec<_> = g.slots.drain(..).map(|i| i.drain_and_stop()).collect();
-                futures_join(stops).await;
-                g.stopped = true;
+                g.stop_all().await;
                 lock(&inner.services).retain(|s| !Arc::ptr_eq(s, svc));
                 info!(service = %svc.name, "Service removed by reload; its instances are stopped");
                 out.push(Ok(format!("{}: removed", svc.name)));
@@ -391,16 +396,20 @@ impl Inner {
         }
     }
 
-    /// Scales to `g.spec.instances`: new slots start and must become ready;
-    /// slots beyond the count are drained and stopped, highest first.
-    async fn scale(&self, svc: &Svc, g: &mut Group) -> Result<(), OpError> {
-        let want = g.spec.instances as usize;
+    /// Drains and stops the slots beyond `want`, highest first.
+    async fn shrink(&self, svc: &Svc, g: &mut Group, want: usize) {
         while g.slots.len() > want {
             let Some(old) = g.slots.pop() else { break };
             let status = old.status_handle();
             old.drain_and_stop().await;
             self.retire(svc, g, &status);
         }
+    }
+
+    /// Scales to `g.spec.instances`: new slots start and must become ready;
+    /// slots beyond the count are drained and stopped, highest first.
+    async fn scale(&self, svc: &Svc, g: &mut Group) -> Result<(), OpError> {
+        self.shrink(svc, g, g.spec.instances as usize).await;
         let new = self.scale_up(svc, g);
         self.wait_all_ready(g, new).await
     }
@@ -425,13 +434,7 @@ impl Inner {
         // The new settings are what the service should run from now on, even
         // if this roll stops half way: a later restart tries them again.
         svc.set_spec(g, spec.clone());
-        let want = spec.instances as usize;
-        while g.slots.len() > want {
-            let Some(old) = g.slots.pop() else { break };
-            let status = old.status_handle();
-            old.drain_and_stop().await;
-            self.retire(svc, g, &status);
-        }
+        self.shrink(svc, g, spec.instances as usize).await;
         let started = std::time::Instant::now();
         for slot in 0..g.slots.len() {
             if self.closing() {

@@ -13,10 +13,9 @@ pub(crate) struct Running {
     pub admin: SocketAddr,
 }
 
-fn gateway_config(servers: &[SocketAddr], extra: &str) -> String {
-    let servers: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"[admin]
+/// The start of every test config: admin and the `web` listener on port 0,
+/// one route to the upstream `products`, whose table comes next.
+pub(crate) const PREAMBLE: &str = r#"[admin]
 listen = "127.0.0.1:0"
 
 [[listener]]
@@ -27,7 +26,12 @@ listen = "127.0.0.1:0"
 upstream = "products"
 
 [upstream.products]
-servers = [{}]
+"#;
+
+fn gateway_config(servers: &[SocketAddr], extra: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        r#"{PREAMBLE}servers = [{}]
 health = {{ path = "/health", interval = "100ms", timeout = "200ms", rise = 2, fall = 2 }}
 timeouts = {{ connect = "200ms", response = "5s" }}
 {extra}
@@ -281,13 +285,7 @@ async fn kill_9_of_one_upstream_under_load_fails_no_request_and_it_rejoins() {
     // Let the bounded 15 s load run to its end.
     load.run_out().await;
     let (ok, failed, errors) = load.finish().await;
-    assert_eq!(
-        failed,
-        0,
-        "{failed} failed requests of {}: {:?}",
-        ok + failed,
-        &errors[..errors.len().min(5)]
-    );
+    assert_no_failures(ok, failed, &errors);
     assert!(ok > 1000, "load too small to mean anything: {ok}");
     drop(back);
 }
@@ -351,13 +349,7 @@ async fn sighup_reload_under_load_drops_nothing_and_bad_reload_keeps_config() {
         .await;
     load.wait_progress(100).await;
     let (ok, failed, errors) = load.finish().await;
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} failed: {:?}",
-        ok + failed,
-        &errors[..errors.len().min(5)]
-    );
+    assert_no_failures(ok, failed, &errors);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,18 +547,7 @@ pub(crate) fn write_supervised_config(
     std::fs::write(
         path,
         format!(
-            r#"[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[route]]
-upstream = "products"
-
-[upstream.products]
-{upstream_extra}
+            r#"{PREAMBLE}{upstream_extra}
 
 [service.products]
 command = "{}"
@@ -586,6 +567,17 @@ access_log = false
         ),
     )
     .unwrap();
+}
+
+/// Asserts that a load saw no failed request, showing the first errors.
+pub(crate) fn assert_no_failures(ok: u64, failed: u64, errors: &[String]) {
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} failed: {:?}",
+        ok + failed,
+        &errors[..errors.len().min(5)]
+    );
 }
 
 /// Sends a signal (`-9`, `-STOP`...) with the shell's `kill`.
@@ -758,13 +750,7 @@ async fn supervised_instances_serve_traffic_are_restarted_after_kill_9_and_die_w
     );
     load.run_out().await;
     let (ok, failed, errors) = load.finish().await;
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} failed: {:?}",
-        ok + failed,
-        &errors[..errors.len().min(5)]
-    );
+    assert_no_failures(ok, failed, &errors);
 
     // kill -9 of centinela: every worker is gone within 1 s.
     let pids: Vec<u64> = services_json(&c, gw.admin)
@@ -862,13 +848,7 @@ async fn a_hung_instance_fails_liveness_and_is_replaced_without_failing_requests
     );
     load.run_out().await;
     let (ok, failed, errors) = load.finish().await;
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} failed: {:?}",
-        ok + failed,
-        &errors[..errors.len().min(5)]
-    );
+    assert_no_failures(ok, failed, &errors);
 }
 
 async fn recv(sock: &tokio::net::UnixDatagram) -> String {

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use centinela_testkit::{bin, client, eventually, HttpClient, TempDir};
 
-use crate::lifecycle::{kill, run_gateway, services_json, write_supervised_config, Load, Running};
+use crate::lifecycle::{
+    assert_no_failures, kill, run_gateway, services_json, write_supervised_config, Load, Running,
+    PREAMBLE,
+};
 
 const UPSTREAM: &str = "timeouts = { connect = \"200ms\", response = \"5s\" }";
 
@@ -60,16 +63,6 @@ async fn assert_all_present(c: &HttpClient, web: SocketAddr, created: &[String])
             got.text()
         );
     }
-}
-
-fn assert_no_failures(ok: u64, failed: u64, errors: &[String]) {
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} failed: {:?}",
-        ok + failed,
-        &errors[..errors.len().min(5)]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,18 +414,7 @@ async fn a_new_centinela_kills_workers_children_left_by_a_killed_one() {
     std::fs::write(
         &cfg,
         format!(
-            r#"[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[route]]
-upstream = "products"
-
-[upstream.products]
-
+            r#"{PREAMBLE}
 [service.products]
 command = "/bin/sh"
 args = ["-c", "'{}' --listen 127.0.0.1:$PORT --db products.db & echo child=$! ; wait"]
