@@ -10,8 +10,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::pool::Conn;
-use crate::server::{InFlight, Server};
+use crate::client::UpBody;
+use crate::server::InFlight;
 
 /// The body sent to an upstream.
 #[derive(Debug)]
@@ -28,6 +28,17 @@ pub enum ReqBody {
         taken: Option<Incoming>,
         size: SizeHint,
     },
+}
+
+impl ReqBody {
+    /// Another copy of a body that is still whole in memory.
+    pub fn try_clone(&self) -> Option<ReqBody> {
+        match self {
+            ReqBody::Empty => Some(ReqBody::Empty),
+            ReqBody::Full(b) => Some(ReqBody::Full(b.clone())),
+            ReqBody::Stream { .. } => None,
+        }
+    }
 }
 
 impl Body for ReqBody {
@@ -86,49 +97,11 @@ pub struct Guards {
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
-/// The connection a response came on, given back to its server's pool
-/// once the response body has ended (and closed if it never does).
-#[derive(Debug)]
-pub struct Reuse {
-    server: Arc<Server>,
-    conn: Option<Conn>,
-}
-
-impl Reuse {
-    pub fn new(server: Arc<Server>, conn: Conn) -> Self {
-        Reuse {
-            server,
-            conn: Some(conn),
-        }
-    }
-
-    fn give_back(&mut self) {
-        if let Some(c) = self.conn.take() {
-            self.server.pool.put(c);
-        }
-    }
-}
-
 /// The body sent to a client.
 #[derive(Debug)]
 pub enum RespBody {
-    Upstream {
-        inner: Incoming,
-        _guards: Guards,
-        reuse: Reuse,
-    },
+    Upstream { inner: UpBody, _guards: Guards },
     Full(Option<Bytes>),
-}
-
-impl Drop for RespBody {
-    fn drop(&mut self) {
-        // An empty body (HEAD, 204, 304, Content-Length: 0) is never polled.
-        if let RespBody::Upstream { inner, reuse, .. } = self {
-            if inner.is_end_stream() {
-                reuse.give_back();
-            }
-        }
-    }
 }
 
 impl RespBody {
@@ -143,20 +116,14 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::client::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            RespBody::Upstream { inner, reuse, .. } => {
-                let frame = Pin::new(inner).poll_frame(cx);
-                if let Poll::Ready(None) = frame {
-                    reuse.give_back();
-                }
-                frame
-            }
+            RespBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
         }
     }

@@ -7,6 +7,7 @@ pub mod balance;
 pub mod body;
 pub mod breaker;
 pub mod budget;
+pub mod client;
 pub mod error;
 pub mod framing;
 pub mod headers;

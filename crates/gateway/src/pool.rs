@@ -3,30 +3,23 @@
 //! Each [`crate::server::Server`] owns one pool, so a request finds its
 //! connections without hashing or a shared lock across servers. A
 //! connection goes back to the pool when its response body has ended
-//! ([`crate::body::RespBody`]); one whose body was dropped half way, or that
-//! was upgraded, is closed. A request that could not be written on a pooled
-//! connection (the server had just closed it) is sent again on another:
-//! nothing of it reached the server.
+//! cleanly ([`crate::client::UpBody`]); one whose body was dropped half way,
+//! or that was upgraded, is closed. An idle connection the server has
+//! closed is seen at checkout (it reads as end of file) and dropped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http::Response;
 use tokio::time::Instant;
 
 use crate::body::ReqBody;
+use crate::client::{Conn, Error, RequestHead, UpBody};
 
 /// Idle connections kept per server at most.
 const MAX_IDLE: usize = 1024;
-
-/// A connection to a server, ready for one request.
-pub type Conn = SendRequest<ReqBody>;
 
 #[derive(Debug, Default)]
 pub struct Pool {
@@ -41,7 +34,7 @@ pub enum SendError {
     /// No connection could be made: nothing was sent.
     Connect(String),
     /// The connection failed after the request was (maybe partly) sent.
-    Failed(hyper::Error),
+    Failed(Error),
 }
 
 impl Pool {
@@ -49,11 +42,8 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Gives back a connection whose exchange has ended.
+    /// Gives back a connection whose exchange has ended cleanly.
     pub fn put(&self, conn: Conn) {
-        if conn.is_closed() {
-            return;
-        }
         let now = Instant::now();
         let timeout = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
         let mut idle = self.lock();
@@ -70,166 +60,203 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open, ready
-    /// for a request.
-    async fn checkout(&self, idle_timeout: Duration) -> Option<Conn> {
+    /// Idle connections kept.
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The most recently used idle connection that is still open.
+    pub(crate) fn checkout(&self, idle_timeout: Duration) -> Option<Conn> {
         loop {
-            let (mut conn, since) = self.lock().pop()?;
-            if conn.is_closed() || since.elapsed() >= idle_timeout {
-                continue;
-            }
-            // It may still be finishing the previous exchange.
-            if conn.is_ready() || conn.ready().await.is_ok() {
+            let (conn, since) = self.lock().pop()?;
+            if since.elapsed() < idle_timeout && conn.is_usable() {
                 return Some(conn);
             }
         }
     }
 
-    /// Sends `req` on a pooled connection or a new one. On success the
-    /// connection comes back with the response: put it back once the
-    /// response body has ended.
+    /// Sends a request on a pooled connection or a new one and reads the
+    /// response head. The response body gives its connection back to this
+    /// pool when it ends cleanly.
+    ///
+    /// A pooled connection that the server closed just as it was taken
+    /// (nothing at all came back) is not counted as a failure: a request
+    /// whose body can be sent again (`replay`) goes out on a new connection.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         addr: SocketAddr,
-        req: Request<ReqBody>,
+        head: &RequestHead<'_>,
+        body: ReqBody,
+        replay: bool,
         connect_timeout: Duration,
         idle_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Conn), SendError> {
+    ) -> Result<Response<UpBody>, SendError> {
         self.idle_ms
             .store(idle_timeout.as_millis() as u64, Ordering::Relaxed);
-        let mut req = req;
+        let mut body = body;
         loop {
-            let (mut conn, pooled) = match self.checkout(idle_timeout).await {
-                Some(c) => (c, true),
-                None => (connect(addr, connect_timeout).await?, false),
+            let (conn, again) = match self.checkout(idle_timeout) {
+                Some(c) => (c, replay.then(|| body.try_clone()).flatten()),
+                None => (
+                    Conn::connect(addr, connect_timeout)
+                        .await
+                        .map_err(SendError::Connect)?,
+                    None,
+                ),
             };
-            match conn.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, conn)),
-                Err(mut e) => match e.take_message() {
-                    // Not written: a pooled connection closed under it.
-                    Some(r) if pooled => req = r,
-                    _ => return Err(SendError::Failed(e.into_error())),
+            match conn.send(head, body, Some(self.clone())).await {
+                Ok(resp) => return Ok(resp),
+                Err(Error::Closed(e)) => match again {
+                    Some(b) => body = b,
+                    None => return Err(SendError::Failed(Error::Closed(e))),
                 },
+                Err(e) => return Err(SendError::Failed(e)),
             }
         }
     }
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, SendError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(SendError::Connect(format!("connect to {addr}: {e}"))),
-        Err(_) => {
-            return Err(SendError::Connect(format!(
-                "connect to {addr}: timed out after {timeout:?}"
-            )))
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let (conn, task) = http1::Builder::new()
-        // See `listener::builder`: flat writes are cheaper for small requests.
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| SendError::Connect(format!("handshake with {addr}: {e}")))?;
-    tokio::spawn(async move {
-        let _ = task.with_upgrades().await;
-    });
-    Ok(conn)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use centinela_testkit::TestServer;
+    use http::{HeaderMap, Method};
     use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn get(pool: &Pool, addr: SocketAddr, idle: Duration) -> Conn {
-        let req = Request::get("/").body(ReqBody::Empty).unwrap();
-        let (resp, conn) = pool
-            .send(addr, req, Duration::from_secs(1), idle)
-            .await
-            .unwrap();
+    async fn get(
+        pool: &Arc<Pool>,
+        addr: SocketAddr,
+        idle: Duration,
+        replay: bool,
+    ) -> Result<(), SendError> {
+        let headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &Method::GET,
+            target: "/",
+            headers: &headers,
+            host: "test",
+        };
+        let resp = pool
+            .send(
+                addr,
+                &head,
+                ReqBody::Empty,
+                replay,
+                Duration::from_secs(1),
+                idle,
+            )
+            .await?;
         assert_eq!(resp.status(), 200);
+        // Reading the body to its end gives the connection back.
         let _ = resp.into_body().collect().await.unwrap();
-        conn
+        Ok(())
     }
 
     #[tokio::test]
     async fn reuses_a_connection_until_it_has_been_idle_too_long() {
         let server = TestServer::ok().await;
-        let pool = Pool::default();
+        let pool = Arc::new(Pool::default());
         let idle = Duration::from_secs(60);
         for _ in 0..5 {
-            let c = get(&pool, server.addr, idle).await;
-            pool.put(c);
+            get(&pool, server.addr, idle, true).await.unwrap();
         }
         assert_eq!(
-            server.conns.load(std::sync::atomic::Ordering::Relaxed),
+            server.conns.load(Ordering::Relaxed),
             1,
             "five requests in a row share one connection"
         );
+        assert_eq!(pool.lock().len(), 1);
         // Idle past the timeout (here: any idle time is too long): not
         // reused, a new connection is made, and the expired one is dropped.
-        let c = get(&pool, server.addr, Duration::ZERO).await;
-        assert_eq!(server.conns.load(std::sync::atomic::Ordering::Relaxed), 2);
-        pool.put(c);
+        get(&pool, server.addr, Duration::ZERO, true).await.unwrap();
+        assert_eq!(server.conns.load(Ordering::Relaxed), 2);
         assert_eq!(pool.lock().len(), 1);
     }
 
-    #[tokio::test]
-    async fn a_connection_closed_by_the_server_is_not_used_again() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // Answers one request per connection, then closes it, as a server
-        // that times out idle keep-alive connections does.
+    /// A server that answers `answered` requests per connection, then
+    /// reads one more request and closes without answering, or (with
+    /// `close_idle`) closes as soon as it has answered.
+    async fn closing_server(answered: usize, close_idle: bool) -> (SocketAddr, Arc<AtomicU64>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = std::sync::Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicU64::new(0));
         let counter = accepted.clone();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    let mut n = 0;
+                    loop {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        if n == answered {
+                            return; // read, never answered: closed
+                        }
+                        n += 1;
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() || close_idle {
+                            return;
                         }
                     }
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
                 });
             }
         });
-        let pool = Pool::default();
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closed_by_the_server_is_not_used_again() {
+        let (addr, accepted) = closing_server(1, true).await;
+        let pool = Arc::new(Pool::default());
         let idle = Duration::from_secs(60);
-        let c = get(&pool, addr, idle).await;
-        pool.put(c);
-        // Once the connection is seen closed, it is skipped.
+        get(&pool, addr, idle, false).await.unwrap();
+        // The close is seen once the runtime has read the event.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while pool.lock().first().is_some_and(|(c, _)| !c.is_closed()) {
+        while pool.lock().first().is_some_and(|(c, _)| c.is_usable()) {
             assert!(Instant::now() < deadline, "the close was never seen");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::task::yield_now().await;
         }
-        let c = get(&pool, addr, idle).await;
+        // Not even a non-idempotent request is lost: the closed connection
+        // is skipped, not tried.
+        get(&pool, addr, idle, false).await.unwrap();
         assert_eq!(accepted.load(Ordering::Relaxed), 2);
-        pool.put(c);
+    }
+
+    #[tokio::test]
+    async fn a_request_lost_on_a_pooled_connection_is_replayed_only_when_allowed() {
+        // Each connection answers one request and drops the next unanswered,
+        // as a server closing an idle connection just as it is reused.
+        let (addr, accepted) = closing_server(1, false).await;
+        let pool = Arc::new(Pool::default());
+        let idle = Duration::from_secs(60);
+        get(&pool, addr, idle, true).await.unwrap();
+        get(&pool, addr, idle, true).await.unwrap();
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            2,
+            "replayed on a new connection"
+        );
+        match get(&pool, addr, idle, false).await {
+            Err(SendError::Failed(Error::Closed(_))) => {}
+            other => panic!("a request that may not be replayed fails, got {other:?}"),
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
     async fn connect_errors_say_so() {
-        let pool = Pool::default();
+        let pool = Arc::new(Pool::default());
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        let req = Request::get("/").body(ReqBody::Empty).unwrap();
-        match pool
-            .send(addr, req, Duration::from_secs(1), Duration::from_secs(1))
-            .await
-        {
+        match get(&pool, addr, Duration::from_secs(1), true).await {
             Err(SendError::Connect(e)) => assert!(e.contains(&addr.to_string()), "{e}"),
             other => panic!("expected a connect error, got {other:?}"),
         }

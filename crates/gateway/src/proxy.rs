@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use centinela_config::{HashKey, RetryOn};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, Version};
 use http_body::{Body, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -26,7 +26,8 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::body::{Guards, ReqBody, RespBody, Reuse};
+use crate::body::{Guards, ReqBody, RespBody};
+use crate::client::RequestHead;
 use crate::error::ProxyError;
 use crate::headers;
 use crate::pool::SendError;
@@ -307,16 +308,12 @@ async fn forward(
             break;
         };
         // Origin form (`/path?query`) on the connection to the server.
-        let mut up_req = Request::new(attempt_body);
-        *up_req.method_mut() = parts.method.clone();
-        *up_req.uri_mut() = Uri::from(path_and_query.clone());
-        *up_req.version_mut() = Version::HTTP_11;
-        *up_req.headers_mut() = base_headers.clone();
-        if !up_req.headers().contains_key(header::HOST) {
-            if let Ok(h) = http::HeaderValue::from_str(server.authority.as_str()) {
-                up_req.headers_mut().insert(header::HOST, h);
-            }
-        }
+        let up_head = RequestHead {
+            method: &parts.method,
+            target: path_and_query.as_str(),
+            headers: &base_headers,
+            host: server.authority.as_str(),
+        };
 
         let now = Instant::now();
         if now >= deadline {
@@ -326,13 +323,18 @@ async fn forward(
         let deadline_bound = per_attempt < cfg.timeouts.response;
         let (outcome, err) = match tokio::time::timeout(
             per_attempt,
-            server
-                .pool
-                .send(server.addr, up_req, cfg.timeouts.connect, cfg.timeouts.idle),
+            server.pool.send(
+                server.addr,
+                &up_head,
+                attempt_body,
+                idempotent,
+                cfg.timeouts.connect,
+                cfg.timeouts.idle,
+            ),
         )
         .await
         {
-            Ok(Ok((mut resp, conn))) => {
+            Ok(Ok(resp)) => {
                 let status = resp.status();
                 let outcome = if status.is_server_error() {
                     Outcome::Status5xx
@@ -361,16 +363,22 @@ async fn forward(
                     continue;
                 }
                 if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_up) = client_upgrade {
-                        let upstream_up = hyper::upgrade::on(&mut resp);
+                    let (mut p, up_body) = resp.into_parts();
+                    if let (Some(client_up), Some(up)) = (client_upgrade, up_body.into_upgraded()) {
                         tokio::spawn(async move {
-                            if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
-                                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                            if let Ok(c) = client_up.await {
+                                let mut c = TokioIo::new(c);
+                                let mut u = up.io;
+                                // What the server sent right after its 101.
+                                if tokio::io::AsyncWriteExt::write_all(&mut c, &up.read)
+                                    .await
+                                    .is_ok()
+                                {
+                                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                                }
                             }
                         });
                     }
-                    let (mut p, _) = resp.into_parts();
                     headers::remove_hop_by_hop(&mut p.headers, true);
                     p.headers.insert(headers::X_REQUEST_ID, rid.clone());
                     return Ok(Response::from_parts(p, RespBody::empty()));
@@ -388,7 +396,6 @@ async fn forward(
                     RespBody::Upstream {
                         inner,
                         _guards: guards,
-                        reuse: Reuse::new(server.clone(), conn),
                     },
                 ));
             }

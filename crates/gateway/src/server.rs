@@ -65,7 +65,7 @@ pub struct Server {
     /// snapshot must not pick it any more (it is draining).
     retired: AtomicBool,
     /// Idle keep-alive connections to this server.
-    pub pool: crate::pool::Pool,
+    pub pool: Arc<crate::pool::Pool>,
     inner: Mutex<Inner>,
 }
 
@@ -92,7 +92,7 @@ impl Server {
             weight: AtomicU32::new(weight),
             in_flight: AtomicU32::new(0),
             retired: AtomicBool::new(false),
-            pool: crate::pool::Pool::default(),
+            pool: Arc::default(),
             inner: Mutex::new(Inner {
                 health: HealthState::new(),
                 consecutive_failures: 0,

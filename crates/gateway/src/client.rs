@@ -1,0 +1,871 @@
+//! HTTP/1.1 to servers, driven inline by the request's own task.
+//!
+//! hyper's client runs every connection as a task of its own and hands
+//! requests and responses to it over channels. A proxy waits for the answer
+//! anyway, so that costs two extra task switches, a channel and a body
+//! channel per request. Here the request's task writes the request head
+//! (with a small body) in one `send`, parses the response head with
+//! httparse, and streams the response body straight out of the
+//! connection's read buffer ([`UpBody`]). The connection goes back to its
+//! pool when the body has ended cleanly on a keep-alive response.
+//!
+//! Framing follows RFC 9112 §6: no body for HEAD, 1xx, 204 and 304;
+//! `Transfer-Encoding: chunked` (which overrides `Content-Length`); a
+//! `Content-Length`; otherwise the body runs to the end of the connection,
+//! which is then not reused.
+
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::body::ReqBody;
+use crate::pool::Pool;
+
+/// A response head larger than this is refused.
+const MAX_HEAD: usize = 64 * 1024;
+/// Header fields in one response head at most (as hyper).
+const MAX_HEADERS: usize = 100;
+/// Reads start at this size and double while they fill the buffer.
+const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// A body at most this large is sent in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection ended before a single byte of a response came back.
+    #[error("connection closed before any response: {0}")]
+    Closed(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The server answered something that is not valid HTTP/1.x.
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    /// The server closed the connection in the middle of a response.
+    #[error("connection closed before the response ended")]
+    Incomplete,
+    #[error("reading the client's body: {0}")]
+    ClientBody(String),
+}
+
+/// A keep-alive connection to one server.
+#[derive(Debug)]
+pub struct Conn {
+    io: TcpStream,
+    /// Read but not yet consumed; empty between exchanges.
+    buf: BytesMut,
+    /// The request head being written; kept to reuse its allocation.
+    wbuf: Vec<u8>,
+    read_size: usize,
+}
+
+/// What is sent: everything but the body.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// Origin form: `/path?query`.
+    pub target: &'a str,
+    /// End-to-end headers; framing headers in it are replaced.
+    pub headers: &'a HeaderMap,
+    /// Sent as `Host` when `headers` has none.
+    pub host: &'a str,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the server closes the connection.
+    Eof,
+    Done,
+    /// `101 Switching Protocols`: the connection now belongs to the upgrade.
+    Upgrade,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+}
+
+impl Conn {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+        let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
+            Err(_) => return Err(format!("connect to {addr}: timed out after {timeout:?}")),
+        };
+        let _ = io.set_nodelay(true);
+        Ok(Conn {
+            io,
+            buf: BytesMut::new(),
+            wbuf: Vec::new(),
+            read_size: MIN_READ,
+        })
+    }
+
+    /// Can an idle connection take a request? A server that closed it made
+    /// it readable (end of file), as would any byte it sent unasked.
+    pub fn is_usable(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // Maybe stale readiness: only "would block" proves it idle.
+            Poll::Ready(Ok(())) => matches!(
+                self.io.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+
+    /// Drops what a large body grew, before the connection idles.
+    pub fn shrink(&mut self) {
+        if self.buf.capacity() > 4 * MIN_READ {
+            self.buf = BytesMut::new();
+        }
+        self.read_size = MIN_READ;
+        if self.wbuf.capacity() > 4 * MIN_READ {
+            self.wbuf = Vec::new();
+        }
+    }
+
+    /// Sends a request and reads the response head. The response body is
+    /// read through the returned [`UpBody`], which owns the connection.
+    pub async fn send(
+        mut self,
+        head: &RequestHead<'_>,
+        body: ReqBody,
+        pool: Option<Arc<Pool>>,
+    ) -> Result<Response<UpBody>, Error> {
+        let length = match &body {
+            ReqBody::Empty | ReqBody::Full(None) => None,
+            ReqBody::Full(Some(b)) => Some(b.len() as u64),
+            ReqBody::Stream { size, .. } => size.exact(),
+        };
+        let streamed = matches!(body, ReqBody::Stream { .. });
+        let chunked = streamed && length.is_none();
+        encode_head(&mut self.wbuf, head, length, chunked);
+        let is_head = head.method == Method::HEAD;
+        let mut early = None;
+        match body {
+            ReqBody::Full(Some(b)) if b.len() <= INLINE_BODY => {
+                self.wbuf.extend_from_slice(&b);
+                write(&mut self.io, &self.wbuf).await?;
+            }
+            ReqBody::Empty | ReqBody::Full(None) => write(&mut self.io, &self.wbuf).await?,
+            body => {
+                write(&mut self.io, &self.wbuf).await?;
+                early = self.send_body(body, chunked, is_head).await?;
+            }
+        }
+        // A response that came before the whole body was sent leaves the
+        // connection in an unknown state: it is not reused.
+        let sent_all = early.is_none();
+        let (status, version, headers, state, keep_alive) = match early {
+            Some(Early::Head(parsed)) => parsed,
+            _ => loop {
+                if let Some(parsed) = parse_head(&mut self.buf, is_head)? {
+                    break parsed;
+                }
+                if self.buf.len() >= MAX_HEAD {
+                    return Err(Error::Invalid("response head too large"));
+                }
+                let got_any = !self.buf.is_empty();
+                match self.fill().await {
+                    Ok(0) if got_any => return Err(Error::Incomplete),
+                    Ok(0) => return Err(Error::Closed("end of file".into())),
+                    Ok(_) => {}
+                    Err(e) if !got_any => return Err(Error::Closed(e.to_string())),
+                    Err(e) => return Err(Error::Io(e)),
+                }
+            },
+        };
+        let mut resp = Response::new(UpBody {
+            conn: Some(self),
+            state,
+            keep_alive: keep_alive && sent_all,
+            pool,
+        });
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+
+    /// Streams a body that is too large to send with the head, while
+    /// watching for a response: a server may answer (say, 413) before it
+    /// has read the whole body, or close the connection. `None`: the whole
+    /// body was sent.
+    async fn send_body(
+        &mut self,
+        body: ReqBody,
+        chunked: bool,
+        is_head: bool,
+    ) -> Result<Option<Early>, Error> {
+        let (mut rd, mut wr) = self.io.split();
+        let buf = &mut self.buf;
+        let mut sending = pin!(async move {
+            let mut body = body;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Error::ClientBody(e.to_string()))?;
+                let Ok(mut data) = frame.into_data() else {
+                    continue; // trailers of the client's body are dropped
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    let size = format!("{:x}\r\n", data.len());
+                    let mut chain = Buf::chain(size.as_bytes(), &mut data).chain(&b"\r\n"[..]);
+                    wr.write_all_buf(&mut chain).await?;
+                } else {
+                    wr.write_all_buf(&mut data).await?;
+                }
+            }
+            if chunked {
+                wr.write_all(b"0\r\n\r\n").await?;
+            }
+            Ok::<(), Error>(())
+        });
+        loop {
+            buf.reserve(MIN_READ);
+            tokio::select! {
+                biased;
+                done = &mut sending => return match done {
+                    Ok(()) => Ok(None),
+                    Err(Error::ClientBody(e)) => Err(Error::ClientBody(e)),
+                    // The server stopped reading: look for its answer.
+                    Err(_) => Ok(Some(Early::Stopped)),
+                },
+                n = rd.read_buf(buf) => match n {
+                    // Interim (1xx) answers are skipped; a final one ends
+                    // the upload.
+                    Ok(n) if n > 0 => {
+                        if let Some(parsed) = parse_head(buf, is_head)? {
+                            return Ok(Some(Early::Head(parsed)));
+                        }
+                    }
+                    _ => return Ok(Some(Early::Stopped)),
+                },
+            }
+        }
+    }
+
+    /// Reads more into `buf`: how many bytes came (0 at end of file).
+    async fn fill(&mut self) -> io::Result<usize> {
+        self.buf.reserve(self.read_size);
+        self.io.read_buf(&mut self.buf).await
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(self.read_size);
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(pin!(self.io.read_buf(&mut self.buf)).poll(cx))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+async fn write(io: &mut TcpStream, bytes: &[u8]) -> Result<(), Error> {
+    // Nothing of a failed first write reached the server.
+    io.write_all(bytes).await.map_err(|e| match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Closed(e.to_string()),
+        _ => Error::Io(e),
+    })
+}
+
+fn encode_head(w: &mut Vec<u8>, head: &RequestHead<'_>, length: Option<u64>, chunked: bool) {
+    w.clear();
+    w.extend_from_slice(head.method.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(head.target.as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_host = false;
+    for (name, value) in head.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        has_host |= name == header::HOST;
+        w.extend_from_slice(name.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+    if !has_host {
+        w.extend_from_slice(b"host: ");
+        w.extend_from_slice(head.host.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        w.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if let Some(n) = length.filter(|&n| n > 0 || has_payload_semantics(head.method)) {
+        w.extend_from_slice(b"content-length: ");
+        w.extend_from_slice(itoa(n, &mut [0u8; 20]));
+        w.extend_from_slice(b"\r\n");
+    } else if length.is_none() && has_payload_semantics(head.method) {
+        w.extend_from_slice(b"content-length: 0\r\n");
+    }
+    w.extend_from_slice(b"\r\n");
+}
+
+/// Methods whose requests are expected to carry a body: an empty one is
+/// sent as `Content-Length: 0`.
+fn has_payload_semantics(m: &Method) -> bool {
+    *m == Method::POST || *m == Method::PUT || *m == Method::PATCH
+}
+
+fn itoa(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &out[i..];
+        }
+    }
+}
+
+type Parsed = (StatusCode, Version, HeaderMap, State, bool);
+
+/// How an upload ended before the whole body was sent.
+enum Early {
+    /// The server answered.
+    Head(Parsed),
+    /// The server closed or stopped reading; any answer is still to come.
+    Stopped,
+}
+
+/// Parses a complete response head at the front of `buf` and consumes it,
+/// skipping interim (1xx) responses other than 101. `None`: incomplete.
+fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error> {
+    loop {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+        {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Error::Invalid("too many headers")),
+            Err(_) => return Err(Error::Invalid("malformed response head")),
+        };
+        let code = resp.code.unwrap_or(0);
+        let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("bad status code"))?;
+        if status.is_informational() && code != 101 {
+            buf.advance(len);
+            continue;
+        }
+        let version = if resp.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Offsets into the head, so that values can share its bytes.
+        let base = buf.as_ptr() as usize;
+        let mut fields = [[0u32; 4]; MAX_HEADERS];
+        let n = resp.headers.len();
+        for (f, h) in fields.iter_mut().zip(resp.headers.iter()) {
+            // Offsets fit in u32: the buffer is far smaller than 4 GiB.
+            *f = [
+                (h.name.as_ptr() as usize - base) as u32,
+                h.name.len() as u32,
+                (h.value.as_ptr() as usize - base) as u32,
+                h.value.len() as u32,
+            ];
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(n);
+        let mut conn_close = version == Version::HTTP_10;
+        let (mut te, mut chunked, mut cl) = (false, false, None::<u64>);
+        for &[ns, nl, vs, vl] in &fields[..n] {
+            let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
+            let name = HeaderName::from_bytes(&head[ns..ns + nl])
+                .map_err(|_| Error::Invalid("bad header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+                .map_err(|_| Error::Invalid("bad header value"))?;
+            if name == header::CONNECTION {
+                for token in value.as_bytes().split(|&b| b == b',') {
+                    let t = token.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        conn_close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                        conn_close = false;
+                    }
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                te = true;
+                // The last coding decides (RFC 9112 §6.3).
+                chunked = value
+                    .as_bytes()
+                    .rsplit(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .find(|c| !c.is_empty())
+                    .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONTENT_LENGTH {
+                for part in value.as_bytes().split(|&b| b == b',') {
+                    let v = parse_length(part.trim_ascii())
+                        .ok_or(Error::Invalid("bad Content-Length"))?;
+                    if cl.is_some_and(|prev| prev != v) {
+                        return Err(Error::Invalid("conflicting Content-Length values"));
+                    }
+                    cl = Some(v);
+                }
+            }
+            headers.append(name, value);
+        }
+        let no_body = is_head || code == 204 || code == 304;
+        let (state, keep_alive) = if code == 101 {
+            (State::Upgrade, false)
+        } else if no_body {
+            (State::Done, !conn_close)
+        } else if te {
+            // Content-Length means nothing next to Transfer-Encoding, and
+            // such a response is not trusted with another request.
+            if cl.is_some() {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            if chunked {
+                (State::Chunked(Chunk::Size), !conn_close && cl.is_none())
+            } else {
+                (State::Eof, false)
+            }
+        } else if let Some(n) = cl {
+            (State::Length(n), !conn_close)
+        } else {
+            (State::Eof, false)
+        };
+        return Ok(Some((status, version, headers, state, keep_alive)));
+    }
+}
+
+fn parse_length(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// A response body read straight from the server's connection.
+#[derive(Debug)]
+pub struct UpBody {
+    conn: Option<Conn>,
+    state: State,
+    keep_alive: bool,
+    /// Where the connection goes once the body has ended.
+    pool: Option<Arc<Pool>>,
+}
+
+/// The connection of a `101 Switching Protocols` response, with the bytes
+/// the server already sent past the response head.
+pub struct Upgraded {
+    pub io: TcpStream,
+    pub read: Bytes,
+}
+
+impl UpBody {
+    /// The connection, if the server switched protocols.
+    pub fn into_upgraded(mut self) -> Option<Upgraded> {
+        if self.state != State::Upgrade {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        Some(Upgraded {
+            io: conn.io,
+            read: conn.buf.freeze(),
+        })
+    }
+
+    /// The body has ended: the connection is reused if it is clean.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(mut conn) = self.conn.take() {
+            if let Some(pool) = self.pool.as_ref() {
+                if self.keep_alive && conn.buf.is_empty() {
+                    conn.shrink();
+                    pool.put(conn);
+                }
+            }
+        }
+    }
+}
+
+/// Up to `max` bytes from the front of `buf`, sharing its memory.
+fn take(buf: &mut BytesMut, max: u64) -> Bytes {
+    let n = buf.len().min(usize::try_from(max).unwrap_or(usize::MAX));
+    buf.split_to(n).freeze()
+}
+
+impl Drop for UpBody {
+    fn drop(&mut self) {
+        // An empty body (HEAD, 204, 304, Content-Length: 0) is never polled.
+        if matches!(self.state, State::Done | State::Length(0)) {
+            self.finish();
+        }
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let need_more = match this.state {
+                State::Done | State::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Upgrade => return Poll::Ready(None),
+                State::Length(left) | State::Chunked(Chunk::Data(left)) => {
+                    if conn.buf.is_empty() {
+                        true
+                    } else {
+                        let data = take(&mut conn.buf, left);
+                        let left = left - data.len() as u64;
+                        this.state = match this.state {
+                            State::Length(_) => State::Length(left),
+                            _ if left == 0 => State::Chunked(Chunk::DataEnd),
+                            _ => State::Chunked(Chunk::Data(left)),
+                        };
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Eof => {
+                    if conn.buf.is_empty() {
+                        match ready!(conn.poll_fill(cx)) {
+                            Ok(0) => {
+                                this.keep_alive = false;
+                                this.finish();
+                                return Poll::Ready(None);
+                            }
+                            Ok(_) => continue,
+                            Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+                        }
+                    }
+                    let data = take(&mut conn.buf, u64::MAX);
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        conn.buf.advance(used);
+                        this.state = State::Chunked(if size == 0 {
+                            Chunk::Trailers(0)
+                        } else {
+                            Chunk::Data(size)
+                        });
+                        continue;
+                    }
+                    Ok(httparse::Status::Partial) if conn.buf.len() < 1024 => true,
+                    _ => return Poll::Ready(Some(Err(Error::Invalid("bad chunk size")))),
+                },
+                State::Chunked(Chunk::DataEnd) => {
+                    if conn.buf.len() < 2 {
+                        true
+                    } else if conn.buf.starts_with(b"\r\n") {
+                        conn.buf.advance(2);
+                        this.state = State::Chunked(Chunk::Size);
+                        continue;
+                    } else {
+                        return Poll::Ready(Some(Err(Error::Invalid(
+                            "chunk not followed by CRLF",
+                        ))));
+                    }
+                }
+                State::Chunked(Chunk::Trailers(seen)) => {
+                    // Trailer fields are read and dropped, up to an empty line.
+                    match conn.buf.windows(2).position(|w| w == b"\r\n") {
+                        Some(0) => {
+                            conn.buf.advance(2);
+                            this.state = State::Done;
+                            continue;
+                        }
+                        Some(line) if seen + line <= MAX_HEAD => {
+                            conn.buf.advance(line + 2);
+                            this.state = State::Chunked(Chunk::Trailers(seen + line + 2));
+                            continue;
+                        }
+                        None if seen + conn.buf.len() <= MAX_HEAD => true,
+                        _ => return Poll::Ready(Some(Err(Error::Invalid("trailers too large")))),
+                    }
+                }
+            };
+            if need_more {
+                match ready!(conn.poll_fill(cx)) {
+                    Ok(0) => return Poll::Ready(Some(Err(Error::Incomplete))),
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0) | State::Upgrade)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Length(n) => SizeHint::with_exact(n),
+            State::Done | State::Upgrade => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers the requests of each connection with the
+    /// scripted bytes in turn, closing after a `true` entry.
+    async fn scripted(script: Vec<(&'static [u8], bool)>) -> (SocketAddr, Arc<AtomicU64>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let script = script.clone();
+                tokio::spawn(async move {
+                    for (reply, close) in script {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        if s.write_all(reply).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn exchange(
+        pool: &Arc<Pool>,
+        addr: SocketAddr,
+        method: Method,
+        body: ReqBody,
+    ) -> Result<(Response<()>, Result<Bytes, Error>), Error> {
+        let headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &method,
+            target: "/",
+            headers: &headers,
+            host: "test",
+        };
+        let conn = match pool.checkout(Duration::from_secs(60)) {
+            Some(c) => c,
+            None => Conn::connect(addr, Duration::from_secs(1)).await.unwrap(),
+        };
+        let resp = conn.send(&head, body, Some(pool.clone())).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|c| c.to_bytes());
+        Ok((Response::from_parts(parts, ()), body))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_delimited_as_rfc_9112_says() {
+        // (response, method, body read, connection reused after it)
+        let cases: Vec<(&'static [u8], Method, &str, bool)> = vec![
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                Method::GET,
+                "hello",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n",
+                Method::GET,
+                "hello world",
+                true,
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                Method::POST,
+                "ok",
+                true,
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", Method::DELETE, "", true),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+                Method::HEAD,
+                "",
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+                Method::GET,
+                "ok",
+                false,
+            ),
+            // Transfer-Encoding wins over Content-Length; not trusted again.
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                Method::GET,
+                "ok",
+                false,
+            ),
+        ];
+        for (reply, method, want, reused) in cases {
+            let (addr, _) = scripted(vec![(reply, false)]).await;
+            let pool = Arc::new(Pool::default());
+            let (resp, body) = exchange(&pool, addr, method.clone(), ReqBody::Empty)
+                .await
+                .unwrap();
+            let shown = String::from_utf8_lossy(reply);
+            assert_eq!(resp.status().as_u16() / 100, 2, "{shown}");
+            assert_eq!(body.unwrap(), want.as_bytes(), "{shown}");
+            assert_eq!(pool.idle_count(), usize::from(reused), "{shown}");
+            if shown.contains("transfer-encoding") {
+                // The body is re-framed for the client: no stale length.
+                assert!(
+                    resp.headers().get(header::CONTENT_LENGTH).is_none(),
+                    "{shown}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_runs_to_the_close_is_read_whole_and_the_connection_dropped() {
+        let (addr, _) = scripted(vec![(b"HTTP/1.0 200 OK\r\n\r\nuntil the end", true)]).await;
+        let pool = Arc::new(Pool::default());
+        let (resp, body) = exchange(&pool, addr, Method::GET, ReqBody::Empty)
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), Version::HTTP_10);
+        assert_eq!(body.unwrap(), "until the end");
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn bad_responses_are_errors_not_data() {
+        let cases: Vec<(&'static [u8], &str)> = vec![
+            (b"SSH-2.0-OpenSSH\r\n\r\n", "malformed"),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nok",
+                "conflicting",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+                "Content-Length",
+            ),
+        ];
+        for (reply, want) in cases {
+            let (addr, _) = scripted(vec![(reply, true)]).await;
+            let pool = Arc::new(Pool::default());
+            match exchange(&pool, addr, Method::GET, ReqBody::Empty).await {
+                Err(e @ Error::Invalid(_)) => assert!(e.to_string().contains(want), "{e}"),
+                other => panic!("{}: {other:?}", String::from_utf8_lossy(reply)),
+            }
+        }
+        // A body cut short is an error of the body, after the head.
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let (addr, _) = scripted(vec![(reply, true)]).await;
+            let pool = Arc::new(Pool::default());
+            let (_, body) = exchange(&pool, addr, Method::GET, ReqBody::Empty)
+                .await
+                .unwrap();
+            assert!(body.is_err(), "{}", String::from_utf8_lossy(reply));
+            assert_eq!(pool.idle_count(), 0);
+        }
+        // Nothing at all: the connection closed before any response.
+        let (addr, _) = scripted(vec![(b"", true)]).await;
+        let pool = Arc::new(Pool::default());
+        assert!(matches!(
+            exchange(&pool, addr, Method::GET, ReqBody::Empty).await,
+            Err(Error::Closed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_upload_ends_stops_the_upload() {
+        // The server refuses at once, without reading the 8 MiB body.
+        let (addr, _) = scripted(vec![(
+            b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )])
+        .await;
+        let pool = Arc::new(Pool::default());
+        let big = Bytes::from(vec![b'x'; 8 << 20]);
+        let (resp, body) = exchange(&pool, addr, Method::POST, ReqBody::Full(Some(big)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 413);
+        assert_eq!(body.unwrap(), "");
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a half-sent request leaves the connection unusable"
+        );
+    }
+
+    #[test]
+    fn request_heads_carry_their_own_framing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        let head = RequestHead {
+            method: &Method::POST,
+            target: "/p?q=1",
+            headers: &headers,
+            host: "127.0.0.1:8001",
+        };
+        let mut w = Vec::new();
+        encode_head(&mut w, &head, Some(12345), false);
+        assert_eq!(
+            String::from_utf8(w.clone()).unwrap(),
+            "POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: 127.0.0.1:8001\r\ncontent-length: 12345\r\n\r\n"
+        );
+        encode_head(&mut w, &head, None, false);
+        assert!(String::from_utf8_lossy(&w).ends_with("content-length: 0\r\n\r\n"));
+        encode_head(&mut w, &head, None, true);
+        assert!(String::from_utf8_lossy(&w).ends_with("transfer-encoding: chunked\r\n\r\n"));
+        let get = RequestHead {
+            method: &Method::GET,
+            ..head
+        };
+        encode_head(&mut w, &get, None, false);
+        assert!(!String::from_utf8_lossy(&w).contains("content-length"));
+    }
+}
