@@ -32,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
+use crate::headers::{connection_named, is_hop_by_hop, Rewrite};
 use crate::pool::Pool;
 
 /// A response head larger than this is refused.
@@ -78,8 +79,10 @@ pub struct RequestHead<'a> {
     pub method: &'a Method,
     /// Origin form: `/path?query`.
     pub target: &'a str,
-    /// End-to-end headers; framing headers in it are replaced.
+    /// The client's headers, written as `rewrite` says; framing headers
+    /// in it are replaced.
     pub headers: &'a HeaderMap,
+    pub rewrite: &'a Rewrite,
     /// Sent as `Host` when `headers` has none.
     pub host: &'a str,
 }
@@ -172,7 +175,9 @@ impl Conn {
             ReqBody::Empty | ReqBody::Full(None) => write(&mut self.io, &self.wbuf).await?,
             body => {
                 write(&mut self.io, &self.wbuf).await?;
-                early = self.send_body(body, chunked, is_head).await?;
+                // Boxed: a rare path whose future would otherwise make every
+                // request's future larger (and costlier to move).
+                early = Box::pin(self.send_body(body, chunked, is_head)).await?;
             }
         }
         // A response that came before the whole body was sent leaves the
@@ -301,7 +306,7 @@ fn encode_head(w: &mut Vec<u8>, head: &RequestHead<'_>, length: Option<u64>, chu
     w.extend_from_slice(b" HTTP/1.1\r\n");
     let mut has_host = false;
     for (name, value) in head.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH || !head.rewrite.keeps(name) {
             continue;
         }
         has_host |= name == header::HOST;
@@ -310,6 +315,7 @@ fn encode_head(w: &mut Vec<u8>, head: &RequestHead<'_>, length: Option<u64>, chu
         w.extend_from_slice(value.as_bytes());
         w.extend_from_slice(b"\r\n");
     }
+    w.extend_from_slice(&head.rewrite.lines);
     if !has_host {
         w.extend_from_slice(b"host: ");
         w.extend_from_slice(head.host.as_bytes());
@@ -396,6 +402,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(n);
         let mut conn_close = version == Version::HTTP_10;
+        let mut connection = HeaderMap::new();
         let (mut te, mut chunked, mut cl) = (false, false, None::<u64>);
         for &[ns, nl, vs, vl] in &fields[..n] {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
@@ -431,7 +438,22 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
                     cl = Some(v);
                 }
             }
-            headers.append(name, value);
+            // Hop-by-hop headers stop here (RFC 9110 §7.6.1); `Upgrade`
+            // goes on with a 101.
+            if !is_hop_by_hop(&name, code == 101) {
+                headers.append(name, value);
+            } else if name == header::CONNECTION
+                && value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| !is_plain_token(t))
+            {
+                connection.append(header::CONNECTION, value);
+            }
+        }
+        // Headers that `Connection` names are hop-by-hop too (rare).
+        for name in connection_named(&connection) {
+            headers.remove(name);
         }
         let no_body = is_head || code == 204 || code == 304;
         let (state, keep_alive) = if code == 101 {
@@ -456,6 +478,15 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
         };
         return Ok(Some((status, version, headers, state, keep_alive)));
     }
+}
+
+/// A `Connection` token that names no header.
+fn is_plain_token(t: &[u8]) -> bool {
+    let t = t.trim_ascii();
+    t.is_empty()
+        || t.eq_ignore_ascii_case(b"close")
+        || t.eq_ignore_ascii_case(b"keep-alive")
+        || t.eq_ignore_ascii_case(b"upgrade")
 }
 
 fn parse_length(b: &[u8]) -> Option<u64> {
@@ -687,6 +718,7 @@ mod tests {
             method: &method,
             target: "/",
             headers: &headers,
+            rewrite: &Rewrite::default(),
             host: "test",
         };
         let conn = match pool.checkout(Duration::from_secs(60)) {
@@ -849,6 +881,7 @@ mod tests {
             method: &Method::POST,
             target: "/p?q=1",
             headers: &headers,
+            rewrite: &Rewrite::default(),
             host: "127.0.0.1:8001",
         };
         let mut w = Vec::new();

@@ -13,17 +13,6 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
 /// Rejects requests whose framing is ambiguous (request smuggling).
 pub fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
     let has_te = h.contains_key(header::TRANSFER_ENCODING);
@@ -77,42 +66,116 @@ fn connection_has(h: &HeaderMap, token: &str) -> bool {
     })
 }
 
-/// Removes hop-by-hop headers, including those named in `Connection`. For
-/// upgrades, `Connection: upgrade` and `Upgrade` are kept.
-pub fn remove_hop_by_hop(h: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("").split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(upgrade && *n == header::UPGRADE))
-        .collect();
-    for n in named {
-        h.remove(n);
+/// Is this header hop-by-hop (RFC 9110 §7.6.1)? `Upgrade` is kept for
+/// upgrades.
+pub fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
+    if *name == header::CONNECTION
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+    {
+        return true;
     }
-    for n in HOP_BY_HOP.iter() {
-        h.remove(n);
+    if *name == header::UPGRADE {
+        return !upgrade;
     }
-    if upgrade {
-        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
-    }
+    // The two that are not standard names in `http`.
+    let s = name.as_str();
+    s == "keep-alive" || s == "proxy-connection"
 }
 
-/// Appends the client to `X-Forwarded-For`, sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`.
-pub fn add_forwarded(h: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&str>) {
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR, v);
+/// The header names a `Connection` header lists, other than the tokens
+/// that only steer the connection (`close`, `keep-alive`, `upgrade`):
+/// those headers are hop-by-hop too.
+pub fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !(t.is_empty()
+                || t.eq_ignore_ascii_case(b"close")
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"upgrade"))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect()
+}
+
+/// How a request head is rewritten on its way to a server, decided once
+/// per request and applied as each attempt's head is written
+/// ([`crate::client`]): hop-by-hop headers and those `Connection` names are
+/// dropped, X-Forwarded-For is appended to, X-Forwarded-Proto,
+/// X-Forwarded-Host and X-Request-Id are set. The client's header map is
+/// never changed.
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    named: Vec<HeaderName>,
+    upgrade: bool,
+    /// The header lines written after the kept ones (`name: value\r\n`).
+    pub lines: Vec<u8>,
+}
+
+impl Rewrite {
+    pub fn request(
+        h: &HeaderMap,
+        client: IpAddr,
+        proto: &str,
+        host: Option<&str>,
+        request_id: &HeaderValue,
+        upgrade: bool,
+    ) -> Rewrite {
+        use std::io::Write;
+        let mut lines = Vec::with_capacity(160);
+        lines.extend_from_slice(b"x-forwarded-for: ");
+        let prev = h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|v| !v.is_empty());
+        for v in prev {
+            lines.extend_from_slice(v);
+            lines.extend_from_slice(b", ");
+        }
+        let _ = write!(lines, "{client}\r\nx-forwarded-proto: {proto}\r\n");
+        // `host` comes from a header value or the request's authority: no
+        // CR or LF can be in it.
+        if let Some(host) = host {
+            lines.extend_from_slice(b"x-forwarded-host: ");
+            lines.extend_from_slice(host.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+        }
+        lines.extend_from_slice(b"x-request-id: ");
+        lines.extend_from_slice(request_id.as_bytes());
+        lines.extend_from_slice(b"\r\n");
+        if upgrade {
+            lines.extend_from_slice(b"connection: upgrade\r\n");
+        }
+        let named = if h.contains_key(header::CONNECTION) {
+            connection_named(h)
+        } else {
+            Vec::new()
+        };
+        Rewrite {
+            named,
+            upgrade,
+            lines,
+        }
     }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(v) = host.and_then(|s| HeaderValue::from_str(s).ok()) {
-        h.insert(X_FORWARDED_HOST, v);
+
+    /// Does the header go to the server as the client sent it?
+    pub fn keeps(&self, name: &HeaderName) -> bool {
+        // By string: comparing with a `const` header name builds and drops
+        // a temporary on every call.
+        let s = name.as_str();
+        !(is_hop_by_hop(name, self.upgrade)
+            || s == "x-forwarded-for"
+            || s == "x-forwarded-proto"
+            || s == "x-forwarded-host"
+            || s == "x-request-id"
+            || self.named.contains(name))
     }
 }
 
@@ -179,35 +242,57 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_forwarded() {
-        let mut h = hm(&[
+        let h = hm(&[
             ("connection", "keep-alive, x-secret"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
             ("upgrade", "websocket"),
             ("x-forwarded-for", "10.0.0.1"),
+            ("x-request-id", "from-client"),
             ("accept", "*/*"),
         ]);
-        remove_hop_by_hop(&mut h, false);
-        for gone in ["connection", "x-secret", "keep-alive", "te", "upgrade"] {
-            assert!(!h.contains_key(gone), "{gone} kept");
-        }
-        assert!(h.contains_key("accept"));
-        add_forwarded(
-            &mut h,
-            "127.0.0.1".parse().unwrap(),
-            "http",
-            Some("api.example.com"),
+        let rid = HeaderValue::from_static("abc");
+        let client = "127.0.0.1".parse().unwrap();
+        let r = Rewrite::request(&h, client, "http", Some("api.example.com"), &rid, false);
+        let kept: Vec<&str> = h
+            .keys()
+            .filter(|n| r.keeps(n))
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(kept, ["accept"]);
+        assert_eq!(
+            String::from_utf8(r.lines.clone()).unwrap(),
+            "x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: api.example.com\r\nx-request-id: abc\r\n"
         );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(connection_named(&h), [HeaderName::from_static("x-secret")]);
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(
+                is_hop_by_hop(&HeaderName::from_static(name), false),
+                "{name}"
+            );
+        }
+        assert!(!is_hop_by_hop(&header::UPGRADE, true));
+        assert!(!is_hop_by_hop(&header::ACCEPT, false));
 
-        let mut up = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let up = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&up));
-        remove_hop_by_hop(&mut up, true);
-        assert_eq!(up["upgrade"], "websocket");
-        assert_eq!(up["connection"], "upgrade");
+        let r = Rewrite::request(&up, client, "http", None, &rid, true);
+        assert!(r.keeps(&header::UPGRADE));
+        assert!(!r.keeps(&header::CONNECTION));
+        assert!(String::from_utf8_lossy(&r.lines).ends_with("connection: upgrade\r\n"));
+        assert!(!String::from_utf8_lossy(&r.lines).contains("x-forwarded-host"));
     }
 
     #[test]

@@ -135,6 +135,7 @@ mod tests {
             method: &Method::GET,
             target: "/",
             headers: &headers,
+            rewrite: &crate::headers::Rewrite::default(),
             host: "test",
         };
         let resp = pool

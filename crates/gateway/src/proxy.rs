@@ -29,7 +29,7 @@ use tracing::{debug, info};
 use crate::body::{Guards, ReqBody, RespBody};
 use crate::client::RequestHead;
 use crate::error::ProxyError;
-use crate::headers;
+use crate::headers::{self, Rewrite};
 use crate::pool::SendError;
 use crate::route::{host_without_port, strip};
 use crate::server::Outcome;
@@ -251,18 +251,17 @@ async fn forward(
         Some(pq) => pq.clone(),
         None => PathAndQuery::from_static("/"),
     };
-    let mut base_headers = parts.headers;
-    headers::remove_hop_by_hop(&mut base_headers, upgrade);
-    headers::add_forwarded(&mut base_headers, client.ip(), "http", host_header);
-    base_headers.insert(headers::X_REQUEST_ID, rid.clone());
-    if !base_headers.contains_key(header::HOST) {
-        if let Some(h) = host_value.clone() {
-            base_headers.insert(header::HOST, h);
-        }
-    }
-    let idempotent = headers::is_idempotent(&parts.method, &base_headers);
+    let rewrite = Rewrite::request(
+        &parts.headers,
+        client.ip(),
+        "http",
+        host_header,
+        rid,
+        upgrade,
+    );
+    let idempotent = headers::is_idempotent(&parts.method, &parts.headers);
     let key = match (&cfg.hash_key, cfg.balance) {
-        (Some(k), centinela_config::Balance::Hash) => hash_key(k, &base_headers, client),
+        (Some(k), centinela_config::Balance::Hash) => hash_key(k, &parts.headers, client),
         _ => None,
     };
     let body = match tokio::time::timeout_at(deadline, prepare(body, cfg.retry.buffer_body)).await {
@@ -311,8 +310,10 @@ async fn forward(
         let up_head = RequestHead {
             method: &parts.method,
             target: path_and_query.as_str(),
-            headers: &base_headers,
-            host: server.authority.as_str(),
+            headers: &parts.headers,
+            rewrite: &rewrite,
+            // HTTP/2 clients send the host as :authority, not Host.
+            host: host_header.unwrap_or(server.authority.as_str()),
         };
 
         let now = Instant::now();
@@ -379,12 +380,15 @@ async fn forward(
                             }
                         });
                     }
-                    headers::remove_hop_by_hop(&mut p.headers, true);
+                    // The server's 101 head kept `Upgrade` (client.rs);
+                    // `Connection: upgrade` goes with it.
+                    p.headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                     p.headers.insert(headers::X_REQUEST_ID, rid.clone());
                     return Ok(Response::from_parts(p, RespBody::empty()));
                 }
                 let (mut p, inner) = resp.into_parts();
-                headers::remove_hop_by_hop(&mut p.headers, false);
+                // Hop-by-hop headers were left out when the head was read.
                 p.headers.insert(headers::X_REQUEST_ID, rid.clone());
                 p.version = Version::HTTP_11;
                 let guards = Guards {
