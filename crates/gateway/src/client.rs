@@ -670,15 +670,19 @@ impl Body for UpBody {
     }
 }
 
+/// A raw HTTP/1.1 server for tests of this client and of the pool.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod script {
+    use std::net::SocketAddr;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A server that answers the requests of each connection with the
     /// scripted bytes in turn, closing after a `true` entry.
-    async fn scripted(script: Vec<(&'static [u8], bool)>) -> (SocketAddr, Arc<AtomicU64>) {
+    pub(crate) async fn scripted(
+        script: Vec<(&'static [u8], bool)>,
+    ) -> (SocketAddr, Arc<AtomicU64>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicU64::new(0));
@@ -706,6 +710,12 @@ mod tests {
         });
         (addr, accepted)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::script::scripted;
+    use super::*;
 
     async fn exchange(
         pool: &Arc<Pool>,

@@ -119,10 +119,10 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::script::scripted;
     use centinela_testkit::TestServer;
     use http::{HeaderMap, Method};
     use http_body_util::BodyExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(
         pool: &Arc<Pool>,
@@ -175,46 +175,11 @@ mod tests {
         assert_eq!(pool.lock().len(), 1);
     }
 
-    /// A server that answers `answered` requests per connection, then
-    /// reads one more request and closes without answering, or (with
-    /// `close_idle`) closes as soon as it has answered.
-    async fn closing_server(answered: usize, close_idle: bool) -> (SocketAddr, Arc<AtomicU64>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicU64::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut n = 0;
-                    loop {
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 1024];
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
-                        }
-                        if n == answered {
-                            return; // read, never answered: closed
-                        }
-                        n += 1;
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(ok).await.is_err() || close_idle {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (addr, accepted)
-    }
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
     #[tokio::test]
     async fn an_idle_connection_closed_by_the_server_is_not_used_again() {
-        let (addr, accepted) = closing_server(1, true).await;
+        let (addr, accepted) = scripted(vec![(OK, true)]).await;
         let pool = Arc::new(Pool::default());
         let idle = Duration::from_secs(60);
         get(&pool, addr, idle, false).await.unwrap();
@@ -234,7 +199,7 @@ mod tests {
     async fn a_request_lost_on_a_pooled_connection_is_replayed_only_when_allowed() {
         // Each connection answers one request and drops the next unanswered,
         // as a server closing an idle connection just as it is reused.
-        let (addr, accepted) = closing_server(1, false).await;
+        let (addr, accepted) = scripted(vec![(OK, false), (b"", true)]).await;
         let pool = Arc::new(Pool::default());
         let idle = Duration::from_secs(60);
         get(&pool, addr, idle, true).await.unwrap();
