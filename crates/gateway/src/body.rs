@@ -24,8 +24,8 @@ pub enum ReqBody {
     /// still holds it, so an attempt that failed to connect can hand it on.
     Stream {
         prefix: Option<Bytes>,
-        slot: Arc<Mutex<Option<Incoming>>>,
-        taken: Option<Incoming>,
+        slot: Arc<Mutex<Option<ClientBody>>>,
+        taken: Option<ClientBody>,
         size: SizeHint,
     },
 }
@@ -41,14 +41,59 @@ impl ReqBody {
     }
 }
 
-impl Body for ReqBody {
+/// Why a client's body could not be read.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body as a client sends it.
+#[derive(Debug)]
+pub enum ClientBody {
+    Empty,
+    /// Read from an HTTP/1 connection (`h1.rs`).
+    H1(crate::h1::RequestBody),
+    /// An HTTP/2 stream (hyper).
+    H2(Incoming),
+}
+
+impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

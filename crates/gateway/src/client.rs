@@ -16,7 +16,6 @@
 
 use std::future::Future;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -32,13 +31,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
-use crate::headers::{connection_named, is_hop_by_hop, Rewrite};
+use crate::codec::{self, Chunk, Decoder, Spans, Step, MAX_HEAD};
+use crate::headers::Rewrite;
 use crate::pool::Pool;
 
-/// A response head larger than this is refused.
-const MAX_HEAD: usize = 64 * 1024;
-/// Header fields in one response head at most (as hyper).
-const MAX_HEADERS: usize = 100;
 /// Reads start at this size and double while they fill the buffer.
 const MIN_READ: usize = 8 * 1024;
 const MAX_READ: usize = 256 * 1024;
@@ -87,24 +83,12 @@ pub struct RequestHead<'a> {
     pub host: &'a str,
 }
 
-/// How the response body is delimited.
+/// Where the response is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the server closes the connection.
-    Eof,
-    Done,
+    Body(Decoder),
     /// `101 Switching Protocols`: the connection now belongs to the upgrade.
     Upgrade,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers(usize),
 }
 
 impl Conn {
@@ -325,7 +309,7 @@ fn encode_head(w: &mut Vec<u8>, head: &RequestHead<'_>, length: Option<u64>, chu
         w.extend_from_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(n) = length.filter(|&n| n > 0 || has_payload_semantics(head.method)) {
         w.extend_from_slice(b"content-length: ");
-        w.extend_from_slice(itoa(n, &mut [0u8; 20]));
+        w.extend_from_slice(codec::itoa(n, &mut [0u8; 20]));
         w.extend_from_slice(b"\r\n");
     } else if length.is_none() && has_payload_semantics(head.method) {
         w.extend_from_slice(b"content-length: 0\r\n");
@@ -337,18 +321,6 @@ fn encode_head(w: &mut Vec<u8>, head: &RequestHead<'_>, length: Option<u64>, chu
 /// sent as `Content-Length: 0`.
 fn has_payload_semantics(m: &Method) -> bool {
     *m == Method::POST || *m == Method::PUT || *m == Method::PATCH
-}
-
-fn itoa(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
-    let mut i = out.len();
-    loop {
-        i -= 1;
-        out[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &out[i..];
-        }
-    }
 }
 
 type Parsed = (StatusCode, Version, HeaderMap, State, bool);
@@ -365,7 +337,7 @@ enum Early {
 /// skipping interim (1xx) responses other than 101. `None`: incomplete.
 fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error> {
     loop {
-        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut slots = codec::slots();
         let mut resp = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
@@ -386,114 +358,40 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
         } else {
             Version::HTTP_11
         };
-        // Offsets into the head, so that values can share its bytes.
-        let base = buf.as_ptr() as usize;
-        let mut fields = [[0u32; 4]; MAX_HEADERS];
-        let n = resp.headers.len();
-        for (f, h) in fields.iter_mut().zip(resp.headers.iter()) {
-            // Offsets fit in u32: the buffer is far smaller than 4 GiB.
-            *f = [
-                (h.name.as_ptr() as usize - base) as u32,
-                h.name.len() as u32,
-                (h.value.as_ptr() as usize - base) as u32,
-                h.value.len() as u32,
-            ];
-        }
+        let spans = Spans::of(buf, resp.headers);
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(n);
-        let mut conn_close = version == Version::HTTP_10;
-        let mut connection = HeaderMap::new();
-        let (mut te, mut chunked, mut cl) = (false, false, None::<u64>);
-        for &[ns, nl, vs, vl] in &fields[..n] {
-            let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
-            let name = HeaderName::from_bytes(&head[ns..ns + nl])
-                .map_err(|_| Error::Invalid("bad header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
-                .map_err(|_| Error::Invalid("bad header value"))?;
-            if name == header::CONNECTION {
-                for token in value.as_bytes().split(|&b| b == b',') {
-                    let t = token.trim_ascii();
-                    if t.eq_ignore_ascii_case(b"close") {
-                        conn_close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                        conn_close = false;
-                    }
-                }
-            } else if name == header::TRANSFER_ENCODING {
-                te = true;
-                // The last coding decides (RFC 9112 §6.3).
-                chunked = value
-                    .as_bytes()
-                    .rsplit(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .find(|c| !c.is_empty())
-                    .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
-            } else if name == header::CONTENT_LENGTH {
-                for part in value.as_bytes().split(|&b| b == b',') {
-                    let v = parse_length(part.trim_ascii())
-                        .ok_or(Error::Invalid("bad Content-Length"))?;
-                    if cl.is_some_and(|prev| prev != v) {
-                        return Err(Error::Invalid("conflicting Content-Length values"));
-                    }
-                    cl = Some(v);
-                }
-            }
-            // Hop-by-hop headers stop here (RFC 9110 §7.6.1); `Upgrade`
-            // goes on with a 101.
-            if !is_hop_by_hop(&name, code == 101) {
-                headers.append(name, value);
-            } else if name == header::CONNECTION
-                && value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| !is_plain_token(t))
-            {
-                connection.append(header::CONNECTION, value);
-            }
+        let (mut headers, f) =
+            codec::fields(&head, &spans, Some(code == 101)).map_err(Error::Invalid)?;
+        if let Some(why) = f.bad_length {
+            return Err(Error::Invalid(why));
         }
-        // Headers that `Connection` names are hop-by-hop too (rare).
-        for name in connection_named(&connection) {
-            headers.remove(name);
-        }
+        let conn_close = f.close || (version == Version::HTTP_10 && !f.keep_alive);
         let no_body = is_head || code == 204 || code == 304;
         let (state, keep_alive) = if code == 101 {
             (State::Upgrade, false)
         } else if no_body {
-            (State::Done, !conn_close)
-        } else if te {
+            (State::Body(Decoder::Done), !conn_close)
+        } else if f.te {
             // Content-Length means nothing next to Transfer-Encoding, and
             // such a response is not trusted with another request.
-            if cl.is_some() {
+            if f.length.is_some() {
                 headers.remove(header::CONTENT_LENGTH);
             }
-            if chunked {
-                (State::Chunked(Chunk::Size), !conn_close && cl.is_none())
+            if f.chunked {
+                (
+                    State::Body(Decoder::Chunked(Chunk::Size)),
+                    !conn_close && f.length.is_none(),
+                )
             } else {
-                (State::Eof, false)
+                (State::Body(Decoder::Eof), false)
             }
-        } else if let Some(n) = cl {
-            (State::Length(n), !conn_close)
+        } else if let Some(n) = f.length {
+            (State::Body(Decoder::Length(n)), !conn_close)
         } else {
-            (State::Eof, false)
+            (State::Body(Decoder::Eof), false)
         };
         return Ok(Some((status, version, headers, state, keep_alive)));
     }
-}
-
-/// A `Connection` token that names no header.
-fn is_plain_token(t: &[u8]) -> bool {
-    let t = t.trim_ascii();
-    t.is_empty()
-        || t.eq_ignore_ascii_case(b"close")
-        || t.eq_ignore_ascii_case(b"keep-alive")
-        || t.eq_ignore_ascii_case(b"upgrade")
-}
-
-fn parse_length(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// A response body read straight from the server's connection.
@@ -528,7 +426,7 @@ impl UpBody {
 
     /// The body has ended: the connection is reused if it is clean.
     fn finish(&mut self) {
-        self.state = State::Done;
+        self.state = State::Body(Decoder::Done);
         if let Some(mut conn) = self.conn.take() {
             if let Some(pool) = self.pool.as_ref() {
                 if self.keep_alive && conn.buf.is_empty() {
@@ -540,16 +438,10 @@ impl UpBody {
     }
 }
 
-/// Up to `max` bytes from the front of `buf`, sharing its memory.
-fn take(buf: &mut BytesMut, max: u64) -> Bytes {
-    let n = buf.len().min(usize::try_from(max).unwrap_or(usize::MAX));
-    buf.split_to(n).freeze()
-}
-
 impl Drop for UpBody {
     fn drop(&mut self) {
         // An empty body (HEAD, 204, 304, Content-Length: 0) is never polled.
-        if matches!(self.state, State::Done | State::Length(0)) {
+        if matches!(self.state, State::Body(d) if d.is_end()) {
             self.finish();
         }
     }
@@ -568,104 +460,42 @@ impl Body for UpBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            let need_more = match this.state {
-                State::Done | State::Length(0) => {
+            let State::Body(dec) = &mut this.state else {
+                return Poll::Ready(None);
+            };
+            let eof_ends = *dec == Decoder::Eof;
+            match dec.decode(&mut conn.buf) {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::End) => {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                State::Upgrade => return Poll::Ready(None),
-                State::Length(left) | State::Chunked(Chunk::Data(left)) => {
-                    if conn.buf.is_empty() {
-                        true
-                    } else {
-                        let data = take(&mut conn.buf, left);
-                        let left = left - data.len() as u64;
-                        this.state = match this.state {
-                            State::Length(_) => State::Length(left),
-                            _ if left == 0 => State::Chunked(Chunk::DataEnd),
-                            _ => State::Chunked(Chunk::Data(left)),
-                        };
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                Err(why) => return Poll::Ready(Some(Err(Error::Invalid(why)))),
+                Ok(Step::More) => match ready!(conn.poll_fill(cx)) {
+                    Ok(0) if eof_ends => {
+                        this.keep_alive = false;
+                        this.finish();
+                        return Poll::Ready(None);
                     }
-                }
-                State::Eof => {
-                    if conn.buf.is_empty() {
-                        match ready!(conn.poll_fill(cx)) {
-                            Ok(0) => {
-                                this.keep_alive = false;
-                                this.finish();
-                                return Poll::Ready(None);
-                            }
-                            Ok(_) => continue,
-                            Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
-                        }
-                    }
-                    let data = take(&mut conn.buf, u64::MAX);
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                State::Chunked(Chunk::Size) => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        conn.buf.advance(used);
-                        this.state = State::Chunked(if size == 0 {
-                            Chunk::Trailers(0)
-                        } else {
-                            Chunk::Data(size)
-                        });
-                        continue;
-                    }
-                    Ok(httparse::Status::Partial) if conn.buf.len() < 1024 => true,
-                    _ => return Poll::Ready(Some(Err(Error::Invalid("bad chunk size")))),
-                },
-                State::Chunked(Chunk::DataEnd) => {
-                    if conn.buf.len() < 2 {
-                        true
-                    } else if conn.buf.starts_with(b"\r\n") {
-                        conn.buf.advance(2);
-                        this.state = State::Chunked(Chunk::Size);
-                        continue;
-                    } else {
-                        return Poll::Ready(Some(Err(Error::Invalid(
-                            "chunk not followed by CRLF",
-                        ))));
-                    }
-                }
-                State::Chunked(Chunk::Trailers(seen)) => {
-                    // Trailer fields are read and dropped, up to an empty line.
-                    match conn.buf.windows(2).position(|w| w == b"\r\n") {
-                        Some(0) => {
-                            conn.buf.advance(2);
-                            this.state = State::Done;
-                            continue;
-                        }
-                        Some(line) if seen + line <= MAX_HEAD => {
-                            conn.buf.advance(line + 2);
-                            this.state = State::Chunked(Chunk::Trailers(seen + line + 2));
-                            continue;
-                        }
-                        None if seen + conn.buf.len() <= MAX_HEAD => true,
-                        _ => return Poll::Ready(Some(Err(Error::Invalid("trailers too large")))),
-                    }
-                }
-            };
-            if need_more {
-                match ready!(conn.poll_fill(cx)) {
                     Ok(0) => return Poll::Ready(Some(Err(Error::Incomplete))),
                     Ok(_) => {}
                     Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
-                }
+                },
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done | State::Length(0) | State::Upgrade)
+        match self.state {
+            State::Body(d) => d.is_end(),
+            State::Upgrade => true,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.state {
-            State::Length(n) => SizeHint::with_exact(n),
-            State::Done | State::Upgrade => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+            State::Body(d) => d.size_hint(),
+            State::Upgrade => SizeHint::with_exact(0),
         }
     }
 }
@@ -885,8 +715,11 @@ mod tests {
     #[test]
     fn request_heads_carry_their_own_framing() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
-        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert(
+            header::CONTENT_LENGTH,
+            http::HeaderValue::from_static("999"),
+        );
+        headers.insert("x-a", http::HeaderValue::from_static("1"));
         let head = RequestHead {
             method: &Method::POST,
             target: "/p?q=1",

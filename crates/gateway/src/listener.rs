@@ -1,29 +1,25 @@
-//! Accepting connections and serving HTTP/1.1 (keep-alive, upgrades) and
-//! HTTP/2 cleartext (prior knowledge) on them, with graceful drain.
+//! Accepting connections and serving them (`h1.rs`: HTTP/1.1 with
+//! keep-alive and upgrades, HTTP/2 cleartext with prior knowledge), with
+//! graceful drain.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::framing::Sniff;
-use crate::proxy::{handle, Shared};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::proxy::Shared;
 
+/// hyper's server, for the admin API.
 pub fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        // One flat buffer per write: `send` instead of `writev`, which
-        // costs more in the kernel for the small writes of most responses.
-        .writev(false)
+        .header_read_timeout(crate::h1::HEAD_TIMEOUT)
         .keep_alive(true);
     b.http2().timer(TokioTimer::new());
     b
@@ -38,8 +34,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     stop: impl Future<Output = ()>,
 ) {
-    let builder = builder();
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver; the drain is over when the last
+    // one is dropped.
+    let (drain, draining) = watch::channel(false);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -54,35 +51,20 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                serve_connection(&builder, &graceful, stream, peer, name.clone(), shared.clone());
+                tokio::spawn(crate::h1::serve(
+                    stream,
+                    peer,
+                    name.clone(),
+                    shared.clone(),
+                    draining.clone(),
+                ));
             }
             _ = &mut stop => break,
         }
     }
     drop(listener);
     info!(listener = &*name, "Listener closed, draining connections");
-    graceful.shutdown().await;
-}
-
-fn serve_connection(
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    name: Arc<str>,
-    shared: Arc<Shared>,
-) {
-    let smuggling = Arc::new(AtomicBool::new(false));
-    let flag = smuggling.clone();
-    let svc = hyper::service::service_fn(move |req| {
-        let smuggled = flag.load(Ordering::Acquire);
-        handle(shared.clone(), name.clone(), peer, smuggled, req)
-    });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(Sniff::new(stream, smuggling)), svc)
-        .into_owned();
-    let conn = graceful.watch(conn);
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    drop(draining);
+    let _ = drain.send(true);
+    drain.closed().await;
 }

@@ -21,14 +21,14 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Version};
 use http_body::{Body, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::body::{Guards, ReqBody, RespBody};
+use crate::body::{ClientBody, Guards, ReqBody, RespBody};
 use crate::client::RequestHead;
 use crate::error::ProxyError;
+use crate::h1::UpgradeSlot;
 use crate::headers::{self, Rewrite};
 use crate::pool::SendError;
 use crate::route::{host_without_port, strip};
@@ -45,6 +45,12 @@ pub struct Shared {
     pub actions: ArcSwap<Vec<(String, crate::admin::ActionFn)>>,
 }
 
+/// How an upgraded client connection gets the server's connection.
+enum ClientUpgrade {
+    Relay(UpgradeSlot),
+    Hyper(hyper::upgrade::OnUpgrade),
+}
+
 /// Facts about one request for the access log.
 struct Log {
     upstream: Option<Arc<str>>,
@@ -56,8 +62,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     listener: Arc<str>,
     client: SocketAddr,
-    smuggling: bool,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
     // In-flight requests keep the snapshot they started with across reloads.
@@ -70,19 +75,12 @@ pub async fn handle(
         server: None,
         attempts: 0,
     };
-    let result = if smuggling {
-        // framing.rs saw Content-Length and Transfer-Encoding in one head.
-        Err(ProxyError::BadRequest(
-            "both Content-Length and Transfer-Encoding present",
-        ))
-    } else {
-        // Boxed: hyper keeps a slot sized for this future on every connection,
-        // idle or not; boxing keeps idle connections small.
-        Box::pin(forward(
-            &shared, &snap, &listener, client, req, &rid, &mut log, start,
-        ))
-        .await
-    };
+    // Boxed: the connection's task keeps a slot sized for this future,
+    // idle or not; boxing keeps idle connections small.
+    let result = Box::pin(forward(
+        &shared, &snap, &listener, client, req, &rid, &mut log, start,
+    ))
+    .await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -114,7 +112,7 @@ enum Prepared {
     /// Too large to keep: streamed, usable by one attempt that starts sending.
     Stream {
         prefix: Option<Bytes>,
-        slot: Arc<Mutex<Option<Incoming>>>,
+        slot: Arc<Mutex<Option<ClientBody>>>,
         size: SizeHint,
     },
 }
@@ -138,7 +136,7 @@ impl Prepared {
     }
 }
 
-async fn prepare(mut body: Incoming, limit: u64) -> Result<Prepared, ProxyError> {
+async fn prepare(mut body: ClientBody, limit: u64) -> Result<Prepared, ProxyError> {
     if body.is_end_stream() {
         return Ok(Prepared::Replayable(None));
     }
@@ -209,7 +207,7 @@ async fn forward(
     snap: &Snapshot,
     listener: &str,
     client: SocketAddr,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     rid: &HeaderValue,
     log: &mut Log,
     start: Instant,
@@ -242,7 +240,12 @@ async fn forward(
 
     // Build what every attempt shares.
     let upgrade = headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // HTTP/1 connections (h1.rs) relay upgraded bytes themselves; hyper's
+    // HTTP/2 connections hand over an upgraded stream.
+    let client_upgrade = upgrade.then(|| match req.extensions_mut().remove::<UpgradeSlot>() {
+        Some(slot) => ClientUpgrade::Relay(slot),
+        None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut req)),
+    });
     let (parts, body) = req.into_parts();
     let path_and_query: PathAndQuery = match parts.uri.path_and_query() {
         Some(pq) if route.strip_prefix => strip(&route.prefix, pq.as_str())
@@ -365,20 +368,26 @@ async fn forward(
                 }
                 if status == http::StatusCode::SWITCHING_PROTOCOLS {
                     let (mut p, up_body) = resp.into_parts();
-                    if let (Some(client_up), Some(up)) = (client_upgrade, up_body.into_upgraded()) {
-                        tokio::spawn(async move {
-                            if let Ok(c) = client_up.await {
-                                let mut c = TokioIo::new(c);
-                                let mut u = up.io;
-                                // What the server sent right after its 101.
-                                if tokio::io::AsyncWriteExt::write_all(&mut c, &up.read)
-                                    .await
-                                    .is_ok()
-                                {
-                                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    match (client_upgrade, up_body.into_upgraded()) {
+                        (Some(ClientUpgrade::Relay(slot)), Some(up)) => {
+                            *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
+                        }
+                        (Some(ClientUpgrade::Hyper(client_up)), Some(up)) => {
+                            tokio::spawn(async move {
+                                if let Ok(c) = client_up.await {
+                                    let mut c = TokioIo::new(c);
+                                    let mut u = up.io;
+                                    // What the server sent right after its 101.
+                                    if tokio::io::AsyncWriteExt::write_all(&mut c, &up.read)
+                                        .await
+                                        .is_ok()
+                                    {
+                                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                                    }
                                 }
-                            }
-                        });
+                            });
+                        }
+                        _ => {}
                     }
                     // The server's 101 head kept `Upgrade` (client.rs);
                     // `Connection: upgrade` goes with it.

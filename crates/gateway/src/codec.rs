@@ -1,0 +1,359 @@
+//! HTTP/1.1 message pieces shared by both sides of the proxy (the client
+//! side in `h1.rs`, the server side in `client.rs`): header fields read out
+//! of a parsed head without copying their bytes, what they say about
+//! framing and the connection, and body decoding (RFC 9112 §6–7).
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::SizeHint;
+
+use crate::headers::{connection_named, is_hop_by_hop};
+
+/// A head (request or response) larger than this is refused.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Header fields in one head at most (as hyper).
+pub const MAX_HEADERS: usize = 100;
+
+/// Empty header slots for httparse.
+pub type Slots<'a> = [MaybeUninit<httparse::Header<'a>>; MAX_HEADERS];
+
+pub fn slots<'a>() -> Slots<'a> {
+    [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS]
+}
+
+/// Where each header's name and value lie in the head (offsets fit in u32:
+/// a head is at most [`MAX_HEAD`] bytes), so that the head can be split off
+/// the read buffer and its bytes shared by the values.
+pub struct Spans {
+    at: [[u32; 4]; MAX_HEADERS],
+    n: usize,
+}
+
+impl Spans {
+    pub fn of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Spans {
+        let base = buf.as_ptr() as usize;
+        let mut at = [[0u32; 4]; MAX_HEADERS];
+        for (f, h) in at.iter_mut().zip(headers) {
+            *f = [
+                (h.name.as_ptr() as usize - base) as u32,
+                h.name.len() as u32,
+                (h.value.as_ptr() as usize - base) as u32,
+                h.value.len() as u32,
+            ];
+        }
+        Spans {
+            at,
+            n: headers.len(),
+        }
+    }
+}
+
+/// What a head's fields say about its body and its connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Framing {
+    /// `Connection: close`.
+    pub close: bool,
+    /// `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// `Connection: upgrade` and an `Upgrade` field.
+    pub upgrade: bool,
+    /// A `Transfer-Encoding` field is present.
+    pub te: bool,
+    /// ... and its last coding is chunked.
+    pub chunked: bool,
+    /// ... and chunked is its only coding.
+    pub only_chunked: bool,
+    /// The `Content-Length`, when every value agrees and is valid.
+    pub length: Option<u64>,
+    /// Why the `Content-Length` values are unusable.
+    pub bad_length: Option<&'static str>,
+}
+
+/// The header map of a head and its framing. With `hop: Some(upgrade)`
+/// hop-by-hop fields (RFC 9110 §7.6.1) and those `Connection` names are left
+/// out, `Upgrade` kept when `upgrade`; with `None` every field is kept.
+pub fn fields(
+    head: &Bytes,
+    spans: &Spans,
+    hop: Option<bool>,
+) -> Result<(HeaderMap, Framing), &'static str> {
+    let mut headers = HeaderMap::with_capacity(spans.n);
+    let mut f = Framing::default();
+    let mut has_upgrade = false;
+    let mut named = HeaderMap::new();
+    let mut codings = 0usize;
+    for &[ns, nl, vs, vl] in &spans.at[..spans.n] {
+        let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
+        let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| "bad header name")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
+            .map_err(|_| "bad header value")?;
+        if name == header::CONNECTION {
+            for t in value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+            {
+                if t.eq_ignore_ascii_case(b"close") {
+                    f.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    f.keep_alive = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    f.upgrade = true;
+                }
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            f.te = true;
+            for c in value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+            {
+                if !c.is_empty() {
+                    codings += 1;
+                    // The last coding decides (RFC 9112 §6.3).
+                    f.chunked = c.eq_ignore_ascii_case(b"chunked");
+                }
+            }
+        } else if name == header::CONTENT_LENGTH {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                match parse_length(part.trim_ascii()) {
+                    Some(v) if f.length.is_none_or(|prev| prev == v) => f.length = Some(v),
+                    Some(_) => f.bad_length = Some("conflicting Content-Length values"),
+                    None => f.bad_length = Some("bad Content-Length"),
+                }
+            }
+        } else if name == header::UPGRADE {
+            has_upgrade = true;
+        }
+        match hop {
+            Some(upgrade) if is_hop_by_hop(&name, upgrade) => {
+                if name == header::CONNECTION
+                    && value
+                        .as_bytes()
+                        .split(|&b| b == b',')
+                        .any(|t| !is_plain_token(t))
+                {
+                    named.append(header::CONNECTION, value);
+                }
+            }
+            _ => {
+                headers.append(name, value);
+            }
+        }
+    }
+    f.upgrade &= has_upgrade;
+    f.only_chunked = f.chunked && codings == 1;
+    if f.bad_length.is_some() {
+        f.length = None;
+    }
+    // Headers that `Connection` names are hop-by-hop too (rare).
+    for name in connection_named(&named) {
+        headers.remove(name);
+    }
+    Ok((headers, f))
+}
+
+/// A `Connection` token that names no header.
+fn is_plain_token(t: &[u8]) -> bool {
+    let t = t.trim_ascii();
+    t.is_empty()
+        || t.eq_ignore_ascii_case(b"close")
+        || t.eq_ignore_ascii_case(b"keep-alive")
+        || t.eq_ignore_ascii_case(b"upgrade")
+}
+
+pub fn parse_length(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// `n` in decimal, without allocating.
+pub fn itoa(mut n: u64, out: &mut [u8; 20]) -> &[u8] {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &out[i..];
+        }
+    }
+}
+
+/// How a body is delimited, and how much of it is left.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decoder {
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the connection ends (responses only).
+    Eof,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers(usize),
+}
+
+/// One step of decoding.
+#[derive(Debug)]
+pub enum Step {
+    Data(Bytes),
+    /// More bytes are needed (for [`Decoder::Eof`]: or the end of the
+    /// connection, which ends the body).
+    More,
+    End,
+}
+
+impl Decoder {
+    pub fn is_end(&self) -> bool {
+        matches!(self, Decoder::Done | Decoder::Length(0))
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match *self {
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            Decoder::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// Takes the next piece of the body from the front of `buf`, sharing
+    /// its memory. Chunk extensions and trailer fields are read and dropped.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, &'static str> {
+        loop {
+            match *self {
+                Decoder::Done | Decoder::Length(0) => {
+                    *self = Decoder::Done;
+                    return Ok(Step::End);
+                }
+                Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let data = take(buf, left);
+                    let left = left - data.len() as u64;
+                    *self = match *self {
+                        Decoder::Length(_) => Decoder::Length(left),
+                        _ if left == 0 => Decoder::Chunked(Chunk::DataEnd),
+                        _ => Decoder::Chunked(Chunk::Data(left)),
+                    };
+                    return Ok(Step::Data(data));
+                }
+                Decoder::Eof => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    return Ok(Step::Data(take(buf, u64::MAX)));
+                }
+                Decoder::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        *self = Decoder::Chunked(if size == 0 {
+                            Chunk::Trailers(0)
+                        } else {
+                            Chunk::Data(size)
+                        });
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() < 1024 => return Ok(Step::More),
+                    _ => return Err("bad chunk size"),
+                },
+                Decoder::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if !buf.starts_with(b"\r\n") {
+                        return Err("chunk not followed by CRLF");
+                    }
+                    buf.advance(2);
+                    *self = Decoder::Chunked(Chunk::Size);
+                }
+                Decoder::Chunked(Chunk::Trailers(seen)) => {
+                    // Trailer fields are read and dropped, up to an empty line.
+                    match buf.windows(2).position(|w| w == b"\r\n") {
+                        Some(0) => {
+                            buf.advance(2);
+                            *self = Decoder::Done;
+                        }
+                        Some(line) if seen + line <= MAX_HEAD => {
+                            buf.advance(line + 2);
+                            *self = Decoder::Chunked(Chunk::Trailers(seen + line + 2));
+                        }
+                        None if seen + buf.len() <= MAX_HEAD => return Ok(Step::More),
+                        _ => return Err("trailers too large"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Up to `max` bytes from the front of `buf`, sharing its memory.
+fn take(buf: &mut BytesMut, max: u64) -> Bytes {
+    let n = buf.len().min(usize::try_from(max).unwrap_or(usize::MAX));
+    buf.split_to(n).freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(mut d: Decoder, input: &[u8]) -> Result<(Vec<u8>, Decoder), &'static str> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match d.decode(&mut buf)? {
+                Step::Data(b) => out.extend_from_slice(&b),
+                Step::More | Step::End => return Ok((out, d)),
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_decode_by_length_and_by_chunks() {
+        let (out, d) = decode_all(Decoder::Length(5), b"helloNEXT").unwrap();
+        assert_eq!(out, b"hello");
+        assert_eq!(d, Decoder::Done);
+        let chunked = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\nGET";
+        let (out, d) = decode_all(Decoder::Chunked(Chunk::Size), chunked).unwrap();
+        assert_eq!(out, b"hello world");
+        assert_eq!(d, Decoder::Done);
+        // Cut short: more is needed, and what came is not lost.
+        let (out, d) = decode_all(Decoder::Chunked(Chunk::Size), b"5\r\nhel").unwrap();
+        assert_eq!(out, b"hel");
+        assert_eq!(d, Decoder::Chunked(Chunk::Data(2)));
+        assert!(decode_all(Decoder::Chunked(Chunk::Size), b"zz\r\n").is_err());
+        assert!(decode_all(Decoder::Chunked(Chunk::Size), b"2\r\nokXX").is_err());
+    }
+
+    #[test]
+    fn fields_report_framing_and_hop_by_hop_ones_can_be_left_out() {
+        let raw = b"GET / HTTP/1.1\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\nContent-Length: 4, 4\r\nTransfer-Encoding: gzip, chunked\r\nKeep-Alive: 5\r\nX-A: b\r\n\r\n";
+        let mut slots = slots();
+        let mut req = httparse::Request::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut req, raw, &mut slots)
+            .unwrap()
+        {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        let spans = Spans::of(raw, req.headers);
+        let head = Bytes::copy_from_slice(&raw[..len]);
+        let (all, f) = fields(&head, &spans, None).unwrap();
+        assert_eq!(all.len(), 6);
+        assert!(f.keep_alive && !f.close && f.te && f.chunked && !f.only_chunked);
+        assert_eq!(f.length, Some(4));
+        let (kept, _) = fields(&head, &spans, Some(false)).unwrap();
+        let mut names: Vec<&str> = kept.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-length", "x-a"]);
+    }
+}

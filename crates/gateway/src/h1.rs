@@ -1,0 +1,770 @@
+//! HTTP/1.x from clients, served by the connection's own task.
+//!
+//! Each accepted connection runs [`serve`]: read a request head (httparse,
+//! header values sharing the read buffer's bytes), hand the request to
+//! [`crate::proxy::handle`], write the response head together with as much
+//! of the body as is ready in one `send`, stream the rest, and go on with
+//! the next request while the connection is kept alive. A request body is
+//! read straight from the connection by [`RequestBody`], when and if the
+//! proxy polls it (after `100 Continue` when the client asked for it).
+//!
+//! - Framing follows RFC 9112 §6. A head whose framing is ambiguous (both
+//!   `Content-Length` and `Transfer-Encoding`, conflicting lengths, a coding
+//!   other than chunked) still reaches the proxy, which answers 400 without
+//!   forwarding it (`headers::check_framing`); its body is never read and
+//!   the connection is closed after the answer. A head that does not parse
+//!   gets 400, one too large 431, and the connection is closed.
+//! - A connection waits at most [`HEAD_TIMEOUT`] for a request head, idle or
+//!   not (slow clients and idle keep-alive connections). The timer is reset
+//!   lazily: one reset per [`HEAD_TIMEOUT`], not one per request.
+//! - `101 Switching Protocols` turns the connection into a byte relay with
+//!   the server's connection ([`UpgradeSlot`]).
+//! - A connection that opens with the HTTP/2 preface is handed to hyper's
+//!   HTTP/2 server (prior knowledge, cleartext).
+//! - On drain ([`serve`]'s `stop`), idle connections close at once and busy
+//!   ones after their current response.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::body::{ClientBody, RespBody};
+use crate::client::Upgraded;
+use crate::codec::{self, Chunk, Decoder, Spans, Step, MAX_HEAD};
+use crate::error::ProxyError;
+use crate::proxy::{self, Shared};
+
+/// How long a connection may take to send a request head, idle or not.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reads start at this size and double while they fill the buffer.
+const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// Body data up to this size is copied next to the head or other small
+/// pieces and sent with them; larger pieces are written from their own
+/// buffer.
+const COALESCE: usize = 16 * 1024;
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// After an answer that left the request body unread, the rest of it is
+/// read and dropped (up to this much, for up to [`LINGER`]) before closing,
+/// so that the client gets the answer rather than a reset.
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The client's connection: shared by the connection's task, which reads
+/// heads and writes responses, and the body of the request in progress.
+/// Never locked across an await.
+struct Conn {
+    io: TcpStream,
+    /// Read but not yet consumed.
+    buf: BytesMut,
+    /// The body of the request in progress.
+    body: Decoder,
+    /// Bytes of `100 Continue` still to write before the body is read.
+    continue_left: usize,
+    read_size: usize,
+}
+
+type Io = Arc<Mutex<Conn>>;
+
+fn lock(io: &Io) -> MutexGuard<'_, Conn> {
+    io.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Conn {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(pin!(self.io.read_buf(&mut self.buf)).poll(cx))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// A request body read from the client's connection.
+pub struct RequestBody {
+    io: Io,
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("body", &lock(&self.io).body)
+            .finish()
+    }
+}
+
+/// Why a client's body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("invalid body: {0}")]
+    Invalid(&'static str),
+    #[error("the client closed the connection before the body ended")]
+    Incomplete,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut c = lock(&self.io);
+        // The client waits for this before it sends the body.
+        while c.continue_left > 0 {
+            let from = CONTINUE.len() - c.continue_left;
+            match ready!(Pin::new(&mut c.io).poll_write(cx, &CONTINUE[from..])) {
+                Ok(n) if n > 0 => c.continue_left -= n,
+                Ok(_) => return Poll::Ready(Some(Err(BodyError::Incomplete))),
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+        }
+        let c = &mut *c;
+        loop {
+            match c.body.decode(&mut c.buf) {
+                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Ok(Step::End) => return Poll::Ready(None),
+                Err(why) => return Poll::Ready(Some(Err(BodyError::Invalid(why)))),
+                Ok(Step::More) => match ready!(c.poll_fill(cx)) {
+                    Ok(0) => return Poll::Ready(Some(Err(BodyError::Incomplete))),
+                    Ok(_) => {}
+                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        lock(&self.io).body.is_end()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        lock(&self.io).body.size_hint()
+    }
+}
+
+/// Where the proxy leaves the server's side of an upgraded connection
+/// (`101 Switching Protocols`) for the client's connection to relay.
+#[derive(Clone, Default)]
+pub struct UpgradeSlot(pub Arc<Mutex<Option<Upgraded>>>);
+
+/// A request head, read and checked.
+struct Head {
+    req: Request<()>,
+    body: Decoder,
+    /// The connection may serve another request after this one.
+    keep_alive: bool,
+    expect_continue: bool,
+    upgrade: bool,
+}
+
+/// How waiting for a head ended.
+enum Wait {
+    Head(Box<Head>),
+    /// The connection opens with the HTTP/2 preface.
+    H2,
+    /// An answer for a head that cannot be served; then close.
+    Refuse(StatusCode, &'static str),
+    /// End of file, an error, the head timeout or drain: close quietly.
+    Close,
+}
+
+/// What became of the connection after a response.
+enum After {
+    KeepAlive,
+    Close,
+    Upgrade(Upgraded),
+}
+
+/// Serves one client connection until it closes, times out, or `stop`
+/// changes (drain).
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let io: Io = Arc::new(Mutex::new(Conn {
+        io: stream,
+        buf: BytesMut::new(),
+        body: Decoder::Done,
+        continue_left: 0,
+        read_size: MIN_READ,
+    }));
+    let end = serve_h1(&io, peer, &listener, &shared, &mut stop).await;
+    let Ok(conn) = Arc::try_unwrap(io).map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+    else {
+        return; // a request body outlived its request: just close
+    };
+    match end {
+        End::Close => linger(conn).await,
+        End::H2 => serve_h2(conn, peer, listener, shared, stop).await,
+        End::Upgrade(up) => {
+            // Relayed without holding drain: like any upgraded connection,
+            // it lives until one side closes it.
+            drop(stop);
+            relay(conn, up).await;
+        }
+    }
+}
+
+enum End {
+    Close,
+    H2,
+    Upgrade(Upgraded),
+}
+
+async fn serve_h1(
+    io: &Io,
+    peer: SocketAddr,
+    listener: &Arc<str>,
+    shared: &Arc<Shared>,
+    stop: &mut watch::Receiver<bool>,
+) -> End {
+    let mut stopping = pin!(stop.changed());
+    let mut timer = pin!(tokio::time::sleep(HEAD_TIMEOUT));
+    let mut wbuf: Vec<u8> = Vec::new();
+    let mut first = true;
+    loop {
+        let deadline = Instant::now() + HEAD_TIMEOUT;
+        let wait =
+            poll_fn(|cx| poll_head(io, cx, first, timer.as_mut(), deadline, stopping.as_mut()))
+                .await;
+        first = false;
+        let head = match wait {
+            Wait::Head(h) => h,
+            Wait::H2 => return End::H2,
+            Wait::Close => return End::Close,
+            Wait::Refuse(status, why) => {
+                debug!(client = %peer, status = status.as_u16(), why, "Refused a request head");
+                let rid = crate::headers::request_id(&HeaderMap::new());
+                let mut resp = ProxyError::BadRequest(why).into_response(&rid);
+                *resp.status_mut() = status;
+                let _ = respond(io, &mut wbuf, resp, false, Version::HTTP_11, false).await;
+                return End::Close;
+            }
+        };
+        let Head {
+            mut req,
+            body,
+            keep_alive,
+            expect_continue,
+            upgrade,
+        } = *head;
+        let is_head = req.method() == Method::HEAD;
+        let version = req.version();
+        let slot = upgrade.then(UpgradeSlot::default);
+        if let Some(s) = &slot {
+            req.extensions_mut().insert(s.clone());
+        }
+        let body = if body.is_end() {
+            ClientBody::Empty
+        } else {
+            let mut c = lock(io);
+            c.body = body;
+            c.continue_left = if expect_continue { CONTINUE.len() } else { 0 };
+            drop(c);
+            ClientBody::H1(RequestBody { io: io.clone() })
+        };
+        let req = req.map(|()| body);
+        let resp = match proxy::handle(shared.clone(), listener.clone(), peer, req).await {
+            Ok(r) => r,
+            Err(e) => match e {},
+        };
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let after = match respond(io, &mut wbuf, resp, is_head, version, keep_alive).await {
+            Ok(true) if upgraded => match slot.and_then(|s| s.0.lock().ok()?.take()) {
+                Some(up) => After::Upgrade(up),
+                None => After::Close,
+            },
+            Ok(true) => After::KeepAlive,
+            Ok(false) | Err(_) => After::Close,
+        };
+        match after {
+            After::Upgrade(up) => return End::Upgrade(up),
+            After::Close => return End::Close,
+            After::KeepAlive => {}
+        }
+        // The next request can only be read once this one's body was read
+        // to its end, and nothing else holds the connection.
+        let mut c = lock(io);
+        if !c.body.is_end() || Arc::strong_count(io) > 1 {
+            return End::Close;
+        }
+        // What a large body grew is given back before the connection idles.
+        if c.buf.is_empty() && c.buf.capacity() > 4 * MIN_READ {
+            c.buf = BytesMut::new();
+            c.read_size = MIN_READ;
+        }
+        drop(c);
+        if wbuf.capacity() > 4 * COALESCE {
+            wbuf = Vec::new();
+        }
+    }
+}
+
+/// Waits for a complete request head; see [`Wait`].
+fn poll_head(
+    io: &Io,
+    cx: &mut Context<'_>,
+    first: bool,
+    mut timer: Pin<&mut tokio::time::Sleep>,
+    deadline: Instant,
+    stopping: Pin<&mut impl Future>,
+) -> Poll<Wait> {
+    let mut c = lock(io);
+    loop {
+        if !c.buf.is_empty() {
+            if first && PREFACE.starts_with(&c.buf[..c.buf.len().min(PREFACE.len())]) {
+                if c.buf.len() >= PREFACE.len() {
+                    return Poll::Ready(Wait::H2);
+                }
+            } else {
+                match parse_request(&mut c.buf) {
+                    Ok(Some(head)) => return Poll::Ready(Wait::Head(Box::new(head))),
+                    Ok(None) if c.buf.len() >= MAX_HEAD => {
+                        return Poll::Ready(Wait::Refuse(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "request head too large",
+                        ))
+                    }
+                    Ok(None) => {}
+                    Err((status, why)) => return Poll::Ready(Wait::Refuse(status, why)),
+                }
+            }
+        }
+        match c.poll_fill(cx) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wait::Close),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Pending => break,
+        }
+    }
+    drop(c);
+    // Nothing to read for now: drain and the head timeout may end the wait.
+    if stopping.poll(cx).is_ready() {
+        return Poll::Ready(Wait::Close);
+    }
+    while timer.as_mut().poll(cx).is_ready() {
+        if Instant::now() >= deadline {
+            return Poll::Ready(Wait::Close);
+        }
+        // Still armed for an earlier wait: move it to this one's deadline.
+        timer.as_mut().reset(deadline);
+    }
+    Poll::Pending
+}
+
+/// Parses a complete request head at the front of `buf` and consumes it.
+/// `None`: incomplete.
+fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, (StatusCode, &'static str)> {
+    let bad = |why| (StatusCode::BAD_REQUEST, why);
+    let mut slots = codec::slots();
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err((
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many header fields",
+            ))
+        }
+        Err(_) => return Err(bad("malformed request head")),
+    };
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Err(bad("malformed request head"));
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?;
+    let version = if req.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let at = target.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = at..at + target.len();
+    let spans = Spans::of(buf, req.headers);
+    let head = buf.split_to(len).freeze();
+    let uri =
+        Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("invalid request target"))?;
+    let (headers, f) = codec::fields(&head, &spans, None).map_err(bad)?;
+    // RFC 9112 §6.3. Ambiguous framing is answered 400 by the proxy
+    // (headers::check_framing); its body is never read.
+    let framed = !(f.te && (f.length.is_some() || !f.only_chunked)) && f.bad_length.is_none();
+    let body = if !framed {
+        Decoder::Done
+    } else if f.te {
+        Decoder::Chunked(Chunk::Size)
+    } else {
+        Decoder::Length(f.length.unwrap_or(0))
+    };
+    let keep_alive = framed && !f.close && (version == Version::HTTP_11 || f.keep_alive);
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Ok(Some(Head {
+        req,
+        body,
+        keep_alive,
+        expect_continue,
+        upgrade: f.upgrade,
+    }))
+}
+
+/// How a response body is delimited on the way to the client.
+#[derive(Clone, Copy, PartialEq)]
+enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients, unknown length).
+    Eof,
+}
+
+/// Writes a response. `Ok(true)`: it was sent whole and the connection
+/// may be kept (or upgraded).
+async fn respond(
+    io: &Io,
+    wbuf: &mut Vec<u8>,
+    resp: Response<RespBody>,
+    is_head: bool,
+    version: Version,
+    mut keep_alive: bool,
+) -> io::Result<bool> {
+    let (parts, mut body) = resp.into_parts();
+    let code = parts.status.as_u16();
+    let upgrade = code == 101;
+    keep_alive &= !parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+    let out = if is_head || code == 204 || code == 304 || (100..200).contains(&code) {
+        Out::None
+    } else if let Some(n) = body.size_hint().exact() {
+        Out::Length(n)
+    } else if version == Version::HTTP_11 {
+        Out::Chunked
+    } else {
+        keep_alive = false;
+        Out::Eof
+    };
+    encode_head(
+        wbuf,
+        &parts.status,
+        &parts.headers,
+        out,
+        upgrade,
+        keep_alive,
+        version,
+    );
+    if out == Out::None {
+        drop(body);
+        write_all(io, wbuf, &[]).await?;
+        return Ok(keep_alive || upgrade);
+    }
+    let mut sent = 0u64;
+    let mut ended = false;
+    loop {
+        // Gather what is ready now behind what waits in `wbuf`.
+        let frame = if wbuf.is_empty() {
+            body.frame().await
+        } else {
+            match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                Poll::Ready(f) => f,
+                Poll::Pending => {
+                    write_all(io, wbuf, &[]).await?;
+                    continue;
+                }
+            }
+        };
+        let data = match frame {
+            None => {
+                ended = true;
+                if out == Out::Chunked {
+                    wbuf.extend_from_slice(b"0\r\n\r\n");
+                }
+                break;
+            }
+            Some(Err(e)) => {
+                debug!(error = %e, "Response body failed; closing the client connection");
+                write_all(io, wbuf, &[]).await?;
+                break;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) if !d.is_empty() => d,
+                _ => continue, // trailers are not passed on
+            },
+        };
+        sent += data.len() as u64;
+        if matches!(out, Out::Length(n) if sent > n) {
+            debug!("Response body longer than its length; closing the client connection");
+            write_all(io, wbuf, &[]).await?;
+            return Ok(false);
+        }
+        if out == Out::Chunked {
+            wbuf.extend_from_slice(hex(data.len(), &mut [0u8; 18]));
+        }
+        if data.len() <= COALESCE {
+            wbuf.extend_from_slice(&data);
+            if out == Out::Chunked {
+                wbuf.extend_from_slice(b"\r\n");
+            }
+            if wbuf.len() >= COALESCE {
+                write_all(io, wbuf, &[]).await?;
+            }
+        } else {
+            write_all(io, wbuf, &data).await?;
+            if out == Out::Chunked {
+                wbuf.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    write_all(io, wbuf, &[]).await?;
+    let whole = ended && matches!(out, Out::Chunked) || matches!(out, Out::Length(n) if n == sent);
+    Ok(whole && keep_alive)
+}
+
+/// A chunk-size line: `n` in hex and CRLF.
+fn hex(mut n: usize, out: &mut [u8; 18]) -> &[u8] {
+    let mut i = out.len() - 2;
+    out[i..].copy_from_slice(b"\r\n");
+    loop {
+        i -= 1;
+        out[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &out[i..];
+        }
+    }
+}
+
+/// Writes `wbuf` then `more`, and empties `wbuf`.
+async fn write_all(io: &Io, wbuf: &mut Vec<u8>, more: &[u8]) -> io::Result<()> {
+    let (mut a, mut b) = (&wbuf[..], more);
+    while !a.is_empty() || !b.is_empty() {
+        let n = poll_fn(|cx| {
+            let mut c = lock(io);
+            let bufs = [io::IoSlice::new(a), io::IoSlice::new(b)];
+            let bufs = if a.is_empty() {
+                &bufs[1..]
+            } else if b.is_empty() {
+                &bufs[..1]
+            } else {
+                &bufs[..]
+            };
+            Pin::new(&mut c.io).poll_write_vectored(cx, bufs)
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    wbuf.clear();
+    Ok(())
+}
+
+fn encode_head(
+    w: &mut Vec<u8>,
+    status: &StatusCode,
+    headers: &HeaderMap,
+    out: Out,
+    upgrade: bool,
+    keep_alive: bool,
+    version: Version,
+) {
+    w.clear();
+    w.extend_from_slice(b"HTTP/1.1 ");
+    w.extend_from_slice(status.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    w.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    for (name, value) in headers {
+        // Framing and connection headers are this side's own.
+        if *name == header::TRANSFER_ENCODING
+            || (*name == header::CONTENT_LENGTH && out != Out::None)
+            || (*name == header::CONNECTION && !upgrade)
+        {
+            continue;
+        }
+        has_date |= *name == header::DATE;
+        w.extend_from_slice(name.as_str().as_bytes());
+        w.extend_from_slice(b": ");
+        w.extend_from_slice(value.as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+    match out {
+        Out::Length(n) => {
+            w.extend_from_slice(b"content-length: ");
+            w.extend_from_slice(codec::itoa(n, &mut [0u8; 20]));
+            w.extend_from_slice(b"\r\n");
+        }
+        Out::Chunked => w.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Out::None | Out::Eof => {}
+    }
+    if !upgrade {
+        if !keep_alive {
+            w.extend_from_slice(b"connection: close\r\n");
+        } else if version == Version::HTTP_10 {
+            w.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    if !has_date {
+        w.extend_from_slice(b"date: ");
+        w.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        w.extend_from_slice(b"\r\n");
+    }
+    w.extend_from_slice(b"\r\n");
+}
+
+/// Closes a connection; a request body still coming is read and dropped
+/// first (bounded), so that the answer is not lost to a reset.
+async fn linger(mut conn: Conn) {
+    if conn.body.is_end() {
+        return;
+    }
+    if conn.io.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0 {
+            match conn.io.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
+}
+
+/// Relays bytes both ways between an upgraded client connection and the
+/// server's, starting with what either side sent early.
+async fn relay(conn: Conn, up: Upgraded) {
+    let (mut client, early) = (conn.io, conn.buf);
+    let mut server = up.io;
+    if !early.is_empty() && server.write_all(&early).await.is_err() {
+        return;
+    }
+    if !up.read.is_empty() && client.write_all(&up.read).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+}
+
+/// A connection that opened with the HTTP/2 preface, served by hyper.
+async fn serve_h2(
+    conn: Conn,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let io = Rewind {
+        pre: conn.buf.freeze(),
+        io: conn.io,
+    };
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let req = req.map(ClientBody::H2);
+        proxy::handle(shared.clone(), listener.clone(), peer, req)
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(io), svc);
+    let mut served = pin!(served);
+    tokio::select! {
+        _ = served.as_mut() => return,
+        _ = stop.changed() => served.as_mut().graceful_shutdown(),
+    }
+    let _ = served.await;
+}
+
+/// A stream that first yields bytes already read from it.
+struct Rewind {
+    pre: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
