@@ -221,14 +221,17 @@ pub async fn serve(
     else {
         return; // a request body outlived its request: just close
     };
+    // The rare ends are boxed, so that every connection's task does not
+    // keep room for them.
     match end {
-        End::Close => linger(conn).await,
-        End::H2 => serve_h2(conn, peer, listener, shared, stop).await,
+        End::Close if conn.body.is_end() => {}
+        End::Close => Box::pin(linger(conn)).await,
+        End::H2 => Box::pin(serve_h2(conn, peer, listener, shared, stop)).await,
         End::Upgrade(up) => {
             // Relayed without holding drain: like any upgraded connection,
             // it lives until one side closes it.
             drop(stop);
-            relay(conn, up).await;
+            Box::pin(relay(conn, up)).await;
         }
     }
 }
@@ -657,9 +660,6 @@ fn encode_head(
 /// Closes a connection; a request body still coming is read and dropped
 /// first (bounded), so that the answer is not lost to a reset.
 async fn linger(mut conn: Conn) {
-    if conn.body.is_end() {
-        return;
-    }
     if conn.io.shutdown().await.is_err() {
         return;
     }

@@ -8,8 +8,10 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::convert::Infallible;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,11 +77,12 @@ pub async fn handle(
         server: None,
         attempts: 0,
     };
-    // Boxed: the connection's task keeps a slot sized for this future,
-    // idle or not; boxing keeps idle connections small.
-    let result = Box::pin(forward(
+    // Boxed, and by a plain function: the future is large (a few KiB), and
+    // the connection's task would otherwise keep a slot that size, idle or
+    // not (a future built in this body would take room here too).
+    let result = boxed_forward(
         &shared, &snap, &listener, client, req, &rid, &mut log, start,
-    ))
+    )
     .await;
     let resp = match result {
         Ok(r) => r,
@@ -201,6 +204,22 @@ fn backoff(base: Duration, max: Duration, retry: u32) -> Duration {
     cap.mul_f64(fastrand::f64())
 }
 
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn boxed_forward<'a>(
+    shared: &'a Shared,
+    snap: &'a Snapshot,
+    listener: &'a str,
+    client: SocketAddr,
+    req: Request<ClientBody>,
+    rid: &'a HeaderValue,
+    log: &'a mut Log,
+    start: Instant,
+) -> Pin<Box<dyn Future<Output = Result<Response<RespBody>, ProxyError>> + Send + 'a>> {
+    Box::pin(forward(
+        shared, snap, listener, client, req, rid, log, start,
+    ))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Shared,
@@ -267,7 +286,8 @@ async fn forward(
         (Some(k), centinela_config::Balance::Hash) => hash_key(k, &parts.headers, client),
         _ => None,
     };
-    let body = match tokio::time::timeout_at(deadline, prepare(body, cfg.retry.buffer_body)).await {
+    let prepared = tokio::time::timeout_at(deadline, prepare(body, cfg.retry.buffer_body)).await;
+    let body = match prepared {
         Ok(b) => b?,
         Err(_) => return Err(ProxyError::Deadline),
     };
@@ -325,7 +345,10 @@ async fn forward(
         }
         let per_attempt = cfg.timeouts.response.min(deadline - now);
         let deadline_bound = per_attempt < cfg.timeouts.response;
-        let (outcome, err) = match tokio::time::timeout(
+        // Awaited apart from the match: a scrutinee's temporaries would
+        // live through every arm, and the future would keep room for both
+        // this exchange and the backoff's timer.
+        let sent = tokio::time::timeout(
             per_attempt,
             server.pool.send(
                 server.addr,
@@ -336,8 +359,8 @@ async fn forward(
                 cfg.timeouts.idle,
             ),
         )
-        .await
-        {
+        .await;
+        let (outcome, err) = match sent {
             Ok(Ok(resp)) => {
                 let status = resp.status();
                 let outcome = if status.is_server_error() {
