@@ -9,7 +9,9 @@
 # proxy's core. Prints, per target and connection count (median of ROUNDS
 # interleaved runs): requests/s, p50 and p99 latency,
 # the proxy's CPU µs per request (user+sys from /proc ÷ requests) and its
-# peak RSS; then RSS with 1,000 idle keep-alive client connections, and
+# peak RSS; then paired runs (centinela and HAProxy, or nginx, under load at
+# the same time, so that the machine's noise falls on both: one CPU ratio
+# per round); then RSS with 1,000 idle keep-alive client connections, and
 # centinela's peak RSS while 1 GiB is uploaded and downloaded through it.
 # Not a test: it never runs in CI.
 set -euo pipefail
@@ -20,6 +22,10 @@ CONNS=${CONNS:-"1 32 128"}
 # their median, so that a slow minute of the shared machine does not land on
 # one target only.
 ROUNDS=${ROUNDS:-3}
+# Paired rounds (centinela and another proxy loaded at the same time) per
+# connection count and proxy, and their length in seconds.
+PAIRED=${PAIRED:-5}
+PAIRED_DUR=${PAIRED_DUR:-5}
 
 need=()
 for t in haproxy:haproxy nginx:nginx wrk:wrk curl:curl; do
@@ -214,6 +220,29 @@ PY
   done
 done
 
+# Paired runs: wrk loads centinela and one other proxy at the same time,
+# both on the same CPU, so that a slow minute of this shared machine falls
+# on both. Each round gives one ratio of CPU µs per request.
+paired="$work/paired.tsv"
+: >"$paired"
+for c in $CONNS; do
+  for other in haproxy nginx; do
+    for round in $(seq 1 "$PAIRED"); do
+        a_ps=$(proc_pids centinela); b_ps=$(proc_pids $other)
+        a0=$(cpu_ticks $a_ps); b0=$(cpu_ticks $b_ps)
+        "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${PAIRED_DUR}s" "http://127.0.0.1:$CEN/" >"$work/pa.out" &
+        wa=$!
+        "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${PAIRED_DUR}s" "http://127.0.0.1:$(port_of $other)/" >"$work/pb.out" &
+        wb=$!
+        wait $wa $wb
+        a1=$(cpu_ticks $a_ps); b1=$(cpu_ticks $b_ps)
+        na=$(grep -o '[0-9]* requests in' "$work/pa.out" | cut -d' ' -f1)
+        nb=$(grep -o '[0-9]* requests in' "$work/pb.out" | cut -d' ' -f1)
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$other" $((a1 - a0)) "$na" $((b1 - b0)) "$nb" >>"$paired"
+    done
+  done
+done
+
 # RSS with 1,000 idle keep-alive client connections.
 idle_rss() {
     python3 - "$(port_of "$1")" <<'PY' &
@@ -284,6 +313,24 @@ for c in sorted({k[1] for k in keys}, key=int):
                 per.append(float(a[0][5]) / float(b[0][5]))
         spread = f"[{min(per):.2f}-{max(per):.2f}]" if per else ""
         print(f"  {c:>4} conns vs {other:<7}: CPU {ce['cpu']/o['cpu']:.2f}x {spread:<12} p99 {ce['p99']/o['p99']:.2f}x   req/s {ce['rps']/o['rps']:.2f}x")
+PY
+python3 - "$paired" "$HZ" "$PAIRED_DUR" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+hz = int(sys.argv[2])
+print()
+print(f"Paired runs ({sys.argv[3]}s each; centinela and the other proxy loaded at the same time on the same CPU):")
+print("CPU µs/request, centinela ÷ other, median of the rounds [range]:")
+for c in sorted({r[0] for r in rows}, key=int):
+    for other in ("haproxy", "nginx"):
+        rs = [r for r in rows if r[0] == c and r[1] == other]
+        if not rs:
+            continue
+        us = lambda t, n: int(t) * 1e6 / hz / int(n)
+        ratios = [us(r[2], r[3]) / us(r[4], r[5]) for r in rs]
+        cen = statistics.median(us(r[2], r[3]) for r in rs)
+        oth = statistics.median(us(r[4], r[5]) for r in rs)
+        print(f"  {c:>4} conns vs {other:<7}: {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]  (centinela {cen:.1f} µs, {other} {oth:.1f} µs)")
 PY
 echo
 echo "RSS with 1,000 idle keep-alive connections: centinela $((IDLE[centinela]/1024)) MiB, haproxy $((IDLE[haproxy]/1024)) MiB, nginx $((IDLE[nginx]/1024)) MiB"

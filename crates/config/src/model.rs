@@ -33,6 +33,9 @@ pub struct Admin {
 pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
+    /// How long a client may take to send a request head; an idle
+    /// keep-alive connection is closed after it too.
+    pub header_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]

@@ -355,6 +355,12 @@ pub(crate) fn build(
             };
             let name = o.str(sink, "name");
             let listen = o.addr(sink, "listen");
+            let header_timeout = o.duration_min(
+                sink,
+                "header_timeout",
+                Duration::from_secs(30),
+                Duration::from_millis(1),
+            );
             if name.is_none() {
                 missing(sink, &item.span(), &path, "name");
             }
@@ -368,7 +374,11 @@ pub(crate) fn build(
             o.finish(sink);
             if let (Some((name, nspan)), Some((addr, aspan))) = (name, listen) {
                 listener_spans.push((nspan, aspan, path));
-                listeners.push(Listener { name, listen: addr });
+                listeners.push(Listener {
+                    name,
+                    listen: addr,
+                    header_timeout,
+                });
             }
         }
     }

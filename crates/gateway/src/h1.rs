@@ -14,9 +14,10 @@
 //!   forwarding it (`headers::check_framing`); its body is never read and
 //!   the connection is closed after the answer. A head that does not parse
 //!   gets 400, one too large 431, and the connection is closed.
-//! - A connection waits at most [`HEAD_TIMEOUT`] for a request head, idle or
-//!   not (slow clients and idle keep-alive connections). The timer is reset
-//!   lazily: one reset per [`HEAD_TIMEOUT`], not one per request.
+//! - A connection waits at most the listener's `header_timeout` for a
+//!   request head, idle or not (slow clients and idle keep-alive
+//!   connections). The timer is reset lazily: at most one reset per
+//!   timeout period, not one per request.
 //! - `101 Switching Protocols` turns the connection into a byte relay with
 //!   the server's connection ([`UpgradeSlot`]).
 //! - A connection that opens with the HTTP/2 preface is handed to hyper's
@@ -50,7 +51,8 @@ use crate::codec::{self, Chunk, Decoder, Spans, Step, MAX_HEAD};
 use crate::error::ProxyError;
 use crate::proxy::{self, Shared};
 
-/// How long a connection may take to send a request head, idle or not.
+/// How long a connection may take to send a request head, idle or not,
+/// when its listener is gone from the configuration (and for the admin API).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reads start at this size and double while they fill the buffer.
 const MIN_READ: usize = 8 * 1024;
@@ -180,6 +182,8 @@ struct Head {
     keep_alive: bool,
     expect_continue: bool,
     upgrade: bool,
+    /// A body of unknown framing follows, never read.
+    unread: bool,
 }
 
 /// How waiting for a head ended.
@@ -224,8 +228,8 @@ pub async fn serve(
     // The rare ends are boxed, so that every connection's task does not
     // keep room for them.
     match end {
-        End::Close if conn.body.is_end() => {}
-        End::Close => Box::pin(linger(conn)).await,
+        End::Close => {}
+        End::Linger => Box::pin(linger(conn)).await,
         End::H2 => Box::pin(serve_h2(conn, peer, listener, shared, stop)).await,
         End::Upgrade(up) => {
             // Relayed without holding drain: like any upgraded connection,
@@ -238,6 +242,8 @@ pub async fn serve(
 
 enum End {
     Close,
+    /// Close, but read what the client is still sending first.
+    Linger,
     H2,
     Upgrade(Upgraded),
 }
@@ -250,11 +256,20 @@ async fn serve_h1(
     stop: &mut watch::Receiver<bool>,
 ) -> End {
     let mut stopping = pin!(stop.changed());
-    let mut timer = pin!(tokio::time::sleep(HEAD_TIMEOUT));
+    // Read once per connection: a reload applies to new connections.
+    let timeout = shared
+        .snapshot
+        .load()
+        .config
+        .listeners
+        .iter()
+        .find(|l| *l.name == **listener)
+        .map_or(HEAD_TIMEOUT, |l| l.header_timeout);
+    let mut timer = pin!(tokio::time::sleep(timeout));
     let mut wbuf: Vec<u8> = Vec::new();
     let mut first = true;
     loop {
-        let deadline = Instant::now() + HEAD_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let wait =
             poll_fn(|cx| poll_head(io, cx, first, timer.as_mut(), deadline, stopping.as_mut()))
                 .await;
@@ -269,7 +284,7 @@ async fn serve_h1(
                 let mut resp = ProxyError::BadRequest(why).into_response(&rid);
                 *resp.status_mut() = status;
                 let _ = respond(io, &mut wbuf, resp, false, Version::HTTP_11, false).await;
-                return End::Close;
+                return End::Linger;
             }
         };
         let Head {
@@ -278,6 +293,7 @@ async fn serve_h1(
             keep_alive,
             expect_continue,
             upgrade,
+            unread,
         } = *head;
         let is_head = req.method() == Method::HEAD;
         let version = req.version();
@@ -310,13 +326,17 @@ async fn serve_h1(
         };
         match after {
             After::Upgrade(up) => return End::Upgrade(up),
+            After::Close if unread || !lock(io).body.is_end() => return End::Linger,
             After::Close => return End::Close,
             After::KeepAlive => {}
         }
         // The next request can only be read once this one's body was read
         // to its end, and nothing else holds the connection.
         let mut c = lock(io);
-        if !c.body.is_end() || Arc::strong_count(io) > 1 {
+        if !c.body.is_end() {
+            return End::Linger;
+        }
+        if Arc::strong_count(io) > 1 {
             return End::Close;
         }
         // What a large body grew is given back before the connection idles.
@@ -391,8 +411,14 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, (StatusCode, &'stat
     let len = match httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
     {
-        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(_)) => {
+            return Err((
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+            ))
+        }
         Err(httparse::Error::TooManyHeaders) => {
             return Err((
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -443,6 +469,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, (StatusCode, &'stat
         keep_alive,
         expect_continue,
         upgrade: f.upgrade,
+        unread: !framed,
     }))
 }
 
@@ -657,8 +684,8 @@ fn encode_head(
     w.extend_from_slice(b"\r\n");
 }
 
-/// Closes a connection; a request body still coming is read and dropped
-/// first (bounded), so that the answer is not lost to a reset.
+/// Closes a connection after reading and dropping what the client still
+/// sends (bounded), so that the answer is not lost to a reset.
 async fn linger(mut conn: Conn) {
     if conn.io.shutdown().await.is_err() {
         return;

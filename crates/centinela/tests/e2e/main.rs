@@ -3,6 +3,7 @@
 
 mod balancing;
 mod health;
+mod http1;
 mod lifecycle;
 mod proxy;
 mod retries;
