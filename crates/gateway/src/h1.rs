@@ -255,6 +255,9 @@ async fn serve_h1(
     shared: &Arc<Shared>,
     stop: &mut watch::Receiver<bool>,
 ) -> End {
+    // Drain closes idle connections (`stopping`) and tells busy ones to
+    // close after their answer (`draining`).
+    let draining = stop.clone();
     let mut stopping = pin!(stop.changed());
     // Read once per connection: a reload applies to new connections.
     let timeout = shared
@@ -316,6 +319,7 @@ async fn serve_h1(
             Err(e) => match e {},
         };
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let keep_alive = keep_alive && !*draining.borrow();
         let after = match respond(io, &mut wbuf, resp, is_head, version, keep_alive).await {
             Ok(true) if upgraded => match slot.and_then(|s| s.0.lock().ok()?.take()) {
                 Some(up) => After::Upgrade(up),
@@ -443,6 +447,11 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, (StatusCode, &'stat
     let uri =
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("invalid request target"))?;
     let (headers, f) = codec::fields(&head, &spans, None).map_err(bad)?;
+    // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one before.
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
+        return Err(bad("a request needs exactly one Host header"));
+    }
     // RFC 9112 §6.3. Ambiguous framing is answered 400 by the proxy
     // (headers::check_framing); its body is never read.
     let framed = !(f.te && (f.length.is_some() || !f.only_chunked)) && f.bad_length.is_none();

@@ -124,7 +124,7 @@ async fn malformed_requests_get_400_and_never_reach_upstream() {
     let up = servers(1).await;
     let gw = start(&config(&[(up[0].addr, 1)], "")).await;
     let addr = gw.listener_addr("web").unwrap();
-    let cases: [&[u8]; 7] = [
+    let cases: [&[u8]; 9] = [
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
@@ -132,6 +132,8 @@ async fn malformed_requests_get_400_and_never_reach_upstream() {
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabcd",
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
         b"NOT HTTP AT ALL\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     ];
     for req in cases {
         let resp = raw(addr, req).await;
