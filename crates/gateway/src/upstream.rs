@@ -2,6 +2,7 @@
 //! limiter and connection pool. `pick` applies health, ejection, breakers,
 //! panic mode and the balancing policy.
 
+use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,9 @@ use crate::budget::RetryBudget;
 use crate::error::ProxyError;
 use crate::limit::Limiter;
 use crate::server::{Outcome, Server};
+
+/// Per-server state and candidates of one pick.
+type Scratch = (Vec<(usize, bool, bool)>, Vec<Candidate>);
 
 #[derive(Debug)]
 pub struct Group {
@@ -73,10 +77,31 @@ impl Group {
 
     /// Chooses a server, preferring ones not in `tried`.
     pub fn pick(&self, tried: &[usize], key: Option<u64>) -> Result<usize, ProxyError> {
+        thread_local! {
+            /// Reused by every pick on this thread: no allocation per request.
+            static SCRATCH: RefCell<Scratch> = const { RefCell::new((Vec::new(), Vec::new())) };
+        }
+        SCRATCH.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => {
+                let (state, cands) = &mut *s;
+                self.pick_with(tried, key, state, cands)
+            }
+            Err(_) => self.pick_with(tried, key, &mut Vec::new(), &mut Vec::new()),
+        })
+    }
+
+    fn pick_with(
+        &self,
+        tried: &[usize],
+        key: Option<u64>,
+        state: &mut Vec<(usize, bool, bool)>,
+        cands: &mut Vec<Candidate>,
+    ) -> Result<usize, ProxyError> {
         let now = Instant::now();
         let n = self.servers.len();
         // One pass, one lock per server: (index, healthy, breaker admits).
-        let mut state: Vec<(usize, bool, bool)> = Vec::with_capacity(n);
+        state.clear();
+        cands.clear();
         let mut any_healthy = false;
         for (i, s) in self.servers.iter().enumerate() {
             if s.is_retired() {
@@ -102,21 +127,23 @@ impl Group {
             }
         }
         let usable = |&(_, healthy, admits): &(usize, bool, bool)| admits && (panic || healthy);
-        let mut cands: Vec<Candidate> = state
-            .iter()
-            .filter(|s| usable(s) && !tried.contains(&s.0))
-            .map(|s| self.candidate(s.0, now))
-            .collect();
+        cands.extend(
+            state
+                .iter()
+                .filter(|s| usable(s) && !tried.contains(&s.0))
+                .map(|s| self.candidate(s.0, now)),
+        );
         if cands.is_empty() {
             // Every usable server was tried already: allow them again.
-            cands = state
-                .iter()
-                .filter(|s| usable(s))
-                .map(|s| self.candidate(s.0, now))
-                .collect();
+            cands.extend(
+                state
+                    .iter()
+                    .filter(|s| usable(s))
+                    .map(|s| self.candidate(s.0, now)),
+            );
         }
         while !cands.is_empty() {
-            let idx = self.balancer.pick(&cands, key, &self.server_keys);
+            let idx = self.balancer.pick(cands, key, &self.server_keys);
             if self.servers[idx].admit(&self.name, &self.cfg.breaker, now) {
                 return Ok(idx);
             }
