@@ -361,7 +361,8 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
         } else {
             Version::HTTP_11
         };
-        let spans = Spans::of(buf, resp.headers);
+        let mut spans = Spans::default();
+        spans.record(buf, resp.headers);
         let head = buf.split_to(len).freeze();
         let (mut headers, f) =
             codec::fields(&head, &spans, Some(code == 101)).map_err(Error::Invalid)?;

@@ -12,7 +12,7 @@ use http_body::SizeHint;
 use crate::headers::{connection_named, is_hop_by_hop};
 
 /// A head (request or response) larger than this is refused.
-pub const MAX_HEAD: usize = 64 * 1024;
+pub const MAX_HEAD: usize = 64 * 1024 - 1;
 /// Header fields in one head at most (as hyper).
 pub const MAX_HEADERS: usize = 100;
 
@@ -23,30 +23,37 @@ pub fn slots<'a>() -> Slots<'a> {
     [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS]
 }
 
-/// Where each header's name and value lie in the head (offsets fit in u32:
-/// a head is at most [`MAX_HEAD`] bytes), so that the head can be split off
-/// the read buffer and its bytes shared by the values.
+/// Where each header's name and value lie in the head, so that the head
+/// can be split off the read buffer and its bytes shared by the values.
+/// Offsets fit in u16: a head is at most [`MAX_HEAD`] bytes, which callers
+/// check before recording spans.
 pub struct Spans {
-    at: [[u32; 4]; MAX_HEADERS],
+    at: [[u16; 4]; MAX_HEADERS],
     n: usize,
 }
 
+impl Default for Spans {
+    fn default() -> Spans {
+        Spans {
+            at: [[0; 4]; MAX_HEADERS],
+            n: 0,
+        }
+    }
+}
+
 impl Spans {
-    pub fn of(buf: &[u8], headers: &[httparse::Header<'_>]) -> Spans {
+    /// Records the fields of a head parsed from the front of `buf`.
+    pub fn record(&mut self, buf: &[u8], headers: &[httparse::Header<'_>]) {
         let base = buf.as_ptr() as usize;
-        let mut at = [[0u32; 4]; MAX_HEADERS];
-        for (f, h) in at.iter_mut().zip(headers) {
+        for (f, h) in self.at.iter_mut().zip(headers) {
             *f = [
-                (h.name.as_ptr() as usize - base) as u32,
-                h.name.len() as u32,
-                (h.value.as_ptr() as usize - base) as u32,
-                h.value.len() as u32,
+                (h.name.as_ptr() as usize - base) as u16,
+                h.name.len() as u16,
+                (h.value.as_ptr() as usize - base) as u16,
+                h.value.len() as u16,
             ];
         }
-        Spans {
-            at,
-            n: headers.len(),
-        }
+        self.n = headers.len();
     }
 }
 
@@ -345,7 +352,8 @@ mod tests {
             httparse::Status::Complete(n) => n,
             httparse::Status::Partial => panic!("partial"),
         };
-        let spans = Spans::of(raw, req.headers);
+        let mut spans = Spans::default();
+        spans.record(raw, req.headers);
         let head = Bytes::copy_from_slice(&raw[..len]);
         let (all, f) = fields(&head, &spans, None).unwrap();
         assert_eq!(all.len(), 6);

@@ -445,7 +445,8 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, (StatusCode, &'stat
     };
     let at = target.as_ptr() as usize - buf.as_ptr() as usize;
     let target = at..at + target.len();
-    let spans = Spans::of(buf, req.headers);
+    let mut spans = Spans::default();
+    spans.record(buf, req.headers);
     let head = buf.split_to(len).freeze();
     let uri =
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("invalid request target"))?;
