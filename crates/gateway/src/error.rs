@@ -9,6 +9,8 @@ use crate::body::RespBody;
 pub enum ProxyError {
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    #[error("request head too large: {0}")]
+    HeadTooLarge(&'static str),
     #[error("no route matches this request")]
     NoRoute,
     #[error("no healthy server in upstream")]
@@ -35,6 +37,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoHealthyServer
             | ProxyError::CircuitOpen
@@ -48,7 +51,7 @@ impl ProxyError {
     /// The message shown to clients: no addresses or internals.
     pub fn public_message(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(m) => m,
+            ProxyError::BadRequest(m) | ProxyError::HeadTooLarge(m) => m,
             ProxyError::NoRoute => "no route matches this request",
             ProxyError::NoHealthyServer => "no healthy server available",
             ProxyError::CircuitOpen => "circuit open for every server",
@@ -77,7 +80,10 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
-        if matches!(self, ProxyError::BadRequest(_)) {
+        if matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::HeadTooLarge(_)
+        ) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp

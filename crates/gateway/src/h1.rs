@@ -195,7 +195,7 @@ enum Wait {
     /// The connection opens with the HTTP/2 preface.
     H2,
     /// An answer for a head that cannot be served; then close.
-    Refuse(StatusCode, &'static str),
+    Refuse(ProxyError),
     /// End of file, an error, the head timeout or drain: close quietly.
     Close,
 }
@@ -284,11 +284,10 @@ async fn serve_h1(
             Wait::Head(h) => h,
             Wait::H2 => return End::H2,
             Wait::Close => return End::Close,
-            Wait::Refuse(status, why) => {
-                debug!(client = %peer, status = status.as_u16(), why, "Refused a request head");
-                let rid = crate::headers::request_id(&HeaderMap::new());
-                let mut resp = ProxyError::BadRequest(why).into_response(&rid);
-                *resp.status_mut() = status;
+            Wait::Refuse(err) => {
+                debug!(client = %peer, error = %err, "Refused a request head");
+                let rid = crate::headers::new_request_id();
+                let resp = err.into_response(&rid);
                 let _ = respond(io, &mut wbuf, resp, false, Version::HTTP_11, false).await;
                 return End::Linger;
             }
@@ -378,13 +377,12 @@ fn poll_head(
                 match parse_request(&mut c.buf) {
                     Ok(Some(head)) => return Poll::Ready(Wait::Head(head)),
                     Ok(None) if c.buf.len() >= MAX_HEAD => {
-                        return Poll::Ready(Wait::Refuse(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "request head too large",
-                        ))
+                        return Poll::Ready(Wait::Refuse(ProxyError::HeadTooLarge(
+                            "request head over 64 KiB",
+                        )))
                     }
                     Ok(None) => {}
-                    Err((status, why)) => return Poll::Ready(Wait::Refuse(status, why)),
+                    Err(e) => return Poll::Ready(Wait::Refuse(e)),
                 }
             }
         }
@@ -411,8 +409,8 @@ fn poll_head(
 
 /// Parses a complete request head at the front of `buf` and consumes it.
 /// `None`: incomplete.
-fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, (StatusCode, &'static str)> {
-    let bad = |why| (StatusCode::BAD_REQUEST, why);
+fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
+    let bad = ProxyError::BadRequest;
     let mut slots = codec::slots();
     let mut req = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default()
@@ -421,16 +419,10 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, (StatusCode, &'stat
         Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Ok(httparse::Status::Complete(_)) => {
-            return Err((
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request head too large",
-            ))
+            return Err(ProxyError::HeadTooLarge("request head over 64 KiB"))
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return Err((
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "too many header fields",
-            ))
+            return Err(ProxyError::HeadTooLarge("over 100 header fields"))
         }
         Err(_) => return Err(bad("malformed request head")),
     };

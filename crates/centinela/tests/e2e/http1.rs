@@ -228,6 +228,9 @@ async fn head_responses_have_no_body_and_oversized_heads_get_431() {
     let _ = s.write_all(big.as_bytes()).await;
     let r = read_response(&mut s, &mut Vec::new(), false).await;
     assert_eq!(r.status(), 431, "{}", r.head);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["status"], 431);
+    assert_eq!(v["request_id"], r.header("x-request-id").unwrap());
     assert!(closes(&mut s).await);
     // Too many fields, likewise.
     let mut s = TcpStream::connect(addr).await.unwrap();
