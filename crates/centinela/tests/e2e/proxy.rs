@@ -170,6 +170,18 @@ async fn http2_prior_knowledge_clients_are_served() {
         resp.headers()["x-echo-host"],
         gw.listener_addr("web").unwrap().to_string()
     );
+    // A request body on an HTTP/2 stream reaches the server whole.
+    let resp = h2
+        .request(
+            Request::post(url(&gw, "/h2-body"))
+                .body(Full::new(Bytes::from_static(b"hello over h2")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-echo-body-len"], "13");
+    assert_eq!(up[0].hits(), 2);
 }
 
 #[tokio::test]
