@@ -43,6 +43,30 @@ fn good_config_builds_typed_values() {
     assert_eq!(u.timeouts.response, Duration::from_secs(30));
     assert_eq!(u.retry.buffer_body, 65536);
     assert_eq!(cfg.runtime.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(cfg.listeners[0].header_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn listener_header_timeout_is_a_positive_duration() {
+    let with = |v: &str| {
+        GOOD.replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("listen = \"127.0.0.1:8080\"\nheader_timeout = {v}"),
+        )
+    };
+    let cfg = parse(&with("\"5s\""), "t.toml").unwrap().config;
+    assert_eq!(cfg.listeners[0].header_timeout, Duration::from_secs(5));
+    for (v, why) in [
+        ("\"0s\"", "must be at least 1ms"),
+        ("\"soon\"", "invalid duration"),
+    ] {
+        let err = parse(&with(v), "t.toml").unwrap_err();
+        let line = err.errors[0].to_string();
+        assert!(
+            line.starts_with("t.toml:8:18: listener[0].header_timeout: ") && line.contains(why),
+            "{line}"
+        );
+    }
 }
 
 /// A config with many mistakes: each is reported, with its own line:column.
