@@ -14,7 +14,7 @@
 //! `Content-Length`; otherwise the body runs to the end of the connection,
 //! which is then not reused.
 
-use std::future::Future;
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
@@ -31,13 +31,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::ReqBody;
-use crate::codec::{self, Chunk, Decoder, Spans, Step, MAX_HEAD};
+use crate::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD, MIN_READ};
 use crate::headers::Rewrite;
 use crate::pool::Pool;
 
-/// Reads start at this size and double while they fill the buffer.
-const MIN_READ: usize = 8 * 1024;
-const MAX_READ: usize = 256 * 1024;
 /// A body at most this large is sent in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
 
@@ -59,15 +56,24 @@ pub enum Error {
     ClientBody(String),
 }
 
+impl From<BodyError> for Error {
+    fn from(e: BodyError) -> Error {
+        match e {
+            BodyError::Invalid(why) => Error::Invalid(why),
+            BodyError::Incomplete => Error::Incomplete,
+            BodyError::Io(e) => Error::Io(e),
+        }
+    }
+}
+
 /// A keep-alive connection to one server.
 #[derive(Debug)]
 pub struct Conn {
     io: TcpStream,
     /// Read but not yet consumed; empty between exchanges.
-    buf: BytesMut,
+    buf: InBuf,
     /// The request head being written; kept to reuse its allocation.
     wbuf: Vec<u8>,
-    read_size: usize,
 }
 
 /// What is sent: everything but the body.
@@ -101,9 +107,8 @@ impl Conn {
         let _ = io.set_nodelay(true);
         Ok(Conn {
             io,
-            buf: BytesMut::new(),
+            buf: InBuf::default(),
             wbuf: Vec::new(),
-            read_size: MIN_READ,
         })
     }
 
@@ -124,10 +129,7 @@ impl Conn {
 
     /// Drops what a large body grew, before the connection idles.
     pub fn shrink(&mut self) {
-        if self.buf.capacity() > 4 * MIN_READ {
-            self.buf = BytesMut::new();
-        }
-        self.read_size = MIN_READ;
+        self.buf.shrink();
         if self.wbuf.capacity() > 4 * MIN_READ {
             self.wbuf = Vec::new();
         }
@@ -221,8 +223,9 @@ impl Conn {
                     continue;
                 }
                 if chunked {
-                    let size = format!("{:x}\r\n", data.len());
-                    let mut chain = Buf::chain(size.as_bytes(), &mut data).chain(&b"\r\n"[..]);
+                    let mut line = [0u8; 18];
+                    let size = codec::chunk_line(data.len(), &mut line);
+                    let mut chain = Buf::chain(size, &mut data).chain(&b"\r\n"[..]);
                     wr.write_all_buf(&mut chain).await?;
                 } else {
                     wr.write_all_buf(&mut data).await?;
@@ -243,7 +246,7 @@ impl Conn {
                     // The server stopped reading: look for its answer.
                     Err(_) => Ok(Some(Early::Stopped)),
                 },
-                n = rd.read_buf(buf) => match n {
+                n = rd.read_buf(&mut **buf) => match n {
                     // Interim (1xx) answers are skipped; a final one ends
                     // the upload.
                     Ok(n) if n > 0 => {
@@ -259,18 +262,7 @@ impl Conn {
 
     /// Reads more into `buf`: how many bytes came (0 at end of file).
     async fn fill(&mut self) -> io::Result<usize> {
-        self.buf.reserve(self.read_size);
-        self.io.read_buf(&mut self.buf).await
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.buf.reserve(self.read_size);
-        let room = self.buf.capacity() - self.buf.len();
-        let n = ready!(pin!(self.io.read_buf(&mut self.buf)).poll(cx))?;
-        if n == room && self.read_size < MAX_READ {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
+        poll_fn(|cx| self.buf.poll_fill(&mut self.io, cx)).await
     }
 }
 
@@ -424,7 +416,7 @@ impl UpBody {
         let conn = self.conn.take()?;
         Some(Upgraded {
             io: conn.io,
-            read: conn.buf.freeze(),
+            read: conn.buf.into_inner().freeze(),
         })
     }
 
@@ -460,32 +452,18 @@ impl Body for UpBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = self.get_mut();
-        loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            let State::Body(dec) = &mut this.state else {
-                return Poll::Ready(None);
-            };
-            let eof_ends = *dec == Decoder::Eof;
-            match dec.decode(&mut conn.buf) {
-                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(Step::End) => {
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                Err(why) => return Poll::Ready(Some(Err(Error::Invalid(why)))),
-                Ok(Step::More) => match ready!(conn.poll_fill(cx)) {
-                    Ok(0) if eof_ends => {
-                        this.keep_alive = false;
-                        this.finish();
-                        return Poll::Ready(None);
-                    }
-                    Ok(0) => return Poll::Ready(Some(Err(Error::Incomplete))),
-                    Ok(_) => {}
-                    Err(e) => return Poll::Ready(Some(Err(Error::Io(e)))),
-                },
+        let (Some(conn), State::Body(dec)) = (this.conn.as_mut(), &mut this.state) else {
+            return Poll::Ready(None);
+        };
+        // A body that runs to the close was never to be reused
+        // (`keep_alive` is false for it).
+        match ready!(conn.buf.poll_body(dec, &mut conn.io, cx)) {
+            Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Ok(None) => {
+                this.finish();
+                Poll::Ready(None)
             }
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
         }
     }
 

@@ -3,11 +3,17 @@
 //! of a parsed head without copying their bytes, what they say about
 //! framing and the connection, and body decoding (RFC 9112 §6–7).
 
+use std::future::Future;
+use std::io;
 use std::mem::MaybeUninit;
+use std::ops::{Deref, DerefMut};
+use std::pin::pin;
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::SizeHint;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::headers::{connection_named, is_hop_by_hop};
 
@@ -298,6 +304,122 @@ impl Decoder {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Reads start at this size and double while they fill the buffer.
+pub const MIN_READ: usize = 8 * 1024;
+const MAX_READ: usize = 256 * 1024;
+
+/// Bytes read from a connection and not yet consumed. Reads grow from
+/// [`MIN_READ`] while they fill the room they were given (a large body),
+/// up to 256 KiB.
+#[derive(Debug)]
+pub struct InBuf {
+    buf: BytesMut,
+    read_size: usize,
+}
+
+impl Default for InBuf {
+    fn default() -> InBuf {
+        InBuf {
+            buf: BytesMut::new(),
+            read_size: MIN_READ,
+        }
+    }
+}
+
+impl Deref for InBuf {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.buf
+    }
+}
+
+impl DerefMut for InBuf {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("invalid body: {0}")]
+    Invalid(&'static str),
+    #[error("the connection closed before the body ended")]
+    Incomplete,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+impl InBuf {
+    /// Reads more from `io`: how many bytes came (0 at end of file).
+    pub fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(pin!(io.read_buf(&mut self.buf)).poll(cx))?;
+        if n == room && self.read_size < MAX_READ {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// The next piece of a body delimited by `dec`, read from `io` as
+    /// needed; `None` at its end.
+    pub fn poll_body<R: AsyncRead + Unpin>(
+        &mut self,
+        dec: &mut Decoder,
+        io: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Bytes>, BodyError>> {
+        loop {
+            match dec.decode(&mut self.buf).map_err(BodyError::Invalid)? {
+                Step::Data(data) => return Poll::Ready(Ok(Some(data))),
+                Step::End => return Poll::Ready(Ok(None)),
+                Step::More => match ready!(self.poll_fill(io, cx))? {
+                    // The end of the connection ends a body delimited by it.
+                    0 if *dec == Decoder::Eof => {
+                        *dec = Decoder::Done;
+                        return Poll::Ready(Ok(None));
+                    }
+                    0 => return Poll::Ready(Err(BodyError::Incomplete)),
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    /// Gives back what a large body grew, once nothing is left unread.
+    pub fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 4 * MIN_READ {
+            self.buf = BytesMut::new();
+        }
+        self.read_size = MIN_READ;
+    }
+
+    pub fn into_inner(self) -> BytesMut {
+        self.buf
+    }
+}
+
+/// A chunk-size line: `n` in hex and CRLF.
+pub fn chunk_line(mut n: usize, out: &mut [u8; 18]) -> &[u8] {
+    let mut i = out.len() - 2;
+    out[i..].copy_from_slice(b"\r\n");
+    loop {
+        i -= 1;
+        out[i] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            return &out[i..];
         }
     }
 }

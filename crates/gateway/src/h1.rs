@@ -47,16 +47,13 @@ use tracing::debug;
 
 use crate::body::{ClientBody, RespBody};
 use crate::client::Upgraded;
-use crate::codec::{self, Chunk, Decoder, Spans, Step, MAX_HEAD};
+use crate::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD};
 use crate::error::ProxyError;
 use crate::proxy::{self, Shared};
 
 /// How long a connection may take to send a request head, idle or not,
 /// when its listener is gone from the configuration (and for the admin API).
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reads start at this size and double while they fill the buffer.
-const MIN_READ: usize = 8 * 1024;
-const MAX_READ: usize = 256 * 1024;
 /// Body data up to this size is copied next to the head or other small
 /// pieces and sent with them; larger pieces are written from their own
 /// buffer.
@@ -75,32 +72,17 @@ const LINGER: Duration = Duration::from_secs(2);
 struct Conn {
     io: TcpStream,
     /// Read but not yet consumed.
-    buf: BytesMut,
+    buf: InBuf,
     /// The body of the request in progress.
     body: Decoder,
     /// Bytes of `100 Continue` still to write before the body is read.
     continue_left: usize,
-    read_size: usize,
 }
 
 type Io = Arc<Mutex<Conn>>;
 
 fn lock(io: &Io) -> MutexGuard<'_, Conn> {
     io.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Conn {
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
-            self.buf.reserve(self.read_size);
-        }
-        let room = self.buf.capacity() - self.buf.len();
-        let n = ready!(pin!(self.io.read_buf(&mut self.buf)).poll(cx))?;
-        if n == room && self.read_size < MAX_READ {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(n))
-    }
 }
 
 /// A request body read from the client's connection.
@@ -114,17 +96,6 @@ impl std::fmt::Debug for RequestBody {
             .field("body", &lock(&self.io).body)
             .finish()
     }
-}
-
-/// Why a client's body could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("invalid body: {0}")]
-    Invalid(&'static str),
-    #[error("the client closed the connection before the body ended")]
-    Incomplete,
-    #[error("{0}")]
-    Io(#[from] io::Error),
 }
 
 impl Body for RequestBody {
@@ -146,18 +117,9 @@ impl Body for RequestBody {
             }
         }
         let c = &mut *c;
-        loop {
-            match c.body.decode(&mut c.buf) {
-                Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(Step::End) => return Poll::Ready(None),
-                Err(why) => return Poll::Ready(Some(Err(BodyError::Invalid(why)))),
-                Ok(Step::More) => match ready!(c.poll_fill(cx)) {
-                    Ok(0) => return Poll::Ready(Some(Err(BodyError::Incomplete))),
-                    Ok(_) => {}
-                    Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                },
-            }
-        }
+        c.buf
+            .poll_body(&mut c.body, &mut c.io, cx)
+            .map(|r| r.map(|d| d.map(Frame::data)).transpose())
     }
 
     fn is_end_stream(&self) -> bool {
@@ -218,10 +180,9 @@ pub async fn serve(
 ) {
     let io: Io = Arc::new(Mutex::new(Conn {
         io: stream,
-        buf: BytesMut::new(),
+        buf: InBuf::default(),
         body: Decoder::Done,
         continue_left: 0,
-        read_size: MIN_READ,
     }));
     let end = serve_h1(&io, peer, &listener, &shared, &mut stop).await;
     let Ok(conn) = Arc::try_unwrap(io).map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
@@ -346,10 +307,7 @@ async fn serve_h1(
             return End::Close;
         }
         // What a large body grew is given back before the connection idles.
-        if c.buf.is_empty() && c.buf.capacity() > 4 * MIN_READ {
-            c.buf = BytesMut::new();
-            c.read_size = MIN_READ;
-        }
+        c.buf.shrink();
         drop(c);
         if wbuf.capacity() > 4 * COALESCE {
             wbuf = Vec::new();
@@ -366,7 +324,8 @@ fn poll_head(
     deadline: Instant,
     stopping: Pin<&mut impl Future>,
 ) -> Poll<Wait> {
-    let mut c = lock(io);
+    let mut guard = lock(io);
+    let c = &mut *guard;
     loop {
         if !c.buf.is_empty() {
             if first && PREFACE.starts_with(&c.buf[..c.buf.len().min(PREFACE.len())]) {
@@ -386,13 +345,13 @@ fn poll_head(
                 }
             }
         }
-        match c.poll_fill(cx) {
+        match c.buf.poll_fill(&mut c.io, cx) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wait::Close),
             Poll::Ready(Ok(_)) => {}
             Poll::Pending => break,
         }
     }
-    drop(c);
+    drop(guard);
     // Nothing to read for now: drain and the head timeout may end the wait.
     if stopping.poll(cx).is_ready() {
         return Poll::Ready(Wait::Close);
@@ -571,7 +530,7 @@ async fn respond(
             return Ok(false);
         }
         if out == Out::Chunked {
-            wbuf.extend_from_slice(hex(data.len(), &mut [0u8; 18]));
+            wbuf.extend_from_slice(codec::chunk_line(data.len(), &mut [0u8; 18]));
         }
         if data.len() <= COALESCE {
             wbuf.extend_from_slice(&data);
@@ -591,20 +550,6 @@ async fn respond(
     write_all(io, wbuf, &[]).await?;
     let whole = ended && matches!(out, Out::Chunked) || matches!(out, Out::Length(n) if n == sent);
     Ok(whole && keep_alive)
-}
-
-/// A chunk-size line: `n` in hex and CRLF.
-fn hex(mut n: usize, out: &mut [u8; 18]) -> &[u8] {
-    let mut i = out.len() - 2;
-    out[i..].copy_from_slice(b"\r\n");
-    loop {
-        i -= 1;
-        out[i] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            return &out[i..];
-        }
-    }
 }
 
 /// Writes `wbuf` then `more`, and empties `wbuf`.
@@ -712,7 +657,7 @@ async fn linger(mut conn: Conn) {
 /// Relays bytes both ways between an upgraded client connection and the
 /// server's, starting with what either side sent early.
 async fn relay(conn: Conn, up: Upgraded) {
-    let (mut client, early) = (conn.io, conn.buf);
+    let (mut client, early) = (conn.io, conn.buf.into_inner());
     let mut server = up.io;
     if !early.is_empty() && server.write_all(&early).await.is_err() {
         return;
@@ -732,7 +677,7 @@ async fn serve_h2(
     mut stop: watch::Receiver<bool>,
 ) {
     let io = Rewind {
-        pre: conn.buf.freeze(),
+        pre: conn.buf.into_inner().freeze(),
         io: conn.io,
     };
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
