@@ -36,6 +36,22 @@ pub struct Listener {
     /// How long a client may take to send a request head; an idle
     /// keep-alive connection is closed after it too.
     pub header_timeout: Duration,
+    /// How request paths are normalized before routing and forwarding.
+    pub path_normalization: PathNormalization,
+    /// Open client connections at most; past it, accepts pause.
+    pub max_connections: u32,
+    /// How long a write to a client may wait for the client to read.
+    pub write_timeout: Duration,
+}
+
+/// `[[listener]] path_normalization`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathNormalization {
+    /// Dot segments removed (RFC 3986 §5.2.4), percent-encoded unreserved
+    /// characters decoded; `%2F`, `%5C`, `\` and `%00` refused.
+    Strict,
+    /// Paths are routed and forwarded as sent.
+    Off,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +63,8 @@ pub struct Route {
     pub path_prefix: String,
     pub strip_prefix: bool,
     pub upstream: String,
+    /// Protocols a client may switch to (`Upgrade`), lower-cased.
+    pub upgrade: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +246,12 @@ pub struct Timeouts {
     pub idle: Duration,
     /// Overall deadline for a request, retries and backoff included.
     pub request: Duration,
+    /// A request or response body that moves no byte for this long is
+    /// cut, its slot released and its connections closed.
+    pub body_idle: Duration,
+    /// An upgraded connection (WebSocket) with no byte either way for this
+    /// long is closed.
+    pub tunnel_idle: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -361,6 +361,26 @@ pub(crate) fn build(
                 Duration::from_secs(30),
                 Duration::from_millis(1),
             );
+            let path_normalization = match o.str(sink, "path_normalization") {
+                None => PathNormalization::Strict,
+                Some((s, _)) if s == "strict" => PathNormalization::Strict,
+                Some((s, _)) if s == "off" => PathNormalization::Off,
+                Some((s, span)) => {
+                    sink.error(
+                        &span,
+                        &o.child_path("path_normalization"),
+                        format!("unknown value {s:?}; expected \"strict\" or \"off\""),
+                    );
+                    PathNormalization::Strict
+                }
+            };
+            let max_connections = o.int(sink, "max_connections", 10_000, 1, 10_000_000) as u32;
+            let write_timeout = o.duration_min(
+                sink,
+                "write_timeout",
+                Duration::from_secs(30),
+                Duration::from_millis(1),
+            );
             if name.is_none() {
                 missing(sink, &item.span(), &path, "name");
             }
@@ -378,6 +398,9 @@ pub(crate) fn build(
                     name,
                     listen: addr,
                     header_timeout,
+                    path_normalization,
+                    max_connections,
+                    write_timeout,
                 });
             }
         }
@@ -405,6 +428,36 @@ pub(crate) fn build(
                 None => "/".to_string(),
             };
             let strip_prefix = o.bool(sink, "strip_prefix", false);
+            let upgrade = match o.get("upgrade") {
+                None => vec!["websocket".to_string()],
+                Some(list) => {
+                    let lp = o.child_path("upgrade");
+                    let mut v = Vec::new();
+                    for (i, item) in array_items(sink, list, &lp) {
+                        match item.get_ref() {
+                            DeValue::String(s) if is_token(s) && !s.eq_ignore_ascii_case("h2c") => {
+                                v.push(s.to_ascii_lowercase())
+                            }
+                            DeValue::String(s) if s.eq_ignore_ascii_case("h2c") => sink.error(
+                                &item.span(),
+                                &format!("{lp}[{i}]"),
+                                "h2c upgrades are never forwarded (request smuggling): clients speak HTTP/2 to centinela directly",
+                            ),
+                            DeValue::String(s) => sink.error(
+                                &item.span(),
+                                &format!("{lp}[{i}]"),
+                                format!("{s:?} is not a protocol name such as \"websocket\""),
+                            ),
+                            other => sink.error(
+                                &item.span(),
+                                &format!("{lp}[{i}]"),
+                                format!("expected a string, found {}", type_name(other)),
+                            ),
+                        }
+                    }
+                    v
+                }
+            };
             let upstream = o.str(sink, "upstream");
             if upstream.is_none()
                 && o.table
@@ -427,6 +480,7 @@ pub(crate) fn build(
                     path_prefix,
                     strip_prefix,
                     upstream: up.0,
+                    upgrade,
                 });
             }
         }
@@ -889,6 +943,18 @@ fn upstream(
                     Duration::from_secs(60),
                     Duration::from_millis(1),
                 ),
+                body_idle: x.duration_min(
+                    sink,
+                    "body_idle",
+                    Duration::from_secs(30),
+                    Duration::from_millis(1),
+                ),
+                tunnel_idle: x.duration_min(
+                    sink,
+                    "tunnel_idle",
+                    Duration::from_secs(3600),
+                    Duration::from_millis(1),
+                ),
             };
             x.finish(sink);
             r
@@ -970,5 +1036,14 @@ pub fn default_timeouts() -> Timeouts {
         response: Duration::from_secs(30),
         idle: Duration::from_secs(90),
         request: Duration::from_secs(60),
+        body_idle: Duration::from_secs(30),
+        tunnel_idle: Duration::from_secs(3600),
     }
+}
+
+/// An HTTP token (RFC 9110 §5.6.2).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

@@ -3,7 +3,7 @@
 
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::body::RespBody;
+use crate::http::body::RespBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -11,6 +11,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request head too large: {0}")]
     HeadTooLarge(&'static str),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(&'static str),
     #[error("no route matches this request")]
     NoRoute,
     #[error("no healthy server in upstream")]
@@ -38,6 +40,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoHealthyServer
             | ProxyError::CircuitOpen
@@ -51,7 +54,9 @@ impl ProxyError {
     /// The message shown to clients: no addresses or internals.
     pub fn public_message(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(m) | ProxyError::HeadTooLarge(m) => m,
+            ProxyError::BadRequest(m)
+            | ProxyError::HeadTooLarge(m)
+            | ProxyError::MethodNotAllowed(m) => m,
             ProxyError::NoRoute => "no route matches this request",
             ProxyError::NoHealthyServer => "no healthy server available",
             ProxyError::CircuitOpen => "circuit open for every server",
@@ -79,10 +84,12 @@ impl ProxyError {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        h.insert(crate::headers::X_REQUEST_ID, request_id.clone());
+        h.insert(crate::http::headers::X_REQUEST_ID, request_id.clone());
         if matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::HeadTooLarge(_)
+            ProxyError::BadRequest(_)
+                | ProxyError::HeadTooLarge(_)
+                | ProxyError::MethodNotAllowed(_)
         ) {
             h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }

@@ -4,23 +4,12 @@
 
 pub mod admin;
 pub mod balance;
-pub mod body;
-pub mod breaker;
-pub mod budget;
-pub mod client;
-pub mod codec;
 pub mod error;
-pub mod h1;
-pub mod headers;
-pub mod health;
-pub mod limit;
+pub mod http;
 mod listener;
-pub mod pool;
 pub mod proxy;
 pub mod route;
-pub mod server;
 pub mod snapshot;
-pub mod upstream;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -34,8 +23,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::balance::server::Server;
 use crate::proxy::Shared;
-use crate::server::Server;
 use crate::snapshot::Registry;
 
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +152,7 @@ impl Gateway {
         for g in &snap.groups {
             if let Some(h) = &g.cfg.health {
                 for s in &g.servers {
-                    tasks.push(tokio::spawn(health::run(
+                    tasks.push(tokio::spawn(balance::health::run(
                         g.name.clone(),
                         s.clone(),
                         h.clone(),

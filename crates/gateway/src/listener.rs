@@ -19,7 +19,7 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(crate::h1::HEAD_TIMEOUT)
+        .header_read_timeout(crate::http::h1::HEAD_TIMEOUT)
         .keep_alive(true);
     b.http2().timer(TokioTimer::new());
     b
@@ -51,7 +51,7 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(crate::h1::serve(
+                tokio::spawn(crate::http::h1::serve(
                     stream,
                     peer,
                     name.clone(),

@@ -17,26 +17,28 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use centinela_config::{HashKey, RetryOn};
+use centinela_config::{HashKey, PathNormalization, RetryOn};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, SizeHint};
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::body::{ClientBody, Guards, ReqBody, RespBody};
-use crate::client::RequestHead;
+use crate::balance::server::{InFlight, Outcome};
+use crate::balance::upstream::Group;
 use crate::error::ProxyError;
-use crate::h1::UpgradeSlot;
-use crate::headers::{self, Rewrite};
-use crate::pool::SendError;
-use crate::route::{host_without_port, strip};
-use crate::server::Outcome;
+use crate::http::body::{ClientBody, Guards, ReqBody, RespBody};
+use crate::http::client::RequestHead;
+use crate::http::client::UpBody;
+use crate::http::h1::UpgradeSlot;
+use crate::http::headers::{self, Rewrite};
+use crate::http::pool::SendError;
+use crate::http::target::{self, Target};
+use crate::route::{strip, CompiledRoute};
 use crate::snapshot::Snapshot;
-use crate::upstream::Group;
 
 /// What the data plane shares between connections.
 pub struct Shared {
@@ -45,12 +47,6 @@ pub struct Shared {
     pub status: ArcSwap<Vec<(String, crate::admin::StatusFn)>>,
     /// Admin actions: `POST /-/NAME/...`.
     pub actions: ArcSwap<Vec<(String, crate::admin::ActionFn)>>,
-}
-
-/// How an upgraded client connection gets the server's connection.
-enum ClientUpgrade {
-    Relay(UpgradeSlot),
-    Hyper(hyper::upgrade::OnUpgrade),
 }
 
 /// Facts about one request for the access log.
@@ -220,6 +216,7 @@ fn boxed_forward<'a>(
     ))
 }
 
+/// The pipeline: check → route → upgrade → limit → prepare → attempts.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Shared,
@@ -231,130 +228,306 @@ async fn forward(
     log: &mut Log,
     start: Instant,
 ) -> Result<Response<RespBody>, ProxyError> {
-    headers::check_framing(req.headers())?;
-
-    // Route. HTTP/2 carries the host in :authority, HTTP/1 in Host.
-    let host_value: Option<HeaderValue> = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => req.headers().get(header::HOST).cloned(),
-    };
-    let host_header = host_value.as_ref().and_then(|v| v.to_str().ok());
-    let host = host_header.map(host_without_port);
-    let route = snap
-        .routes
-        .get(listener)
-        .and_then(|t| t.find(host, req.uri().path()))
+    let table = snap.routes.get(listener).ok_or(ProxyError::NoRoute)?;
+    let target = check(&mut req, table.normalization)?;
+    let route = table
+        .find(target.host(), target.path())
         .ok_or(ProxyError::NoRoute)?;
-    let first_group: Arc<Group> = snap.groups[route.group].clone();
-    let cfg = &first_group.cfg;
-    // The group attempts pick from; see the retired case below.
-    let mut group: Arc<Group> = first_group.clone();
-    let mut switched = false;
+    let upgrade = upgrade(&mut req, route)?;
+    let group: Arc<Group> = snap.groups[route.group].clone();
     log.upstream = Some(group.name.clone());
     group.budget.record_request();
 
-    // Limit.
+    // Limit: the slot is held until the response body ends.
     let permit = group.limiter.acquire().await?;
+    let cfg = &group.cfg;
     let deadline = start + cfg.timeouts.request;
 
-    // Build what every attempt shares.
-    let upgrade = headers::is_upgrade(req.headers());
-    // HTTP/1 connections (h1.rs) relay upgraded bytes themselves; hyper's
-    // HTTP/2 connections hand over an upgraded stream.
-    let client_upgrade = upgrade.then(|| match req.extensions_mut().remove::<UpgradeSlot>() {
-        Some(slot) => ClientUpgrade::Relay(slot),
-        None => ClientUpgrade::Hyper(hyper::upgrade::on(&mut req)),
-    });
     let (parts, body) = req.into_parts();
-    let path_and_query: PathAndQuery = match parts.uri.path_and_query() {
-        Some(pq) if route.strip_prefix => strip(&route.prefix, pq.as_str())
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
-        Some(pq) => pq.clone(),
-        None => PathAndQuery::from_static("/"),
-    };
-    let rewrite = Rewrite::request(
-        &parts.headers,
-        client.ip(),
-        "http",
-        host_header,
-        rid,
-        upgrade,
-    );
-    let idempotent = headers::is_idempotent(&parts.method, &parts.headers);
-    let key = match (&cfg.hash_key, cfg.balance) {
-        (Some(k), centinela_config::Balance::Hash) => hash_key(k, &parts.headers, client),
-        _ => None,
-    };
+    let out = Outgoing::new(&parts, &target, route, client, rid, upgrade.is_some(), cfg);
     let prepared = tokio::time::timeout_at(deadline, prepare(body, cfg.retry.buffer_body)).await;
     let body = match prepared {
         Ok(b) => b?,
         Err(_) => return Err(ProxyError::Deadline),
     };
+    let run = Attempts {
+        shared,
+        out: &out,
+        body: &body,
+        deadline,
+        rid,
+    };
+    run.run(group, permit, upgrade, log).await
+}
 
-    let mut tried: Vec<usize> = Vec::with_capacity(cfg.retry.attempts as usize);
-    let mut last_err: Option<ProxyError> = None;
-    for attempt in 1..=cfg.retry.attempts {
-        // Counted in flight before anything is sent, and never on a server
-        // retired in between (it is being drained: see `Server::retire`).
-        let (idx, in_flight) = loop {
-            let idx = match group.pick(&tried, key) {
-                Ok(i) => i,
-                Err(e) => {
-                    // Every server this request's snapshot knows was retired
-                    // while it waited (a rolling restart or scale-down is
-                    // draining them): pick from the current servers instead.
-                    if !switched && group.servers.iter().any(|s| s.is_retired()) {
-                        if let Some(g) = shared.snapshot.load().group(&group.name).cloned() {
-                            switched = true;
-                            group = g;
-                            tried.clear();
-                            continue;
-                        }
-                    }
-                    return Err(last_err.unwrap_or(e));
-                }
-            };
-            let guard = group.servers[idx].track();
-            if !group.servers[idx].is_retired() {
-                break (idx, guard);
-            }
-        };
-        tried.push(idx);
-        let server = &group.servers[idx];
-        log.attempts = attempt;
-        log.server = Some(server.label().clone());
+/// Stage **check**: framing (smuggling), the request target and its
+/// authority (`http/target.rs`), and what HTTP/2 allows but HTTP/1.1
+/// cannot carry. Nothing that fails here is forwarded.
+fn check(req: &mut Request<ClientBody>, norm: PathNormalization) -> Result<Target, ProxyError> {
+    headers::check_framing(req.version(), req.headers())?;
+    if req.version() == Version::HTTP_2 {
+        h2_fields(req.headers_mut())?;
+    }
+    target::check(req.method(), req.version(), req.uri(), req.headers(), norm)
+}
 
-        let Some(attempt_body) = body.next() else {
-            // A streamed body was already sent: it cannot be replayed.
-            break;
-        };
-        // Origin form (`/path?query`) on the connection to the server.
-        let up_head = RequestHead {
-            method: &parts.method,
-            target: path_and_query.as_str(),
-            headers: &parts.headers,
-            rewrite: &rewrite,
-            // HTTP/2 clients send the host as :authority, not Host.
-            host: host_header.unwrap_or(server.authority.as_str()),
-        };
-
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(last_err.unwrap_or(ProxyError::Deadline));
+/// HTTP/2 fields on their way to HTTP/1.1: a value with leading or
+/// trailing whitespace is malformed (RFC 9113 §8.2.1); several `cookie`
+/// fields become one, joined by `; ` (§8.2.3).
+fn h2_fields(h: &mut http::HeaderMap) -> Result<(), ProxyError> {
+    let padded = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    };
+    if h.values().any(padded) {
+        return Err(ProxyError::BadRequest(
+            "HTTP/2 field value with leading or trailing whitespace",
+        ));
+    }
+    let mut cookies = h.get_all(header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for v in h.get_all(header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(v.as_bytes());
         }
-        let per_attempt = cfg.timeouts.response.min(deadline - now);
+        let v = HeaderValue::from_maybe_shared(Bytes::from(joined))
+            .map_err(|_| ProxyError::BadRequest("invalid cookie"))?;
+        h.insert(header::COOKIE, v);
+    }
+    Ok(())
+}
+
+/// Stage **upgrade**: whether the request switches protocols. Only
+/// HTTP/1.1 requests switch, only to a protocol the route lists
+/// (`upgrade`, default `["websocket"]`), never to `h2c`; any other
+/// `Upgrade` is dropped and the request forwarded as a plain one. A
+/// WebSocket handshake missing its required fields (RFC 6455 §4.1) is
+/// refused, not relayed.
+fn upgrade(
+    req: &mut Request<ClientBody>,
+    route: &CompiledRoute,
+) -> Result<Option<UpgradeSlot>, ProxyError> {
+    let h = req.headers();
+    if req.version() != Version::HTTP_11 || !headers::is_upgrade(h) {
+        return Ok(None);
+    }
+    let mut protocols = h
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    let (Some(proto), None) = (protocols.next(), protocols.next()) else {
+        return Ok(None);
+    };
+    // `name/version`: the name decides.
+    let name = proto.split(|&b| b == b'/').next().unwrap_or(proto);
+    if name.eq_ignore_ascii_case(b"h2c")
+        || !route
+            .upgrade
+            .iter()
+            .any(|p| p.as_bytes().eq_ignore_ascii_case(name))
+    {
+        return Ok(None);
+    }
+    if name.eq_ignore_ascii_case(b"websocket") {
+        websocket_handshake(req.method(), h)?;
+    }
+    Ok(Some(
+        req.extensions_mut()
+            .remove::<UpgradeSlot>()
+            .unwrap_or_default(),
+    ))
+}
+
+fn websocket_handshake(method: &http::Method, h: &http::HeaderMap) -> Result<(), ProxyError> {
+    let bad = ProxyError::BadRequest;
+    if method != http::Method::GET {
+        return Err(bad("a WebSocket handshake is a GET"));
+    }
+    let mut keys = h.get_all("sec-websocket-key").iter();
+    let key_ok = match (keys.next(), keys.next()) {
+        // 16 bytes in base64: 22 characters and "==".
+        (Some(k), None) => {
+            let k = k.as_bytes();
+            k.len() == 24
+                && k.ends_with(b"==")
+                && k[..22]
+                    .iter()
+                    .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+        }
+        _ => false,
+    };
+    if !key_ok {
+        return Err(bad("invalid or missing Sec-WebSocket-Key"));
+    }
+    let mut versions = h.get_all("sec-websocket-version").iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes() == b"13" => Ok(()),
+        _ => Err(bad("Sec-WebSocket-Version must be 13")),
+    }
+}
+
+/// What every attempt of one request sends: the head's pieces, decided
+/// once.
+struct Outgoing<'a> {
+    method: &'a http::Method,
+    headers: &'a http::HeaderMap,
+    /// Origin form after normalization and prefix stripping.
+    target: PathAndQuery,
+    /// `Host` and `X-Forwarded-Host`; `None`: the server's address.
+    authority: Option<&'a str>,
+    rewrite: Rewrite,
+    idempotent: bool,
+    hash: Option<u64>,
+}
+
+impl<'a> Outgoing<'a> {
+    fn new(
+        parts: &'a http::request::Parts,
+        target: &'a Target,
+        route: &CompiledRoute,
+        client: SocketAddr,
+        rid: &HeaderValue,
+        upgrade: bool,
+        cfg: &centinela_config::Upstream,
+    ) -> Outgoing<'a> {
+        let pq = &target.path_and_query;
+        let stripped = route
+            .strip_prefix
+            .then(|| strip(&route.prefix, pq.as_str()).parse().ok())
+            .flatten();
+        Outgoing {
+            method: &parts.method,
+            headers: &parts.headers,
+            target: stripped.unwrap_or_else(|| pq.clone()),
+            authority: target.authority_str(),
+            rewrite: Rewrite::request(&parts.headers, client.ip(), "http", rid, upgrade),
+            idempotent: headers::is_idempotent(&parts.method, &parts.headers),
+            hash: match (&cfg.hash_key, cfg.balance) {
+                (Some(k), centinela_config::Balance::Hash) => hash_key(k, &parts.headers, client),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// Stages **pick → send → classify → record → retry**, over
+/// `retry.attempts` tries.
+struct Attempts<'a> {
+    shared: &'a Shared,
+    out: &'a Outgoing<'a>,
+    body: &'a Prepared,
+    deadline: Instant,
+    rid: &'a HeaderValue,
+}
+
+/// How one attempt ended.
+// Not boxed: one value per attempt, moved once; a box would cost an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Tried {
+    /// A response for the client.
+    Done(Response<RespBody>),
+    /// Try again (after backoff) on another server; the error to answer
+    /// if no other try succeeds.
+    Again(Option<ProxyError>),
+    /// Give up with this error.
+    Fail(ProxyError),
+    /// The request's deadline passed before this try.
+    Expired,
+}
+
+impl Attempts<'_> {
+    async fn run(
+        &self,
+        first: Arc<Group>,
+        permit: OwnedSemaphorePermit,
+        upgrade: Option<UpgradeSlot>,
+        log: &mut Log,
+    ) -> Result<Response<RespBody>, ProxyError> {
+        let attempts = first.cfg.retry.attempts;
+        let mut picker = Picker {
+            group: first,
+            switched: false,
+            tried: Vec::with_capacity(attempts as usize),
+        };
+        let mut permit = Some(permit);
+        let mut upgrade = upgrade;
+        let mut last_err: Option<ProxyError> = None;
+        for attempt in 1..=attempts {
+            let (idx, in_flight) = match picker.pick(self.shared, self.out.hash) {
+                Ok(p) => p,
+                Err(e) => return Err(last_err.unwrap_or(e)),
+            };
+            let group = picker.group.clone();
+            let server = &group.servers[idx];
+            log.attempts = attempt;
+            log.server = Some(server.label().clone());
+            let Some(body) = self.body.next() else {
+                // A streamed body was already sent: it cannot be replayed.
+                break;
+            };
+            let tried = self
+                .attempt(
+                    &group,
+                    idx,
+                    attempt,
+                    body,
+                    in_flight,
+                    &mut permit,
+                    &mut upgrade,
+                )
+                .await;
+            match tried {
+                Tried::Done(resp) => return Ok(resp),
+                Tried::Fail(e) => return Err(e),
+                Tried::Expired => return Err(last_err.unwrap_or(ProxyError::Deadline)),
+                Tried::Again(e) => {
+                    last_err = e.or(last_err);
+                    sleep_backoff(&group.cfg, attempt, self.deadline).await;
+                }
+            }
+        }
+        Err(last_err.unwrap_or(ProxyError::NoHealthyServer))
+    }
+
+    /// One try on server `idx`: send, classify, record, and decide.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        group: &Group,
+        idx: usize,
+        attempt: u32,
+        body: ReqBody,
+        in_flight: InFlight,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        upgrade: &mut Option<UpgradeSlot>,
+    ) -> Tried {
+        let cfg = &group.cfg;
+        let server = &group.servers[idx];
+        let now = Instant::now();
+        if now >= self.deadline {
+            return Tried::Expired;
+        }
+        let per_attempt = cfg.timeouts.response.min(self.deadline - now);
         let deadline_bound = per_attempt < cfg.timeouts.response;
+        let head = RequestHead {
+            method: self.out.method,
+            target: self.out.target.as_str(),
+            headers: self.out.headers,
+            rewrite: &self.out.rewrite,
+            host: self.out.authority.unwrap_or(server.authority.as_str()),
+        };
         // Awaited apart from the match: a scrutinee's temporaries would
-        // live through every arm, and the future would keep room for both
-        // this exchange and the backoff's timer.
+        // live through every arm.
         let sent = tokio::time::timeout(
             per_attempt,
             server.pool.send(
                 server.addr,
-                &up_head,
-                attempt_body,
-                idempotent,
+                &head,
+                body,
+                self.out.idempotent,
                 cfg.timeouts.connect,
                 cfg.timeouts.idle,
             ),
@@ -362,78 +535,7 @@ async fn forward(
         .await;
         let (outcome, err) = match sent {
             Ok(Ok(resp)) => {
-                let status = resp.status();
-                let outcome = if status.is_server_error() {
-                    Outcome::Status5xx
-                } else {
-                    Outcome::Success
-                };
-                group.record(idx, outcome);
-                let retry_status = cfg.retry.retries_status(status.as_u16());
-                if retry_status
-                    && attempt < cfg.retry.attempts
-                    && idempotent
-                    && body.next().is_some()
-                    && group
-                        .budget
-                        .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
-                {
-                    debug!(
-                        upstream = &*group.name,
-                        server = &**server.label(),
-                        status = status.as_u16(),
-                        attempt,
-                        "Retrying on status"
-                    );
-                    drop(resp);
-                    sleep_backoff(cfg, attempt, deadline).await;
-                    continue;
-                }
-                if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                    let (mut p, up_body) = resp.into_parts();
-                    match (client_upgrade, up_body.into_upgraded()) {
-                        (Some(ClientUpgrade::Relay(slot)), Some(up)) => {
-                            *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
-                        }
-                        (Some(ClientUpgrade::Hyper(client_up)), Some(up)) => {
-                            tokio::spawn(async move {
-                                if let Ok(c) = client_up.await {
-                                    let mut c = TokioIo::new(c);
-                                    let mut u = up.io;
-                                    // What the server sent right after its 101.
-                                    if tokio::io::AsyncWriteExt::write_all(&mut c, &up.read)
-                                        .await
-                                        .is_ok()
-                                    {
-                                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                                    }
-                                }
-                            });
-                        }
-                        _ => {}
-                    }
-                    // The server's 101 head kept `Upgrade` (client.rs);
-                    // `Connection: upgrade` goes with it.
-                    p.headers
-                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                    p.headers.insert(headers::X_REQUEST_ID, rid.clone());
-                    return Ok(Response::from_parts(p, RespBody::empty()));
-                }
-                let (mut p, inner) = resp.into_parts();
-                // Hop-by-hop headers were left out when the head was read.
-                p.headers.insert(headers::X_REQUEST_ID, rid.clone());
-                p.version = Version::HTTP_11;
-                let guards = Guards {
-                    in_flight: Some(in_flight),
-                    permit: Some(permit),
-                };
-                return Ok(Response::from_parts(
-                    p,
-                    RespBody::Upstream {
-                        inner,
-                        _guards: guards,
-                    },
-                ));
+                return self.on_response(group, idx, attempt, resp, in_flight, permit, upgrade)
             }
             Ok(Err(SendError::Connect(e))) => (Outcome::ConnectError, ProxyError::Connect(e)),
             Ok(Err(SendError::Failed(e))) => (Outcome::Reset, ProxyError::Reset(error_chain(&e))),
@@ -449,21 +551,133 @@ async fn forward(
             _ => RetryOn::Reset,
         };
         // Nothing reached the server after a connect error: always safe.
-        let safe = kind == RetryOn::Connect || (cfg.retry.retries(kind) && idempotent);
-        let can_retry = attempt < cfg.retry.attempts
+        let safe = kind == RetryOn::Connect || (cfg.retry.retries(kind) && self.out.idempotent);
+        if attempt < cfg.retry.attempts
             && safe
             && !matches!(err, ProxyError::Deadline)
-            && body.next().is_some()
+            && self.body.next().is_some()
             && group
                 .budget
-                .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min);
-        last_err = Some(err);
-        if !can_retry {
-            break;
+                .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
+        {
+            Tried::Again(Some(err))
+        } else {
+            Tried::Fail(err)
         }
-        sleep_backoff(cfg, attempt, deadline).await;
     }
-    Err(last_err.unwrap_or(ProxyError::NoHealthyServer))
+
+    /// A response head came back: retry on its status, switch protocols,
+    /// or stream it to the client.
+    #[allow(clippy::too_many_arguments)]
+    fn on_response(
+        &self,
+        group: &Group,
+        idx: usize,
+        attempt: u32,
+        resp: Response<UpBody>,
+        in_flight: InFlight,
+        permit: &mut Option<OwnedSemaphorePermit>,
+        upgrade: &mut Option<UpgradeSlot>,
+    ) -> Tried {
+        let cfg = &group.cfg;
+        let status = resp.status();
+        let switched = status == StatusCode::SWITCHING_PROTOCOLS;
+        if switched && upgrade.is_none() {
+            // A server that switches protocols unasked is not relayed.
+            group.record(idx, Outcome::Reset);
+            return Tried::Fail(ProxyError::Reset(
+                "101 Switching Protocols to a request that did not ask for it".into(),
+            ));
+        }
+        group.record(
+            idx,
+            if status.is_server_error() {
+                Outcome::Status5xx
+            } else {
+                Outcome::Success
+            },
+        );
+        if cfg.retry.retries_status(status.as_u16())
+            && attempt < cfg.retry.attempts
+            && self.out.idempotent
+            && self.body.next().is_some()
+            && group
+                .budget
+                .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
+        {
+            debug!(
+                upstream = &*group.name,
+                server = &**group.servers[idx].label(),
+                status = status.as_u16(),
+                attempt,
+                "Retrying on status"
+            );
+            return Tried::Again(None);
+        }
+        let (mut p, inner) = resp.into_parts();
+        p.headers.insert(headers::X_REQUEST_ID, self.rid.clone());
+        if switched {
+            if let (Some(slot), Some(up)) = (upgrade.take(), inner.into_upgraded()) {
+                *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
+            }
+            // The server's 101 head kept `Upgrade` (client.rs);
+            // `Connection: upgrade` goes with it.
+            p.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            return Tried::Done(Response::from_parts(p, RespBody::empty()));
+        }
+        // Hop-by-hop headers were left out when the head was read.
+        p.version = Version::HTTP_11;
+        let guards = Guards {
+            in_flight: Some(in_flight),
+            permit: permit.take(),
+        };
+        Tried::Done(Response::from_parts(
+            p,
+            RespBody::Upstream {
+                inner,
+                _guards: guards,
+            },
+        ))
+    }
+}
+
+/// Stage **pick**: a server of the group not tried yet, counted in flight
+/// before anything is sent, and never one retired in between (it is being
+/// drained: see `Server::retire`).
+struct Picker {
+    group: Arc<Group>,
+    switched: bool,
+    tried: Vec<usize>,
+}
+
+impl Picker {
+    fn pick(&mut self, shared: &Shared, key: Option<u64>) -> Result<(usize, InFlight), ProxyError> {
+        loop {
+            let idx = match self.group.pick(&self.tried, key) {
+                Ok(i) => i,
+                Err(e) => {
+                    // Every server this request's snapshot knows was retired
+                    // while it waited (a rolling restart or scale-down is
+                    // draining them): pick from the current servers instead.
+                    if !self.switched && self.group.servers.iter().any(|s| s.is_retired()) {
+                        if let Some(g) = shared.snapshot.load().group(&self.group.name).cloned() {
+                            self.switched = true;
+                            self.group = g;
+                            self.tried.clear();
+                            continue;
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            let guard = self.group.servers[idx].track();
+            if !self.group.servers[idx].is_retired() {
+                self.tried.push(idx);
+                return Ok((idx, guard));
+            }
+        }
+    }
 }
 
 async fn sleep_backoff(cfg: &centinela_config::Upstream, attempt: u32, deadline: Instant) {

@@ -1,7 +1,7 @@
 //! Route matching: per listener, exact-host routes before any-host ones,
 //! then the longest path prefix (matched at a segment boundary).
 
-use centinela_config::Route;
+use centinela_config::{Listener, PathNormalization, Route};
 
 #[derive(Debug, Clone)]
 pub struct CompiledRoute {
@@ -11,29 +11,34 @@ pub struct CompiledRoute {
     pub upstream: String,
     /// Index into the snapshot's upstream groups.
     pub group: usize,
+    /// Protocols clients may switch to on this route (lower-case).
+    pub upgrade: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+/// One listener's routes and the request rules they are matched under.
+#[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<CompiledRoute>,
+    pub normalization: PathNormalization,
 }
 
 impl RouteTable {
     /// Routes of one listener, most specific first.
     pub fn for_listener(
-        listener: &str,
+        listener: &Listener,
         routes: &[Route],
         group_index: impl Fn(&str) -> usize,
     ) -> Self {
         let mut routes: Vec<CompiledRoute> = routes
             .iter()
-            .filter(|r| r.listener.as_deref().is_none_or(|l| l == listener))
+            .filter(|r| r.listener.as_deref().is_none_or(|l| l == listener.name))
             .map(|r| CompiledRoute {
                 host: r.host.clone(),
                 prefix: r.path_prefix.clone(),
                 strip_prefix: r.strip_prefix,
                 upstream: r.upstream.clone(),
                 group: group_index(&r.upstream),
+                upgrade: r.upgrade.clone(),
             })
             .collect();
         routes.sort_by(|a, b| {
@@ -42,7 +47,10 @@ impl RouteTable {
                 .cmp(&a.host.is_some())
                 .then(b.prefix.len().cmp(&a.prefix.len()))
         });
-        RouteTable { routes }
+        RouteTable {
+            routes,
+            normalization: listener.path_normalization,
+        }
     }
 
     pub fn routes(&self) -> &[CompiledRoute] {
@@ -83,20 +91,6 @@ pub fn strip(prefix: &str, path: &str) -> String {
     }
 }
 
-/// The host of a request, lower-cased by the caller's comparison, without port.
-pub fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return match host.find(']') {
-            Some(i) => &host[..=i],
-            None => host,
-        };
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +102,18 @@ mod tests {
             path_prefix: prefix.into(),
             strip_prefix: false,
             upstream: up.into(),
+            upgrade: vec!["websocket".into()],
+        }
+    }
+
+    fn listener(name: &str) -> Listener {
+        Listener {
+            name: name.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            header_timeout: std::time::Duration::from_secs(30),
+            path_normalization: PathNormalization::Strict,
+            max_connections: 10,
+            write_timeout: std::time::Duration::from_secs(30),
         }
     }
 
@@ -120,7 +126,8 @@ mod tests {
             r(None, Some("admin.example.com"), "/", "admin"),
             r(Some("other"), None, "/api/v2/x", "other"),
         ];
-        let t = RouteTable::for_listener("web", &routes, |_| 0);
+        let web = listener("web");
+        let t = RouteTable::for_listener(&web, &routes, |_| 0);
         let up = |h: Option<&str>, p: &str| t.find(h, p).map(|r| r.upstream.clone());
         assert_eq!(up(None, "/api/v2/items").as_deref(), Some("v2"));
         assert_eq!(up(None, "/api/x").as_deref(), Some("api"));
@@ -132,17 +139,14 @@ mod tests {
         );
         // Routes of another listener are not used.
         assert_eq!(up(None, "/api/v2/x").as_deref(), Some("v2"));
-        let only_api = RouteTable::for_listener("web", &routes[1..2], |_| 0);
+        let only_api = RouteTable::for_listener(&web, &routes[1..2], |_| 0);
         assert!(only_api.find(None, "/other").is_none());
     }
 
     #[test]
-    fn strip_and_host() {
+    fn strip_prefixes() {
         assert_eq!(strip("/api", "/api/items?x"), "/items?x");
         assert_eq!(strip("/api", "/api"), "/");
         assert_eq!(strip("/api/", "/api/items"), "/items");
-        assert_eq!(host_without_port("example.com:8080"), "example.com");
-        assert_eq!(host_without_port("[::1]:80"), "[::1]");
-        assert_eq!(host_without_port("example.com"), "example.com");
     }
 }

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use centinela_config::Config;
 
-use crate::budget::RetryBudget;
+use crate::balance::budget::RetryBudget;
+use crate::balance::server::Server;
+use crate::balance::upstream::Group;
 use crate::route::RouteTable;
-use crate::server::Server;
-use crate::upstream::Group;
 
 #[derive(Debug)]
 pub struct Snapshot {
@@ -91,7 +91,7 @@ impl Registry {
             .map(|l| {
                 (
                     l.name.clone(),
-                    RouteTable::for_listener(&l.name, &config.routes, index),
+                    RouteTable::for_listener(l, &config.routes, index),
                 )
             })
             .collect();

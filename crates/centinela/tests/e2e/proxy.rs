@@ -31,16 +31,22 @@ async fn forwards_with_proxy_headers_and_request_id() {
     assert_eq!(got.status, 200);
     assert_eq!(got.header("x-served-by").unwrap(), up[0].addr.to_string());
     assert_eq!(got.header("x-echo-path"), Some("/items?x=1"));
-    assert_eq!(
-        got.header("x-echo-x-forwarded-for"),
-        Some("10.1.1.1, 127.0.0.1")
-    );
+    // No proxy in front is trusted: the client's X-Forwarded-For is
+    // replaced, not appended to.
+    assert_eq!(got.header("x-echo-x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(got.header("x-echo-x-forwarded-proto"), Some("http"));
     assert_eq!(
         got.header("x-echo-x-forwarded-host"),
         Some("api.example.com:8080")
     );
     assert_eq!(got.header("x-echo-host"), Some("api.example.com:8080"));
+    // One authority, lower-cased, for routing, Host and X-Forwarded-Host.
+    let got = send(&c, &gw, "GET", "/", &[("host", "API.Example.com")], "").await;
+    assert_eq!(got.header("x-echo-host"), Some("api.example.com"));
+    assert_eq!(
+        got.header("x-echo-x-forwarded-host"),
+        Some("api.example.com")
+    );
     // Hop-by-hop headers, and those named in Connection, are not forwarded.
     assert!(got.header("x-echo-x-hop").is_none());
     // A request id is generated, sent upstream and returned.
@@ -218,7 +224,8 @@ async fn websocket_upgrade_passes_through() {
         .await
         .unwrap();
     s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
     .await
     .unwrap();

@@ -11,7 +11,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::server::Server;
+use crate::balance::server::Server;
 
 /// Up/down with the streak counters that move between them.
 #[derive(Clone, Copy, Debug)]

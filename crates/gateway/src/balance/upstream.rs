@@ -12,11 +12,11 @@ use centinela_config::Upstream as Config;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::balance::{Balancer, Candidate};
-use crate::budget::RetryBudget;
+use crate::balance::budget::RetryBudget;
+use crate::balance::limit::Limiter;
+use crate::balance::policy::{Balancer, Candidate};
+use crate::balance::server::{Outcome, Server};
 use crate::error::ProxyError;
-use crate::limit::Limiter;
-use crate::server::{Outcome, Server};
 
 /// Per-server state and candidates of one pick.
 type Scratch = (Vec<(usize, bool, bool)>, Vec<Candidate>);

@@ -12,8 +12,8 @@ use centinela_config::{Breaker as BreakerCfg, Outlier as OutlierCfg};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::breaker::{Admit, CircuitBreaker};
-use crate::health::HealthState;
+use crate::balance::breaker::{Admit, CircuitBreaker};
+use crate::balance::health::HealthState;
 
 /// How an attempt against a server ended, as far as its health is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +65,7 @@ pub struct Server {
     /// snapshot must not pick it any more (it is draining).
     retired: AtomicBool,
     /// Idle keep-alive connections to this server.
-    pub pool: Arc<crate::pool::Pool>,
+    pub pool: Arc<crate::http::pool::Pool>,
     inner: Mutex<Inner>,
 }
 

@@ -45,10 +45,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::body::{ClientBody, RespBody};
-use crate::client::Upgraded;
-use crate::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD};
 use crate::error::ProxyError;
+use crate::http::body::{ClientBody, RespBody};
+use crate::http::client::Upgraded;
+use crate::http::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD};
+use crate::http::target;
 use crate::proxy::{self, Shared};
 
 /// How long a connection may take to send a request head, idle or not,
@@ -247,7 +248,7 @@ async fn serve_h1(
             Wait::Close => return End::Close,
             Wait::Refuse(err) => {
                 debug!(client = %peer, error = %err, "Refused a request head");
-                let rid = crate::headers::new_request_id();
+                let rid = crate::http::headers::new_request_id();
                 let resp = err.into_response(&rid);
                 let _ = respond(io, &mut wbuf, resp, false, Version::HTTP_11, false).await;
                 return End::Linger;
@@ -282,7 +283,9 @@ async fn serve_h1(
             Err(e) => match e {},
         };
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let keep_alive = keep_alive && !*draining.borrow();
+        // A request body left unread ends the connection after this answer:
+        // say so in it.
+        let keep_alive = keep_alive && !*draining.borrow() && lock(io).body.is_end();
         let after = match respond(io, &mut wbuf, resp, is_head, version, keep_alive).await {
             Ok(true) if upgraded => match slot.and_then(|s| s.0.lock().ok()?.take()) {
                 Some(up) => After::Upgrade(up),
@@ -388,6 +391,14 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Err(bad("malformed request head"));
     };
+    // httparse takes a bare LF for a line end; a front end that does not
+    // could read other fields (RFC 9112 §2.2 allows refusing it).
+    if has_bare_lf(&buf[..len]) {
+        return Err(bad("line ended by a bare LF"));
+    }
+    if !target::valid_target(target.as_bytes()) {
+        return Err(bad("invalid character in request target"));
+    }
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?;
     let version = if req.version == Some(0) {
         Version::HTTP_10
@@ -402,14 +413,11 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
     let uri =
         Uri::from_maybe_shared(head.slice(target)).map_err(|_| bad("invalid request target"))?;
     let (headers, f) = codec::fields(&head, &spans, None).map_err(bad)?;
-    // RFC 9112 §3.2: exactly one Host in HTTP/1.1, at most one before.
-    let hosts = headers.get_all(header::HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && version == Version::HTTP_11) {
-        return Err(bad("a request needs exactly one Host header"));
-    }
     // RFC 9112 §6.3. Ambiguous framing is answered 400 by the proxy
-    // (headers::check_framing); its body is never read.
-    let framed = !(f.te && (f.length.is_some() || !f.only_chunked)) && f.bad_length.is_none();
+    // (headers::check_framing), as is any Transfer-Encoding in HTTP/1.0
+    // (§6.1); such a body is never read.
+    let framed = !(f.te && (f.length.is_some() || !f.only_chunked || version == Version::HTTP_10))
+        && f.bad_length.is_none();
     let body = if !framed {
         Decoder::Done
     } else if f.te {
@@ -432,9 +440,23 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
         body,
         keep_alive,
         expect_continue,
-        upgrade: f.upgrade,
+        // RFC 9110 §7.8: an HTTP/1.0 Upgrade is ignored.
+        upgrade: f.upgrade && version == Version::HTTP_11,
         unread: !framed,
     }))
+}
+
+/// A `\n` not preceded by `\r`.
+fn has_bare_lf(head: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(i) = head[from..].iter().position(|&b| b == b'\n') {
+        let at = from + i;
+        if at == 0 || head[at - 1] != b'\r' {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// How a response body is delimited on the way to the client.

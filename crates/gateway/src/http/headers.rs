@@ -4,8 +4,10 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
 
 use crate::error::ProxyError;
+use crate::http::codec;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -13,25 +15,33 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
-/// Rejects requests whose framing is ambiguous (request smuggling).
-pub fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
+/// Rejects requests whose framing is ambiguous (request smuggling): an
+/// invalid or conflicting `Content-Length` (read by
+/// [`codec::parse_length`], the parser the body decoder uses too), both
+/// `Content-Length` and `Transfer-Encoding`, a coding other than chunked,
+/// and `Transfer-Encoding` in HTTP/1.0 (RFC 9112 §6.1).
+pub fn check_framing(version: Version, h: &HeaderMap) -> Result<(), ProxyError> {
     let has_te = h.contains_key(header::TRANSFER_ENCODING);
-    let mut cl: Option<&[u8]> = None;
+    let mut cl: Option<u64> = None;
     for v in h.get_all(header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            let Some(n) = codec::parse_length(part.trim_ascii()) else {
                 return Err(ProxyError::BadRequest("invalid Content-Length"));
-            }
+            };
             match cl {
-                Some(prev) if prev != part => {
+                Some(prev) if prev != n => {
                     return Err(ProxyError::BadRequest("conflicting Content-Length values"))
                 }
-                _ => cl = Some(part),
+                _ => cl = Some(n),
             }
         }
     }
     if has_te {
+        if version == Version::HTTP_10 {
+            return Err(ProxyError::BadRequest(
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ));
+        }
         if cl.is_some() {
             return Err(ProxyError::BadRequest(
                 "both Content-Length and Transfer-Encoding present",
@@ -41,8 +51,7 @@ pub fn check_framing(h: &HeaderMap) -> Result<(), ProxyError> {
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|c| !c.is_empty());
+            .map(<[u8]>::trim_ascii);
         let only_chunked = matches!(codings.next(), Some(c) if c.eq_ignore_ascii_case(b"chunked"))
             && codings.next().is_none();
         if !only_chunked {
@@ -81,9 +90,9 @@ pub fn is_hop_by_hop(name: &HeaderName, upgrade: bool) -> bool {
     if *name == header::UPGRADE {
         return !upgrade;
     }
-    // The two that are not standard names in `http`.
+    // Those that are not standard names in `http`.
     let s = name.as_str();
-    s == "keep-alive" || s == "proxy-connection"
+    s == "keep-alive" || s == "proxy-connection" || s == "http2-settings"
 }
 
 /// The header names a `Connection` header lists, other than the tokens
@@ -106,9 +115,12 @@ pub fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
 
 /// How a request head is rewritten on its way to a server, decided once
 /// per request and applied as each attempt's head is written
-/// ([`crate::client`]): hop-by-hop headers and those `Connection` names are
-/// dropped, X-Forwarded-For is appended to, X-Forwarded-Proto,
-/// X-Forwarded-Host and X-Request-Id are set. The client's header map is
+/// ([`crate::http::client`]): hop-by-hop headers and those `Connection`
+/// names are dropped; so are the headers only the gateway may set
+/// (`Forwarded`, `X-Real-IP`, every `X-Forwarded-*`: no proxy in front is
+/// trusted yet) and the client's `Host` (the client writes the checked
+/// authority as `Host` and `X-Forwarded-Host`); X-Forwarded-For,
+/// X-Forwarded-Proto and X-Request-Id are set. The client's header map is
 /// never changed.
 #[derive(Debug, Default)]
 pub struct Rewrite {
@@ -123,30 +135,15 @@ impl Rewrite {
         h: &HeaderMap,
         client: IpAddr,
         proto: &str,
-        host: Option<&str>,
         request_id: &HeaderValue,
         upgrade: bool,
     ) -> Rewrite {
         use std::io::Write;
-        let mut lines = Vec::with_capacity(160);
-        lines.extend_from_slice(b"x-forwarded-for: ");
-        let prev = h
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .map(|v| v.as_bytes().trim_ascii())
-            .filter(|v| !v.is_empty());
-        for v in prev {
-            lines.extend_from_slice(v);
-            lines.extend_from_slice(b", ");
-        }
-        let _ = write!(lines, "{client}\r\nx-forwarded-proto: {proto}\r\n");
-        // `host` comes from a header value or the request's authority: no
-        // CR or LF can be in it.
-        if let Some(host) = host {
-            lines.extend_from_slice(b"x-forwarded-host: ");
-            lines.extend_from_slice(host.as_bytes());
-            lines.extend_from_slice(b"\r\n");
-        }
+        let mut lines = Vec::with_capacity(128);
+        let _ = write!(
+            lines,
+            "x-forwarded-for: {client}\r\nx-forwarded-proto: {proto}\r\n"
+        );
         lines.extend_from_slice(b"x-request-id: ");
         lines.extend_from_slice(request_id.as_bytes());
         lines.extend_from_slice(b"\r\n");
@@ -171,9 +168,10 @@ impl Rewrite {
         // a temporary on every call.
         let s = name.as_str();
         !(is_hop_by_hop(name, self.upgrade)
-            || s == "x-forwarded-for"
-            || s == "x-forwarded-proto"
-            || s == "x-forwarded-host"
+            || s == "host"
+            || s.starts_with("x-forwarded-")
+            || s == "forwarded"
+            || s == "x-real-ip"
             || s == "x-request-id"
             || self.named.contains(name))
     }
@@ -226,18 +224,52 @@ mod tests {
 
     #[test]
     fn framing() {
-        assert!(check_framing(&hm(&[("content-length", "5")])).is_ok());
-        assert!(check_framing(&hm(&[("content-length", "5"), ("content-length", "5")])).is_ok());
-        assert!(check_framing(&hm(&[("content-length", "5"), ("content-length", "6")])).is_err());
-        assert!(check_framing(&hm(&[("content-length", "5, 6")])).is_err());
-        assert!(check_framing(&hm(&[("transfer-encoding", "chunked")])).is_ok());
-        assert!(check_framing(&hm(&[
-            ("transfer-encoding", "chunked"),
-            ("content-length", "5")
-        ]))
+        assert!(check_framing(Version::HTTP_11, &hm(&[("content-length", "5")])).is_ok());
+        assert!(check_framing(
+            Version::HTTP_11,
+            &hm(&[("content-length", "5"), ("content-length", "5")])
+        )
+        .is_ok());
+        assert!(check_framing(
+            Version::HTTP_11,
+            &hm(&[("content-length", "5"), ("content-length", "6")])
+        )
         .is_err());
-        assert!(check_framing(&hm(&[("transfer-encoding", "gzip, chunked")])).is_err());
-        assert!(check_framing(&hm(&[("transfer-encoding", "identity")])).is_err());
+        assert!(check_framing(Version::HTTP_11, &hm(&[("content-length", "5, 6")])).is_err());
+        assert!(check_framing(Version::HTTP_11, &hm(&[("transfer-encoding", "chunked")])).is_ok());
+        assert!(check_framing(
+            Version::HTTP_11,
+            &hm(&[("transfer-encoding", "chunked"), ("content-length", "5")])
+        )
+        .is_err());
+        assert!(check_framing(
+            Version::HTTP_11,
+            &hm(&[("transfer-encoding", "gzip, chunked")])
+        )
+        .is_err());
+        assert!(
+            check_framing(Version::HTTP_11, &hm(&[("transfer-encoding", "identity")])).is_err()
+        );
+        assert!(
+            check_framing(Version::HTTP_11, &hm(&[("transfer-encoding", "chunked, ")])).is_err()
+        );
+        // Leading zeros are a valid length; past u64 it is not one.
+        assert!(check_framing(
+            Version::HTTP_11,
+            &hm(&[("content-length", "00000000000000000005")])
+        )
+        .is_ok());
+        assert!(check_framing(
+            Version::HTTP_11,
+            &hm(&[("content-length", "18446744073709551616")])
+        )
+        .is_err());
+        assert!(check_framing(
+            Version::HTTP_11,
+            &hm(&[("content-length", "5"), ("content-length", "005")])
+        )
+        .is_ok());
+        assert!(check_framing(Version::HTTP_10, &hm(&[("transfer-encoding", "chunked")])).is_err());
     }
 
     #[test]
@@ -249,12 +281,17 @@ mod tests {
             ("te", "trailers"),
             ("upgrade", "websocket"),
             ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-port", "1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-real-ip", "10.0.0.1"),
+            ("host", "a"),
+            ("http2-settings", "AAA"),
             ("x-request-id", "from-client"),
             ("accept", "*/*"),
         ]);
         let rid = HeaderValue::from_static("abc");
         let client = "127.0.0.1".parse().unwrap();
-        let r = Rewrite::request(&h, client, "http", Some("api.example.com"), &rid, false);
+        let r = Rewrite::request(&h, client, "http", &rid, false);
         let kept: Vec<&str> = h
             .keys()
             .filter(|n| r.keeps(n))
@@ -263,8 +300,7 @@ mod tests {
         assert_eq!(kept, ["accept"]);
         assert_eq!(
             String::from_utf8(r.lines.clone()).unwrap(),
-            "x-forwarded-for: 10.0.0.1, 127.0.0.1\r\nx-forwarded-proto: http\r\n\
-             x-forwarded-host: api.example.com\r\nx-request-id: abc\r\n"
+            "x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-request-id: abc\r\n"
         );
         assert_eq!(connection_named(&h), [HeaderName::from_static("x-secret")]);
         for name in [
@@ -288,11 +324,10 @@ mod tests {
 
         let up = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&up));
-        let r = Rewrite::request(&up, client, "http", None, &rid, true);
+        let r = Rewrite::request(&up, client, "http", &rid, true);
         assert!(r.keeps(&header::UPGRADE));
         assert!(!r.keeps(&header::CONNECTION));
         assert!(String::from_utf8_lossy(&r.lines).ends_with("connection: upgrade\r\n"));
-        assert!(!String::from_utf8_lossy(&r.lines).contains("x-forwarded-host"));
     }
 
     #[test]

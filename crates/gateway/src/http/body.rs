@@ -10,8 +10,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::client::UpBody;
-use crate::server::InFlight;
+use crate::balance::server::InFlight;
+use crate::http::client::UpBody;
 
 /// The body sent to an upstream.
 #[derive(Debug)]
@@ -49,7 +49,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum ClientBody {
     Empty,
     /// Read from an HTTP/1 connection (`h1.rs`).
-    H1(crate::h1::RequestBody),
+    H1(crate::http::h1::RequestBody),
     /// An HTTP/2 stream (hyper).
     H2(Incoming),
 }
@@ -161,7 +161,7 @@ impl RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = crate::client::Error;
+    type Error = crate::http::client::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,

@@ -30,10 +30,10 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::body::ReqBody;
-use crate::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD, MIN_READ};
-use crate::headers::Rewrite;
-use crate::pool::Pool;
+use crate::http::body::ReqBody;
+use crate::http::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD, MIN_READ};
+use crate::http::headers::Rewrite;
+use crate::http::pool::Pool;
 
 /// A body at most this large is sent in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
@@ -85,7 +85,8 @@ pub struct RequestHead<'a> {
     /// in it are replaced.
     pub headers: &'a HeaderMap,
     pub rewrite: &'a Rewrite,
-    /// Sent as `Host` when `headers` has none.
+    /// Sent as `Host` and `X-Forwarded-Host`: the request's checked
+    /// authority, or the server's address when the client named none.
     pub host: &'a str,
 }
 
@@ -280,23 +281,23 @@ fn encode_head(w: &mut Vec<u8>, head: &RequestHead<'_>, length: Option<u64>, chu
     w.push(b' ');
     w.extend_from_slice(head.target.as_bytes());
     w.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut has_host = false;
+    // The checked authority, never the client's own Host field (which
+    // `rewrite` drops): what was routed is what the server reads.
+    w.extend_from_slice(b"host: ");
+    w.extend_from_slice(head.host.as_bytes());
+    w.extend_from_slice(b"\r\nx-forwarded-host: ");
+    w.extend_from_slice(head.host.as_bytes());
+    w.extend_from_slice(b"\r\n");
     for (name, value) in head.headers {
         if name == header::CONTENT_LENGTH || !head.rewrite.keeps(name) {
             continue;
         }
-        has_host |= name == header::HOST;
         w.extend_from_slice(name.as_str().as_bytes());
         w.extend_from_slice(b": ");
         w.extend_from_slice(value.as_bytes());
         w.extend_from_slice(b"\r\n");
     }
     w.extend_from_slice(&head.rewrite.lines);
-    if !has_host {
-        w.extend_from_slice(b"host: ");
-        w.extend_from_slice(head.host.as_bytes());
-        w.extend_from_slice(b"\r\n");
-    }
     if chunked {
         w.extend_from_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(n) = length.filter(|&n| n > 0 || has_payload_semantics(head.method)) {
@@ -713,7 +714,7 @@ mod tests {
         encode_head(&mut w, &head, Some(12345), false);
         assert_eq!(
             String::from_utf8(w.clone()).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nhost: 127.0.0.1:8001\r\ncontent-length: 12345\r\n\r\n"
+            "POST /p?q=1 HTTP/1.1\r\nhost: 127.0.0.1:8001\r\nx-forwarded-host: 127.0.0.1:8001\r\nx-a: 1\r\ncontent-length: 12345\r\n\r\n"
         );
         encode_head(&mut w, &head, None, false);
         assert!(String::from_utf8_lossy(&w).ends_with("content-length: 0\r\n\r\n"));

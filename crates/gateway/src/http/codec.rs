@@ -15,7 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::SizeHint;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::headers::{connection_named, is_hop_by_hop};
+use crate::http::headers::{connection_named, is_hop_by_hop};
 
 /// A head (request or response) larger than this is refused.
 pub const MAX_HEAD: usize = 64 * 1024 - 1;
@@ -177,11 +177,191 @@ fn is_plain_token(t: &[u8]) -> bool {
         || t.eq_ignore_ascii_case(b"upgrade")
 }
 
+/// A `Content-Length` value: one or more digits, leading zeros allowed
+/// (RFC 9110 §8.6). `None`: not a number, or past `u64::MAX`. The one
+/// parser for both sides and both checks, so that no two parts of the
+/// proxy can read a length differently.
 pub fn parse_length(b: &[u8]) -> Option<u64> {
-    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+    if b.is_empty() {
         return None;
     }
-    Some(b.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    let mut n: u64 = 0;
+    for &d in b {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(n)
+}
+
+/// A chunk-size line (with its extensions and CRLF) at most this long.
+pub const MAX_CHUNK_LINE: usize = 4096;
+/// Trailer fields (with their CRLFs) at most this long in all.
+pub const MAX_TRAILERS: usize = 16 * 1024;
+
+/// An HTTP token character (RFC 9110 §5.6.2).
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Parses a chunk-size line at the front of `buf` exactly as RFC 9112 §7.1
+/// says: `1*HEXDIG *( BWS ";" BWS token [ BWS "=" BWS ( token /
+/// quoted-string ) ] ) CRLF`. `Ok(None)`: incomplete. Whether a line is
+/// accepted never depends on how it was split into reads: a line is
+/// refused when its bytes so far cannot begin a valid one, or when it is
+/// longer than [`MAX_CHUNK_LINE`].
+pub fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+    let more = || {
+        if buf.len() >= MAX_CHUNK_LINE {
+            Err("chunk-size line too long")
+        } else {
+            Ok(None)
+        }
+    };
+    let mut i = 0;
+    let mut size: u64 = 0;
+    while i < buf.len() && buf[i].is_ascii_hexdigit() {
+        if size > u64::MAX >> 4 {
+            return Err("chunk size too large");
+        }
+        size = size << 4 | u64::from(hex_value(buf[i]));
+        i += 1;
+    }
+    if i == 0 {
+        return if buf.is_empty() {
+            more()
+        } else {
+            Err("bad chunk size")
+        };
+    }
+    let ws = |i: &mut usize| {
+        while *i < buf.len() && (buf[*i] == b' ' || buf[*i] == b'\t') {
+            *i += 1;
+        }
+    };
+    loop {
+        ws(&mut i);
+        let Some(&b) = buf.get(i) else { return more() };
+        match b {
+            b'\r' => {
+                let Some(&lf) = buf.get(i + 1) else {
+                    return more();
+                };
+                if lf != b'\n' {
+                    return Err("chunk-size line not ended by CRLF");
+                }
+                let used = i + 2;
+                if used > MAX_CHUNK_LINE {
+                    return Err("chunk-size line too long");
+                }
+                return Ok(Some((used, size)));
+            }
+            b';' => {
+                i += 1;
+                ws(&mut i);
+                let start = i;
+                while i < buf.len() && is_tchar(buf[i]) {
+                    i += 1;
+                }
+                if i == buf.len() {
+                    return more();
+                }
+                if i == start {
+                    return Err("bad chunk extension");
+                }
+                let mut j = i;
+                ws(&mut j);
+                match buf.get(j) {
+                    None => return more(),
+                    Some(b'=') => {
+                        i = j + 1;
+                        ws(&mut i);
+                        match buf.get(i) {
+                            None => return more(),
+                            Some(b'"') => {
+                                i += 1;
+                                loop {
+                                    match buf.get(i) {
+                                        None => return more(),
+                                        Some(b'"') => {
+                                            i += 1;
+                                            break;
+                                        }
+                                        Some(b'\\') => match buf.get(i + 1) {
+                                            None => return more(),
+                                            Some(&c) if c == b'\t' || (0x20..0x7f).contains(&c) => {
+                                                i += 2
+                                            }
+                                            Some(_) => return Err("bad chunk extension"),
+                                        },
+                                        Some(&c)
+                                            if c == b'\t'
+                                                || c == b' '
+                                                || (0x21..0x7f).contains(&c) =>
+                                        {
+                                            i += 1
+                                        }
+                                        Some(_) => return Err("bad chunk extension"),
+                                    }
+                                }
+                            }
+                            Some(_) => {
+                                let start = i;
+                                while i < buf.len() && is_tchar(buf[i]) {
+                                    i += 1;
+                                }
+                                if i == buf.len() {
+                                    return more();
+                                }
+                                if i == start {
+                                    return Err("bad chunk extension");
+                                }
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            _ => return Err("bad chunk size"),
+        }
+    }
+}
+
+fn hex_value(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
+    }
+}
+
+/// One trailer line at the front of `buf`: `Ok(Some((used, last)))` with
+/// `last` for the empty line that ends the trailers; `Ok(None)`:
+/// incomplete. A trailer is a field line (RFC 9112 §5: `token ":" OWS
+/// value OWS`, no obs-fold) ended by CRLF, or the body is refused.
+fn trailer_line(buf: &[u8]) -> Result<Option<(usize, bool)>, &'static str> {
+    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+        return Ok(None);
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err("trailer line not ended by CRLF");
+    }
+    let line = &buf[..lf - 1];
+    if line.is_empty() {
+        return Ok(Some((2, true)));
+    }
+    let name = line.iter().take_while(|&&b| is_tchar(b)).count();
+    if name == 0 || line.get(name) != Some(&b':') {
+        return Err("trailer is not a header field");
+    }
+    if !line[name + 1..]
+        .iter()
+        .all(|&b| b == b'\t' || b == b' ' || (0x21..0x7f).contains(&b) || b >= 0x80)
+    {
+        return Err("bad character in trailer field");
+    }
+    Ok(Some((lf + 1, false)))
 }
 
 /// `n` in decimal, without allocating.
@@ -266,8 +446,8 @@ impl Decoder {
                     }
                     return Ok(Step::Data(take(buf, u64::MAX)));
                 }
-                Decoder::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
+                Decoder::Chunked(Chunk::Size) => match chunk_size_line(buf)? {
+                    Some((used, size)) => {
                         buf.advance(used);
                         *self = Decoder::Chunked(if size == 0 {
                             Chunk::Trailers(0)
@@ -275,8 +455,7 @@ impl Decoder {
                             Chunk::Data(size)
                         });
                     }
-                    Ok(httparse::Status::Partial) if buf.len() < 1024 => return Ok(Step::More),
-                    _ => return Err("bad chunk size"),
+                    None => return Ok(Step::More),
                 },
                 Decoder::Chunked(Chunk::DataEnd) => {
                     if buf.len() < 2 {
@@ -288,21 +467,21 @@ impl Decoder {
                     buf.advance(2);
                     *self = Decoder::Chunked(Chunk::Size);
                 }
-                Decoder::Chunked(Chunk::Trailers(seen)) => {
-                    // Trailer fields are read and dropped, up to an empty line.
-                    match buf.windows(2).position(|w| w == b"\r\n") {
-                        Some(0) => {
-                            buf.advance(2);
-                            *self = Decoder::Done;
-                        }
-                        Some(line) if seen + line <= MAX_HEAD => {
-                            buf.advance(line + 2);
-                            *self = Decoder::Chunked(Chunk::Trailers(seen + line + 2));
-                        }
-                        None if seen + buf.len() <= MAX_HEAD => return Ok(Step::More),
-                        _ => return Err("trailers too large"),
+                Decoder::Chunked(Chunk::Trailers(seen)) => match trailer_line(buf)? {
+                    Some((used, _)) if seen + used > MAX_TRAILERS => {
+                        return Err("trailers too large")
                     }
-                }
+                    Some((used, true)) => {
+                        buf.advance(used);
+                        *self = Decoder::Done;
+                    }
+                    Some((used, false)) => {
+                        buf.advance(used);
+                        *self = Decoder::Chunked(Chunk::Trailers(seen + used));
+                    }
+                    None if seen + buf.len() >= MAX_TRAILERS => return Err("trailers too large"),
+                    None => return Ok(Step::More),
+                },
             }
         }
     }

@@ -1,9 +1,9 @@
 //! Keep-alive HTTP/1.1 connections to one server, reused last in, first out.
 //!
-//! Each [`crate::server::Server`] owns one pool, so a request finds its
+//! Each [`crate::balance::server::Server`] owns one pool, so a request finds its
 //! connections without hashing or a shared lock across servers. A
 //! connection goes back to the pool when its response body has ended
-//! cleanly ([`crate::client::UpBody`]); one whose body was dropped half way,
+//! cleanly ([`crate::http::client::UpBody`]); one whose body was dropped half way,
 //! or that was upgraded, is closed. An idle connection the server has
 //! closed is seen at checkout (it reads as end of file) and dropped.
 
@@ -15,8 +15,8 @@ use std::time::Duration;
 use http::Response;
 use tokio::time::Instant;
 
-use crate::body::ReqBody;
-use crate::client::{Conn, Error, RequestHead, UpBody};
+use crate::http::body::ReqBody;
+use crate::http::client::{Conn, Error, RequestHead, UpBody};
 
 /// Idle connections kept per server at most.
 const MAX_IDLE: usize = 1024;
@@ -119,7 +119,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::script::scripted;
+    use crate::http::client::script::scripted;
     use centinela_testkit::TestServer;
     use http::{HeaderMap, Method};
     use http_body_util::BodyExt;
@@ -135,7 +135,7 @@ mod tests {
             method: &Method::GET,
             target: "/",
             headers: &headers,
-            rewrite: &crate::headers::Rewrite::default(),
+            rewrite: &crate::http::headers::Rewrite::default(),
             host: "test",
         };
         let resp = pool
