@@ -566,6 +566,10 @@ pub(crate) fn build(
                 ),
             );
         }
+        // Port 0 asks for an ephemeral port: each listener gets its own.
+        if l.listen.port() == 0 {
+            continue;
+        }
         if let Some(first) = seen_addrs.insert(l.listen, path) {
             sink.error(
                 aspan,

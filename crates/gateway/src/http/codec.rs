@@ -99,7 +99,13 @@ pub fn fields(
     let mut codings = 0usize;
     for &[ns, nl, vs, vl] in &spans.at[..spans.n] {
         let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
-        let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| "bad header name")?;
+        let raw_name = &head[ns..ns + nl];
+        let name = HeaderName::from_bytes(raw_name).map_err(|_| "bad header name")?;
+        // Some servers read `_` as `-`: a field that would become a
+        // framing field there is refused here.
+        if raw_name.contains(&b'_') && looks_like_framing(raw_name) {
+            return Err("header name with '_' that reads as a framing header");
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
             .map_err(|_| "bad header value")?;
         if name == header::CONNECTION {
@@ -166,6 +172,19 @@ pub fn fields(
         headers.remove(name);
     }
     Ok((headers, f))
+}
+
+fn looks_like_framing(name: &[u8]) -> bool {
+    let norm = |b: &u8| {
+        if *b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    let same =
+        |want: &[u8]| name.len() == want.len() && name.iter().map(norm).eq(want.iter().copied());
+    same(b"content-length") || same(b"transfer-encoding") || same(b"host") || same(b"connection")
 }
 
 /// A `Connection` token that names no header.
@@ -241,9 +260,12 @@ pub fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str>
         }
     };
     loop {
+        // BWS only ever comes before ";" (or around "=", below).
+        let before = i;
         ws(&mut i);
         let Some(&b) = buf.get(i) else { return more() };
         match b {
+            b'\r' if i != before => return Err("whitespace before the end of a chunk-size line"),
             b'\r' => {
                 let Some(&lf) = buf.get(i + 1) else {
                     return more();

@@ -81,6 +81,11 @@ pub fn check(
     if hosts.next().is_some() {
         return Err(bad("a request needs exactly one Host header"));
     }
+    // RFC 9112 §3.2: every HTTP/1.1 request has one Host, even with an
+    // absolute-form target (which then replaces it).
+    if host_field.is_none() && version == Version::HTTP_11 {
+        return Err(bad("a request needs exactly one Host header"));
+    }
     let raw: Option<&[u8]> = match (from_uri, host_field) {
         (Some(a), _) => Some(a.as_bytes()),
         (None, Some(h)) => Some(h.as_bytes()),
@@ -144,6 +149,19 @@ pub fn check(
 /// `:@/?%`); `%` must start a valid percent-encoding. Fragments, spaces,
 /// controls, non-ASCII, `"`, `\`, `<>^`{|}` are refused.
 pub fn valid_target(t: &[u8]) -> bool {
+    // An absolute form's authority may hold an IPv6 literal in brackets
+    // (checked with the authority); nothing else may.
+    let mut brackets = 0..0;
+    if !t.starts_with(b"/") {
+        if let Some(at) = t.windows(3).position(|w| w == b"://") {
+            let from = at + 3;
+            let len = t[from..]
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .unwrap_or(t.len() - from);
+            brackets = from..from + len;
+        }
+    }
     let mut i = 0;
     while i < t.len() {
         let b = t[i];
@@ -157,7 +175,7 @@ pub fn valid_target(t: &[u8]) -> bool {
             i += 3;
             continue;
         }
-        if !TARGET[b as usize] {
+        if !TARGET[b as usize] && !((b == b'[' || b == b']') && brackets.contains(&i)) {
             return false;
         }
         i += 1;
@@ -425,6 +443,9 @@ mod tests {
     fn target_bytes_are_rfc_3986() {
         assert!(valid_target(b"/a/b?x=1&y=%20"));
         assert!(valid_target(b"/~user/a-b_c.d!$&'()*+,;=:@"));
+        assert!(valid_target(b"http://[::1]:80/x"));
+        assert!(!valid_target(b"http://[::1]:80/x[1]"));
+        assert!(!valid_target(b"/x[1]"));
         for bad in [
             &b"/a b"[..],
             b"/a\"b",
