@@ -663,6 +663,126 @@ mod tests {
         assert!(decode_all(Decoder::Chunked(Chunk::Size), b"2\r\nokXX").is_err());
     }
 
+    /// Feeds `input` as it would arrive in pieces of `step` bytes: what
+    /// was decoded, and where decoding ended (or its error).
+    fn decode_in_steps(input: &[u8], step: usize) -> (Vec<u8>, Result<Decoder, &'static str>) {
+        let mut d = Decoder::Chunked(Chunk::Size);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                match d.decode(&mut buf) {
+                    Ok(Step::Data(b)) => out.extend_from_slice(&b),
+                    Ok(Step::More) => break,
+                    Ok(Step::End) => return (out, Ok(d)),
+                    Err(e) => return (out, Err(e)),
+                }
+            }
+        }
+        (out, Ok(d))
+    }
+
+    #[test]
+    fn chunked_decoding_does_not_depend_on_how_reads_split_the_body() {
+        let pieces: [&[u8]; 16] = [
+            b"5\r\nhello\r\n",
+            b"3;a=b\r\nabc\r\n",
+            b"2 ; x = \"q\\\"\"\r\nzz\r\n",
+            b"0\r\n\r\n",
+            b"0\r\nx-t: 1\r\n\r\n",
+            b"5\nhello\r\n",
+            b"5 \r\nhello\r\n",
+            b";x\r\n",
+            b"\r\n",
+            b"0\r\n\n",
+            b"5;\0\r\n",
+            b"0\r\nbad\r\n\r\n",
+            b"00000000000000000001\r\nx\r\n",
+            b"fffffffffffffffff\r\n",
+            b"5;a=\"",
+            b"1\r\nxy",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..3000 {
+            let mut input = Vec::new();
+            for _ in 0..rng.usize(1..5) {
+                input.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+            }
+            // A long extension, around the line limit.
+            if rng.u8(..8) == 0 {
+                let n = MAX_CHUNK_LINE - 8 + rng.usize(..16);
+                input.splice(0..0, format!("1;x={}\r\nz\r\n", "a".repeat(n)).into_bytes());
+            }
+            let whole = decode_in_steps(&input, input.len());
+            // Byte by byte only for short inputs: a line is re-read from its
+            // start on each read (bounded by MAX_CHUNK_LINE).
+            let steps: &[usize] = if input.len() < 512 {
+                &[1, 2, 3, 7, 64]
+            } else {
+                &[61, 1000]
+            };
+            for &step in steps {
+                assert_eq!(
+                    decode_in_steps(&input, step),
+                    whole,
+                    "{:?} in steps of {step}",
+                    String::from_utf8_lossy(&input)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines_follow_rfc_9112() {
+        for ok in [
+            &b"5\r\n"[..],
+            b"05\r\n",
+            b"5;a\r\n",
+            b"5;a=b\r\n",
+            b"5 ;a\r\n",
+            b"5;a=\"x y\"\r\n",
+            b"5;a=\"\\\"\"\r\n",
+            b"5;a;b=c\r\n",
+            b"ABCdef\r\n",
+        ] {
+            assert!(
+                matches!(chunk_size_line(ok), Ok(Some(_))),
+                "{}",
+                String::from_utf8_lossy(ok)
+            );
+        }
+        for bad in [
+            &b"\r\n"[..],
+            b" \r\n",
+            b"5 \r\n",
+            b"5\n",
+            b"5\rx",
+            b";a\r\n",
+            b"5;\r\n",
+            b"5;a=\r\n",
+            b"5;a b\r\n",
+            b"5;a\0\r\n",
+            b"5;a=\"\x7f\"\r\n",
+            b"-5\r\n",
+            b"0x5\r\n",
+            b"10000000000000000\r\n",
+        ] {
+            assert!(
+                chunk_size_line(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(chunk_size_line(b"5;a=b"), Ok(None));
+        assert_eq!(chunk_size_line(b"ff"), Ok(None));
+        assert_eq!(parse_length(b"00000000000000000005"), Some(5));
+        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_length(b"18446744073709551616"), None);
+        assert_eq!(parse_length(b""), None);
+        assert_eq!(parse_length(b"+1"), None);
+    }
+
     #[test]
     fn fields_report_framing_and_hop_by_hop_ones_can_be_left_out() {
         let raw = b"GET / HTTP/1.1\r\nConnection: keep-alive, x-secret\r\nX-Secret: 1\r\nContent-Length: 4, 4\r\nTransfer-Encoding: gzip, chunked\r\nKeep-Alive: 5\r\nX-A: b\r\n\r\n";

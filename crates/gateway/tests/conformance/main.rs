@@ -10,7 +10,9 @@
 //! normalizes paths strictly (the default); listener `off` does not.
 
 mod cases;
+mod fuzz;
 mod recorder;
+mod reference;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -180,6 +182,29 @@ async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
     }
 }
 
+/// Reads every response until the gateway closes the connection; their
+/// statuses.
+async fn read_to_end(s: &mut TcpStream) -> Vec<u16> {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while fill(s, &mut buf).await > 0 {}
+    })
+    .await;
+    let mut statuses = Vec::new();
+    let mut rest = &buf[..];
+    while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+        statuses.push(head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0));
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        rest = &rest[(end + 4 + len).min(rest.len())..];
+    }
+    statuses
+}
+
 /// `x-request-id: <anything>` → `x-request-id: *`, so that generated ids
 /// compare.
 fn mask_request_id(raw: &[u8]) -> Vec<u8> {
@@ -238,6 +263,12 @@ async fn http1_conformance_corpus() {
         corpus.len(),
         failures.join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_requests_have_the_boundaries_a_strict_reader_sees() {
+    let (gw, ups) = gateway().await;
+    fuzz::run(gw.listener_addr("web").unwrap(), &ups.app.1).await;
 }
 
 async fn run(case: &Case, web: SocketAddr, off: SocketAddr, ups: &Upstreams) -> Result<(), String> {
