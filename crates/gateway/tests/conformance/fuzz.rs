@@ -60,7 +60,7 @@ fn request(rng: &mut fastrand::Rng) -> Vec<u8> {
         );
         out.extend_from_slice(f.as_bytes());
     }
-    let body = "hello world 0123456789"[..rng.usize(..22)].as_bytes();
+    let body = &b"hello world 0123456789"[..rng.usize(..22)];
     match rng.u8(..6) {
         // No body.
         0 => out.extend_from_slice(b"\r\n"),
