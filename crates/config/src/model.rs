@@ -228,6 +228,8 @@ pub struct Breaker {
     pub min_requests: u32,
     pub open_for: Duration,
     pub half_open_requests: u32,
+    /// A half-open probe with no outcome after this frees its slot.
+    pub half_open_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]

@@ -905,6 +905,12 @@ fn upstream(
                 min_requests: x.int(sink, "min_requests", 20, 1, 1_000_000) as u32,
                 open_for: x.duration(sink, "open_for", Duration::from_secs(30)),
                 half_open_requests: x.int(sink, "half_open_requests", 5, 1, 1_000_000) as u32,
+                half_open_timeout: x.duration_min(
+                    sink,
+                    "half_open_timeout",
+                    Duration::from_secs(30),
+                    Duration::from_millis(1),
+                ),
             };
             x.finish(sink);
             r
@@ -1023,6 +1029,7 @@ pub fn default_breaker() -> Breaker {
         min_requests: 20,
         open_for: Duration::from_secs(30),
         half_open_requests: 5,
+        half_open_timeout: Duration::from_secs(30),
     }
 }
 

@@ -500,7 +500,7 @@ impl Attempts<'_> {
         idx: usize,
         attempt: u32,
         body: ReqBody,
-        in_flight: InFlight,
+        mut in_flight: InFlight,
         permit: &mut Option<OwnedSemaphorePermit>,
         upgrade: &mut Option<UpgradeSlot>,
     ) -> Tried {
@@ -542,8 +542,9 @@ impl Attempts<'_> {
             Err(_) if deadline_bound => (Outcome::Timeout, ProxyError::Deadline),
             Err(_) => (Outcome::Timeout, ProxyError::Timeout),
         };
-        drop(in_flight);
         group.record(idx, outcome);
+        in_flight.resolved();
+        drop(in_flight);
         debug!(upstream = &*group.name, server = &**server.label(), attempt, error = %err, "Attempt failed");
         let kind = match outcome {
             Outcome::ConnectError => RetryOn::Connect,
@@ -575,7 +576,7 @@ impl Attempts<'_> {
         idx: usize,
         attempt: u32,
         resp: Response<UpBody>,
-        in_flight: InFlight,
+        mut in_flight: InFlight,
         permit: &mut Option<OwnedSemaphorePermit>,
         upgrade: &mut Option<UpgradeSlot>,
     ) -> Tried {
@@ -585,6 +586,7 @@ impl Attempts<'_> {
         if switched && upgrade.is_none() {
             // A server that switches protocols unasked is not relayed.
             group.record(idx, Outcome::Reset);
+            in_flight.resolved();
             return Tried::Fail(ProxyError::Reset(
                 "101 Switching Protocols to a request that did not ask for it".into(),
             ));
@@ -597,6 +599,7 @@ impl Attempts<'_> {
                 Outcome::Success
             },
         );
+        in_flight.resolved();
         if cfg.retry.retries_status(status.as_u16())
             && attempt < cfg.retry.attempts
             && self.out.idempotent
@@ -654,8 +657,8 @@ struct Picker {
 impl Picker {
     fn pick(&mut self, shared: &Shared, key: Option<u64>) -> Result<(usize, InFlight), ProxyError> {
         loop {
-            let idx = match self.group.pick(&self.tried, key) {
-                Ok(i) => i,
+            let (idx, admit) = match self.group.pick(&self.tried, key) {
+                Ok(p) => p,
                 Err(e) => {
                     // Every server this request's snapshot knows was retired
                     // while it waited (a rolling restart or scale-down is
@@ -671,7 +674,7 @@ impl Picker {
                     return Err(e);
                 }
             };
-            let guard = self.group.servers[idx].track();
+            let guard = self.group.servers[idx].track(admit);
             if !self.group.servers[idx].is_retired() {
                 self.tried.push(idx);
                 return Ok((idx, guard));

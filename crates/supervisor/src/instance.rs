@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use centinela_config::{Restart, Service};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -275,15 +275,77 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// An output line longer than this is cut; the rest of it, up to its
+/// newline, is dropped and the line marked.
+pub const MAX_LINE: usize = 16 * 1024;
+const TRUNCATED: &str = " [truncated]";
+
+/// Splits a child's output into lines: bytes, not text, so that no byte an
+/// instance writes (an invalid UTF-8 request path it logs, say) can stop
+/// the reading; invalid UTF-8 is replaced, lines are capped at
+/// [`MAX_LINE`].
+#[derive(Default)]
+struct Lines {
+    partial: Vec<u8>,
+    /// Dropping the rest of a line that was cut.
+    skipping: bool,
+}
+
+impl Lines {
+    /// Feeds `data`; calls `out` with each complete line.
+    fn feed(&mut self, mut data: &[u8], out: &mut impl FnMut(String)) {
+        while !data.is_empty() {
+            let nl = data.iter().position(|&b| b == b'\n');
+            let (piece, rest, ended) = match nl {
+                Some(i) => (&data[..i], &data[i + 1..], true),
+                None => (data, &data[data.len()..], false),
+            };
+            data = rest;
+            if !self.skipping {
+                let room = MAX_LINE - self.partial.len();
+                self.partial
+                    .extend_from_slice(&piece[..piece.len().min(room)]);
+                if piece.len() > room {
+                    let mut line = String::from_utf8_lossy(&self.partial).into_owned();
+                    line.push_str(TRUNCATED);
+                    out(line);
+                    self.partial.clear();
+                    self.skipping = !ended;
+                    continue;
+                }
+            }
+            if ended {
+                if !self.skipping {
+                    let line = self.partial.strip_suffix(b"\r").unwrap_or(&self.partial);
+                    out(String::from_utf8_lossy(line).into_owned());
+                }
+                self.partial.clear();
+                self.skipping = false;
+            }
+        }
+    }
+
+    /// What is left at the end of the output.
+    fn finish(&mut self, out: &mut impl FnMut(String)) {
+        if !self.partial.is_empty() && !self.skipping {
+            out(String::from_utf8_lossy(&self.partial).into_owned());
+        }
+        self.partial.clear();
+    }
+}
+
 /// Copies a child's output lines to its log file, keeping a stderr tail.
+/// Reads until the child closes its end, whatever it writes.
 fn pump(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
     log: Option<Arc<Mutex<RotatingFile>>>,
     tail: Option<Arc<Mutex<Status>>>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        let mut stream = stream;
+        let mut buf = vec![0u8; 8192];
+        let mut lines = Lines::default();
+        let mut emit = |line: String| {
             if let Some(log) = &log {
                 let _ = log
                     .lock()
@@ -297,7 +359,16 @@ fn pump(
                 }
                 st.stderr_tail.push_back(line);
             }
+        };
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => lines.feed(&buf[..n], &mut emit),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
         }
+        lines.finish(&mut emit);
     })
 }
 
@@ -586,5 +657,63 @@ async fn run(
     }
     if *state_tx.borrow() != State::Failed {
         set_state(State::Stopped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(pieces: &[&[u8]]) -> Vec<String> {
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        for p in pieces {
+            lines.feed(p, &mut |l| out.push(l));
+        }
+        lines.finish(&mut |l| out.push(l));
+        out
+    }
+
+    #[test]
+    fn output_is_read_as_bytes_whatever_it_holds() {
+        assert_eq!(split(&[b"a\nb", b"c\r\nd"]), ["a", "bc", "d"]);
+        // Invalid UTF-8 is replaced, and reading goes on.
+        assert_eq!(
+            split(&[b"GET /\xff\xfe HTTP/1.1\n", b"next\n"]),
+            ["GET /\u{fffd}\u{fffd} HTTP/1.1", "next"]
+        );
+        // An endless line is cut at 16 KiB, its rest dropped.
+        let long = vec![b'x'; 100 * 1024];
+        let out = split(&[&long, &long, b"tail\nafter\n"]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), MAX_LINE + TRUNCATED.len());
+        assert!(out[0].ends_with(TRUNCATED));
+        assert_eq!(out[1], "after");
+        // Exactly at the cap, ended by a newline: kept whole.
+        let exact = [vec![b'y'; MAX_LINE], b"\n".to_vec()].concat();
+        assert_eq!(split(&[&exact]), ["y".repeat(MAX_LINE)]);
+    }
+
+    #[tokio::test]
+    async fn the_pump_keeps_reading_past_invalid_bytes_and_long_lines() {
+        let (mut w, r) = tokio::io::duplex(64);
+        let dir = std::env::temp_dir().join(format!("centinela-pump-{}", std::process::id()));
+        let log = Arc::new(Mutex::new(
+            RotatingFile::open(&dir, "p", 1 << 30, 1).unwrap(),
+        ));
+        let task = pump(r, Some(log), None);
+        use tokio::io::AsyncWriteExt;
+        w.write_all(b"\xc3(\n").await.unwrap();
+        w.write_all(&vec![b'z'; 40 * 1024]).await.unwrap();
+        w.write_all(b"\nlast\n").await.unwrap();
+        drop(w);
+        task.await.unwrap();
+        let text = std::fs::read_to_string(dir.join("p.log")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{:?}", &text[..80.min(text.len())]);
+        assert_eq!(lines[0], "\u{fffd}(");
+        assert!(lines[1].ends_with(TRUNCATED));
+        assert_eq!(lines[2], "last");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

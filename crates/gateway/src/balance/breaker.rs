@@ -2,6 +2,11 @@
 //! sliding window (once `min_requests` were seen), open → half-open after
 //! `open_for`; in half-open a bounded number of probes decide: one failure
 //! re-opens, all succeeding closes.
+//!
+//! A probe always ends: with an outcome (`record`), cancelled when its
+//! request went away without one (`cancel`, called by the in-flight guard
+//! when it is dropped), or, as a last resort, when it is still out after
+//! `half_open_timeout`: then its slot is given to a new probe.
 
 use std::time::Duration;
 
@@ -13,8 +18,15 @@ const BUCKETS: usize = 10;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     Closed,
-    Open { until: Instant },
-    HalfOpen { issued: u32, succeeded: u32 },
+    Open {
+        until: Instant,
+    },
+    HalfOpen {
+        issued: u32,
+        succeeded: u32,
+        /// When the last probe was issued.
+        since: Instant,
+    },
 }
 
 impl State {
@@ -76,14 +88,17 @@ impl Window {
 pub struct CircuitBreaker {
     state: State,
     window: Window,
+    /// Counts half-open periods, so that a probe of an earlier one is never
+    /// cancelled against a later one.
+    epoch: u32,
 }
 
 /// What `admit` decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admit {
     Yes,
-    /// Admitted as a half-open probe.
-    Probe,
+    /// Admitted as a probe of the half-open period `epoch`.
+    Probe(u32),
     No,
 }
 
@@ -92,6 +107,7 @@ impl CircuitBreaker {
         CircuitBreaker {
             state: State::Closed,
             window: Window::new(cfg.window, now),
+            epoch: 0,
         }
     }
 
@@ -105,7 +121,7 @@ impl CircuitBreaker {
         if !cfg.enabled {
             return true;
         }
-        self.tick(now);
+        self.tick(cfg, now);
         match self.state {
             State::Closed => true,
             State::Open { .. } => false,
@@ -118,14 +134,15 @@ impl CircuitBreaker {
         if !cfg.enabled {
             return Admit::Yes;
         }
-        self.tick(now);
+        self.tick(cfg, now);
         match &mut self.state {
             State::Closed => Admit::Yes,
             State::Open { .. } => Admit::No,
-            State::HalfOpen { issued, .. } => {
+            State::HalfOpen { issued, since, .. } => {
                 if *issued < cfg.half_open_requests {
                     *issued += 1;
-                    Admit::Probe
+                    *since = now;
+                    Admit::Probe(self.epoch)
                 } else {
                     Admit::No
                 }
@@ -133,14 +150,41 @@ impl CircuitBreaker {
         }
     }
 
-    fn tick(&mut self, now: Instant) {
-        if let State::Open { until } = self.state {
-            if now >= until {
+    /// A probe of period `epoch` ended without an outcome (its request was
+    /// cancelled, or timed out before it was sent): its slot is free again.
+    pub fn cancel(&mut self, epoch: u32) {
+        if let State::HalfOpen {
+            issued, succeeded, ..
+        } = &mut self.state
+        {
+            if epoch == self.epoch && *issued > *succeeded {
+                *issued -= 1;
+            }
+        }
+    }
+
+    fn tick(&mut self, cfg: &Config, now: Instant) {
+        match &mut self.state {
+            State::Open { until } if now >= *until => {
+                self.epoch = self.epoch.wrapping_add(1);
                 self.state = State::HalfOpen {
                     issued: 0,
                     succeeded: 0,
+                    since: now,
                 };
             }
+            // Probes still out after half_open_timeout are given up on.
+            State::HalfOpen {
+                issued,
+                succeeded,
+                since,
+            } if *issued > *succeeded
+                && now.saturating_duration_since(*since) >= cfg.half_open_timeout =>
+            {
+                *issued = *succeeded;
+                *since = now;
+            }
+            _ => {}
         }
     }
 
@@ -150,7 +194,7 @@ impl CircuitBreaker {
         if !cfg.enabled {
             return None;
         }
-        self.tick(now);
+        self.tick(cfg, now);
         let old = self.state;
         match &mut self.state {
             State::Closed => {
@@ -218,7 +262,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1)).await;
         // Half-open: exactly 3 probes admitted.
         for _ in 0..3 {
-            assert_eq!(b.admit(&cfg, Instant::now()), Admit::Probe);
+            assert_eq!(b.admit(&cfg, Instant::now()), Admit::Probe(1));
         }
         assert_eq!(b.admit(&cfg, Instant::now()), Admit::No);
         assert!(b.record(&cfg, Instant::now(), true).is_none());
@@ -229,6 +273,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_probe_that_ends_without_an_outcome_frees_its_slot() {
+        let cfg = Config {
+            half_open_requests: 1,
+            ..cfg()
+        };
+        let mut b = CircuitBreaker::new(&cfg, Instant::now());
+        for _ in 0..10 {
+            b.record(&cfg, Instant::now(), false);
+        }
+        tokio::time::advance(cfg.open_for).await;
+        let Admit::Probe(epoch) = b.admit(&cfg, Instant::now()) else {
+            panic!("half-open admits a probe");
+        };
+        assert_eq!(b.admit(&cfg, Instant::now()), Admit::No);
+        // Cancelled (say, an HTTP/2 RST_STREAM): another probe may go.
+        b.cancel(epoch);
+        assert!(matches!(b.admit(&cfg, Instant::now()), Admit::Probe(_)));
+        // Never resolved at all: after half_open_timeout, freed anyway.
+        assert_eq!(b.admit(&cfg, Instant::now()), Admit::No);
+        tokio::time::advance(cfg.half_open_timeout).await;
+        assert!(matches!(b.admit(&cfg, Instant::now()), Admit::Probe(_)));
+        // A cancel from an earlier half-open period changes nothing.
+        b.record(&cfg, Instant::now(), false);
+        tokio::time::advance(cfg.open_for).await;
+        assert!(matches!(b.admit(&cfg, Instant::now()), Admit::Probe(e) if e != epoch));
+        b.cancel(epoch);
+        assert_eq!(b.admit(&cfg, Instant::now()), Admit::No);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failed_probe_reopens() {
         let cfg = cfg();
         let mut b = CircuitBreaker::new(&cfg, Instant::now());
@@ -236,7 +310,7 @@ mod tests {
             b.record(&cfg, Instant::now(), false);
         }
         tokio::time::advance(cfg.open_for).await;
-        assert_eq!(b.admit(&cfg, Instant::now()), Admit::Probe);
+        assert_eq!(b.admit(&cfg, Instant::now()), Admit::Probe(1));
         let (old, new) = b.record(&cfg, Instant::now(), false).unwrap();
         assert_eq!((old.name(), new.name()), ("half-open", "open"));
         assert_eq!(b.admit(&cfg, Instant::now()), Admit::No);

@@ -40,13 +40,24 @@ impl Limiter {
         if taken.is_err() {
             return Err(ProxyError::QueueFull);
         }
+        // Given back however the wait ends, a cancelled waiter included
+        // (its request went away: a reset stream, a closed connection).
+        let _place = QueuePlace(&self.queued);
         let r = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
         match r {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(_)) => Err(ProxyError::QueueFull),
             Err(_) => Err(ProxyError::QueueTimeout),
         }
+    }
+}
+
+/// A place in the queue, given back when dropped.
+struct QueuePlace<'a>(&'a AtomicU32);
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -72,5 +83,25 @@ mod tests {
         ));
         drop(held);
         assert!(l.acquire().await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_waiter_gives_its_queue_place_back() {
+        let l = Arc::new(Limiter::new(1, 1, Duration::from_secs(60)));
+        let held = l.acquire().await.unwrap();
+        for _ in 0..5 {
+            // A waiter whose request goes away before a slot frees.
+            let l2 = l.clone();
+            let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
+            tokio::task::yield_now().await;
+            waiter.abort();
+            let _ = waiter.await;
+        }
+        // The queue still has its one place.
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.acquire().await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        drop(held);
+        assert!(waiter.await.unwrap().is_ok());
     }
 }

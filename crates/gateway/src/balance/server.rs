@@ -138,10 +138,17 @@ impl Server {
         self.retired.load(Ordering::SeqCst)
     }
 
-    /// Counts a request in flight until the guard is dropped.
-    pub fn track(self: &Arc<Self>) -> InFlight {
+    /// Counts a request in flight until the guard is dropped. A half-open
+    /// probe (`admit`) the guard still holds when dropped is cancelled.
+    pub fn track(self: &Arc<Self>, admit: Admit) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(self.clone())
+        InFlight {
+            server: self.clone(),
+            probe: match admit {
+                Admit::Probe(epoch) => Some(epoch),
+                _ => None,
+            },
+        }
     }
 
     /// Healthy: up by active checks and not ejected. Ends expired ejections.
@@ -192,7 +199,7 @@ impl Server {
     }
 
     /// Takes admission from the breaker for a chosen server.
-    pub fn admit(&self, upstream: &str, cfg: &BreakerCfg, now: Instant) -> bool {
+    pub fn admit(&self, upstream: &str, cfg: &BreakerCfg, now: Instant) -> Admit {
         let mut g = self.lock();
         let before = g.breaker.state();
         let admit = g.breaker.admit(cfg, now);
@@ -207,7 +214,7 @@ impl Server {
                 "Circuit breaker state changed"
             );
         }
-        admit != Admit::No
+        admit
     }
 
     /// Slow-start factor in [0.1, 1.0]: a returning server's weight ramps up.
@@ -335,13 +342,28 @@ impl Server {
     }
 }
 
-/// Decrements the server's in-flight count when dropped.
+/// A request in flight to a server: decrements the server's count when
+/// dropped, and cancels the half-open probe it was admitted as unless its
+/// outcome was recorded ([`InFlight::resolved`]).
 #[derive(Debug)]
-pub struct InFlight(Arc<Server>);
+pub struct InFlight {
+    server: Arc<Server>,
+    probe: Option<u32>,
+}
+
+impl InFlight {
+    /// The attempt's outcome was recorded: a probe is no longer pending.
+    pub fn resolved(&mut self) {
+        self.probe = None;
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(epoch) = self.probe {
+            self.server.lock().breaker.cancel(epoch);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use centinela_config::Upstream as Config;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::balance::breaker::Admit;
 use crate::balance::budget::RetryBudget;
 use crate::balance::limit::Limiter;
 use crate::balance::policy::{Balancer, Candidate};
@@ -75,8 +76,9 @@ impl Group {
             .any(|s| s.is_healthy(&self.name, now) && s.breaker_allows(&self.cfg.breaker, now))
     }
 
-    /// Chooses a server, preferring ones not in `tried`.
-    pub fn pick(&self, tried: &[usize], key: Option<u64>) -> Result<usize, ProxyError> {
+    /// Chooses a server, preferring ones not in `tried`; with it, how its
+    /// breaker admitted the request (a half-open probe must be tracked).
+    pub fn pick(&self, tried: &[usize], key: Option<u64>) -> Result<(usize, Admit), ProxyError> {
         thread_local! {
             /// Reused by every pick on this thread: no allocation per request.
             static SCRATCH: RefCell<Scratch> = const { RefCell::new((Vec::new(), Vec::new())) };
@@ -96,7 +98,7 @@ impl Group {
         key: Option<u64>,
         state: &mut Vec<(usize, bool, bool)>,
         cands: &mut Vec<Candidate>,
-    ) -> Result<usize, ProxyError> {
+    ) -> Result<(usize, Admit), ProxyError> {
         let now = Instant::now();
         let n = self.servers.len();
         // One pass, one lock per server: (index, healthy, breaker admits).
@@ -144,8 +146,9 @@ impl Group {
         }
         while !cands.is_empty() {
             let idx = self.balancer.pick(cands, key, &self.server_keys);
-            if self.servers[idx].admit(&self.name, &self.cfg.breaker, now) {
-                return Ok(idx);
+            let admit = self.servers[idx].admit(&self.name, &self.cfg.breaker, now);
+            if admit != Admit::No {
+                return Ok((idx, admit));
             }
             // Lost the last half-open probe slot to another request.
             cands.retain(|c| c.index != idx);
