@@ -178,7 +178,7 @@ fn admin_request(
     let _ = s.set_read_timeout(timeout);
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nX-Centinela: 1\r\nContent-Length: 0\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut out = String::new();
@@ -431,6 +431,17 @@ fn run(path: &Path) -> ExitCode {
     };
     let cfg = loaded.config;
     init_logging(cfg.runtime.log_format);
+    match crate::limits::raise_nofile() {
+        Ok((old, new)) if old != new => {
+            tracing::info!(
+                old,
+                new,
+                "Raised the open files limit (RLIMIT_NOFILE) to its hard limit"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "Could not raise the open files limit"),
+    }
     // One worker: a single-threaded event loop, like HAProxy's nbthread 1 or
     // one nginx worker, without work-stealing overhead. Otherwise the
     // multi-threaded scheduler; TOKIO_WORKER_THREADS is honoured by tokio

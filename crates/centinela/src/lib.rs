@@ -3,5 +3,6 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+mod limits;
 mod memory;
 pub mod sdnotify;

@@ -4,7 +4,12 @@
 //! [`crate::Gateway::add_action`] (e.g. `POST /-/services/NAME/restart`).
 //!
 //! The admin API has no authentication of its own: bind it to loopback (the
-//! default) or a management network only.
+//! default) or a management network only. Against browsers on the host
+//! (a cross-site POST, DNS rebinding), every request must name an IP
+//! address or `localhost` as its `Host`, a request with an `Origin` must
+//! come from that same host, and a state-changing `POST` must carry
+//! `X-Centinela: 1`, a header no plain cross-site form or image can send
+//! (the `centinela` CLI sends it).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -57,10 +62,64 @@ fn json_resp(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> 
     r
 }
 
+/// The header state-changing requests must carry.
+pub const CSRF_HEADER: &str = "x-centinela";
+
+/// Why a request is refused before it is served, if it is.
+fn refuse(req: &Request<Incoming>) -> Option<&'static str> {
+    let h = req.headers();
+    let host = h
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Some(host) = host else {
+        return Some("a Host header is required");
+    };
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if !n.ends_with(']') || host.starts_with('[') => {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        }
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if !(name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()) {
+        return Some("Host must be an IP address or localhost (DNS rebinding)");
+    }
+    if let Some(origin) = h.get(http::header::ORIGIN) {
+        let same = origin
+            .to_str()
+            .ok()
+            .and_then(|o| {
+                o.strip_prefix("http://")
+                    .or_else(|| o.strip_prefix("https://"))
+            })
+            .is_some_and(|o| o.eq_ignore_ascii_case(host));
+        if !same {
+            return Some("cross-site request refused");
+        }
+    }
+    if h.get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
+    {
+        return Some("cross-site request refused");
+    }
+    if req.method() == Method::POST && h.get(CSRF_HEADER).is_none_or(|v| v.as_bytes() != b"1") {
+        return Some("a POST to the admin API needs the header X-Centinela: 1");
+    }
+    None
+}
+
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(why) = refuse(&req) {
+        return Ok(json_resp(StatusCode::FORBIDDEN, json!({ "error": why })));
+    }
     if req.method() == Method::POST {
         let path = req.uri().path().strip_prefix("/-/").unwrap_or("");
         let (name, rest) = path.split_once('/').unwrap_or((path, ""));

@@ -33,12 +33,20 @@ pub enum ProxyError {
     Deadline,
     #[error("could not read the request body: {0}")]
     ClientBody(String),
+    #[error("the client stopped sending its request body")]
+    ClientTimeout,
+    /// This host ran out of something (file descriptors, buffers, ports):
+    /// not the server's fault.
+    #[error("out of local resources: {0}")]
+    LocalResources(String),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::LocalResources(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
@@ -67,6 +75,8 @@ impl ProxyError {
             ProxyError::Timeout => "upstream timed out",
             ProxyError::Deadline => "request deadline exceeded",
             ProxyError::ClientBody(_) => "could not read request body",
+            ProxyError::ClientTimeout => "request body timed out",
+            ProxyError::LocalResources(_) => "gateway out of resources",
         }
     }
 

@@ -114,19 +114,21 @@ impl Gateway {
             admin_task,
         };
         for (l, tcp) in bound {
-            gw.spawn_listener(l.name, l.listen, tcp);
+            gw.spawn_listener(&l, tcp);
         }
         gw.restart_health_checks();
         Ok(gw)
     }
 
-    fn spawn_listener(&self, name: String, configured: SocketAddr, tcp: TcpListener) {
+    fn spawn_listener(&self, l: &centinela_config::Listener, tcp: TcpListener) {
+        let (name, configured) = (l.name.clone(), l.listen);
         let bound = tcp.local_addr().unwrap_or(configured);
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(listener::serve(
             tcp,
             name.as_str().into(),
             self.shared.clone(),
+            l.max_connections,
             async {
                 let _ = rx.await;
             },
@@ -193,16 +195,18 @@ impl Gateway {
                 }
             }
         }
+        // Every new address is bound before anything is stopped: if one
+        // cannot be, the running listeners are all left as they are.
         let mut bound = Vec::new();
         for l in to_start {
+            let tcp = bind(l.listen, &format!("listener {}", l.name)).await?;
+            bound.push((l, tcp));
+        }
+        for (l, _) in &bound {
             let moved = lock(&self.listeners).remove(&l.name);
             if let Some(r) = moved {
                 let _ = r.stop.send(());
             }
-            bound.push((
-                l.clone(),
-                bind(l.listen, &format!("listener {}", l.name)).await?,
-            ));
         }
         *lock(&self.base) = config.clone();
         self.rebuild();
@@ -222,7 +226,7 @@ impl Gateway {
             }
         }
         for (l, tcp) in bound {
-            self.spawn_listener(l.name, l.listen, tcp);
+            self.spawn_listener(&l, tcp);
         }
         info!(
             upstreams = config.upstreams.len(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::proxy::Shared;
@@ -32,13 +32,28 @@ pub async fn serve(
     listener: TcpListener,
     name: Arc<str>,
     shared: Arc<Shared>,
+    max_connections: u32,
     stop: impl Future<Output = ()>,
 ) {
     // Every connection holds a receiver; the drain is over when the last
     // one is dropped.
     let (drain, draining) = watch::channel(false);
+    // One permit per open connection: past `max_connections`, accepts
+    // pause (the kernel's backlog holds new clients) until one closes.
+    let slots = Arc::new(Semaphore::new(max_connections as usize));
+    let mut full = false;
     tokio::pin!(stop);
     loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut stop => break,
+        };
+        if std::mem::take(&mut full) {
+            info!(listener = &*name, "Below max_connections again: accepting");
+        }
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -51,13 +66,21 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(crate::http::h1::serve(
+                if slots.available_permits() == 0 {
+                    full = true;
+                    warn!(listener = &*name, max_connections, "At max_connections: accepts paused");
+                }
+                let conn = crate::http::h1::serve(
                     stream,
                     peer,
                     name.clone(),
                     shared.clone(),
                     draining.clone(),
-                ));
+                );
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(permit);
+                });
             }
             _ = &mut stop => break,
         }

@@ -8,11 +8,12 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -22,7 +23,6 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, SizeHint};
-use http_body_util::BodyExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -32,9 +32,10 @@ use crate::balance::upstream::Group;
 use crate::error::ProxyError;
 use crate::http::body::{ClientBody, Guards, ReqBody, RespBody};
 use crate::http::client::RequestHead;
-use crate::http::client::UpBody;
+use crate::http::client::{Error as ClientError, Timeouts, UpBody};
 use crate::http::h1::UpgradeSlot;
 use crate::http::headers::{self, Rewrite};
+use crate::http::idle::IdleTimer;
 use crate::http::pool::SendError;
 use crate::http::target::{self, Target};
 use crate::route::{strip, CompiledRoute};
@@ -113,6 +114,7 @@ enum Prepared {
         prefix: Option<Bytes>,
         slot: Arc<Mutex<Option<ClientBody>>>,
         size: SizeHint,
+        idle: Duration,
     },
 }
 
@@ -122,20 +124,29 @@ impl Prepared {
         match self {
             Prepared::Replayable(None) => Some(ReqBody::Empty),
             Prepared::Replayable(Some(b)) => Some(ReqBody::Full(Some(b.clone()))),
-            Prepared::Stream { prefix, slot, size } => {
+            Prepared::Stream {
+                prefix,
+                slot,
+                size,
+                idle,
+            } => {
                 let unused = slot.lock().unwrap_or_else(|p| p.into_inner()).is_some();
                 unused.then(|| ReqBody::Stream {
                     prefix: prefix.clone(),
                     slot: slot.clone(),
                     taken: None,
                     size: *size,
+                    idle: IdleTimer::new(*idle),
                 })
             }
         }
     }
 }
 
-async fn prepare(mut body: ClientBody, limit: u64) -> Result<Prepared, ProxyError> {
+/// Stage **prepare**: a small body is read whole, to be sent again on a
+/// retry; a larger one is streamed once. A client that stops sending for
+/// `body_idle` gets 408.
+async fn prepare(mut body: ClientBody, limit: u64, idle: Duration) -> Result<Prepared, ProxyError> {
     if body.is_end_stream() {
         return Ok(Prepared::Replayable(None));
     }
@@ -145,11 +156,21 @@ async fn prepare(mut body: ClientBody, limit: u64) -> Result<Prepared, ProxyErro
             prefix: None,
             slot: Arc::new(Mutex::new(Some(body))),
             size: hint,
+            idle,
         });
     }
     let mut buf = BytesMut::new();
+    let mut timer = IdleTimer::new(idle);
     loop {
-        match body.frame().await {
+        let frame = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(f) => {
+                timer.progress();
+                Poll::Ready(Ok(f))
+            }
+            Poll::Pending => timer.poll_idle(cx).map(|()| Err(ProxyError::ClientTimeout)),
+        })
+        .await?;
+        match frame {
             None => return Ok(Prepared::Replayable(Some(buf.freeze()))),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -166,6 +187,7 @@ async fn prepare(mut body: ClientBody, limit: u64) -> Result<Prepared, ProxyErro
                         } else {
                             remaining
                         },
+                        idle,
                     });
                 }
             }
@@ -241,15 +263,14 @@ async fn forward(
     // Limit: the slot is held until the response body ends.
     let permit = group.limiter.acquire().await?;
     let cfg = &group.cfg;
-    let deadline = start + cfg.timeouts.request;
 
     let (parts, body) = req.into_parts();
     let out = Outgoing::new(&parts, &target, route, client, rid, upgrade.is_some(), cfg);
-    let prepared = tokio::time::timeout_at(deadline, prepare(body, cfg.retry.buffer_body)).await;
-    let body = match prepared {
-        Ok(b) => b?,
-        Err(_) => return Err(ProxyError::Deadline),
-    };
+    let reading = Instant::now();
+    let body = prepare(body, cfg.retry.buffer_body, cfg.timeouts.body_idle).await?;
+    // The deadline counts the gateway's waits on servers, not the time the
+    // client takes to send its body.
+    let deadline = start + cfg.timeouts.request + reading.elapsed();
     let run = Attempts {
         shared,
         out: &out,
@@ -510,8 +531,14 @@ impl Attempts<'_> {
         if now >= self.deadline {
             return Tried::Expired;
         }
-        let per_attempt = cfg.timeouts.response.min(self.deadline - now);
-        let deadline_bound = per_attempt < cfg.timeouts.response;
+        let head_wait = cfg.timeouts.response.min(self.deadline - now);
+        let deadline_bound = head_wait < cfg.timeouts.response;
+        let timeouts = Timeouts {
+            connect: cfg.timeouts.connect,
+            pool_idle: cfg.timeouts.idle,
+            head: head_wait,
+            body_idle: cfg.timeouts.body_idle,
+        };
         let head = RequestHead {
             method: self.out.method,
             target: self.out.target.as_str(),
@@ -521,26 +548,36 @@ impl Attempts<'_> {
         };
         // Awaited apart from the match: a scrutinee's temporaries would
         // live through every arm.
-        let sent = tokio::time::timeout(
-            per_attempt,
-            server.pool.send(
-                server.addr,
-                &head,
-                body,
-                self.out.idempotent,
-                cfg.timeouts.connect,
-                cfg.timeouts.idle,
-            ),
-        )
-        .await;
+        let sent = server
+            .pool
+            .send(server.addr, &head, body, self.out.idempotent, &timeouts)
+            .await;
+        // Classified by who failed: only the server's failures count
+        // against it (health, breaker, outlier ejection) or are retried.
         let (outcome, err) = match sent {
-            Ok(Ok(resp)) => {
+            Ok(resp) => {
                 return self.on_response(group, idx, attempt, resp, in_flight, permit, upgrade)
             }
-            Ok(Err(SendError::Connect(e))) => (Outcome::ConnectError, ProxyError::Connect(e)),
-            Ok(Err(SendError::Failed(e))) => (Outcome::Reset, ProxyError::Reset(error_chain(&e))),
-            Err(_) if deadline_bound => (Outcome::Timeout, ProxyError::Deadline),
-            Err(_) => (Outcome::Timeout, ProxyError::Timeout),
+            // This host, not the server: nothing recorded (a half-open
+            // probe is given back as the guard drops).
+            Err(SendError::Connect(e)) if e.local => {
+                return Tried::Fail(ProxyError::LocalResources(e.message))
+            }
+            Err(SendError::Connect(e)) => (Outcome::ConnectError, ProxyError::Connect(e.message)),
+            // The client: its body failed or stalled.
+            Err(SendError::Failed(ClientError::ClientBody(e))) => {
+                return Tried::Fail(ProxyError::ClientBody(e))
+            }
+            Err(SendError::Failed(ClientError::ClientIdle)) => {
+                return Tried::Fail(ProxyError::ClientTimeout)
+            }
+            Err(SendError::Failed(ClientError::Timeout(_))) if deadline_bound => {
+                (Outcome::Timeout, ProxyError::Deadline)
+            }
+            Err(SendError::Failed(ClientError::Timeout(_))) => {
+                (Outcome::Timeout, ProxyError::Timeout)
+            }
+            Err(SendError::Failed(e)) => (Outcome::Reset, ProxyError::Reset(error_chain(&e))),
         };
         group.record(idx, outcome);
         in_flight.resolved();
@@ -621,7 +658,8 @@ impl Attempts<'_> {
         p.headers.insert(headers::X_REQUEST_ID, self.rid.clone());
         if switched {
             if let (Some(slot), Some(up)) = (upgrade.take(), inner.into_upgraded()) {
-                *slot.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(up);
+                *slot.0.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((up, cfg.timeouts.tunnel_idle));
             }
             // The server's 101 head kept `Upgrade` (client.rs);
             // `Connection: upgrade` goes with it.

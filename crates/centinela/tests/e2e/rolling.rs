@@ -133,7 +133,20 @@ async fn rolling_restart_of_4_instances_under_get_and_post_load_loses_nothing() 
     }
     // The same through the admin API, while the load goes on.
     load.wait_progress(100).await;
+    // A POST without X-Centinela (what a cross-site form can send) is
+    // refused, as is one from a browser page of another site.
     let req = hyper::Request::post(format!("http://{}/-/services/products/restart", gw.admin))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(centinela_testkit::send(&c, req).await.unwrap().status, 403);
+    let req = hyper::Request::post(format!("http://{}/-/services/products/restart", gw.admin))
+        .header("x-centinela", "1")
+        .header("origin", "http://evil.example")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(centinela_testkit::send(&c, req).await.unwrap().status, 403);
+    let req = hyper::Request::post(format!("http://{}/-/services/products/restart", gw.admin))
+        .header("x-centinela", "1")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let got = centinela_testkit::send(&c, req).await.unwrap();
@@ -143,6 +156,7 @@ async fn rolling_restart_of_4_instances_under_get_and_post_load_loses_nothing() 
     let third = all_ready(&c, gw.admin, 4, Duration::from_secs(5)).await;
     assert!(third.iter().all(|x| !after.contains(x)));
     let req = hyper::Request::post(format!("http://{}/-/services/nosuch/restart", gw.admin))
+        .header("x-centinela", "1")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     assert_eq!(centinela_testkit::send(&c, req).await.unwrap().status, 404);

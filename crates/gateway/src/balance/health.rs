@@ -64,27 +64,68 @@ pub async fn run(upstream: Arc<str>, server: Arc<Server>, cfg: Config) {
     let first = cfg.interval.mul_f64(fastrand::f64() * 0.1);
     tokio::time::sleep(first).await;
     loop {
-        let result = check(server.addr, &cfg).await;
-        let ok = result.is_ok();
-        server.on_health_check(&upstream, ok, cfg.rise, cfg.fall, result.err().as_deref());
+        match check(server.addr, &cfg).await {
+            // Out of file descriptors or buffers here: says nothing of the
+            // server.
+            Err(Failed::Local(e)) => {
+                tracing::warn!(upstream = &*upstream, server = %server.addr, error = %e, "Health check not run: out of local resources");
+            }
+            result => {
+                let err = result.err().map(|e| e.to_string());
+                server.on_health_check(
+                    &upstream,
+                    err.is_none(),
+                    cfg.rise,
+                    cfg.fall,
+                    err.as_deref(),
+                );
+            }
+        }
         let jitter = cfg.interval.mul_f64(fastrand::f64() * 0.1);
         tokio::time::sleep(cfg.interval - jitter / 2 + jitter).await;
     }
 }
 
-/// One check: a fresh connection and `GET path`, expecting a status in
-/// `expect_status`, all within `timeout`.
-pub async fn check(addr: SocketAddr, cfg: &Config) -> Result<(), String> {
-    match tokio::time::timeout(cfg.timeout, check_inner(addr, cfg)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("timed out after {:?}", cfg.timeout)),
+/// Why a check failed.
+#[derive(Debug)]
+pub enum Failed {
+    /// The server failed it.
+    Server(String),
+    /// This host could not run it (EMFILE, ENFILE, ENOBUFS...).
+    Local(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Server(e) | Failed::Local(e) => f.write_str(e),
+        }
     }
 }
 
-async fn check_inner(addr: SocketAddr, cfg: &Config) -> Result<(), String> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+impl From<String> for Failed {
+    fn from(e: String) -> Failed {
+        Failed::Server(e)
+    }
+}
+
+/// One check: a fresh connection and `GET path`, expecting a status in
+/// `expect_status`, all within `timeout`.
+pub async fn check(addr: SocketAddr, cfg: &Config) -> Result<(), Failed> {
+    match tokio::time::timeout(cfg.timeout, check_inner(addr, cfg)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failed::Server(format!("timed out after {:?}", cfg.timeout))),
+    }
+}
+
+async fn check_inner(addr: SocketAddr, cfg: &Config) -> Result<(), Failed> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| {
+        if crate::http::client::is_local_error(&e) {
+            Failed::Local(format!("connect: {e}"))
+        } else {
+            Failed::Server(format!("connect: {e}"))
+        }
+    })?;
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -106,7 +147,7 @@ async fn check_inner(addr: SocketAddr, cfg: &Config) -> Result<(), String> {
     if cfg.expect_status.contains(status) {
         Ok(())
     } else {
-        Err(format!("unexpected status {status}"))
+        Err(Failed::Server(format!("unexpected status {status}")))
     }
 }
 

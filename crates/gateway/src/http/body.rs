@@ -12,6 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::balance::server::InFlight;
 use crate::http::client::UpBody;
+use crate::http::idle::IdleTimer;
 
 /// The body sent to an upstream.
 #[derive(Debug)]
@@ -27,7 +28,23 @@ pub enum ReqBody {
         slot: Arc<Mutex<Option<ClientBody>>>,
         taken: Option<ClientBody>,
         size: SizeHint,
+        /// `timeouts.body_idle`: a client that stops sending is cut off.
+        idle: IdleTimer,
     },
+}
+
+/// The error of a client's body that stopped moving.
+pub fn client_idle() -> BoxError {
+    Box::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the client stopped sending its body",
+    ))
+}
+
+/// Is this the error of [`client_idle`]?
+pub fn is_client_idle(e: &BoxError) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
 }
 
 impl ReqBody {
@@ -101,6 +118,7 @@ impl Body for ReqBody {
                 prefix,
                 slot,
                 taken,
+                idle,
                 ..
             } => {
                 if taken.is_none() {
@@ -110,7 +128,16 @@ impl Body for ReqBody {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
                 match taken {
-                    Some(rest) => Pin::new(rest).poll_frame(cx),
+                    Some(rest) => match Pin::new(rest).poll_frame(cx) {
+                        Poll::Pending => match idle.poll_idle(cx) {
+                            Poll::Ready(()) => Poll::Ready(Some(Err(client_idle()))),
+                            Poll::Pending => Poll::Pending,
+                        },
+                        ready => {
+                            idle.progress();
+                            ready
+                        }
+                    },
                     None => Poll::Ready(None),
                 }
             }

@@ -19,7 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use crate::http::body::ReqBody;
 use crate::http::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD, MIN_READ};
 use crate::http::headers::Rewrite;
+use crate::http::idle::IdleTimer;
 use crate::http::pool::Pool;
 
 /// A body at most this large is sent in the same write as the head.
@@ -54,6 +55,43 @@ pub enum Error {
     Incomplete,
     #[error("reading the client's body: {0}")]
     ClientBody(String),
+    /// The client stopped sending its body for `timeouts.body_idle`.
+    #[error("the client stopped sending its body")]
+    ClientIdle,
+    /// The server was too slow: no response head in time, or it stopped
+    /// reading the request body or sending the response body.
+    #[error("{0}")]
+    Timeout(&'static str),
+}
+
+/// Why no connection could be made.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub message: String,
+    /// The cause is on this host (out of file descriptors, buffers or
+    /// ports), not the server: not charged to its health.
+    pub local: bool,
+}
+
+/// Errors of this host, not of the server it tried to reach.
+pub fn is_local_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
+/// How long an exchange may wait, and on what.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Idle pooled connections older than this are not reused.
+    pub pool_idle: Duration,
+    /// For the response head, counted from when the request body has been
+    /// sent (a slow upload is not the server's delay).
+    pub head: Duration,
+    /// For each move of a body, either way.
+    pub body_idle: Duration,
 }
 
 impl From<BodyError> for Error {
@@ -99,11 +137,21 @@ enum State {
 }
 
 impl Conn {
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, String> {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
         let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
-            Err(_) => return Err(format!("connect to {addr}: timed out after {timeout:?}")),
+            Ok(Err(e)) => {
+                return Err(ConnectError {
+                    message: format!("connect to {addr}: {e}"),
+                    local: is_local_error(&e),
+                })
+            }
+            Err(_) => {
+                return Err(ConnectError {
+                    message: format!("connect to {addr}: timed out after {timeout:?}"),
+                    local: false,
+                })
+            }
         };
         let _ = io.set_nodelay(true);
         Ok(Conn {
@@ -143,6 +191,7 @@ impl Conn {
         head: &RequestHead<'_>,
         body: ReqBody,
         pool: Option<Arc<Pool>>,
+        t: &Timeouts,
     ) -> Result<Response<UpBody>, Error> {
         let length = match &body {
             ReqBody::Empty | ReqBody::Full(None) => None,
@@ -164,7 +213,7 @@ impl Conn {
                 write(&mut self.io, &self.wbuf).await?;
                 // Boxed: a rare path whose future would otherwise make every
                 // request's future larger (and costlier to move).
-                early = Box::pin(self.send_body(body, chunked, is_head)).await?;
+                early = Box::pin(self.send_body(body, chunked, is_head, t.body_idle)).await?;
             }
         }
         // A response that came before the whole body was sent leaves the
@@ -172,21 +221,10 @@ impl Conn {
         let sent_all = early.is_none();
         let (status, version, headers, state, keep_alive) = match early {
             Some(Early::Head(parsed)) => parsed,
-            _ => loop {
-                if let Some(parsed) = parse_head(&mut self.buf, is_head)? {
-                    break parsed;
-                }
-                if self.buf.len() >= MAX_HEAD {
-                    return Err(Error::Invalid("response head too large"));
-                }
-                let got_any = !self.buf.is_empty();
-                match self.fill().await {
-                    Ok(0) if got_any => return Err(Error::Incomplete),
-                    Ok(0) => return Err(Error::Closed("end of file".into())),
-                    Ok(_) => {}
-                    Err(e) if !got_any => return Err(Error::Closed(e.to_string())),
-                    Err(e) => return Err(Error::Io(e)),
-                }
+            // The response timeout starts now that the body has been sent.
+            _ => match tokio::time::timeout(t.head, self.read_head(is_head)).await {
+                Ok(parsed) => parsed?,
+                Err(_) => return Err(Error::Timeout("no response head in time")),
             },
         };
         let mut resp = Response::new(UpBody {
@@ -194,11 +232,36 @@ impl Conn {
             state,
             keep_alive: keep_alive && sent_all,
             pool,
+            idle: IdleTimer::new(t.body_idle),
         });
         *resp.status_mut() = status;
         *resp.version_mut() = version;
         *resp.headers_mut() = headers;
         Ok(resp)
+    }
+
+    /// Reads a response head, skipping interim ones.
+    async fn read_head(&mut self, is_head: bool) -> Result<Parsed, Error> {
+        let mut scanned = 0;
+        loop {
+            if head_may_end(&self.buf, scanned) {
+                if let Some(parsed) = parse_head(&mut self.buf, is_head)? {
+                    return Ok(parsed);
+                }
+            }
+            scanned = self.buf.len();
+            if self.buf.len() >= MAX_HEAD {
+                return Err(Error::Invalid("response head too large"));
+            }
+            let got_any = !self.buf.is_empty();
+            match self.fill().await {
+                Ok(0) if got_any => return Err(Error::Incomplete),
+                Ok(0) => return Err(Error::Closed("end of file".into())),
+                Ok(_) => {}
+                Err(e) if !got_any => return Err(Error::Closed(e.to_string())),
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
     }
 
     /// Streams a body that is too large to send with the head, while
@@ -210,13 +273,23 @@ impl Conn {
         body: ReqBody,
         chunked: bool,
         is_head: bool,
+        body_idle: Duration,
     ) -> Result<Option<Early>, Error> {
         let (mut rd, mut wr) = self.io.split();
         let buf = &mut self.buf;
+        // A server that stops reading the body is too slow, like one that
+        // does not answer.
+        let stalled = |_| Error::Timeout("the server stopped reading the request body");
         let mut sending = pin!(async move {
             let mut body = body;
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| Error::ClientBody(e.to_string()))?;
+                let frame = frame.map_err(|e| {
+                    if crate::http::body::is_client_idle(&e) {
+                        Error::ClientIdle
+                    } else {
+                        Error::ClientBody(e.to_string())
+                    }
+                })?;
                 let Ok(mut data) = frame.into_data() else {
                     continue; // trailers of the client's body are dropped
                 };
@@ -227,23 +300,30 @@ impl Conn {
                     let mut line = [0u8; 18];
                     let size = codec::chunk_line(data.len(), &mut line);
                     let mut chain = Buf::chain(size, &mut data).chain(&b"\r\n"[..]);
-                    wr.write_all_buf(&mut chain).await?;
+                    tokio::time::timeout(body_idle, wr.write_all_buf(&mut chain))
+                        .await
+                        .map_err(stalled)??;
                 } else {
-                    wr.write_all_buf(&mut data).await?;
+                    tokio::time::timeout(body_idle, wr.write_all_buf(&mut data))
+                        .await
+                        .map_err(stalled)??;
                 }
             }
             if chunked {
-                wr.write_all(b"0\r\n\r\n").await?;
+                tokio::time::timeout(body_idle, wr.write_all(b"0\r\n\r\n"))
+                    .await
+                    .map_err(stalled)??;
             }
             Ok::<(), Error>(())
         });
+        let mut scanned = 0;
         loop {
             buf.reserve(MIN_READ);
             tokio::select! {
                 biased;
                 done = &mut sending => return match done {
                     Ok(()) => Ok(None),
-                    Err(Error::ClientBody(e)) => Err(Error::ClientBody(e)),
+                    Err(e @ (Error::ClientBody(_) | Error::ClientIdle | Error::Timeout(_))) => Err(e),
                     // The server stopped reading: look for its answer.
                     Err(_) => Ok(Some(Early::Stopped)),
                 },
@@ -251,8 +331,14 @@ impl Conn {
                     // Interim (1xx) answers are skipped; a final one ends
                     // the upload.
                     Ok(n) if n > 0 => {
-                        if let Some(parsed) = parse_head(buf, is_head)? {
-                            return Ok(Some(Early::Head(parsed)));
+                        if head_may_end(buf, scanned) {
+                            if let Some(parsed) = parse_head(buf, is_head)? {
+                                return Ok(Some(Early::Head(parsed)));
+                            }
+                        }
+                        scanned = buf.len();
+                        if buf.len() >= MAX_HEAD {
+                            return Err(Error::Invalid("response head too large"));
                         }
                     }
                     _ => return Ok(Some(Early::Stopped)),
@@ -391,6 +477,17 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
     }
 }
 
+/// Could a head end in `buf`, given that its first `scanned` bytes held
+/// no end? Only the new bytes are searched (and the three before them), so
+/// that a head arriving a byte at a time is not re-parsed for every byte.
+pub fn head_may_end(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    buf[from..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(from + i + 2) == Some(&b'\n')))
+}
+
 /// A response body read straight from the server's connection.
 #[derive(Debug)]
 pub struct UpBody {
@@ -399,6 +496,8 @@ pub struct UpBody {
     keep_alive: bool,
     /// Where the connection goes once the body has ended.
     pool: Option<Arc<Pool>>,
+    /// `timeouts.body_idle`: a server that stops sending is cut off.
+    idle: IdleTimer,
 }
 
 /// The connection of a `101 Switching Protocols` response, with the bytes
@@ -409,6 +508,11 @@ pub struct Upgraded {
 }
 
 impl UpBody {
+    /// The upstream's `timeouts.body_idle`.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle.timeout()
+    }
+
     /// The connection, if the server switched protocols.
     pub fn into_upgraded(mut self) -> Option<Upgraded> {
         if self.state != State::Upgrade {
@@ -458,7 +562,21 @@ impl Body for UpBody {
         };
         // A body that runs to the close was never to be reused
         // (`keep_alive` is false for it).
-        match ready!(conn.buf.poll_body(dec, &mut conn.io, cx)) {
+        let polled = conn.buf.poll_body(dec, &mut conn.io, cx);
+        let Poll::Ready(polled) = polled else {
+            return match this.idle.poll_idle(cx) {
+                Poll::Ready(()) => {
+                    // Dropped, not pooled: its state is unknown.
+                    this.conn = None;
+                    Poll::Ready(Some(Err(Error::Timeout(
+                        "the server stopped sending the response body",
+                    ))))
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        };
+        this.idle.progress();
+        match polled {
             Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
             Ok(None) => {
                 this.finish();
@@ -548,7 +666,13 @@ mod tests {
             Some(c) => c,
             None => Conn::connect(addr, Duration::from_secs(1)).await.unwrap(),
         };
-        let resp = conn.send(&head, body, Some(pool.clone())).await?;
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            pool_idle: Duration::from_secs(60),
+            head: Duration::from_secs(5),
+            body_idle: Duration::from_secs(5),
+        };
+        let resp = conn.send(&head, body, Some(pool.clone()), &t).await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map(|c| c.to_bytes());
         Ok((Response::from_parts(parts, ()), body))

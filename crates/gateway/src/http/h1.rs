@@ -29,6 +29,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -49,6 +50,7 @@ use crate::error::ProxyError;
 use crate::http::body::{ClientBody, RespBody};
 use crate::http::client::Upgraded;
 use crate::http::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD};
+use crate::http::idle::IdleTimer;
 use crate::http::target;
 use crate::proxy::{self, Shared};
 
@@ -133,9 +135,10 @@ impl Body for RequestBody {
 }
 
 /// Where the proxy leaves the server's side of an upgraded connection
-/// (`101 Switching Protocols`) for the client's connection to relay.
+/// (`101 Switching Protocols`) for the client's connection to relay, with
+/// the upstream's `timeouts.tunnel_idle`.
 #[derive(Clone, Default)]
-pub struct UpgradeSlot(pub Arc<Mutex<Option<Upgraded>>>);
+pub struct UpgradeSlot(pub Arc<Mutex<Option<(Upgraded, Duration)>>>);
 
 /// A request head, read and checked.
 struct Head {
@@ -167,7 +170,7 @@ enum Wait {
 enum After {
     KeepAlive,
     Close,
-    Upgrade(Upgraded),
+    Upgrade((Upgraded, Duration)),
 }
 
 /// Serves one client connection until it closes, times out, or `stop`
@@ -196,12 +199,7 @@ pub async fn serve(
         End::Close => {}
         End::Linger => Box::pin(linger(conn)).await,
         End::H2 => Box::pin(serve_h2(conn, peer, listener, shared, stop)).await,
-        End::Upgrade(up) => {
-            // Relayed without holding drain: like any upgraded connection,
-            // it lives until one side closes it.
-            drop(stop);
-            Box::pin(relay(conn, up)).await;
-        }
+        End::Upgrade((up, idle)) => Box::pin(relay(conn, up, idle, stop)).await,
     }
 }
 
@@ -210,7 +208,37 @@ enum End {
     /// Close, but read what the client is still sending first.
     Linger,
     H2,
-    Upgrade(Upgraded),
+    Upgrade((Upgraded, Duration)),
+}
+
+/// A listener's settings for its connections, read once per connection (a
+/// reload applies to new connections).
+#[derive(Clone, Copy)]
+pub struct Settings {
+    pub header_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl Settings {
+    pub fn of(shared: &Shared, listener: &str) -> Settings {
+        shared
+            .snapshot
+            .load()
+            .config
+            .listeners
+            .iter()
+            .find(|l| *l.name == *listener)
+            .map_or(
+                Settings {
+                    header_timeout: HEAD_TIMEOUT,
+                    write_timeout: HEAD_TIMEOUT,
+                },
+                |l| Settings {
+                    header_timeout: l.header_timeout,
+                    write_timeout: l.write_timeout,
+                },
+            )
+    }
 }
 
 async fn serve_h1(
@@ -224,16 +252,12 @@ async fn serve_h1(
     // close after their answer (`draining`).
     let draining = stop.clone();
     let mut stopping = pin!(stop.changed());
-    // Read once per connection: a reload applies to new connections.
-    let timeout = shared
-        .snapshot
-        .load()
-        .config
-        .listeners
-        .iter()
-        .find(|l| *l.name == **listener)
-        .map_or(HEAD_TIMEOUT, |l| l.header_timeout);
+    let settings = Settings::of(shared, listener);
+    let timeout = settings.header_timeout;
     let mut timer = pin!(tokio::time::sleep(timeout));
+    // A client that does not read what it is sent (lazy: no timer while
+    // writes go through).
+    let mut writing = IdleTimer::new(settings.write_timeout);
     let mut wbuf: Vec<u8> = Vec::new();
     let mut first = true;
     loop {
@@ -250,7 +274,16 @@ async fn serve_h1(
                 debug!(client = %peer, error = %err, "Refused a request head");
                 let rid = crate::http::headers::new_request_id();
                 let resp = err.into_response(&rid);
-                let _ = respond(io, &mut wbuf, resp, false, Version::HTTP_11, false).await;
+                let _ = respond(
+                    io,
+                    &mut wbuf,
+                    &mut writing,
+                    resp,
+                    false,
+                    Version::HTTP_11,
+                    false,
+                )
+                .await;
                 return End::Linger;
             }
         };
@@ -286,7 +319,17 @@ async fn serve_h1(
         // A request body left unread ends the connection after this answer:
         // say so in it.
         let keep_alive = keep_alive && !*draining.borrow() && lock(io).body.is_end();
-        let after = match respond(io, &mut wbuf, resp, is_head, version, keep_alive).await {
+        let sent = respond(
+            io,
+            &mut wbuf,
+            &mut writing,
+            resp,
+            is_head,
+            version,
+            keep_alive,
+        )
+        .await;
+        let after = match sent {
             Ok(true) if upgraded => match slot.and_then(|s| s.0.lock().ok()?.take()) {
                 Some(up) => After::Upgrade(up),
                 None => After::Close,
@@ -474,12 +517,15 @@ enum Out {
 async fn respond(
     io: &Io,
     wbuf: &mut Vec<u8>,
+    writing: &mut IdleTimer,
     resp: Response<RespBody>,
     is_head: bool,
     version: Version,
     mut keep_alive: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
+    // Only waits of this response count.
+    writing.progress();
     let code = parts.status.as_u16();
     let upgrade = code == 101;
     keep_alive &= !parts
@@ -509,7 +555,7 @@ async fn respond(
     );
     if out == Out::None {
         drop(body);
-        write_all(io, wbuf, &[]).await?;
+        write_all(io, wbuf, &[], writing).await?;
         return Ok(keep_alive || upgrade);
     }
     let mut sent = 0u64;
@@ -522,7 +568,7 @@ async fn respond(
             match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
                 Poll::Ready(f) => f,
                 Poll::Pending => {
-                    write_all(io, wbuf, &[]).await?;
+                    write_all(io, wbuf, &[], writing).await?;
                     continue;
                 }
             }
@@ -537,7 +583,7 @@ async fn respond(
             }
             Some(Err(e)) => {
                 debug!(error = %e, "Response body failed; closing the client connection");
-                write_all(io, wbuf, &[]).await?;
+                write_all(io, wbuf, &[], writing).await?;
                 break;
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -548,7 +594,7 @@ async fn respond(
         sent += data.len() as u64;
         if matches!(out, Out::Length(n) if sent > n) {
             debug!("Response body longer than its length; closing the client connection");
-            write_all(io, wbuf, &[]).await?;
+            write_all(io, wbuf, &[], writing).await?;
             return Ok(false);
         }
         if out == Out::Chunked {
@@ -560,22 +606,28 @@ async fn respond(
                 wbuf.extend_from_slice(b"\r\n");
             }
             if wbuf.len() >= COALESCE {
-                write_all(io, wbuf, &[]).await?;
+                write_all(io, wbuf, &[], writing).await?;
             }
         } else {
-            write_all(io, wbuf, &data).await?;
+            write_all(io, wbuf, &data, writing).await?;
             if out == Out::Chunked {
                 wbuf.extend_from_slice(b"\r\n");
             }
         }
     }
-    write_all(io, wbuf, &[]).await?;
+    write_all(io, wbuf, &[], writing).await?;
     let whole = ended && matches!(out, Out::Chunked) || matches!(out, Out::Length(n) if n == sent);
     Ok(whole && keep_alive)
 }
 
-/// Writes `wbuf` then `more`, and empties `wbuf`.
-async fn write_all(io: &Io, wbuf: &mut Vec<u8>, more: &[u8]) -> io::Result<()> {
+/// Writes `wbuf` then `more`, and empties `wbuf`. A client that takes
+/// none of it for the listener's `write_timeout` is given up on.
+async fn write_all(
+    io: &Io,
+    wbuf: &mut Vec<u8>,
+    more: &[u8],
+    writing: &mut IdleTimer,
+) -> io::Result<()> {
     let (mut a, mut b) = (&wbuf[..], more);
     while !a.is_empty() || !b.is_empty() {
         let n = poll_fn(|cx| {
@@ -583,12 +635,24 @@ async fn write_all(io: &Io, wbuf: &mut Vec<u8>, more: &[u8]) -> io::Result<()> {
             let w = Pin::new(&mut c.io);
             // One buffer: `send`, which costs less in the kernel than
             // `writev` for the small writes of most responses.
-            if b.is_empty() {
+            let polled = if b.is_empty() {
                 w.poll_write(cx, a)
             } else if a.is_empty() {
                 w.poll_write(cx, b)
             } else {
                 w.poll_write_vectored(cx, &[io::IoSlice::new(a), io::IoSlice::new(b)])
+            };
+            match polled {
+                Poll::Pending => writing.poll_idle(cx).map(|()| {
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client did not read for write_timeout",
+                    ))
+                }),
+                ready => {
+                    writing.progress();
+                    ready
+                }
             }
         })
         .await?;
@@ -677,8 +741,10 @@ async fn linger(mut conn: Conn) {
 }
 
 /// Relays bytes both ways between an upgraded client connection and the
-/// server's, starting with what either side sent early.
-async fn relay(conn: Conn, up: Upgraded) {
+/// server's, starting with what either side sent early. Ends when either
+/// side closes, when no byte moved either way for `idle`
+/// (`timeouts.tunnel_idle`), or when the listener drains.
+async fn relay(conn: Conn, up: Upgraded, idle: Duration, mut stop: watch::Receiver<bool>) {
     let (mut client, early) = (conn.io, conn.buf.into_inner());
     let mut server = up.io;
     if !early.is_empty() && server.write_all(&early).await.is_err() {
@@ -687,10 +753,91 @@ async fn relay(conn: Conn, up: Upgraded) {
     if !up.read.is_empty() && client.write_all(&up.read).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let base = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut client = Tracked {
+        io: client,
+        base,
+        last: last.clone(),
+    };
+    let mut server = Tracked {
+        io: server,
+        base,
+        last: last.clone(),
+    };
+    let watchdog = async {
+        loop {
+            let at = base + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if Instant::now() >= at {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        _ = watchdog => debug!("Upgraded connection idle for tunnel_idle; closing it"),
+        _ = stop.changed() => debug!("Draining: closing an upgraded connection"),
+    }
 }
 
+/// A stream that notes when it last read something.
+struct Tracked {
+    io: TcpStream,
+    base: Instant,
+    /// Milliseconds since `base`.
+    last: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let ms = self.base.elapsed().as_millis() as u64;
+            self.last.store(ms, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// HTTP/2 keep-alive pings: sent after this long without a frame...
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and the connection closed if the answer takes longer than this.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A connection that opened with the HTTP/2 preface, served by hyper.
+///
+/// - Keep-alive pings find dead peers.
+/// - A connection with no stream open for the listener's
+///   `header_timeout` (including one that never sends a request after its
+///   preface) is closed with GOAWAY.
+/// - A response body that hyper stops taking (the client gives no flow
+///   control window) for the upstream's `body_idle` is cut: its stream is
+///   reset, its slot and in-flight count released, its upstream
+///   connection closed ([`H2Body`]).
 async fn serve_h2(
     conn: Conn,
     peer: SocketAddr,
@@ -698,23 +845,206 @@ async fn serve_h2(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let idle = Settings::of(&shared, &listener).header_timeout;
     let io = Rewind {
         pre: conn.buf.into_inner().freeze(),
         io: conn.io,
     };
+    let activity = Arc::new(Activity {
+        base: Instant::now(),
+        open: AtomicUsize::new(0),
+        last: AtomicU64::new(0),
+    });
+    let act = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let req = req.map(ClientBody::H2);
-        proxy::handle(shared.clone(), listener.clone(), peer, req)
+        let stream = Stream::open(&act);
+        let handled = proxy::handle(shared.clone(), listener.clone(), peer, req);
+        async move {
+            let resp = handled.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| H2Body::new(body, stream)))
+        }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT)
         .serve_connection(TokioIo::new(io), svc);
     let mut served = pin!(served);
-    tokio::select! {
-        _ = served.as_mut() => return,
-        _ = stop.changed() => served.as_mut().graceful_shutdown(),
+    loop {
+        let quiet_until =
+            activity.base + Duration::from_millis(activity.last.load(Ordering::Relaxed)) + idle;
+        tokio::select! {
+            _ = served.as_mut() => return,
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep_until(quiet_until) => {
+                if activity.open.load(Ordering::Relaxed) == 0
+                    && activity.base.elapsed() >= Duration::from_millis(activity.last.load(Ordering::Relaxed)) + idle
+                {
+                    debug!(client = %peer, "HTTP/2 connection idle for header_timeout; closing it");
+                    break;
+                }
+            }
+        }
     }
+    served.as_mut().graceful_shutdown();
     let _ = served.await;
+}
+
+/// Streams open on an HTTP/2 connection, and when one last opened or ended.
+struct Activity {
+    base: Instant,
+    open: AtomicUsize,
+    /// Milliseconds since `base`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One open stream; ends when dropped.
+struct Stream(Arc<Activity>);
+
+impl Stream {
+    fn open(a: &Arc<Activity>) -> Stream {
+        a.open.fetch_add(1, Ordering::Relaxed);
+        a.touch();
+        Stream(a.clone())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body sent over HTTP/2. hyper polls it only while the client
+/// gives flow-control window, so a client that gives none would hold the
+/// request's slot for ever: a watchdog task takes the body away (releasing
+/// the slot and closing the upstream connection) once hyper has taken
+/// nothing for the upstream's `body_idle`; the stream is then reset.
+pub struct H2Body {
+    shared: Option<Arc<Mutex<Watched>>>,
+    /// Bodies the gateway made itself (errors), sent at once.
+    own: Option<RespBody>,
+    _stream: Stream,
+}
+
+struct Watched {
+    body: Option<RespBody>,
+    /// When hyper last asked for a frame.
+    last: Instant,
+    cut: bool,
+}
+
+impl H2Body {
+    fn new(body: RespBody, stream: Stream) -> H2Body {
+        let idle = match &body {
+            RespBody::Upstream { inner, .. } if !body.is_end_stream() => Some(inner.idle_timeout()),
+            _ => None,
+        };
+        let Some(idle) = idle else {
+            return H2Body {
+                shared: None,
+                own: Some(body),
+                _stream: stream,
+            };
+        };
+        let shared = Arc::new(Mutex::new(Watched {
+            body: Some(body),
+            last: Instant::now(),
+            cut: false,
+        }));
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut at = Instant::now() + idle;
+            loop {
+                tokio::time::sleep_until(at).await;
+                let Some(w) = weak.upgrade() else { return };
+                let mut w = w.lock().unwrap_or_else(|p| p.into_inner());
+                if w.body.is_none() {
+                    return;
+                }
+                if w.last.elapsed() >= idle {
+                    debug!(
+                        "HTTP/2 client took no response data for body_idle; resetting the stream"
+                    );
+                    w.body = None;
+                    w.cut = true;
+                    return;
+                }
+                at = w.last + idle;
+            }
+        });
+        H2Body {
+            shared: Some(shared),
+            own: None,
+            _stream: stream,
+        }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = crate::http::client::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(own) = self.own.as_mut() {
+            return Pin::new(own).poll_frame(cx);
+        }
+        let Some(shared) = &self.shared else {
+            return Poll::Ready(None);
+        };
+        let mut w = shared.lock().unwrap_or_else(|p| p.into_inner());
+        w.last = Instant::now();
+        let Some(body) = w.body.as_mut() else {
+            return Poll::Ready(w.cut.then(|| {
+                Err(crate::http::client::Error::Timeout(
+                    "the client took no response data for body_idle",
+                ))
+            }));
+        };
+        let polled = Pin::new(body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            w.body = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match (&self.own, &self.shared) {
+            (Some(own), _) => own.is_end_stream(),
+            (None, Some(s)) => s
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .body
+                .as_ref()
+                .is_none_or(|b| b.is_end_stream()),
+            (None, None) => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (&self.own, &self.shared) {
+            (Some(own), _) => own.size_hint(),
+            (None, Some(s)) => s
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .body
+                .as_ref()
+                .map_or(SizeHint::with_exact(0), |b| b.size_hint()),
+            (None, None) => SizeHint::with_exact(0),
+        }
+    }
 }
 
 /// A stream that first yields bytes already read from it.

@@ -17,5 +17,6 @@ pub mod client;
 pub mod codec;
 pub mod h1;
 pub mod headers;
+pub mod idle;
 pub mod pool;
 pub mod target;

@@ -16,7 +16,7 @@ use http::Response;
 use tokio::time::Instant;
 
 use crate::http::body::ReqBody;
-use crate::http::client::{Conn, Error, RequestHead, UpBody};
+use crate::http::client::{Conn, ConnectError, Error, RequestHead, Timeouts, UpBody};
 
 /// Idle connections kept per server at most.
 const MAX_IDLE: usize = 1024;
@@ -32,7 +32,7 @@ pub struct Pool {
 #[derive(Debug)]
 pub enum SendError {
     /// No connection could be made: nothing was sent.
-    Connect(String),
+    Connect(ConnectError),
     /// The connection failed after the request was (maybe partly) sent.
     Failed(Error),
 }
@@ -88,23 +88,22 @@ impl Pool {
         head: &RequestHead<'_>,
         body: ReqBody,
         replay: bool,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
+        t: &Timeouts,
     ) -> Result<Response<UpBody>, SendError> {
         self.idle_ms
-            .store(idle_timeout.as_millis() as u64, Ordering::Relaxed);
+            .store(t.pool_idle.as_millis() as u64, Ordering::Relaxed);
         let mut body = body;
         loop {
-            let (conn, again) = match self.checkout(idle_timeout) {
+            let (conn, again) = match self.checkout(t.pool_idle) {
                 Some(c) => (c, replay.then(|| body.try_clone()).flatten()),
                 None => (
-                    Conn::connect(addr, connect_timeout)
+                    Conn::connect(addr, t.connect)
                         .await
                         .map_err(SendError::Connect)?,
                     None,
                 ),
             };
-            match conn.send(head, body, Some(self.clone())).await {
+            match conn.send(head, body, Some(self.clone()), t).await {
                 Ok(resp) => return Ok(resp),
                 Err(Error::Closed(e)) => match again {
                     Some(b) => body = b,
@@ -138,16 +137,13 @@ mod tests {
             rewrite: &crate::http::headers::Rewrite::default(),
             host: "test",
         };
-        let resp = pool
-            .send(
-                addr,
-                &head,
-                ReqBody::Empty,
-                replay,
-                Duration::from_secs(1),
-                idle,
-            )
-            .await?;
+        let t = Timeouts {
+            connect: Duration::from_secs(1),
+            pool_idle: idle,
+            head: Duration::from_secs(5),
+            body_idle: Duration::from_secs(5),
+        };
+        let resp = pool.send(addr, &head, ReqBody::Empty, replay, &t).await?;
         assert_eq!(resp.status(), 200);
         // Reading the body to its end gives the connection back.
         let _ = resp.into_body().collect().await.unwrap();
@@ -223,7 +219,10 @@ mod tests {
         let addr = l.local_addr().unwrap();
         drop(l);
         match get(&pool, addr, Duration::from_secs(1), true).await {
-            Err(SendError::Connect(e)) => assert!(e.contains(&addr.to_string()), "{e}"),
+            Err(SendError::Connect(e)) => {
+                assert!(e.message.contains(&addr.to_string()), "{}", e.message);
+                assert!(!e.local, "a refused connection is the server's");
+            }
             other => panic!("expected a connect error, got {other:?}"),
         }
     }

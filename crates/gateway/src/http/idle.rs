@@ -1,0 +1,88 @@
+//! A lazy inactivity timer for waits that usually do not wait: reading a
+//! body, writing to a client. While data moves, nothing is armed and no
+//! clock is read; the first wait that is pending allocates one timer, and
+//! later progress only moves the deadline it is checked against.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug)]
+pub struct IdleTimer {
+    timeout: Duration,
+    /// Last progress, once a wait was pending.
+    last: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    pub fn new(timeout: Duration) -> IdleTimer {
+        IdleTimer {
+            timeout,
+            last: Instant::now(),
+            sleep: None,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Something moved.
+    pub fn progress(&mut self) {
+        if self.sleep.is_some() {
+            self.last = Instant::now();
+        }
+    }
+
+    /// To be called when a wait is pending: `Ready` once nothing moved for
+    /// the timeout. Registers `cx` to be woken then.
+    pub fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let sleep = match &mut self.sleep {
+            Some(s) => s,
+            None => {
+                // Until now every wait ended at once: that was progress.
+                self.last = Instant::now();
+                self.sleep
+                    .insert(Box::pin(tokio::time::sleep_until(self.last + self.timeout)))
+            }
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = self.last + self.timeout;
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    #[tokio::test(start_paused = true)]
+    async fn fires_only_after_a_whole_timeout_without_progress() {
+        let mut t = IdleTimer::new(Duration::from_secs(10));
+        // Armed by a pending wait.
+        assert!(poll_fn(|cx| Poll::Ready(t.poll_idle(cx)))
+            .await
+            .is_pending());
+        tokio::time::advance(Duration::from_secs(9)).await;
+        t.progress();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(poll_fn(|cx| Poll::Ready(t.poll_idle(cx)))
+            .await
+            .is_pending());
+        let start = Instant::now();
+        poll_fn(|cx| t.poll_idle(cx)).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+}
