@@ -2,6 +2,7 @@
 //! products-api processes or in-process servers, a real gateway.
 
 mod balancing;
+mod hardening;
 mod health;
 mod http1;
 mod lifecycle;

@@ -852,6 +852,7 @@ async fn serve_h2(
     };
     let activity = Arc::new(Activity {
         base: Instant::now(),
+        cut: tokio::sync::Notify::new(),
         open: AtomicUsize::new(0),
         last: AtomicU64::new(0),
     });
@@ -872,10 +873,16 @@ async fn serve_h2(
         .serve_connection(TokioIo::new(io), svc);
     let mut served = pin!(served);
     loop {
-        let quiet_until =
-            activity.base + Duration::from_millis(activity.last.load(Ordering::Relaxed)) + idle;
+        // With streams open, look again in a while; else when the
+        // connection will have been quiet for `idle`.
+        let quiet_until = if activity.open.load(Ordering::Relaxed) > 0 {
+            Instant::now() + idle
+        } else {
+            activity.base + Duration::from_millis(activity.last.load(Ordering::Relaxed)) + idle
+        };
         tokio::select! {
             _ = served.as_mut() => return,
+            _ = activity.cut.notified() => return,
             _ = stop.changed() => break,
             _ = tokio::time::sleep_until(quiet_until) => {
                 if activity.open.load(Ordering::Relaxed) == 0
@@ -888,12 +895,16 @@ async fn serve_h2(
         }
     }
     served.as_mut().graceful_shutdown();
-    let _ = served.await;
+    // Streams still open get `idle` to end; a client that takes no data
+    // would otherwise keep the connection (and what hyper buffered for it).
+    let _ = tokio::time::timeout(idle, served).await;
 }
 
 /// Streams open on an HTTP/2 connection, and when one last opened or ended.
 struct Activity {
     base: Instant,
+    /// A stream's client gave no window for body_idle: close.
+    cut: tokio::sync::Notify,
     open: AtomicUsize,
     /// Milliseconds since `base`.
     last: AtomicU64,
@@ -928,7 +939,7 @@ impl Drop for Stream {
 /// gives flow-control window, so a client that gives none would hold the
 /// request's slot for ever: a watchdog task takes the body away (releasing
 /// the slot and closing the upstream connection) once hyper has taken
-/// nothing for the upstream's `body_idle`; the stream is then reset.
+/// nothing for the upstream's `body_idle`, and closes the connection.
 pub struct H2Body {
     shared: Option<Arc<Mutex<Watched>>>,
     /// Bodies the gateway made itself (errors), sent at once.
@@ -962,6 +973,7 @@ impl H2Body {
             cut: false,
         }));
         let weak = Arc::downgrade(&shared);
+        let activity = stream.0.clone();
         tokio::spawn(async move {
             let mut at = Instant::now() + idle;
             loop {
@@ -973,10 +985,13 @@ impl H2Body {
                 }
                 if w.last.elapsed() >= idle {
                     debug!(
-                        "HTTP/2 client took no response data for body_idle; resetting the stream"
+                        "HTTP/2 client took no response data for body_idle; closing its connection"
                     );
                     w.body = None;
                     w.cut = true;
+                    // hyper waits for window without polling the body, so
+                    // it would never see an error: the connection goes.
+                    activity.cut.notify_one();
                     return;
                 }
                 at = w.last + idle;

@@ -1,0 +1,487 @@
+//! What one client, one slow server or one bad moment must not do to the
+//! gateway: hold its slots for ever, stay half-open for ever, eject a
+//! healthy server, or change the listeners on a failed reload. Each test
+//! sets up the scenario of issue #9's code review.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use centinela_testkit::{assert_eventually, client, Reply};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::util::*;
+
+/// A raw server: every connection gets `reply` once its request head is
+/// in; with `stall`, the connection is then kept open, silent, until the
+/// test ends.
+async fn raw_server(reply: &'static [u8], stall: bool) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if s.write_all(reply).await.is_err() {
+                    return;
+                }
+                if stall {
+                    // Read (and drop) whatever comes, never answer more.
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads until the peer closes (or 10 s pass): true if it closed.
+async fn closes(s: &mut TcpStream) -> bool {
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_cut_off_and_its_slot_released() {
+    let big = "x".repeat(32 << 20);
+    let up = server_with(move |_| Reply::ok(&big)).await;
+    let toml = config(&[(up.addr, 1)], "limits = { max_in_flight = 1, queue = 0 }").replace(
+        "listen = \"127.0.0.1:0\"\n\n[[route]]",
+        "listen = \"127.0.0.1:0\"\nwrite_timeout = \"300ms\"\n\n[[route]]",
+    );
+    assert!(toml.contains("write_timeout"));
+    let gw = start(&toml).await;
+    let mut reader = TcpStream::connect(gw.listener_addr("web").unwrap())
+        .await
+        .unwrap();
+    reader
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // The only slot is taken while the 32 MiB answer is stuck.
+    let c = client();
+    assert_eventually!(
+        5,
+        get(&c, &gw, "/").await.status == 503,
+        "the stuck answer holds the slot"
+    );
+    // ...until write_timeout: the connection is closed, the slot freed.
+    assert_eventually!(
+        10,
+        get(&c, &gw, "/").await.status == 200,
+        "the slot is freed"
+    );
+    assert!(
+        closes(&mut reader).await,
+        "the silent client's connection closed"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_stops_sending_its_body_is_cut_off_after_body_idle() {
+    let up = raw_server(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nonly part of it",
+        true,
+    )
+    .await;
+    let gw = start(&config(
+        &[(up, 1)],
+        "limits = { max_in_flight = 1, queue = 0 }\ntimeouts = { body_idle = \"300ms\" }\nretry = { attempts = 1 }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // The head and what came of the body, then the connection ends: the
+    // client sees a body cut short, not a hang.
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("closed after body_idle")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("only part of it"), "{got}");
+    // The slot was released: the next request is served (and cut) too,
+    // not refused for a full queue.
+    let c = client();
+    let req = Request::get(url(&gw, "/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "a cut body is an error"
+    );
+}
+
+/// An HTTP/2 client that gives no flow-control window.
+async fn h2_no_window(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .initial_connection_window_size(0)
+            .adaptive_window(false)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+#[tokio::test]
+async fn http2_streams_without_window_do_not_hold_the_slots() {
+    // More than hyper buffers for a stream (400 KiB), so that the body
+    // really waits for window.
+    let up = server_with(|_| Reply::ok(&"y".repeat(8 << 20))).await;
+    let gw = start(&config(
+        &[(up.addr, 1)],
+        "limits = { max_in_flight = 2, queue = 0 }\ntimeouts = { body_idle = \"500ms\" }",
+    ))
+    .await;
+    let mut h2 = h2_no_window(gw.listener_addr("web").unwrap()).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let req = Request::get(url(&gw, "/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        // The heads come (no window is needed for them); the bodies cannot.
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        held.push(resp);
+    }
+    let c = client();
+    assert_eq!(get(&c, &gw, "/").await.status, 503, "both slots held");
+
+    // After body_idle the two streams are reset and their slots freed.
+    assert_eventually!(
+        10,
+        get(&c, &gw, "/").await.status == 200,
+        "the slot is freed"
+    );
+    for resp in held {
+        let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect());
+        assert!(
+            body.await.expect("ended").is_err(),
+            "the connection was closed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_half_open_probe_reset_by_its_client_does_not_keep_the_circuit_open() {
+    // 0: fail (opens the breaker); 1: slow (the probe); 2: healthy.
+    let mode = Arc::new(AtomicU32::new(0));
+    let m = mode.clone();
+    let up = server_with(move |_| match m.load(Ordering::SeqCst) {
+        0 => Reply::status(500),
+        1 => Reply::ok("slow").delayed(Duration::from_secs(3)),
+        _ => Reply::ok("ok"),
+    })
+    .await;
+    let gw = start(&config(
+        &[(up.addr, 1)],
+        "retry = { attempts = 1 }\nbreaker = { error_ratio = 0.5, min_requests = 2, open_for = \"200ms\", half_open_requests = 1 }",
+    ))
+    .await;
+    let c = client();
+    for _ in 0..2 {
+        assert_eq!(get(&c, &gw, "/").await.status, 500);
+    }
+    assert_eq!(get(&c, &gw, "/").await.status, 503, "the circuit is open");
+    assert_eventually!(
+        5,
+        upstream_state(&c, &gw).await[0]["breaker"] == "half-open",
+        "half-open after open_for"
+    );
+    // The one probe goes to a slow server over HTTP/2, and its client
+    // resets the stream while it waits.
+    mode.store(1, Ordering::SeqCst);
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let hits = up.hits();
+    let probe = tokio::spawn({
+        let req = Request::get(url(&gw, "/probe"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        async move { h2.request(req).await }
+    });
+    assert_eventually!(5, up.hits() > hits, "the probe reached the server");
+    probe.abort();
+    let _ = probe.await;
+    // The probe's slot came back: the next request probes, succeeds, and
+    // closes the circuit.
+    mode.store(2, Ordering::SeqCst);
+    assert_eventually!(
+        5,
+        get(&c, &gw, "/").await.status == 200,
+        "a new probe closes the circuit"
+    );
+    assert_eq!(upstream_state(&c, &gw).await[0]["breaker"], "closed");
+}
+
+#[tokio::test]
+async fn clients_that_abort_or_dawdle_over_uploads_are_not_the_servers_fault() {
+    let up = server_with(|_| Reply::ok("ok")).await;
+    let gw = start(&config(
+        &[(up.addr, 1)],
+        "outlier = { consecutive_failures = 3 }\nbreaker = { min_requests = 3 }\ntimeouts = { response = \"300ms\" }",
+    ))
+    .await;
+    let addr = gw.listener_addr("web").unwrap();
+    // Five streamed uploads whose clients go away half way.
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(&[b'z'; 200_000]).await.unwrap();
+        drop(s);
+    }
+    // An upload slower than the response timeout: the timeout starts once
+    // the body has been sent.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        // A client's own pace, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        s.write_all(&[b'z'; 10_000]).await.unwrap();
+    }
+    let mut got = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        &got, b"HTTP/1.1 200",
+        "a slow upload is not a server timeout"
+    );
+    let c = client();
+    assert_eq!(get(&c, &gw, "/").await.status, 200);
+    let state = upstream_state(&c, &gw).await;
+    assert_eq!(state[0]["ejected"], false, "{state}");
+    assert_eq!(state[0]["breaker"], "closed", "{state}");
+    assert_eq!(state[0]["consecutive_failures"], 0, "{state}");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408() {
+    let up = server_with(|_| Reply::ok("ok")).await;
+    let gw = start(&config(
+        &[(up.addr, 1)],
+        "timeouts = { body_idle = \"300ms\" }\nlimits = { max_in_flight = 1, queue = 0 }",
+    ))
+    .await;
+    for len in ["10", "1000000"] {
+        // Buffered (small) and streamed (large) bodies alike.
+        let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
+            .await
+            .unwrap();
+        s.write_all(
+            format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\nabc").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+        assert!(got.contains("connection: close"), "{got}");
+    }
+    assert_eq!(
+        get(&client(), &gw, "/").await.status,
+        200,
+        "the slot is free"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_that_leaves_the_body_unread_says_connection_close() {
+    let up = raw_server(
+        b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n",
+        false,
+    )
+    .await;
+    let gw = start(&config(&[(up, 1)], "retry = { attempts = 1 }")).await;
+    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'z'; 100_000]).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("closed")
+        .unwrap();
+    let got = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(got.starts_with("http/1.1 413"), "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+}
+
+#[tokio::test]
+async fn a_reload_that_cannot_bind_changes_nothing() {
+    let up = servers(1).await;
+    let toml = config(&[(up[0].addr, 1)], "");
+    let gw = start(&toml).await;
+    let before = gw.listener_addr("web").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let moved = toml.replacen(
+        "name = \"web\"\nlisten = \"127.0.0.1:0\"",
+        &format!(
+            "name = \"web\"\nlisten = \"{}\"",
+            taken.local_addr().unwrap()
+        ),
+        1,
+    );
+    assert_ne!(moved, toml);
+    let cfg = centinela_config::parse(&moved, "moved.toml")
+        .unwrap()
+        .config;
+    assert!(gw.reload(cfg).await.is_err(), "the bind fails");
+    assert_eq!(gw.listener_addr("web"), Some(before));
+    assert_eq!(
+        get(&client(), &gw, "/").await.status,
+        200,
+        "the old listener still serves"
+    );
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_rebinding_cross_site_and_unmarked_posts() {
+    let up = servers(1).await;
+    let gw = start(&config(&[(up[0].addr, 1)], "")).await;
+    let admin = gw.admin_addr();
+    let raw = |req: String| async move {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        String::from_utf8_lossy(&got)[9..12].to_string()
+    };
+    let get_as =
+        |host: &str| format!("GET /-/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw(get_as(&admin.to_string())).await, "200");
+    assert_eq!(
+        raw(get_as(&format!("localhost:{}", admin.port()))).await,
+        "200"
+    );
+    assert_eq!(raw(get_as("evil.example")).await, "403", "DNS rebinding");
+    assert_eq!(
+        raw(format!("GET /-/upstreams HTTP/1.1\r\nHost: {admin}\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n")).await,
+        "403"
+    );
+    assert_eq!(
+        raw(format!("POST /-/services/x/restart HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).await,
+        "403",
+        "a POST without X-Centinela"
+    );
+    assert_eq!(
+        raw(format!("POST /-/services/x/restart HTTP/1.1\r\nHost: {admin}\r\nX-Centinela: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")).await,
+        "404",
+        "marked: served (no such action here)"
+    );
+}
+
+#[tokio::test]
+async fn past_max_connections_accepts_pause_until_one_closes() {
+    let up = servers(1).await;
+    let toml = config(&[(up[0].addr, 1)], "").replace(
+        "listen = \"127.0.0.1:0\"\n\n[[route]]",
+        "listen = \"127.0.0.1:0\"\nmax_connections = 2\n\n[[route]]",
+    );
+    assert!(toml.contains("max_connections = 2"));
+    let gw = start(&toml).await;
+    let addr = gw.listener_addr("web").unwrap();
+    let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    for s in [&mut first, &mut second] {
+        s.write_all(req).await.unwrap();
+        let mut got = [0u8; 12];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HTTP/1.1 200");
+    }
+    // A third client is left in the kernel's backlog: no answer while the
+    // two stay open.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third.write_all(req).await.unwrap();
+    let mut got = [0u8; 12];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), third.read_exact(&mut got))
+            .await
+            .is_err(),
+        "served past max_connections"
+    );
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(5), third.read_exact(&mut got))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(&got, b"HTTP/1.1 200");
+}
+
+#[tokio::test]
+async fn an_idle_upgraded_connection_is_closed_after_tunnel_idle() {
+    let up = raw_server(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        true,
+    )
+    .await;
+    let gw = start(&config(
+        &[(up, 1)],
+        "timeouts = { tunnel_idle = \"300ms\" }",
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = [0u8; 12];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"HTTP/1.1 101");
+    assert!(closes(&mut s).await, "closed after tunnel_idle");
+}
