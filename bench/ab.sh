@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Paired A/B of two centinela builds: this work tree against BASELINE (a git
+# revision, default HEAD~1), in front of the same nginx origin, loaded at
+# the same time on the same CPU so that the shared machine's noise falls on
+# both. Each round gives one ratio of CPU µs per request (new ÷ baseline).
+#
+#   BASELINE=<rev> bench/ab.sh [ROUNDS] [SECONDS]     (default 8 rounds of 5 s)
+#
+# Bounded: ROUNDS × connection counts × SECONDS of wrk on loopback. Not a
+# test: it never runs in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-8}
+DUR=${2:-5}
+CONNS=${CONNS:-"1 32 128"}
+BASELINE=${BASELINE:-HEAD~1}
+
+need=()
+for t in nginx wrk; do command -v "$t" >/dev/null 2>&1 || need+=("$t"); done
+if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+work=$(mktemp -d /tmp/centinela-ab.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    git worktree remove --force "$work/base" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+rev=$(git rev-parse --short "$BASELINE")
+cargo build --release --bins -q
+git worktree add -q --detach "$work/base" "$rev"
+# The baseline shares this tree's target directory's dependencies.
+(cd "$work/base" && CARGO_TARGET_DIR="$PWD/../target-base" cargo build --release -q --bin centinela)
+NEW=target/release/centinela
+OLD=$work/target-base/release/centinela
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 200); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listens on $1" >&2; exit 1
+}
+ORIGIN=$(port); A=$(port); B=$(port); AA=$(port); BA=$(port)
+mkdir -p "$work/tmp"
+cat >"$work/origin.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $work/origin.pid;
+error_log $work/origin.err warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $work/tmp/b; proxy_temp_path $work/tmp/p;
+    fastcgi_temp_path $work/tmp/f; uwsgi_temp_path $work/tmp/u; scgi_temp_path $work/tmp/s;
+    keepalive_requests 10000000;
+    server { listen 127.0.0.1:$ORIGIN; location / { return 200 'hello from the origin\n'; } }
+}
+CONF
+conf() { # port admin
+    cat <<CONF
+[admin]
+listen = "127.0.0.1:$2"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:$1"
+[[route]]
+upstream = "origin"
+[upstream.origin]
+servers = ["127.0.0.1:$ORIGIN"]
+limits = { max_in_flight = 100000, queue = 0 }
+[runtime]
+worker_threads = 1
+access_log = false
+CONF
+}
+conf "$A" "$AA" >"$work/new.toml"
+conf "$B" "$BA" >"$work/old.toml"
+
+LOADCPU=(); PROXYCPU=()
+if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
+    LOADCPU=(taskset -c 0); PROXYCPU=(taskset -c 1)
+fi
+"${LOADCPU[@]}" nginx -c "$work/origin.conf" & pids+=($!)
+RUST_LOG=warn "${PROXYCPU[@]}" "$NEW" run --config "$work/new.toml" 2>"$work/new.log" & pids+=($!); NEW_PID=$!
+RUST_LOG=warn "${PROXYCPU[@]}" "$OLD" run --config "$work/old.toml" 2>"$work/old.log" & pids+=($!); OLD_PID=$!
+for p in $ORIGIN $A $B; do wait_port "$p"; done
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+for p in $A $B; do "${LOADCPU[@]}" wrk -t1 -c32 -d2s "http://127.0.0.1:$p/" >/dev/null; done
+
+out="$work/ab.tsv"
+: >"$out"
+for c in $CONNS; do
+    for round in $(seq 1 "$ROUNDS"); do
+        a0=$(ticks $NEW_PID); b0=$(ticks $OLD_PID)
+        "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$A/" >"$work/a.out" & wa=$!
+        "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$B/" >"$work/b.out" & wb=$!
+        wait $wa $wb
+        a1=$(ticks $NEW_PID); b1=$(ticks $OLD_PID)
+        na=$(grep -o '[0-9]* requests in' "$work/a.out" | cut -d' ' -f1)
+        nb=$(grep -o '[0-9]* requests in' "$work/b.out" | cut -d' ' -f1)
+        printf '%s\t%s\t%s\t%s\t%s\n' "$c" $((a1 - a0)) "$na" $((b1 - b0)) "$nb" >>"$out"
+    done
+done
+echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "This tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes')) ÷ baseline $rev, $ROUNDS paired rounds of ${DUR}s, wrk -t1:"
+python3 - "$out" "$HZ" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+hz = int(sys.argv[2])
+us = lambda t, n: int(t) * 1e6 / hz / int(n)
+for c in sorted({r[0] for r in rows}, key=int):
+    rs = [r for r in rows if r[0] == c]
+    ratios = sorted(us(r[1], r[2]) / us(r[3], r[4]) for r in rs)
+    new = statistics.median(us(r[1], r[2]) for r in rs)
+    old = statistics.median(us(r[3], r[4]) for r in rs)
+    print(f"  {c:>4} conns: CPU µs/request {statistics.median(ratios):.3f}x [{ratios[0]:.3f}-{ratios[-1]:.3f}]  (new {new:.1f} µs, baseline {old:.1f} µs)")
+PY
