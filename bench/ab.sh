@@ -5,6 +5,7 @@
 # both. Each round gives one ratio of CPU µs per request (new ÷ baseline).
 #
 #   BASELINE=<rev> bench/ab.sh [ROUNDS] [SECONDS]     (default 8 rounds of 5 s)
+#   BASELINE=<rev> BASELINE_BIN=path/to/centinela bench/ab.sh   (reuse a build)
 #
 # Bounded: ROUNDS × connection counts × SECONDS of wrk on loopback. Not a
 # test: it never runs in CI.
@@ -33,11 +34,15 @@ trap cleanup EXIT INT TERM
 
 rev=$(git rev-parse --short "$BASELINE")
 cargo build --release --bins -q
-git worktree add -q --detach "$work/base" "$rev"
-# The baseline shares this tree's target directory's dependencies.
-(cd "$work/base" && CARGO_TARGET_DIR="$PWD/../target-base" cargo build --release -q --bin centinela)
 NEW=target/release/centinela
-OLD=$work/target-base/release/centinela
+if [ -n "${BASELINE_BIN:-}" ]; then
+    # A baseline binary built earlier (from $BASELINE, as the caller says).
+    OLD=$BASELINE_BIN
+else
+    git worktree add -q --detach "$work/base" "$rev"
+    (cd "$work/base" && CARGO_TARGET_DIR="$PWD/../target-base" cargo build --release -q --bin centinela)
+    OLD=$work/target-base/release/centinela
+fi
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {

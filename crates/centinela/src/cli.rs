@@ -508,6 +508,19 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
             }
         })
     });
+    let (services_tx, mut services_rx) = tokio::sync::watch::channel(Vec::new());
+    let sup = supervisor.clone();
+    let applier = tokio::spawn(async move {
+        while services_rx.changed().await.is_ok() {
+            let services = services_rx.borrow_and_update().clone();
+            for r in sup.apply(&services).await {
+                match r {
+                    Ok(done) => info!(change = %done, "Service change applied"),
+                    Err(e) => error!(error = %e, "Service change failed"),
+                }
+            }
+        }
+    });
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -523,16 +536,9 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
                             continue;
                         }
                         // Rolling restarts take a while: signals keep being
-                        // served meanwhile, and reloads apply in order.
-                        let sup = supervisor.clone();
-                        tokio::spawn(async move {
-                            for r in sup.apply(&services).await {
-                                match r {
-                                    Ok(done) => info!(change = %done, "Service change applied"),
-                                    Err(e) => error!(error = %e, "Service change failed"),
-                                }
-                            }
-                        });
+                        // served meanwhile; one task applies service changes,
+                        // one reload after the other, the newest last.
+                        let _ = services_tx.send(services);
                     }
                     Err(e) => {
                         for d in &e.errors {
@@ -547,6 +553,8 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         }
     }
     crate::sdnotify::notify("STOPPING=1");
+    // A service change under way ends with the runtime.
+    drop(applier);
     trim.abort();
     if let Some(w) = watchdog {
         w.abort();

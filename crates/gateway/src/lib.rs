@@ -60,6 +60,23 @@ pub struct Gateway {
     health_tasks: Mutex<Vec<JoinHandle<()>>>,
     admin_addr: SocketAddr,
     admin_task: JoinHandle<()>,
+    /// Closes idle pooled connections past their upstream's idle timeout.
+    reaper: JoinHandle<()>,
+}
+
+/// How often idle pooled connections are looked at.
+const REAP_EVERY: Duration = Duration::from_secs(5);
+
+async fn reap_idle_connections(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(REAP_EVERY).await;
+        let snap = shared.snapshot.load();
+        for g in &snap.groups {
+            for s in &g.servers {
+                s.pool.reap();
+            }
+        }
+    }
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
@@ -100,6 +117,7 @@ impl Gateway {
                 source,
             })?;
         let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone()));
+        let reaper = tokio::spawn(reap_idle_connections(shared.clone()));
         info!(addr = %admin_addr, "Admin API listening");
         let gw = Gateway {
             shared,
@@ -112,6 +130,7 @@ impl Gateway {
             health_tasks: Mutex::new(Vec::new()),
             admin_addr,
             admin_task,
+            reaper,
         };
         for (l, tcp) in bound {
             gw.spawn_listener(&l, tcp);
@@ -359,6 +378,7 @@ impl Gateway {
             t.abort();
         }
         self.admin_task.abort();
+        self.reaper.abort();
         drained
     }
 }

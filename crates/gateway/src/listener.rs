@@ -70,17 +70,14 @@ pub async fn serve(
                     full = true;
                     warn!(listener = &*name, max_connections, "At max_connections: accepts paused");
                 }
-                let conn = crate::http::h1::serve(
+                tokio::spawn(crate::http::h1::serve(
                     stream,
                     peer,
                     name.clone(),
                     shared.clone(),
                     draining.clone(),
-                );
-                tokio::spawn(async move {
-                    conn.await;
-                    drop(permit);
-                });
+                    permit,
+                ));
             }
             _ = &mut stop => break,
         }

@@ -27,7 +27,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::balance::server::{InFlight, Outcome};
+use crate::balance::server::{InFlight, Outcome, Server};
 use crate::balance::upstream::Group;
 use crate::error::ProxyError;
 use crate::http::body::{ClientBody, Guards, ReqBody, RespBody};
@@ -265,20 +265,70 @@ async fn forward(
     let cfg = &group.cfg;
 
     let (parts, body) = req.into_parts();
-    let out = Outgoing::new(&parts, &target, route, client, rid, upgrade.is_some(), cfg);
-    let reading = Instant::now();
-    let body = prepare(body, cfg.retry.buffer_body, cfg.timeouts.body_idle).await?;
+    let out = Outgoing::new(&parts, target, route, client, rid, upgrade.is_some(), cfg);
     // The deadline counts the gateway's waits on servers, not the time the
-    // client takes to send its body.
-    let deadline = start + cfg.timeouts.request + reading.elapsed();
-    let run = Attempts {
-        shared,
-        out: &out,
-        body: &body,
-        deadline,
-        rid,
+    // client takes to send its body (no clock read without a body).
+    let reading = (!body.is_end_stream()).then(Instant::now);
+    let body = prepare(body, cfg.retry.buffer_body, cfg.timeouts.body_idle).await?;
+    let deadline = start + cfg.timeouts.request + reading.map_or(Duration::ZERO, |t| t.elapsed());
+
+    // Stages pick → send → classify → record → retry, over retry.attempts.
+    // One loop in this function: a future per attempt nested in it would
+    // be built and copied for every request.
+    let attempts = cfg.retry.attempts;
+    let mut picker = Picker {
+        group,
+        switched: false,
+        tried: Vec::with_capacity(attempts as usize),
     };
-    run.run(group, permit, upgrade, log).await
+    let mut permit = Some(permit);
+    let mut upgrade = upgrade;
+    let mut last_err: Option<ProxyError> = None;
+    for attempt in 1..=attempts {
+        let (idx, in_flight) = match picker.pick(shared, out.hash) {
+            Ok(p) => p,
+            Err(e) => return Err(last_err.unwrap_or(e)),
+        };
+        let group = picker.group.clone();
+        let server = &group.servers[idx];
+        log.attempts = attempt;
+        log.server = Some(server.label().clone());
+        let Some(attempt_body) = body.next() else {
+            // A streamed body was already sent: it cannot be replayed.
+            break;
+        };
+        let Some(timeouts) = try_timeouts(&group.cfg, deadline) else {
+            return Err(last_err.unwrap_or(ProxyError::Deadline));
+        };
+        let head = out.head(server);
+        // Awaited apart from the match: a scrutinee's temporaries would
+        // live through every arm.
+        let sent = server
+            .pool
+            .send(server.addr, &head, attempt_body, out.idempotent, &timeouts)
+            .await;
+        let this = Try {
+            group: &group,
+            idx,
+            attempt,
+            out: &out,
+            body: &body,
+            deadline_bound: timeouts.head < group.cfg.timeouts.response,
+        };
+        let tried = match sent {
+            Ok(resp) => this.on_response(resp, in_flight, &mut permit, &mut upgrade, rid),
+            Err(e) => this.on_failure(e, in_flight),
+        };
+        match tried {
+            Tried::Done(resp) => return Ok(resp),
+            Tried::Fail(e) => return Err(e),
+            Tried::Again(e) => {
+                last_err = e.or(last_err);
+                sleep_backoff(&group.cfg, attempt, deadline).await;
+            }
+        }
+    }
+    Err(last_err.unwrap_or(ProxyError::NoHealthyServer))
 }
 
 /// Stage **check**: framing (smuggling), the request target and its
@@ -397,23 +447,42 @@ struct Outgoing<'a> {
     /// Origin form after normalization and prefix stripping.
     target: PathAndQuery,
     /// `Host` and `X-Forwarded-Host`; `None`: the server's address.
-    authority: Option<&'a str>,
+    authority: Option<HeaderValue>,
     rewrite: Rewrite,
     idempotent: bool,
     hash: Option<u64>,
 }
 
 impl<'a> Outgoing<'a> {
+    /// The request head for `server`.
+    fn head(&self, server: &'a Server) -> RequestHead<'_> {
+        RequestHead {
+            method: self.method,
+            target: self.target.as_str(),
+            headers: self.headers,
+            rewrite: &self.rewrite,
+            host: match &self.authority {
+                // Checked: visible ASCII only.
+                Some(a) => a.to_str().unwrap_or_default(),
+                None => server.authority.as_str(),
+            },
+        }
+    }
+
     fn new(
         parts: &'a http::request::Parts,
-        target: &'a Target,
+        target: Target,
         route: &CompiledRoute,
         client: SocketAddr,
         rid: &HeaderValue,
         upgrade: bool,
         cfg: &centinela_config::Upstream,
     ) -> Outgoing<'a> {
-        let pq = &target.path_and_query;
+        let Target {
+            authority,
+            path_and_query: pq,
+            ..
+        } = target;
         let stripped = route
             .strip_prefix
             .then(|| strip(&route.prefix, pq.as_str()).parse().ok())
@@ -421,8 +490,8 @@ impl<'a> Outgoing<'a> {
         Outgoing {
             method: &parts.method,
             headers: &parts.headers,
-            target: stripped.unwrap_or_else(|| pq.clone()),
-            authority: target.authority_str(),
+            target: stripped.unwrap_or(pq),
+            authority,
             rewrite: Rewrite::request(&parts.headers, client.ip(), "http", rid, upgrade),
             idempotent: headers::is_idempotent(&parts.method, &parts.headers),
             hash: match (&cfg.hash_key, cfg.balance) {
@@ -431,16 +500,6 @@ impl<'a> Outgoing<'a> {
             },
         }
     }
-}
-
-/// Stages **pick → send → classify → record → retry**, over
-/// `retry.attempts` tries.
-struct Attempts<'a> {
-    shared: &'a Shared,
-    out: &'a Outgoing<'a>,
-    body: &'a Prepared,
-    deadline: Instant,
-    rid: &'a HeaderValue,
 }
 
 /// How one attempt ended.
@@ -455,168 +514,89 @@ enum Tried {
     Again(Option<ProxyError>),
     /// Give up with this error.
     Fail(ProxyError),
-    /// The request's deadline passed before this try.
-    Expired,
 }
 
-impl Attempts<'_> {
-    async fn run(
-        &self,
-        first: Arc<Group>,
-        permit: OwnedSemaphorePermit,
-        upgrade: Option<UpgradeSlot>,
-        log: &mut Log,
-    ) -> Result<Response<RespBody>, ProxyError> {
-        let attempts = first.cfg.retry.attempts;
-        let mut picker = Picker {
-            group: first,
-            switched: false,
-            tried: Vec::with_capacity(attempts as usize),
-        };
-        let mut permit = Some(permit);
-        let mut upgrade = upgrade;
-        let mut last_err: Option<ProxyError> = None;
-        for attempt in 1..=attempts {
-            let (idx, in_flight) = match picker.pick(self.shared, self.out.hash) {
-                Ok(p) => p,
-                Err(e) => return Err(last_err.unwrap_or(e)),
-            };
-            let group = picker.group.clone();
-            let server = &group.servers[idx];
-            log.attempts = attempt;
-            log.server = Some(server.label().clone());
-            let Some(body) = self.body.next() else {
-                // A streamed body was already sent: it cannot be replayed.
-                break;
-            };
-            let tried = self
-                .attempt(
-                    &group,
-                    idx,
-                    attempt,
-                    body,
-                    in_flight,
-                    &mut permit,
-                    &mut upgrade,
-                )
-                .await;
-            match tried {
-                Tried::Done(resp) => return Ok(resp),
-                Tried::Fail(e) => return Err(e),
-                Tried::Expired => return Err(last_err.unwrap_or(ProxyError::Deadline)),
-                Tried::Again(e) => {
-                    last_err = e.or(last_err);
-                    sleep_backoff(&group.cfg, attempt, self.deadline).await;
-                }
-            }
-        }
-        Err(last_err.unwrap_or(ProxyError::NoHealthyServer))
+/// One try: what the stages after **send** need to know of it.
+struct Try<'a> {
+    group: &'a Group,
+    idx: usize,
+    attempt: u32,
+    out: &'a Outgoing<'a>,
+    /// A retry needs the body again.
+    body: &'a Prepared,
+    /// The response head's wait was cut short by the request's deadline.
+    deadline_bound: bool,
+}
+
+impl Try<'_> {
+    /// May a request that is safe to retry go again: a try left, its
+    /// body still at hand, and room in the retry budget?
+    fn may_go_again(&self) -> bool {
+        let cfg = &self.group.cfg;
+        self.attempt < cfg.retry.attempts
+            && self.body.next().is_some()
+            && self
+                .group
+                .budget
+                .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
     }
 
-    /// One try on server `idx`: send, classify, record, and decide.
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt(
-        &self,
-        group: &Group,
-        idx: usize,
-        attempt: u32,
-        body: ReqBody,
-        mut in_flight: InFlight,
-        permit: &mut Option<OwnedSemaphorePermit>,
-        upgrade: &mut Option<UpgradeSlot>,
-    ) -> Tried {
-        let cfg = &group.cfg;
-        let server = &group.servers[idx];
-        let now = Instant::now();
-        if now >= self.deadline {
-            return Tried::Expired;
-        }
-        let head_wait = cfg.timeouts.response.min(self.deadline - now);
-        let deadline_bound = head_wait < cfg.timeouts.response;
-        let timeouts = Timeouts {
-            connect: cfg.timeouts.connect,
-            pool_idle: cfg.timeouts.idle,
-            head: head_wait,
-            body_idle: cfg.timeouts.body_idle,
-        };
-        let head = RequestHead {
-            method: self.out.method,
-            target: self.out.target.as_str(),
-            headers: self.out.headers,
-            rewrite: &self.out.rewrite,
-            host: self.out.authority.unwrap_or(server.authority.as_str()),
-        };
-        // Awaited apart from the match: a scrutinee's temporaries would
-        // live through every arm.
-        let sent = server
-            .pool
-            .send(server.addr, &head, body, self.out.idempotent, &timeouts)
-            .await;
-        // Classified by who failed: only the server's failures count
-        // against it (health, breaker, outlier ejection) or are retried.
-        let (outcome, err) = match sent {
-            Ok(resp) => {
-                return self.on_response(group, idx, attempt, resp, in_flight, permit, upgrade)
-            }
+    /// Stages **classify → record → retry** of a failed exchange, by who
+    /// failed: only the server's failures count against it (health,
+    /// breaker, outlier ejection) or are retried.
+    fn on_failure(&self, e: SendError, mut in_flight: InFlight) -> Tried {
+        let (outcome, err) = match e {
             // This host, not the server: nothing recorded (a half-open
             // probe is given back as the guard drops).
-            Err(SendError::Connect(e)) if e.local => {
+            SendError::Connect(e) if e.local => {
                 return Tried::Fail(ProxyError::LocalResources(e.message))
             }
-            Err(SendError::Connect(e)) => (Outcome::ConnectError, ProxyError::Connect(e.message)),
+            SendError::Connect(e) => (Outcome::ConnectError, ProxyError::Connect(e.message)),
             // The client: its body failed or stalled.
-            Err(SendError::Failed(ClientError::ClientBody(e))) => {
+            SendError::Failed(ClientError::ClientBody(e)) => {
                 return Tried::Fail(ProxyError::ClientBody(e))
             }
-            Err(SendError::Failed(ClientError::ClientIdle)) => {
+            SendError::Failed(ClientError::ClientIdle) => {
                 return Tried::Fail(ProxyError::ClientTimeout)
             }
-            Err(SendError::Failed(ClientError::Timeout(_))) if deadline_bound => {
+            SendError::Failed(ClientError::Timeout(_)) if self.deadline_bound => {
                 (Outcome::Timeout, ProxyError::Deadline)
             }
-            Err(SendError::Failed(ClientError::Timeout(_))) => {
-                (Outcome::Timeout, ProxyError::Timeout)
-            }
-            Err(SendError::Failed(e)) => (Outcome::Reset, ProxyError::Reset(error_chain(&e))),
+            SendError::Failed(ClientError::Timeout(_)) => (Outcome::Timeout, ProxyError::Timeout),
+            SendError::Failed(e) => (Outcome::Reset, ProxyError::Reset(error_chain(&e))),
         };
-        group.record(idx, outcome);
+        self.group.record(self.idx, outcome);
         in_flight.resolved();
         drop(in_flight);
-        debug!(upstream = &*group.name, server = &**server.label(), attempt, error = %err, "Attempt failed");
+        let server = &self.group.servers[self.idx];
+        debug!(upstream = &*self.group.name, server = &**server.label(), attempt = self.attempt, error = %err, "Attempt failed");
         let kind = match outcome {
             Outcome::ConnectError => RetryOn::Connect,
             Outcome::Timeout => RetryOn::Timeout,
             _ => RetryOn::Reset,
         };
         // Nothing reached the server after a connect error: always safe.
+        let cfg = &self.group.cfg;
         let safe = kind == RetryOn::Connect || (cfg.retry.retries(kind) && self.out.idempotent);
-        if attempt < cfg.retry.attempts
-            && safe
-            && !matches!(err, ProxyError::Deadline)
-            && self.body.next().is_some()
-            && group
-                .budget
-                .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
-        {
+        if safe && !matches!(err, ProxyError::Deadline) && self.may_go_again() {
             Tried::Again(Some(err))
         } else {
             Tried::Fail(err)
         }
     }
 
-    /// A response head came back: retry on its status, switch protocols,
-    /// or stream it to the client.
-    #[allow(clippy::too_many_arguments)]
+    /// Stages **record → retry on status → respond** of a response head:
+    /// retried on its status, switched to another protocol, or streamed
+    /// to the client.
     fn on_response(
         &self,
-        group: &Group,
-        idx: usize,
-        attempt: u32,
         resp: Response<UpBody>,
         mut in_flight: InFlight,
         permit: &mut Option<OwnedSemaphorePermit>,
         upgrade: &mut Option<UpgradeSlot>,
+        rid: &HeaderValue,
     ) -> Tried {
+        let (group, idx) = (self.group, self.idx);
         let cfg = &group.cfg;
         let status = resp.status();
         let switched = status == StatusCode::SWITCHING_PROTOCOLS;
@@ -637,25 +617,18 @@ impl Attempts<'_> {
             },
         );
         in_flight.resolved();
-        if cfg.retry.retries_status(status.as_u16())
-            && attempt < cfg.retry.attempts
-            && self.out.idempotent
-            && self.body.next().is_some()
-            && group
-                .budget
-                .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
-        {
+        if cfg.retry.retries_status(status.as_u16()) && self.out.idempotent && self.may_go_again() {
             debug!(
                 upstream = &*group.name,
                 server = &**group.servers[idx].label(),
                 status = status.as_u16(),
-                attempt,
+                attempt = self.attempt,
                 "Retrying on status"
             );
             return Tried::Again(None);
         }
         let (mut p, inner) = resp.into_parts();
-        p.headers.insert(headers::X_REQUEST_ID, self.rid.clone());
+        p.headers.insert(headers::X_REQUEST_ID, rid.clone());
         if switched {
             if let (Some(slot), Some(up)) = (upgrade.take(), inner.into_upgraded()) {
                 *slot.0.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -681,6 +654,20 @@ impl Attempts<'_> {
             },
         ))
     }
+}
+
+/// The timeouts of one try, or `None` once the request's deadline passed.
+fn try_timeouts(cfg: &centinela_config::Upstream, deadline: Instant) -> Option<Timeouts> {
+    let now = Instant::now();
+    if now >= deadline {
+        return None;
+    }
+    Some(Timeouts {
+        connect: cfg.timeouts.connect,
+        pool_idle: cfg.timeouts.idle,
+        head: cfg.timeouts.response.min(deadline - now),
+        body_idle: cfg.timeouts.body_idle,
+    })
 }
 
 /// Stage **pick**: a server of the group not tried yet, counted in flight

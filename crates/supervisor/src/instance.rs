@@ -8,7 +8,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::os::fd::OwnedFd;
+
 use centinela_config::{Restart, Service};
+use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -372,18 +375,37 @@ fn pump(
     })
 }
 
+/// Waits until the instance's process has exited, without reaping it: its
+/// pid, which is also its process group's id, cannot be reused until it is
+/// reaped, so the group can still be killed safely. Without pidfds (Linux
+/// before 5.3) it reaps, as `wait` does.
+async fn exited(child: &mut tokio::process::Child, pidfd: Option<&AsyncFd<OwnedFd>>) {
+    match pidfd {
+        Some(fd) => {
+            let _ = fd.readable().await;
+        }
+        None => {
+            let _ = child.wait().await;
+        }
+    }
+}
+
+/// Stops the whole group: the stop signal, then SIGKILL after the timeout;
+/// then what is left of the group, before the instance is reaped.
 async fn stop_group(child: &mut tokio::process::Child, pid: u32, svc: &Service) {
+    let pidfd = sys::watch_exit(pid);
     sys::kill_group(pid, svc.stop.signal.number);
-    if tokio::time::timeout(svc.stop.timeout, child.wait())
+    if tokio::time::timeout(svc.stop.timeout, exited(child, pidfd.as_ref()))
         .await
         .is_err()
     {
         warn!(service = %svc.name, pid, timeout_secs = svc.stop.timeout.as_secs_f64(), "Instance ignored the stop signal; sending SIGKILL");
         sys::kill_group(pid, libc::SIGKILL);
-        let _ = child.wait().await;
+        exited(child, pidfd.as_ref()).await;
     }
     // Leftover members of the group never outlive the instance.
     sys::kill_group(pid, libc::SIGKILL);
+    let _ = child.wait().await;
 }
 
 /// Waits until the instance is ready (its readiness probe, else a TCP connect
@@ -530,7 +552,8 @@ async fn run(
                     st.pid = Some(pid);
                     st.started_at = Some(started);
                 }
-                info!(instance = %name, pid, port = ?port, "Instance started");
+                info!(instance = %name, pid, port = port.unwrap_or(0), "Instance started");
+                let pidfd = sys::watch_exit(pid);
                 let out = child.stdout.take().map(|s| pump(s, log.clone(), None));
                 let err = child
                     .stderr
@@ -542,7 +565,11 @@ async fn run(
                     Hung(String),
                 }
                 let ended = tokio::select! {
-                    r = child.wait() => Ended::Exited(r),
+                    () = exited(&mut child, pidfd.as_ref()) => {
+                        // Exited, not yet reaped: the group goes first.
+                        sys::kill_group(pid, libc::SIGKILL);
+                        Ended::Exited(child.wait().await)
+                    }
                     m = stop_asked(&mut stop, &mut closing) => Ended::Stop(m),
                     why = probes(&svc, port, &set_state, &ready) => Ended::Hung(why),
                 };
@@ -577,7 +604,6 @@ async fn run(
                         Err(std::io::Error::other(why))
                     }
                 };
-                sys::kill_group(pid, libc::SIGKILL);
                 // Let the pumps record the last lines (they end at EOF).
                 for h in [out, err].into_iter().flatten() {
                     let _ = tokio::time::timeout(Duration::from_millis(200), h).await;

@@ -17,6 +17,17 @@ pub async fn check(p: &Probe, port: Option<u16>, workdir: &Path) -> Result<(), S
     }
 }
 
+/// Kills a probe's process group when dropped before the probe ended.
+struct KillGroup(Option<u32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            crate::sys::kill_group(pid, libc::SIGKILL);
+        }
+    }
+}
+
 async fn check_inner(kind: &ProbeKind, port: Option<u16>, workdir: &Path) -> Result<(), String> {
     let addr = port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
     match kind {
@@ -68,10 +79,16 @@ async fn check_inner(kind: &ProbeKind, port: Option<u16>, workdir: &Path) -> Res
             if let Some(p) = port {
                 c.env("PORT", p.to_string());
             }
-            let status = c
-                .status()
+            // Its own process group: a probe that times out (this future
+            // is dropped) is killed with whatever it started.
+            c.process_group(0);
+            let mut child = c.spawn().map_err(|e| format!("exec {program}: {e}"))?;
+            let group = KillGroup(child.id());
+            let status = child
+                .wait()
                 .await
                 .map_err(|e| format!("exec {program}: {e}"))?;
+            std::mem::forget(group);
             if status.success() {
                 Ok(())
             } else {

@@ -6,6 +6,9 @@
 //!   the *thread* that spawned the child exits: instances are spawned from
 //!   runtime worker threads, which live as long as centinela.
 //! - `sysconf` for the clock tick rate and page size, to read `/proc`.
+//! - `pidfd_open`: a descriptor that becomes readable when a process exits,
+//!   *before* it is reaped, so that its process group can be killed while
+//!   its id cannot yet be reused.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -42,9 +45,10 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
             {
                 return Err(io::Error::last_os_error());
             }
-            // The parent may have died before prctl took effect.
+            // The parent may have died before prctl took effect. (An error
+            // from a raw code: `io::Error::other` would allocate.)
             if libc::getppid() != parent {
-                return Err(io::Error::other("parent exited during spawn"));
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
@@ -83,4 +87,31 @@ pub fn kill_pid(pid: u32, sig: i32) -> bool {
     }
     // SAFETY: as for kill_group; pid > 1 names one process.
     unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Something to await that becomes ready when process `pid` exits, before
+/// it is reaped (a pidfd, Linux 5.3+). `None` where pidfds are missing.
+pub fn watch_exit(pid: u32) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let fd = pidfd_open(pid).ok()?;
+    // SAFETY: an `OwnedFd` holds one open descriptor for its whole life
+    // and always returns that same descriptor from `as_raw_fd`, which is
+    // what `register` asks of its caller.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE).ok()
+    }
+}
+
+/// A descriptor that becomes readable when process `pid` exits (Linux 5.3+).
+fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new file
+    // descriptor or -1; no memory of ours is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel, is open, and is owned
+    // by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }

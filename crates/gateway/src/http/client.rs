@@ -455,19 +455,20 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
         } else if no_body {
             (State::Body(Decoder::Done), !conn_close)
         } else if f.te {
+            // A coding other than chunked (gzip...) would reach the client
+            // as coded bytes with no label: centinela does not decode it.
+            if !f.only_chunked {
+                return Err(Error::Invalid("a transfer coding other than chunked"));
+            }
             // Content-Length means nothing next to Transfer-Encoding, and
             // such a response is not trusted with another request.
             if f.length.is_some() {
                 headers.remove(header::CONTENT_LENGTH);
             }
-            if f.chunked {
-                (
-                    State::Body(Decoder::Chunked(Chunk::Size)),
-                    !conn_close && f.length.is_none(),
-                )
-            } else {
-                (State::Body(Decoder::Eof), false)
-            }
+            (
+                State::Body(Decoder::Chunked(Chunk::Size)),
+                !conn_close && f.length.is_none(),
+            )
         } else if let Some(n) = f.length {
             (State::Body(Decoder::Length(n)), !conn_close)
         } else {
@@ -764,6 +765,14 @@ mod tests {
             (
                 b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
                 "Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx",
+                "transfer coding",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nxx\r\n0\r\n\r\n",
+                "transfer coding",
             ),
         ];
         for (reply, want) in cases {

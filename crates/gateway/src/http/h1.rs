@@ -80,6 +80,8 @@ struct Conn {
     body: Decoder,
     /// Bytes of `100 Continue` still to write before the body is read.
     continue_left: usize,
+    /// How much of `buf` is known to hold no end of a head.
+    scanned: usize,
 }
 
 type Io = Arc<Mutex<Conn>>;
@@ -181,12 +183,15 @@ pub async fn serve(
     listener: Arc<str>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
+    // The connection's place under the listener's max_connections.
+    _place: tokio::sync::OwnedSemaphorePermit,
 ) {
     let io: Io = Arc::new(Mutex::new(Conn {
         io: stream,
         buf: InBuf::default(),
         body: Decoder::Done,
         continue_left: 0,
+        scanned: 0,
     }));
     let end = serve_h1(&io, peer, &listener, &shared, &mut stop).await;
     let Ok(conn) = Arc::try_unwrap(io).map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
@@ -378,9 +383,20 @@ fn poll_head(
                 if c.buf.len() >= PREFACE.len() {
                     return Poll::Ready(Wait::H2);
                 }
+            } else if !c.buf[c.scanned.min(c.buf.len())..].contains(&b'\n') {
+                // Parsed again only once a line has ended: a head arriving
+                // a byte at a time is not re-parsed for every byte.
+                if c.buf.len() >= MAX_HEAD {
+                    return Poll::Ready(Wait::Refuse(ProxyError::HeadTooLarge(
+                        "request head over 64 KiB",
+                    )));
+                }
             } else {
                 match parse_request(&mut c.buf) {
-                    Ok(Some(head)) => return Poll::Ready(Wait::Head(head)),
+                    Ok(Some(head)) => {
+                        c.scanned = 0;
+                        return Poll::Ready(Wait::Head(head));
+                    }
                     Ok(None) if c.buf.len() >= MAX_HEAD => {
                         return Poll::Ready(Wait::Refuse(ProxyError::HeadTooLarge(
                             "request head over 64 KiB",
@@ -391,6 +407,7 @@ fn poll_head(
                 }
             }
         }
+        c.scanned = c.buf.len();
         match c.buf.poll_fill(&mut c.io, cx) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Wait::Close),
             Poll::Ready(Ok(_)) => {}
@@ -491,15 +508,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
 
 /// A `\n` not preceded by `\r`.
 fn has_bare_lf(head: &[u8]) -> bool {
-    let mut from = 0;
-    while let Some(i) = head[from..].iter().position(|&b| b == b'\n') {
-        let at = from + i;
-        if at == 0 || head[at - 1] != b'\r' {
-            return true;
-        }
-        from = at + 1;
-    }
-    false
+    memchr::memchr_iter(b'\n', head).any(|at| at == 0 || head[at - 1] != b'\r')
 }
 
 /// How a response body is delimited on the way to the client.

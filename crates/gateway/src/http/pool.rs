@@ -45,18 +45,29 @@ impl Pool {
     /// Gives back a connection whose exchange has ended cleanly.
     pub fn put(&self, conn: Conn) {
         let now = Instant::now();
-        let timeout = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
         let mut idle = self.lock();
-        // The oldest are at the front: close those idle for too long.
+        self.expire(&mut idle, now);
+        if idle.len() < MAX_IDLE {
+            idle.push((conn, now));
+        }
+    }
+
+    /// Closes the connections idle for longer than the upstream's idle
+    /// timeout. Called by `put`, and on a timer for pools nobody uses.
+    pub fn reap(&self) {
+        let mut idle = self.lock();
+        self.expire(&mut idle, Instant::now());
+    }
+
+    fn expire(&self, idle: &mut Vec<(Conn, Instant)>, now: Instant) {
+        let timeout = Duration::from_millis(self.idle_ms.load(Ordering::Relaxed));
+        // The oldest are at the front.
         let expired = idle
             .iter()
             .take_while(|(_, since)| now.duration_since(*since) >= timeout)
             .count();
         if expired > 0 {
             idle.drain(..expired);
-        }
-        if idle.len() < MAX_IDLE {
-            idle.push((conn, now));
         }
     }
 
@@ -172,6 +183,22 @@ mod tests {
     }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    #[tokio::test]
+    async fn reaping_closes_idle_connections_nobody_takes() {
+        let server = TestServer::ok().await;
+        let pool = Arc::new(Pool::default());
+        get(&pool, server.addr, Duration::from_secs(60), true)
+            .await
+            .unwrap();
+        pool.reap();
+        assert_eq!(pool.idle_count(), 1, "not idle for long yet");
+        // Idle past a zero timeout: the reaper closes it, with no request.
+        get(&pool, server.addr, Duration::ZERO, true).await.unwrap();
+        assert_eq!(pool.idle_count(), 1);
+        pool.reap();
+        assert_eq!(pool.idle_count(), 0);
+    }
 
     #[tokio::test]
     async fn an_idle_connection_closed_by_the_server_is_not_used_again() {

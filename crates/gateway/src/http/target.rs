@@ -39,10 +39,6 @@ impl Target {
         a.to_str().ok().map(|s| &s[..self.host_len])
     }
 
-    pub fn authority_str(&self) -> Option<&str> {
-        self.authority.as_ref().and_then(|a| a.to_str().ok())
-    }
-
     pub fn path(&self) -> &str {
         self.path_and_query.path()
     }
@@ -226,20 +222,28 @@ pub fn authority(raw: &[u8]) -> Result<(Cow<'_, str>, usize), &'static str> {
     if raw.is_empty() || raw.len() > 262 {
         return Err(BAD);
     }
+    let mut upper = false;
     let host_len = if raw[0] == b'[' {
         let end = raw.iter().position(|&b| b == b']').ok_or(BAD)?;
         let inner = std::str::from_utf8(&raw[1..end]).map_err(|_| BAD)?;
         inner.parse::<Ipv6Addr>().map_err(|_| BAD)?;
+        upper = inner.bytes().any(|b| b.is_ascii_uppercase());
         end + 1
     } else {
-        let n = raw.iter().position(|&b| b == b':').unwrap_or(raw.len());
-        if n == 0 || n > 253 {
-            return Err(BAD);
+        // One pass: where the port starts, and whether a byte is not a
+        // name's (or needs lower-casing).
+        let mut n = raw.len();
+        for (i, &b) in raw.iter().enumerate() {
+            if b == b':' {
+                n = i;
+                break;
+            }
+            if !NAME[b as usize] {
+                return Err(BAD);
+            }
+            upper |= b.is_ascii_uppercase();
         }
-        if !raw[..n]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-        {
+        if n == 0 || n > 253 {
             return Err(BAD);
         }
         n
@@ -259,12 +263,24 @@ pub fn authority(raw: &[u8]) -> Result<(Cow<'_, str>, usize), &'static str> {
     }
     // All ASCII by now.
     let s = std::str::from_utf8(raw).map_err(|_| BAD)?;
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+    if upper {
         Ok((Cow::Owned(s.to_ascii_lowercase()), host_len))
     } else {
         Ok((Cow::Borrowed(s), host_len))
     }
 }
+
+/// Bytes of a host name: letters, digits, `-._~`.
+static NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    t
+};
 
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
