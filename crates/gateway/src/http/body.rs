@@ -186,6 +186,20 @@ impl RespBody {
     }
 }
 
+impl RespBody {
+    /// The next piece of the body if it is there now; no timer is armed
+    /// for a wait (the caller polls again as a `Body` if it must wait).
+    pub fn poll_frame_now(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::http::client::Error>>> {
+        match self {
+            RespBody::Upstream { inner, .. } => inner.poll_data(cx, false),
+            RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}
+
 impl Body for RespBody {
     type Data = Bytes;
     type Error = crate::http::client::Error;

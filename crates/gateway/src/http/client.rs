@@ -509,6 +509,46 @@ pub struct Upgraded {
 }
 
 impl UpBody {
+    /// The next piece of the body. With `arm`, a wait arms the body_idle
+    /// timer; without, the poll only looks at what is there (the caller
+    /// will poll again with `arm`, and wants no timer for a glance).
+    pub fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+        arm: bool,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let (Some(conn), State::Body(dec)) = (self.conn.as_mut(), &mut self.state) else {
+            return Poll::Ready(None);
+        };
+        // A body that runs to the close was never to be reused
+        // (`keep_alive` is false for it).
+        let polled = conn.buf.poll_body(dec, &mut conn.io, cx);
+        let Poll::Ready(polled) = polled else {
+            if !arm {
+                return Poll::Pending;
+            }
+            return match self.idle.poll_idle(cx) {
+                Poll::Ready(()) => {
+                    // Dropped, not pooled: its state is unknown.
+                    self.conn = None;
+                    Poll::Ready(Some(Err(Error::Timeout(
+                        "the server stopped sending the response body",
+                    ))))
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        };
+        self.idle.progress();
+        match polled {
+            Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Ok(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
     /// The upstream's `timeouts.body_idle`.
     pub fn idle_timeout(&self) -> Duration {
         self.idle.timeout()
@@ -557,34 +597,7 @@ impl Body for UpBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let this = self.get_mut();
-        let (Some(conn), State::Body(dec)) = (this.conn.as_mut(), &mut this.state) else {
-            return Poll::Ready(None);
-        };
-        // A body that runs to the close was never to be reused
-        // (`keep_alive` is false for it).
-        let polled = conn.buf.poll_body(dec, &mut conn.io, cx);
-        let Poll::Ready(polled) = polled else {
-            return match this.idle.poll_idle(cx) {
-                Poll::Ready(()) => {
-                    // Dropped, not pooled: its state is unknown.
-                    this.conn = None;
-                    Poll::Ready(Some(Err(Error::Timeout(
-                        "the server stopped sending the response body",
-                    ))))
-                }
-                Poll::Pending => Poll::Pending,
-            };
-        };
-        this.idle.progress();
-        match polled {
-            Ok(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
-            Ok(None) => {
-                this.finish();
-                Poll::Ready(None)
-            }
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
+        self.get_mut().poll_data(cx, true)
     }
 
     fn is_end_stream(&self) -> bool {

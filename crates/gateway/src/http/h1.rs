@@ -574,7 +574,7 @@ async fn respond(
         let frame = if wbuf.is_empty() {
             body.frame().await
         } else {
-            match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            match poll_fn(|cx| Poll::Ready(body.poll_frame_now(cx))).await {
                 Poll::Ready(f) => f,
                 Poll::Pending => {
                     write_all(io, wbuf, &[], writing).await?;
@@ -651,20 +651,13 @@ async fn write_all(
             } else {
                 w.poll_write_vectored(cx, &[io::IoSlice::new(a), io::IoSlice::new(b)])
             };
-            match polled {
-                Poll::Pending => writing.poll_idle(cx).map(|()| {
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client did not read for write_timeout",
-                    ))
-                }),
-                ready => {
-                    writing.progress();
-                    ready
-                }
+            if polled.is_pending() {
+                return write_wait(writing, cx);
             }
+            polled
         })
         .await?;
+        writing.progress();
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -674,6 +667,17 @@ async fn write_all(
     }
     wbuf.clear();
     Ok(())
+}
+
+/// A write that must wait: how long the client has taken nothing.
+#[cold]
+fn write_wait(writing: &mut IdleTimer, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    writing.poll_idle(cx).map(|()| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not read for write_timeout",
+        ))
+    })
 }
 
 fn encode_head(
