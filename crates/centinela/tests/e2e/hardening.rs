@@ -485,3 +485,179 @@ async fn an_idle_upgraded_connection_is_closed_after_tunnel_idle() {
     assert_eq!(&got, b"HTTP/1.1 101");
     assert!(closes(&mut s).await, "closed after tunnel_idle");
 }
+
+/// Reads one response off `s` (its head and a `content-length` body): the
+/// status and the body.
+async fn one_response(s: &mut TcpStream) -> Option<(u16, String)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    let status = head.get(9..12)?.parse().ok()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < end + len {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some((
+        status,
+        String::from_utf8_lossy(&buf[end..end + len]).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_is_not_charged_to_the_server() {
+    // Every answer closes its connection: each request needs a new one.
+    let up = raw_server(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+        false,
+    )
+    .await;
+    let dir = centinela_testkit::TempDir::new("emfile");
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[route]]
+upstream = "app"
+
+[upstream.app]
+servers = ["{up}"]
+health = {{ path = "/health", interval = "50ms", timeout = "500ms", rise = 1, fall = 1 }}
+outlier = {{ consecutive_failures = 2 }}
+breaker = {{ min_requests = 2 }}
+retry = {{ attempts = 1 }}
+
+[runtime]
+worker_threads = 1
+access_log = false
+"#
+        ),
+    )
+    .unwrap();
+    // A low open-files limit (hard and soft) that centinela cannot raise.
+    let script = format!(
+        "ulimit -n 64 && exec {} run --config {}",
+        centinela_testkit::bin("centinela").display(),
+        cfg.display()
+    );
+    let mut proc =
+        centinela_testkit::Proc::spawn(std::path::Path::new("/bin/sh"), &["-c", &script]);
+    let admin: SocketAddr = centinela_testkit::field(
+        &proc
+            .wait_line("Admin API listening", Duration::from_secs(20))
+            .await,
+        "addr",
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let web: SocketAddr = centinela_testkit::field(
+        &proc
+            .wait_line("Listening listener=web", Duration::from_secs(20))
+            .await,
+        "addr",
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    // Idle keep-alive clients, each served once, until the gateway has no
+    // descriptor left to accept one more (it stays in the backlog).
+    let mut clients = Vec::new();
+    let mut waiting = None;
+    // Whether the waiting client's request is still unanswered.
+    let mut pending = true;
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(web).await.unwrap();
+        s.write_all(get).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(1), one_response(&mut s)).await {
+            Ok(Some((200, _))) => clients.push(s),
+            Ok(Some((503, body))) => {
+                assert!(body.contains("gateway out of resources"), "{body}");
+                waiting = Some(s);
+                pending = false;
+                break;
+            }
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(_) => {
+                waiting = Some(s);
+                break;
+            }
+        }
+    }
+    let mut waiting = waiting.expect("the descriptors ran out within 100 clients");
+    // Left in the backlog: one descriptor comes back, the waiting client
+    // is accepted with it, and its request finds none left to reach the
+    // server. (Answered 503 already: no descriptor is left as it is.)
+    if pending {
+        clients.pop();
+    }
+    // (A health check may hold a descriptor for a moment, or free one:
+    // count the answers rather than expect each.)
+    let mut local = 0;
+    for _ in 0..40 {
+        if !std::mem::take(&mut pending) {
+            waiting.write_all(get).await.unwrap();
+        }
+        let Ok(Some((status, body))) =
+            tokio::time::timeout(Duration::from_secs(10), one_response(&mut waiting)).await
+        else {
+            panic!("not answered; centinela said: {:#?}", proc.drain());
+        };
+        match status {
+            503 => {
+                assert!(body.contains("gateway out of resources"), "{body}");
+                local += 1;
+            }
+            200 => {}
+            other => panic!("unexpected status {other}: {body}"),
+        }
+        if local >= 6 {
+            break;
+        }
+    }
+    assert!(local >= 6, "only {local} answers found no descriptor");
+    // Descriptors back: the server is still healthy, never ejected, its
+    // breaker closed, and it serves.
+    clients.truncate(clients.len().saturating_sub(20));
+    drop(waiting);
+    let c = client();
+    let got = centinela_testkit::get(&c, &format!("http://{admin}/-/upstreams"))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&got.body).unwrap();
+    let server = &v["upstreams"][0]["servers"][0];
+    assert_eq!(server["healthy"], true, "{v}");
+    assert_eq!(server["ejected"], false, "{v}");
+    assert_eq!(server["breaker"], "closed", "{v}");
+    assert_eq!(server["consecutive_failures"], 0, "{v}");
+    let got = centinela_testkit::get(&c, &format!("http://{web}/"))
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+    drop(clients);
+    proc.signal(libc::SIGTERM);
+    proc.wait_exit(Duration::from_secs(10)).await;
+}

@@ -482,11 +482,15 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
 /// no end? Only the new bytes are searched (and the three before them), so
 /// that a head arriving a byte at a time is not re-parsed for every byte.
 pub fn head_may_end(buf: &[u8], scanned: usize) -> bool {
-    let from = scanned.saturating_sub(3);
-    buf[from..]
-        .windows(2)
-        .enumerate()
-        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(from + i + 2) == Some(&b'\n')))
+    let from = scanned.saturating_sub(3).min(buf.len());
+    memchr::memchr_iter(b'\n', &buf[from..]).any(|i| {
+        let at = from + i;
+        match buf.get(at + 1) {
+            Some(b'\n') => true,
+            Some(b'\r') => buf.get(at + 2) == Some(&b'\n'),
+            _ => false,
+        }
+    })
 }
 
 /// A response body read straight from the server's connection.

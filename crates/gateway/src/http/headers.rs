@@ -138,12 +138,12 @@ impl Rewrite {
         request_id: &HeaderValue,
         upgrade: bool,
     ) -> Rewrite {
-        use std::io::Write;
         let mut lines = Vec::with_capacity(128);
-        let _ = write!(
-            lines,
-            "x-forwarded-for: {client}\r\nx-forwarded-proto: {proto}\r\n"
-        );
+        lines.extend_from_slice(b"x-forwarded-for: ");
+        push_ip(&mut lines, client);
+        lines.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        lines.extend_from_slice(proto.as_bytes());
+        lines.extend_from_slice(b"\r\n");
         lines.extend_from_slice(b"x-request-id: ");
         lines.extend_from_slice(request_id.as_bytes());
         lines.extend_from_slice(b"\r\n");
@@ -174,6 +174,25 @@ impl Rewrite {
             || s == "x-real-ip"
             || s == "x-request-id"
             || self.named.contains(name))
+    }
+}
+
+/// Writes an address as text; IPv4 without the formatting machinery (once
+/// per request).
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(crate::http::codec::itoa(u64::from(octet), &mut [0u8; 20]));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -328,6 +347,23 @@ mod tests {
         assert!(r.keeps(&header::UPGRADE));
         assert!(!r.keeps(&header::CONNECTION));
         assert!(String::from_utf8_lossy(&r.lines).ends_with("connection: upgrade\r\n"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_does() {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.20.3.4",
+            "::1",
+            "2001:db8::5",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
     }
 
     #[test]
