@@ -661,3 +661,33 @@ access_log = false
     proc.signal(libc::SIGTERM);
     proc.wait_exit(Duration::from_secs(10)).await;
 }
+
+#[tokio::test]
+async fn http2_fields_are_checked_and_cookies_joined_for_http1() {
+    let up = servers(1).await;
+    let gw = start(&config(&[(up[0].addr, 1)], "")).await;
+    let h2: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    // Several cookie fields (as HTTP/2 clients split them) become one.
+    let req = Request::get(url(&gw, "/c"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-echo-cookie"], "a=1; b=2");
+    assert_eq!(resp.headers().get_all("x-echo-cookie").iter().count(), 1);
+    // A value with leading or trailing whitespace is malformed.
+    for value in [" padded", "padded\t"] {
+        let req = Request::get(url(&gw, "/w"))
+            .header("x-a", value)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = h2.request(req).await.unwrap();
+        assert_eq!(resp.status(), 400, "{value:?}");
+    }
+    assert_eq!(up[0].hits(), 1, "nothing malformed was forwarded");
+}

@@ -845,6 +845,26 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_response_head_during_an_upload_is_capped_too() {
+        // A server that answers an upload with a head that never ends.
+        let endless: &'static [u8] = Box::leak(
+            [&b"HTTP/1.1 200 OK\r\n"[..], &vec![b'x'; 80 * 1024]]
+                .concat()
+                .into_boxed_slice(),
+        );
+        let (addr, _) = scripted(vec![(endless, false)]).await;
+        let pool = Arc::new(Pool::default());
+        let big = Bytes::from(vec![b'x'; 8 << 20]);
+        match exchange(&pool, addr, Method::POST, ReqBody::Full(Some(big))).await {
+            Err(Error::Invalid(why)) => assert!(why.contains("too large"), "{why}"),
+            other => panic!(
+                "expected a refusal, got {:?}",
+                other.map(|(r, _)| r.status())
+            ),
+        }
+    }
+
     #[test]
     fn request_heads_carry_their_own_framing() {
         let mut headers = HeaderMap::new();
