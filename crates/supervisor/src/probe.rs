@@ -97,3 +97,46 @@ async fn check_inner(kind: &ProbeKind, port: Option<u16>, workdir: &Path) -> Res
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn an_exec_probe_that_times_out_is_killed_with_what_it_started() {
+        let dir = std::env::temp_dir().join(format!("centinela-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let probe = Probe {
+            kind: ProbeKind::Exec(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "sleep 300 & echo $! > child.pid; wait".into(),
+            ]),
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(300),
+            failures: 1,
+        };
+        let err = check(&probe, None, &dir).await.unwrap_err();
+        assert!(err.contains("timed out"), "{err}");
+        let pid: i32 = std::fs::read_to_string(dir.join("child.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The probe's own child (sleep) dies with the probe's group.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let gone = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+        };
+        while !gone() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the probe's child {pid} outlived it"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -691,3 +691,65 @@ async fn http2_fields_are_checked_and_cookies_joined_for_http1() {
     }
     assert_eq!(up[0].hits(), 1, "nothing malformed was forwarded");
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_header_timeout() {
+    let up = servers(1).await;
+    let toml = config(&[(up[0].addr, 1)], "").replace(
+        "listen = \"127.0.0.1:0\"\n\n[[route]]",
+        "listen = \"127.0.0.1:0\"\nheader_timeout = \"300ms\"\n\n[[route]]",
+    );
+    assert!(toml.contains("header_timeout = \"300ms\""));
+    let gw = start(&toml).await;
+    let tcp = TcpStream::connect(gw.listener_addr("web").unwrap())
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get(url(&gw, "/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp.into_body().collect().await.unwrap());
+    // No stream open: the gateway closes the connection (GOAWAY).
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle HTTP/2 connection was closed")
+        .unwrap()
+        .ok();
+}
+
+#[tokio::test]
+async fn upgraded_connections_close_when_the_gateway_drains() {
+    let up = raw_server(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        true,
+    )
+    .await;
+    let gw = start(&config(&[(up, 1)], "")).await;
+    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = [0u8; 12];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"HTTP/1.1 101");
+    // The tunnel takes part in the drain: shutdown ends it, well before
+    // its timeout.
+    let drained =
+        tokio::time::timeout(Duration::from_secs(5), gw.shutdown(Duration::from_secs(30)))
+            .await
+            .expect("the drain did not wait for the tunnel's own end");
+    assert!(drained);
+    assert!(closes(&mut s).await, "the tunnel was closed by the drain");
+}

@@ -306,7 +306,8 @@ async fn serve_h1(
         if let Some(s) = &slot {
             req.extensions_mut().insert(s.clone());
         }
-        let body = if body.is_end() {
+        let has_body = !body.is_end();
+        let body = if !has_body {
             ClientBody::Empty
         } else {
             let mut c = lock(io);
@@ -323,7 +324,7 @@ async fn serve_h1(
         let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         // A request body left unread ends the connection after this answer:
         // say so in it.
-        let keep_alive = keep_alive && !*draining.borrow() && lock(io).body.is_end();
+        let keep_alive = keep_alive && !*draining.borrow() && (!has_body || lock(io).body.is_end());
         let sent = respond(
             io,
             &mut wbuf,
