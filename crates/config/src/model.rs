@@ -105,7 +105,7 @@ impl HashKey {
             return Ok(HashKey::ClientIp);
         }
         match s.split_once(':') {
-            Some(("header", name)) if !name.is_empty() => match http_header_name_ok(name) {
+            Some(("header", name)) if !name.is_empty() => match is_token(name) {
                 true => Ok(HashKey::Header(name.to_ascii_lowercase())),
                 false => Err(format!("{name:?} is not a valid header name")),
             },
@@ -117,9 +117,12 @@ impl HashKey {
     }
 }
 
-fn http_header_name_ok(name: &str) -> bool {
-    name.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+/// An HTTP token (RFC 9110 §5.6.2): header names, protocol names.
+pub(crate) fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::diag::Sink;
+use crate::model::is_token;
 use crate::model::*;
 use crate::units::{parse_duration, parse_size, StatusSet};
 
@@ -1050,11 +1051,4 @@ pub fn default_timeouts() -> Timeouts {
         body_idle: Duration::from_secs(30),
         tunnel_idle: Duration::from_secs(3600),
     }
-}
-
-/// An HTTP token (RFC 9110 §5.6.2).
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

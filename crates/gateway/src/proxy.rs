@@ -461,10 +461,10 @@ impl<'a> Outgoing<'a> {
             target: self.target.as_str(),
             headers: self.headers,
             rewrite: &self.rewrite,
+            // Checked by target.rs: no second look at the bytes.
             host: match &self.authority {
-                // Checked: visible ASCII only.
-                Some(a) => a.to_str().unwrap_or_default(),
-                None => server.authority.as_str(),
+                Some(a) => a.as_bytes(),
+                None => server.authority.as_str().as_bytes(),
             },
         }
     }

@@ -51,6 +51,40 @@ async fn raw_server(reply: &'static [u8], stall: bool) -> SocketAddr {
     addr
 }
 
+/// `config` with one more key in its `web` listener's table.
+fn listener_key(toml: String, line: &str) -> String {
+    let at = "listen = \"127.0.0.1:0\"\n\n[[route]]";
+    assert!(toml.contains(at));
+    toml.replacen(
+        at,
+        &format!("listen = \"127.0.0.1:0\"\n{line}\n\n[[route]]"),
+        1,
+    )
+}
+
+/// A client connection to the `web` listener that has sent `bytes`.
+async fn send_raw(gw: &centinela_gateway::Gateway, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
+        .await
+        .unwrap();
+    s.write_all(bytes).await.unwrap();
+    s
+}
+
+/// A client connection switched to WebSocket through the gateway.
+async fn websocket(gw: &centinela_gateway::Gateway) -> TcpStream {
+    let mut s = send_raw(
+        gw,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await;
+    let mut got = [0u8; 12];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"HTTP/1.1 101");
+    s
+}
+
 /// Reads until the peer closes (or 10 s pass): true if it closed.
 async fn closes(s: &mut TcpStream) -> bool {
     let mut buf = vec![0u8; 64 * 1024];
@@ -70,19 +104,12 @@ async fn closes(s: &mut TcpStream) -> bool {
 async fn a_client_that_never_reads_is_cut_off_and_its_slot_released() {
     let big = "x".repeat(32 << 20);
     let up = server_with(move |_| Reply::ok(&big)).await;
-    let toml = config(&[(up.addr, 1)], "limits = { max_in_flight = 1, queue = 0 }").replace(
-        "listen = \"127.0.0.1:0\"\n\n[[route]]",
-        "listen = \"127.0.0.1:0\"\nwrite_timeout = \"300ms\"\n\n[[route]]",
+    let toml = listener_key(
+        config(&[(up.addr, 1)], "limits = { max_in_flight = 1, queue = 0 }"),
+        "write_timeout = \"300ms\"",
     );
-    assert!(toml.contains("write_timeout"));
     let gw = start(&toml).await;
-    let mut reader = TcpStream::connect(gw.listener_addr("web").unwrap())
-        .await
-        .unwrap();
-    reader
-        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let mut reader = send_raw(&gw, b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").await;
     // The only slot is taken while the 32 MiB answer is stuck.
     let c = client();
     assert_eventually!(
@@ -114,12 +141,7 @@ async fn a_server_that_stops_sending_its_body_is_cut_off_after_body_idle() {
         "limits = { max_in_flight = 1, queue = 0 }\ntimeouts = { body_idle = \"300ms\" }\nretry = { attempts = 1 }",
     ))
     .await;
-    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = send_raw(&gw, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     // The head and what came of the body, then the connection ends: the
     // client sees a body cut short, not a hang.
     let mut got = Vec::new();
@@ -308,14 +330,11 @@ async fn a_client_that_stops_sending_its_body_gets_408() {
     .await;
     for len in ["10", "1000000"] {
         // Buffered (small) and streamed (large) bodies alike.
-        let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
-            .await
-            .unwrap();
-        s.write_all(
+        let mut s = send_raw(
+            &gw,
             format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\nabc").as_bytes(),
         )
-        .await
-        .unwrap();
+        .await;
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
             .await
@@ -340,12 +359,11 @@ async fn an_answer_that_leaves_the_body_unread_says_connection_close() {
     )
     .await;
     let gw = start(&config(&[(up, 1)], "retry = { attempts = 1 }")).await;
-    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
-        .await
-        .unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = send_raw(
+        &gw,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n",
+    )
+    .await;
     s.write_all(&[b'z'; 100_000]).await.unwrap();
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
@@ -424,11 +442,7 @@ async fn the_admin_api_refuses_rebinding_cross_site_and_unmarked_posts() {
 #[tokio::test]
 async fn past_max_connections_accepts_pause_until_one_closes() {
     let up = servers(1).await;
-    let toml = config(&[(up[0].addr, 1)], "").replace(
-        "listen = \"127.0.0.1:0\"\n\n[[route]]",
-        "listen = \"127.0.0.1:0\"\nmax_connections = 2\n\n[[route]]",
-    );
-    assert!(toml.contains("max_connections = 2"));
+    let toml = listener_key(config(&[(up[0].addr, 1)], ""), "max_connections = 2");
     let gw = start(&toml).await;
     let addr = gw.listener_addr("web").unwrap();
     let req = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -471,18 +485,7 @@ async fn an_idle_upgraded_connection_is_closed_after_tunnel_idle() {
         "timeouts = { tunnel_idle = \"300ms\" }",
     ))
     .await;
-    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
-        .await
-        .unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut got = [0u8; 12];
-    s.read_exact(&mut got).await.unwrap();
-    assert_eq!(&got, b"HTTP/1.1 101");
+    let mut s = websocket(&gw).await;
     assert!(closes(&mut s).await, "closed after tunnel_idle");
 }
 
@@ -695,11 +698,7 @@ async fn http2_fields_are_checked_and_cookies_joined_for_http1() {
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_header_timeout() {
     let up = servers(1).await;
-    let toml = config(&[(up[0].addr, 1)], "").replace(
-        "listen = \"127.0.0.1:0\"\n\n[[route]]",
-        "listen = \"127.0.0.1:0\"\nheader_timeout = \"300ms\"\n\n[[route]]",
-    );
-    assert!(toml.contains("header_timeout = \"300ms\""));
+    let toml = listener_key(config(&[(up[0].addr, 1)], ""), "header_timeout = \"300ms\"");
     let gw = start(&toml).await;
     let tcp = TcpStream::connect(gw.listener_addr("web").unwrap())
         .await
@@ -732,18 +731,7 @@ async fn upgraded_connections_close_when_the_gateway_drains() {
     )
     .await;
     let gw = start(&config(&[(up, 1)], "")).await;
-    let mut s = TcpStream::connect(gw.listener_addr("web").unwrap())
-        .await
-        .unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut got = [0u8; 12];
-    s.read_exact(&mut got).await.unwrap();
-    assert_eq!(&got, b"HTTP/1.1 101");
+    let mut s = websocket(&gw).await;
     // The tunnel takes part in the drain: shutdown ends it, well before
     // its timeout.
     let drained =

@@ -125,7 +125,8 @@ pub struct RequestHead<'a> {
     pub rewrite: &'a Rewrite,
     /// Sent as `Host` and `X-Forwarded-Host`: the request's checked
     /// authority, or the server's address when the client named none.
-    pub host: &'a str,
+    /// Checked bytes: written as they are.
+    pub host: &'a [u8],
 }
 
 /// Where the response is.
@@ -244,14 +245,8 @@ impl Conn {
     async fn read_head(&mut self, is_head: bool) -> Result<Parsed, Error> {
         let mut scanned = 0;
         loop {
-            if head_may_end(&self.buf, scanned) {
-                if let Some(parsed) = parse_head(&mut self.buf, is_head)? {
-                    return Ok(parsed);
-                }
-            }
-            scanned = self.buf.len();
-            if self.buf.len() >= MAX_HEAD {
-                return Err(Error::Invalid("response head too large"));
+            if let Some(parsed) = next_head(&mut self.buf, &mut scanned, is_head)? {
+                return Ok(parsed);
             }
             let got_any = !self.buf.is_empty();
             match self.fill().await {
@@ -331,14 +326,8 @@ impl Conn {
                     // Interim (1xx) answers are skipped; a final one ends
                     // the upload.
                     Ok(n) if n > 0 => {
-                        if head_may_end(buf, scanned) {
-                            if let Some(parsed) = parse_head(buf, is_head)? {
-                                return Ok(Some(Early::Head(parsed)));
-                            }
-                        }
-                        scanned = buf.len();
-                        if buf.len() >= MAX_HEAD {
-                            return Err(Error::Invalid("response head too large"));
+                        if let Some(parsed) = next_head(buf, &mut scanned, is_head)? {
+                            return Ok(Some(Early::Head(parsed)));
                         }
                     }
                     _ => return Ok(Some(Early::Stopped)),
@@ -370,9 +359,9 @@ fn encode_head(w: &mut Vec<u8>, head: &RequestHead<'_>, length: Option<u64>, chu
     // The checked authority, never the client's own Host field (which
     // `rewrite` drops): what was routed is what the server reads.
     w.extend_from_slice(b"host: ");
-    w.extend_from_slice(head.host.as_bytes());
+    w.extend_from_slice(head.host);
     w.extend_from_slice(b"\r\nx-forwarded-host: ");
-    w.extend_from_slice(head.host.as_bytes());
+    w.extend_from_slice(head.host);
     w.extend_from_slice(b"\r\n");
     for (name, value) in head.headers {
         if name == header::CONTENT_LENGTH || !head.rewrite.keeps(name) {
@@ -476,6 +465,26 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
         };
         return Ok(Some((status, version, headers, state, keep_alive)));
     }
+}
+
+/// The response head at the front of `buf` once it is whole, looked for
+/// only in the bytes read since the last look (`scanned`); refused past
+/// [`MAX_HEAD`], whether or not the request is still being sent.
+fn next_head(
+    buf: &mut BytesMut,
+    scanned: &mut usize,
+    is_head: bool,
+) -> Result<Option<Parsed>, Error> {
+    if head_may_end(buf, *scanned) {
+        if let Some(parsed) = parse_head(buf, is_head)? {
+            return Ok(Some(parsed));
+        }
+    }
+    *scanned = buf.len();
+    if buf.len() >= MAX_HEAD {
+        return Err(Error::Invalid("response head too large"));
+    }
+    Ok(None)
 }
 
 /// Could a head end in `buf`, given that its first `scanned` bytes held
@@ -678,7 +687,7 @@ mod tests {
             target: "/",
             headers: &headers,
             rewrite: &Rewrite::default(),
-            host: "test",
+            host: b"test",
         };
         let conn = match pool.checkout(Duration::from_secs(60)) {
             Some(c) => c,
@@ -878,7 +887,7 @@ mod tests {
             target: "/p?q=1",
             headers: &headers,
             rewrite: &Rewrite::default(),
-            host: "127.0.0.1:8001",
+            host: b"127.0.0.1:8001",
         };
         let mut w = Vec::new();
         encode_head(&mut w, &head, Some(12345), false);

@@ -282,16 +282,11 @@ pub fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str>
             b';' => {
                 i += 1;
                 ws(&mut i);
-                let start = i;
-                while i < buf.len() && is_tchar(buf[i]) {
-                    i += 1;
-                }
-                if i == buf.len() {
-                    return more();
-                }
-                if i == start {
-                    return Err("bad chunk extension");
-                }
+                i = match token_end(buf, i) {
+                    Token::End(end) => end,
+                    Token::More => return more(),
+                    Token::None => return Err("bad chunk extension"),
+                };
                 let mut j = i;
                 ws(&mut j);
                 match buf.get(j) {
@@ -329,16 +324,11 @@ pub fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str>
                                 }
                             }
                             Some(_) => {
-                                let start = i;
-                                while i < buf.len() && is_tchar(buf[i]) {
-                                    i += 1;
-                                }
-                                if i == buf.len() {
-                                    return more();
-                                }
-                                if i == start {
-                                    return Err("bad chunk extension");
-                                }
+                                i = match token_end(buf, i) {
+                                    Token::End(end) => end,
+                                    Token::More => return more(),
+                                    Token::None => return Err("bad chunk extension"),
+                                };
                             }
                         }
                     }
@@ -350,7 +340,29 @@ pub fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str>
     }
 }
 
-fn hex_value(b: u8) -> u8 {
+/// A token starting at `i` in a line that goes on past it.
+enum Token {
+    /// It ends before `End`.
+    End(usize),
+    /// It runs to the end of what was read: more is needed.
+    More,
+    /// No token there.
+    None,
+}
+
+fn token_end(buf: &[u8], i: usize) -> Token {
+    let n = buf[i..].iter().take_while(|&&b| is_tchar(b)).count();
+    if i + n == buf.len() {
+        Token::More
+    } else if n == 0 {
+        Token::None
+    } else {
+        Token::End(i + n)
+    }
+}
+
+/// The value of a hex digit (the caller checked it is one).
+pub fn hex_value(b: u8) -> u8 {
     match b {
         b'0'..=b'9' => b - b'0',
         b'a'..=b'f' => b - b'a' + 10,

@@ -955,10 +955,16 @@ impl Drop for Stream {
 /// the slot and closing the upstream connection) once hyper has taken
 /// nothing for the upstream's `body_idle`, and closes the connection.
 pub struct H2Body {
-    shared: Option<Arc<Mutex<Watched>>>,
-    /// Bodies the gateway made itself (errors), sent at once.
-    own: Option<RespBody>,
+    body: Sent,
     _stream: Stream,
+}
+
+enum Sent {
+    /// A body of the gateway's own (an error), or one already whole: sent
+    /// at once.
+    Own(RespBody),
+    /// An upstream's body, under the watchdog.
+    Watched(Arc<Mutex<Watched>>),
 }
 
 struct Watched {
@@ -971,15 +977,13 @@ struct Watched {
 impl H2Body {
     fn new(body: RespBody, stream: Stream) -> H2Body {
         let idle = match &body {
-            RespBody::Upstream { inner, .. } if !body.is_end_stream() => Some(inner.idle_timeout()),
-            _ => None,
-        };
-        let Some(idle) = idle else {
-            return H2Body {
-                shared: None,
-                own: Some(body),
-                _stream: stream,
-            };
+            RespBody::Upstream { inner, .. } if !body.is_end_stream() => inner.idle_timeout(),
+            _ => {
+                return H2Body {
+                    body: Sent::Own(body),
+                    _stream: stream,
+                }
+            }
         };
         let shared = Arc::new(Mutex::new(Watched {
             body: Some(body),
@@ -1012,10 +1016,14 @@ impl H2Body {
             }
         });
         H2Body {
-            shared: Some(shared),
-            own: None,
+            body: Sent::Watched(shared),
             _stream: stream,
         }
+    }
+
+    /// The upstream's body, if the watchdog has not taken it.
+    fn watched<R>(w: &Mutex<Watched>, f: impl FnOnce(Option<&RespBody>) -> R) -> R {
+        f(w.lock().unwrap_or_else(|p| p.into_inner()).body.as_ref())
     }
 }
 
@@ -1027,11 +1035,9 @@ impl Body for H2Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(own) = self.own.as_mut() {
-            return Pin::new(own).poll_frame(cx);
-        }
-        let Some(shared) = &self.shared else {
-            return Poll::Ready(None);
+        let shared = match &mut self.body {
+            Sent::Own(own) => return Pin::new(own).poll_frame(cx),
+            Sent::Watched(shared) => shared,
         };
         let mut w = shared.lock().unwrap_or_else(|p| p.into_inner());
         w.last = Instant::now();
@@ -1050,28 +1056,18 @@ impl Body for H2Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        match (&self.own, &self.shared) {
-            (Some(own), _) => own.is_end_stream(),
-            (None, Some(s)) => s
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .body
-                .as_ref()
-                .is_none_or(|b| b.is_end_stream()),
-            (None, None) => true,
+        match &self.body {
+            Sent::Own(own) => own.is_end_stream(),
+            Sent::Watched(w) => Self::watched(w, |b| b.is_none_or(|b| b.is_end_stream())),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.own, &self.shared) {
-            (Some(own), _) => own.size_hint(),
-            (None, Some(s)) => s
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .body
-                .as_ref()
-                .map_or(SizeHint::with_exact(0), |b| b.size_hint()),
-            (None, None) => SizeHint::with_exact(0),
+        match &self.body {
+            Sent::Own(own) => own.size_hint(),
+            Sent::Watched(w) => {
+                Self::watched(w, |b| b.map_or(SizeHint::with_exact(0), |b| b.size_hint()))
+            }
         }
     }
 }

@@ -146,7 +146,7 @@ mod tests {
             target: "/",
             headers: &headers,
             rewrite: &crate::http::headers::Rewrite::default(),
-            host: "test",
+            host: b"test",
         };
         let t = Timeouts {
             connect: Duration::from_secs(1),

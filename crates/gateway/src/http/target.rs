@@ -18,6 +18,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Uri, Version};
 
 use crate::error::ProxyError;
+use crate::http::codec::hex_value;
 
 /// A request's target, as routed and as forwarded.
 #[derive(Debug)]
@@ -270,7 +271,8 @@ pub fn authority(raw: &[u8]) -> Result<(Cow<'_, str>, usize), &'static str> {
     }
 }
 
-/// Bytes of a host name: letters, digits, `-._~`.
+/// Bytes of a host name, and RFC 3986's unreserved characters: letters,
+/// digits, `-._~`.
 static NAME: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
@@ -281,18 +283,6 @@ static NAME: [bool; 256] = {
     }
     t
 };
-
-fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-fn hex(b: u8) -> u8 {
-    match b {
-        b'0'..=b'9' => b - b'0',
-        b'a'..=b'f' => b - b'a' + 10,
-        _ => b - b'A' + 10,
-    }
-}
 
 /// Strict path normalization: percent-encoded unreserved characters are
 /// decoded, dot segments removed (RFC 3986 §5.2.4). Refused: `%2F`,
@@ -322,12 +312,13 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
                 if !(h.is_ascii_hexdigit() && l.is_ascii_hexdigit()) {
                     return Err("bad percent-encoding in path");
                 }
-                let c = hex(h) << 4 | hex(l);
+                let c = hex_value(h) << 4 | hex_value(l);
                 match c {
                     b'/' => return Err("encoded slash (%2F) in path"),
                     b'\\' => return Err("encoded backslash (%5C) in path"),
                     0 => return Err("encoded NUL (%00) in path"),
-                    c if unreserved(c) => decoded.push(c as char),
+                    // Unreserved: the bytes of a host name.
+                    c if NAME[c as usize] => decoded.push(c as char),
                     _ => {
                         decoded.push('%');
                         decoded.push(h.to_ascii_uppercase() as char);
