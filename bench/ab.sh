@@ -2,7 +2,8 @@
 # Paired A/B of two centinela builds: this work tree against BASELINE (a git
 # revision, default HEAD~1), in front of the same nginx origin, loaded at
 # the same time on the same CPU so that the shared machine's noise falls on
-# both. Each round gives one ratio of CPU µs per request (new ÷ baseline).
+# both. Each round gives one ratio of CPU µs per request (new ÷ baseline),
+# and one of p99 latency.
 #
 #   BASELINE=<rev> bench/ab.sh [ROUNDS] [SECONDS]     (default 8 rounds of 5 s)
 #   BASELINE=<rev> BASELINE_BIN=path/to/centinela bench/ab.sh   (reuse a build)
@@ -105,13 +106,14 @@ out="$work/ab.tsv"
 for c in $CONNS; do
     for round in $(seq 1 "$ROUNDS"); do
         a0=$(ticks $NEW_PID); b0=$(ticks $OLD_PID)
-        "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$A/" >"$work/a.out" & wa=$!
-        "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$B/" >"$work/b.out" & wb=$!
+        "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" --latency "http://127.0.0.1:$A/" >"$work/a.out" & wa=$!
+        "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" --latency "http://127.0.0.1:$B/" >"$work/b.out" & wb=$!
         wait $wa $wb
         a1=$(ticks $NEW_PID); b1=$(ticks $OLD_PID)
         na=$(grep -o '[0-9]* requests in' "$work/a.out" | cut -d' ' -f1)
         nb=$(grep -o '[0-9]* requests in' "$work/b.out" | cut -d' ' -f1)
-        printf '%s\t%s\t%s\t%s\t%s\n' "$c" $((a1 - a0)) "$na" $((b1 - b0)) "$nb" >>"$out"
+        pa=$(awk '/^ +99%/{print $2}' "$work/a.out"); pb=$(awk '/^ +99%/{print $2}' "$work/b.out")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" $((a1 - a0)) "$na" $((b1 - b0)) "$nb" "$pa" "$pb" >>"$out"
     done
 done
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -121,10 +123,15 @@ import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 hz = int(sys.argv[2])
 us = lambda t, n: int(t) * 1e6 / hz / int(n)
+def ms(v):
+    x = float(v.rstrip("usm"))
+    return x / 1000 if v.endswith("us") else x * 1000 if v.endswith("s") and not v.endswith("ms") else x
 for c in sorted({r[0] for r in rows}, key=int):
     rs = [r for r in rows if r[0] == c]
     ratios = sorted(us(r[1], r[2]) / us(r[3], r[4]) for r in rs)
     new = statistics.median(us(r[1], r[2]) for r in rs)
     old = statistics.median(us(r[3], r[4]) for r in rs)
-    print(f"  {c:>4} conns: CPU µs/request {statistics.median(ratios):.3f}x [{ratios[0]:.3f}-{ratios[-1]:.3f}]  (new {new:.1f} µs, baseline {old:.1f} µs)")
+    p99 = sorted(ms(r[5]) / ms(r[6]) for r in rs)
+    print(f"  {c:>4} conns: CPU µs/request {statistics.median(ratios):.3f}x [{ratios[0]:.3f}-{ratios[-1]:.3f}]  (new {new:.1f} µs, baseline {old:.1f} µs)"
+          f"; p99 {statistics.median(p99):.2f}x [{p99[0]:.2f}-{p99[-1]:.2f}]")
 PY
