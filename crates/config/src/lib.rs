@@ -6,19 +6,107 @@
 //! value. Config is loaded from a string so tests need no files.
 #![forbid(unsafe_code)]
 
+//! One module per section of the file, each reading like its table in
+//! `docs/config.md`: the types of the section, how it is read, its defaults.
+mod admin;
 mod diag;
-mod model;
-mod parse;
+mod listener;
+mod read;
+mod route;
+mod runtime;
 mod service;
 pub mod units;
+mod upstream;
 
 use std::path::Path;
 
+pub use admin::Admin;
 pub use diag::{ConfigError, Diagnostic};
-pub use model::*;
-pub use parse::{
-    default_breaker, default_limits, default_outlier, default_retry, default_timeouts,
+pub use listener::{Listener, PathNormalization};
+pub use route::Route;
+pub use runtime::{LogFormat, Runtime};
+pub use service::{GiveUp, Logs, Probe, ProbeKind, Restart, Service, ServiceBackoff, Signal, Stop};
+pub use upstream::{
+    default_breaker, default_limits, default_outlier, default_retry, default_timeouts, Balance,
+    Breaker, HashKey, Health, Limits, Outlier, Retry, RetryOn, Server, Timeouts, Upstream,
 };
+
+use toml::de::DeTable;
+use toml::Spanned;
+
+use read::Obj;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub admin: Admin,
+    pub listeners: Vec<Listener>,
+    pub routes: Vec<Route>,
+    pub upstreams: Vec<Upstream>,
+    /// Programs run by the supervisor.
+    pub services: Vec<Service>,
+    pub runtime: Runtime,
+}
+
+impl Config {
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// Reads every section, then checks the references between them.
+fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path) -> Config {
+    let mut top = Obj {
+        table: root.get_ref(),
+        path: String::new(),
+        known: Vec::new(),
+    };
+    let admin = admin::admin(sink, &mut top);
+    let (listeners, listener_spans) = listener::listeners(sink, &mut top);
+    let (routes, route_refs) = route::routes(sink, &mut top);
+    // Services first: an upstream fed by a service needs no static servers.
+    let mut services = Vec::new();
+    if let Some(svcs) = top.sub(sink, "service") {
+        for (k, v) in svcs.table.iter() {
+            if let Some(p) = service::service(sink, v, k.get_ref(), base_dir) {
+                services.push(p);
+            }
+        }
+    }
+    let fed: Vec<String> = services
+        .iter()
+        .filter_map(|p| p.service.upstream.clone())
+        .collect();
+
+    let mut upstreams = Vec::new();
+    // Every key under [upstream] is an upstream name, so none is "unknown".
+    if let Some(ups) = top.sub(sink, "upstream") {
+        for (k, v) in ups.table.iter() {
+            let name: &str = k.get_ref().as_ref();
+            let path = format!("upstream.{name}");
+            if let Some(u) =
+                upstream::upstream(sink, v, name, &path, fed.contains(&name.to_string()))
+            {
+                upstreams.push(u);
+            }
+        }
+    }
+    let runtime = runtime::runtime(sink, &mut top);
+    top.finish(sink);
+
+    // Cross-references.
+    let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
+    service::cross_check(sink, &services, &upstream_names);
+    listener::check(sink, &listeners, &listener_spans);
+    route::check(sink, &routes, &route_refs, &upstreams, &listeners);
+    Config {
+        admin,
+        listeners,
+        routes,
+        upstreams,
+        services: services.into_iter().map(|p| p.service).collect(),
+        runtime,
+    }
+}
 
 /// A config that passed validation, and the warnings found on the way.
 #[derive(Clone, Debug)]
@@ -49,7 +137,7 @@ pub fn parse(src: &str, file: &str) -> Result<Loaded, ConfigError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(std::path::Path::new("."));
-    let config = parse::build(&mut sink, &root, base_dir);
+    let config = build(&mut sink, &root, base_dir);
     let (errors, warnings) = sink.finish();
     if errors.is_empty() {
         Ok(Loaded { config, warnings })

@@ -8,8 +8,144 @@ use std::time::Duration;
 use toml::de::DeValue;
 
 use crate::diag::Sink;
-use crate::model::*;
-use crate::parse::{array_items, missing, type_name, Obj, SV};
+use crate::read::{array_items, missing, type_name, Obj, SV};
+
+/// When a crashed instance is restarted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// A signal by name, with its Linux number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub name: &'static str,
+    pub number: i32,
+}
+
+impl Signal {
+    pub const TERM: Signal = Signal {
+        name: "SIGTERM",
+        number: 15,
+    };
+
+    pub fn parse(s: &str) -> Option<Signal> {
+        let name = s.strip_prefix("SIG").unwrap_or(s);
+        let (name, number) = match name {
+            "TERM" => ("SIGTERM", 15),
+            "INT" => ("SIGINT", 2),
+            "QUIT" => ("SIGQUIT", 3),
+            "HUP" => ("SIGHUP", 1),
+            "KILL" => ("SIGKILL", 9),
+            "USR1" => ("SIGUSR1", 10),
+            "USR2" => ("SIGUSR2", 12),
+            "WINCH" => ("SIGWINCH", 28),
+            _ => return None,
+        };
+        Some(Signal { name, number })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// `GET path` on the instance's port; 2xx/3xx passes.
+    Http(String),
+    /// A TCP connect to the instance's port.
+    Tcp,
+    /// A command; exit code 0 passes.
+    Exec(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that count (liveness: kill and restart).
+    pub failures: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceBackoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Uptime after which the backoff starts again from `initial`.
+    pub reset_after: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stop {
+    pub signal: Signal,
+    /// SIGKILL to the process group after this.
+    pub timeout: Duration,
+    /// On a rolling restart, scale-down or `centinela stop`, the instance
+    /// first leaves its upstream; its requests in flight get this long to
+    /// finish before the stop signal is sent.
+    pub drain: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logs {
+    pub dir: std::path::PathBuf,
+    pub max_size: u64,
+    pub keep: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GiveUp {
+    pub restarts: u32,
+    pub within: Duration,
+}
+
+/// A supervised program run as `instances` processes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    /// Resolved path of the program.
+    pub command: std::path::PathBuf,
+    /// Arguments; `{port}` is replaced by the instance's port.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: std::path::PathBuf,
+    pub instances: u32,
+    /// First and last port of the pool. Instance `i` starts on `first + i`;
+    /// ports beyond `instances` let a rolling restart start each replacement
+    /// before stopping the instance it replaces.
+    pub ports: Option<(u16, u16)>,
+    /// Instances join this upstream as its servers once ready.
+    pub upstream: Option<String>,
+    pub restart: Restart,
+    pub backoff: ServiceBackoff,
+    pub stop: Stop,
+    pub liveness: Option<Probe>,
+    pub readiness: Option<Probe>,
+    pub logs: Option<Logs>,
+    pub give_up: Option<GiveUp>,
+    /// How long a rolling restart waits for a replacement to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl Service {
+    /// The port instance `instance` starts on.
+    pub fn port(&self, instance: u32) -> Option<u16> {
+        self.ports.map(|(first, _)| first + instance as u16)
+    }
+
+    /// Every port of the pool.
+    pub fn port_pool(&self) -> impl Iterator<Item = u16> {
+        self.ports.into_iter().flat_map(|(a, b)| a..=b)
+    }
+
+    /// Equal in everything but the number of instances: a change of
+    /// `instances` alone scales, anything else rolls the instances.
+    pub fn same_but_instances(&self, other: &Service) -> bool {
+        let mut o = other.clone();
+        o.instances = self.instances;
+        *self == o
+    }
+}
 
 /// A parsed service plus the spans needed for cross-checks.
 pub(crate) struct ParsedService {

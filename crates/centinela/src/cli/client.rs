@@ -1,0 +1,52 @@
+//! The admin API as the CLI commands call it: plain HTTP/1.0 on loopback.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::load;
+
+/// A plain HTTP/1.0 request to the admin API: the status code and body.
+pub(super) fn admin_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)
+        .map_err(|e| format!("cannot reach the admin API at {addr}: {e}"))?;
+    let _ = s.set_read_timeout(timeout);
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nX-Centinela: 1\r\nContent-Length: 0\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("reading from {addr}: {e}"))?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or("malformed answer from the admin API")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("malformed status line from the admin API")?;
+    Ok((code, body.to_string()))
+}
+
+/// A GET to the admin API; the body of a 200 answer.
+pub(super) fn admin_get(addr: &str, path: &str) -> Result<String, String> {
+    match admin_request(addr, "GET", path, Some(std::time::Duration::from_secs(5)))? {
+        (200, body) => Ok(body),
+        (code, body) => Err(format!("admin API answered {code}: {body}")),
+    }
+}
+
+/// The admin address: `--admin`, else `[admin] listen` of the config file.
+pub(super) fn admin_addr(admin: Option<String>, config: &Path) -> Result<String, ExitCode> {
+    match admin {
+        Some(a) => Ok(a),
+        None => load(config).map(|l| l.config.admin.listen.to_string()),
+    }
+}

@@ -1,0 +1,239 @@
+//! `centinela run`: start the gateway and the supervisor, serve signals
+//! (SIGHUP reloads, SIGTERM/SIGINT drain and exit).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use centinela_config::LogFormat;
+use centinela_gateway::Gateway;
+use centinela_supervisor::Supervisor;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+use super::load;
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}
+
+pub(super) fn run(path: &Path) -> ExitCode {
+    let loaded = match load(path) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let cfg = loaded.config;
+    init_logging(cfg.runtime.log_format);
+    match crate::limits::raise_nofile() {
+        Ok((old, new)) if old != new => {
+            tracing::info!(
+                old,
+                new,
+                "Raised the open files limit (RLIMIT_NOFILE) to its hard limit"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "Could not raise the open files limit"),
+    }
+    // One worker: a single-threaded event loop, like HAProxy's nbthread 1 or
+    // one nginx worker, without work-stealing overhead. Otherwise the
+    // multi-threaded scheduler; TOKIO_WORKER_THREADS is honoured by tokio
+    // when the config leaves worker_threads at 0.
+    let mut rt = if cfg.runtime.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if cfg.runtime.worker_threads > 1 {
+            b.worker_threads(cfg.runtime.worker_threads);
+        }
+        b
+    };
+    rt.enable_all();
+    let rt = match rt.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("centinela: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(path.to_path_buf(), cfg))
+}
+
+async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
+    let (mut hup, mut term, mut int) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        _ => {
+            eprintln!("centinela: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let services = cfg.services.clone();
+    let gw = match Gateway::start(cfg).await {
+        Ok(g) => Arc::new(g),
+        Err(e) => {
+            error!(error = %e, "Cannot start");
+            eprintln!("centinela: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Supervised instances join their upstream once ready.
+    let supervisor = Arc::new(Supervisor::start(
+        &services,
+        Some(Arc::new(Members(gw.clone()))),
+    ));
+    let view = supervisor.view();
+    gw.add_status("services", Arc::new(move || view.to_json()));
+    gw.add_action("services", service_action(supervisor.clone()));
+    info!(config = %path.display(), pid = std::process::id(), services = services.len(), "centinela started");
+    crate::sdnotify::notify("READY=1");
+    let trim = tokio::spawn(crate::memory::trim_periodically(
+        std::time::Duration::from_secs(10),
+    ));
+    let watchdog = crate::sdnotify::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            loop {
+                crate::sdnotify::notify("WATCHDOG=1");
+                tokio::time::sleep(every).await;
+            }
+        })
+    });
+    let (services_tx, mut services_rx) = tokio::sync::watch::channel(Vec::new());
+    let sup = supervisor.clone();
+    let applier = tokio::spawn(async move {
+        while services_rx.changed().await.is_ok() {
+            let services = services_rx.borrow_and_update().clone();
+            for r in sup.apply(&services).await {
+                match r {
+                    Ok(done) => info!(change = %done, "Service change applied"),
+                    Err(e) => error!(error = %e, "Service change failed"),
+                }
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!(config = %path.display(), "SIGHUP: reloading configuration");
+                match centinela_config::load(&path) {
+                    Ok(l) => {
+                        for w in &l.warnings {
+                            warn!(warning = %w, "Config warning");
+                        }
+                        let services = l.config.services.clone();
+                        if let Err(e) = gw.reload(l.config).await {
+                            error!(error = %e, "Reload failed; keeping the running configuration");
+                            continue;
+                        }
+                        // Rolling restarts take a while: signals keep being
+                        // served meanwhile; one task applies service changes,
+                        // one reload after the other, the newest last.
+                        let _ = services_tx.send(services);
+                    }
+                    Err(e) => {
+                        for d in &e.errors {
+                            error!(error = %d, "Invalid configuration");
+                        }
+                        error!(errors = e.errors.len(), "Reload rejected; keeping the running configuration");
+                    }
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    crate::sdnotify::notify("STOPPING=1");
+    // A service change under way ends with the runtime.
+    drop(applier);
+    trim.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let timeout = gw.config().runtime.shutdown_timeout;
+    info!(
+        timeout_secs = timeout.as_secs_f64(),
+        "Shutting down: draining in-flight requests"
+    );
+    if gw.shutdown(timeout).await {
+        info!("Drained");
+    } else {
+        warn!("Shutdown timeout reached with requests still in flight");
+    }
+    supervisor.stop().await;
+    info!("Instances stopped, exiting");
+    ExitCode::SUCCESS
+}
+
+/// The gateway's upstreams, as the supervisor sees them.
+struct Members(Arc<Gateway>);
+
+impl centinela_supervisor::Membership for Members {
+    fn set(&self, upstream: &str, addr: std::net::SocketAddr, ready: bool) {
+        self.0.set_member(upstream, addr, ready);
+    }
+
+    fn in_flight(&self, upstream: &str, addr: std::net::SocketAddr) -> u32 {
+        self.0.member_in_flight(upstream, addr)
+    }
+}
+
+/// `POST /-/services/NAME/{restart,stop,start}`. The operation runs in its
+/// own task: a client that hangs up does not cut a rolling restart short.
+fn service_action(sup: Arc<Supervisor>) -> centinela_gateway::admin::ActionFn {
+    use centinela_supervisor::OpError;
+    use http::StatusCode;
+    Arc::new(move |rest: String| {
+        let sup = sup.clone();
+        Box::pin(async move {
+            let Some((name, op)) = rest.split_once('/') else {
+                return (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": "expected /-/services/NAME/restart, stop or start"}),
+                );
+            };
+            let (name, op) = (name.to_string(), op.to_string());
+            let task = tokio::spawn(async move {
+                match op.as_str() {
+                    "restart" => Some(sup.restart(&name).await),
+                    "stop" => Some(sup.stop_service(&name).await),
+                    "start" => Some(sup.start_service(&name).await),
+                    _ => None,
+                }
+            });
+            match task.await {
+                Ok(Some(Ok(done))) => (StatusCode::OK, serde_json::json!({ "result": done })),
+                Ok(Some(Err(e @ OpError::NotFound(_)))) => (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": e.to_string()}),
+                ),
+                Ok(Some(Err(e))) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"error": e.to_string()}),
+                ),
+                Ok(None) => (
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"error": "unknown action; expected restart, stop or start"}),
+                ),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"error": format!("the operation's task failed: {e}")}),
+                ),
+            }
+        })
+    })
+}

@@ -1,0 +1,177 @@
+//! `[[route]]`: which upstream serves a request, by listener, host and path.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use toml::de::DeValue;
+
+use crate::diag::Sink;
+use crate::listener::Listener;
+use crate::read::{array_items, is_token, missing, type_name, Obj};
+use crate::upstream::Upstream;
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// `None`: the route applies to every listener.
+    pub listener: Option<String>,
+    /// Exact host match, lower-cased, port ignored. `None`: any host.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub strip_prefix: bool,
+    pub upstream: String,
+    /// Protocols a client may switch to (`Upgrade`), lower-cased.
+    pub upgrade: Vec<String>,
+}
+
+pub(crate) struct RouteRef {
+    upstream: (String, Range<usize>),
+    listener: Option<(String, Range<usize>)>,
+    span: Range<usize>,
+    path: String,
+}
+
+pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>, Vec<RouteRef>) {
+    let mut routes = Vec::new();
+    let mut route_refs = Vec::new();
+    if let Some(v) = top.get("route") {
+        for (i, item) in array_items(sink, v, "route") {
+            let path = format!("route[{i}]");
+            let Some(mut o) = Obj::new(sink, item, &path) else {
+                continue;
+            };
+            let listener = o.str(sink, "listener");
+            let host = o.str(sink, "host").map(|(h, _)| {
+                let h = h.to_ascii_lowercase();
+                strip_port(&h).to_string()
+            });
+            let path_prefix = match o.str(sink, "path_prefix") {
+                Some((p, span)) if !p.starts_with('/') => {
+                    sink.error(&span, &o.child_path("path_prefix"), "must start with '/'");
+                    p
+                }
+                Some((p, _)) => p,
+                None => "/".to_string(),
+            };
+            let strip_prefix = o.bool(sink, "strip_prefix", false);
+            let upgrade = match o.get("upgrade") {
+                None => vec!["websocket".to_string()],
+                Some(list) => {
+                    let lp = o.child_path("upgrade");
+                    let mut v = Vec::new();
+                    for (i, item) in array_items(sink, list, &lp) {
+                        match item.get_ref() {
+                            DeValue::String(s) if is_token(s) && !s.eq_ignore_ascii_case("h2c") => {
+                                v.push(s.to_ascii_lowercase())
+                            }
+                            DeValue::String(s) if s.eq_ignore_ascii_case("h2c") => sink.error(
+                                &item.span(),
+                                &format!("{lp}[{i}]"),
+                                "h2c upgrades are never forwarded (request smuggling): clients speak HTTP/2 to centinela directly",
+                            ),
+                            DeValue::String(s) => sink.error(
+                                &item.span(),
+                                &format!("{lp}[{i}]"),
+                                format!("{s:?} is not a protocol name such as \"websocket\""),
+                            ),
+                            other => sink.error(
+                                &item.span(),
+                                &format!("{lp}[{i}]"),
+                                format!("expected a string, found {}", type_name(other)),
+                            ),
+                        }
+                    }
+                    v
+                }
+            };
+            let upstream = o.str(sink, "upstream");
+            if upstream.is_none()
+                && o.table
+                    .iter()
+                    .all(|(k, _)| k.get_ref().as_ref() != "upstream")
+            {
+                missing(sink, &item.span(), &path, "upstream");
+            }
+            o.finish(sink);
+            if let Some(up) = upstream {
+                route_refs.push(RouteRef {
+                    upstream: up.clone(),
+                    listener: listener.clone(),
+                    span: item.span(),
+                    path: path.clone(),
+                });
+                routes.push(Route {
+                    listener: listener.map(|l| l.0),
+                    host,
+                    path_prefix,
+                    strip_prefix,
+                    upstream: up.0,
+                    upgrade,
+                });
+            }
+        }
+    }
+    (routes, route_refs)
+}
+
+/// Routes point at known upstreams and listeners, and none is defined twice.
+pub(crate) fn check(
+    sink: &mut Sink<'_>,
+    routes: &[Route],
+    route_refs: &[RouteRef],
+    upstreams: &[Upstream],
+    listeners: &[Listener],
+) {
+    let mut seen_routes: HashMap<(Option<&str>, Option<&str>, &str), &str> = HashMap::new();
+    for (r, rr) in routes.iter().zip(route_refs) {
+        if upstreams.iter().all(|u| u.name != rr.upstream.0) {
+            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            sink.error(
+                &rr.upstream.1,
+                &format!("{}.upstream", rr.path),
+                format!(
+                    "unknown upstream {:?}; defined upstreams: {}",
+                    rr.upstream.0,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        if let Some((l, span)) = &rr.listener {
+            if listeners.iter().all(|x| &x.name != l) {
+                sink.error(
+                    span,
+                    &format!("{}.listener", rr.path),
+                    format!("unknown listener {l:?}"),
+                );
+            }
+        }
+        let key = (
+            r.listener.as_deref(),
+            r.host.as_deref(),
+            r.path_prefix.as_str(),
+        );
+        if let Some(first) = seen_routes.insert(key, &rr.path) {
+            sink.error(
+                &rr.span,
+                &rr.path,
+                format!("duplicate route: same listener, host and path_prefix as {first}"),
+            );
+        }
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map(|(h, _)| &host[..h.len() + 1])
+            .unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
+        _ => host,
+    }
+}
