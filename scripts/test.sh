@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test: unit, config, end-to-end (real sockets on 127.0.0.1 with
 # ephemeral ports, real centinela and products-api processes).
-# Tests that need Debian packages (PostgreSQL, Redis...) install them here
-# when they are missing; today's tests need none.
+# Tests that need Debian packages install them here when they are missing:
+# prometheus (promtool checks /metrics, a real Prometheus scrapes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need=()
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "Installing ${need[*]} for the tests" >&2
+    sudo_=""
+    [ "$(id -u)" -ne 0 ] && sudo_="sudo"
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
 
 # Binaries the end-to-end tests start as real processes.
 cargo build --bins

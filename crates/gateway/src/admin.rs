@@ -1,4 +1,5 @@
-//! Admin API: `/-/health` (liveness), `/-/ready` (every route has a healthy
+//! Admin API: `/metrics` (Prometheus text or OpenMetrics, see
+//! `crate::metrics`), `/-/health` and `/-/live` (liveness), `/-/ready` (every route has a healthy
 //! server), `/-/upstreams` (live state of every server), pages added with
 //! [`crate::Gateway::add_status`] and `POST` actions added with
 //! [`crate::Gateway::add_action`] (e.g. `POST /-/services/NAME/restart`).
@@ -58,6 +59,33 @@ fn json_resp(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> 
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `GET /metrics`: the gateway's metrics, the process's, and every added
+/// collector's, in the format the scraper asks for.
+fn metrics(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let format = centinela_observe::Format::negotiate(
+        req.headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let process = centinela_observe::process::Process {
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let added = shared.collectors.load();
+    let mut all: Vec<&dyn centinela_observe::Collect> = vec![shared, &process];
+    all.extend(
+        added
+            .iter()
+            .map(|c| &**c as &dyn centinela_observe::Collect),
+    );
+    let text = centinela_observe::render(format, &all);
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(format.content_type()),
     );
     r
 }
@@ -143,9 +171,12 @@ async fn handle(
             json!({"error": "method not allowed"}),
         ));
     }
+    if req.uri().path() == "/metrics" {
+        return Ok(metrics(&shared, &req));
+    }
     let snap = shared.snapshot.load();
     Ok(match req.uri().path() {
-        "/-/health" => json_resp(StatusCode::OK, json!({"status": "ok"})),
+        "/-/health" | "/-/live" => json_resp(StatusCode::OK, json!({"status": "ok"})),
         "/-/ready" => {
             let unready = snap.unready_routes();
             if unready.is_empty() {

@@ -7,6 +7,7 @@ pub mod balance;
 pub mod error;
 pub mod http;
 mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod snapshot;
@@ -51,9 +52,6 @@ pub struct Gateway {
     base: Mutex<Config>,
     /// Ready supervised instances per upstream, added to its servers.
     members: Mutex<HashMap<String, BTreeSet<SocketAddr>>>,
-    /// Supervised servers removed from their upstream, while requests in
-    /// flight may still hold them (for [`Gateway::member_in_flight`]).
-    draining: Mutex<HashMap<(String, SocketAddr), Weak<Server>>>,
     member_changes: Mutex<()>,
     registry: Mutex<Registry>,
     listeners: Mutex<HashMap<String, RunningListener>>,
@@ -108,6 +106,8 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             status: ArcSwap::from_pointee(Vec::new()),
             actions: ArcSwap::from_pointee(Vec::new()),
+            collectors: ArcSwap::from_pointee(Vec::new()),
+            draining: Mutex::new(HashMap::new()),
         });
         let admin_addr = admin_listener
             .local_addr()
@@ -123,7 +123,6 @@ impl Gateway {
             shared,
             base: Mutex::new(base),
             members: Mutex::new(HashMap::new()),
-            draining: Mutex::new(HashMap::new()),
             member_changes: Mutex::new(()),
             registry: Mutex::new(registry),
             listeners: Mutex::new(HashMap::new()),
@@ -312,7 +311,7 @@ impl Gateway {
         if let Some(old) = old {
             if self.server(upstream, addr).is_none() {
                 old.retire();
-                let mut d = lock(&self.draining);
+                let mut d = lock(&self.shared.draining);
                 d.retain(|_, w| w.strong_count() > 0);
                 d.insert((upstream.to_string(), addr), Arc::downgrade(&old));
             }
@@ -333,7 +332,7 @@ impl Gateway {
     pub fn member_in_flight(&self, upstream: &str, addr: SocketAddr) -> u32 {
         let current = self.server(upstream, addr).map(|s| s.in_flight());
         let removed = || {
-            lock(&self.draining)
+            lock(&self.shared.draining)
                 .get(&(upstream.to_string(), addr))
                 .and_then(Weak::upgrade)
                 .map(|s| s.in_flight())
@@ -355,6 +354,14 @@ impl Gateway {
         v.retain(|(n, _)| n != name);
         v.push((name.to_string(), f));
         self.shared.actions.store(Arc::new(v));
+    }
+
+    /// Adds what `c` collects to `GET /metrics` on the admin API.
+    pub fn add_collector(&self, c: Arc<dyn centinela_observe::Collect>) {
+        let mut v: Vec<Arc<dyn centinela_observe::Collect>> =
+            (**self.shared.collectors.load()).clone();
+        v.push(c);
+        self.shared.collectors.store(Arc::new(v));
     }
 
     /// Stops accepting, lets in-flight requests finish up to `timeout`.

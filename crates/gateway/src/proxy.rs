@@ -38,7 +38,7 @@ use crate::http::headers::{self, Rewrite};
 use crate::http::idle::IdleTimer;
 use crate::http::pool::SendError;
 use crate::http::target::{self, Target};
-use crate::route::{strip, CompiledRoute};
+use crate::route::{strip, CompiledRoute, RouteTable};
 use crate::snapshot::Snapshot;
 
 /// What the data plane shares between connections.
@@ -48,11 +48,18 @@ pub struct Shared {
     pub status: ArcSwap<Vec<(String, crate::admin::StatusFn)>>,
     /// Admin actions: `POST /-/NAME/...`.
     pub actions: ArcSwap<Vec<(String, crate::admin::ActionFn)>>,
+    /// What `GET /metrics` writes besides the gateway's own metrics.
+    pub collectors: ArcSwap<Vec<Arc<dyn centinela_observe::Collect>>>,
+    /// Supervised servers removed from their upstream, while requests in
+    /// flight may still hold them.
+    pub draining: Mutex<std::collections::HashMap<(String, SocketAddr), std::sync::Weak<Server>>>,
 }
 
 /// Facts about one request for the access log.
 struct Log {
     upstream: Option<Arc<str>>,
+    /// The upstream's group index in the snapshot, for the counters.
+    group: Option<usize>,
     server: Option<Arc<str>>,
     attempts: u32,
 }
@@ -69,18 +76,17 @@ pub async fn handle(
     let rid = headers::request_id(req.headers());
     let method = req.method().clone();
     let uri = req.uri().clone();
+    let table = snap.routes.get(&*listener);
     let mut log = Log {
         upstream: None,
+        group: None,
         server: None,
         attempts: 0,
     };
     // Boxed, and by a plain function: the future is large (a few KiB), and
     // the connection's task would otherwise keep a slot that size, idle or
     // not (a future built in this body would take room here too).
-    let result = boxed_forward(
-        &shared, &snap, &listener, client, req, &rid, &mut log, start,
-    )
-    .await;
+    let result = boxed_forward(&shared, &snap, table, client, req, &rid, &mut log, start).await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
@@ -88,6 +94,10 @@ pub async fn handle(
             e.into_response(&rid)
         }
     };
+    let took = start.elapsed();
+    if let Some(t) = table {
+        t.record(log.group, resp.status().as_u16(), took);
+    }
     if snap.config.runtime.access_log {
         info!(
             target: "access",
@@ -97,12 +107,20 @@ pub async fn handle(
             upstream = log.upstream.as_deref().unwrap_or("-"),
             server = log.server.as_deref().unwrap_or("-"),
             attempts = log.attempts,
-            duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = took.as_secs_f64() * 1000.0,
             request_id = rid.to_str().unwrap_or(""),
             "request"
         );
     }
     Ok(resp)
+}
+
+/// Counts a response the listener gave before a request could be read
+/// (a malformed or too large head): no upstream.
+pub fn count_refused(shared: &Shared, listener: &str, status: StatusCode) {
+    if let Some(t) = shared.snapshot.load().routes.get(listener) {
+        t.record(None, status.as_u16(), Duration::ZERO);
+    }
 }
 
 /// A request body made ready for one or more attempts.
@@ -226,16 +244,14 @@ fn backoff(base: Duration, max: Duration, retry: u32) -> Duration {
 fn boxed_forward<'a>(
     shared: &'a Shared,
     snap: &'a Snapshot,
-    listener: &'a str,
+    table: Option<&'a RouteTable>,
     client: SocketAddr,
     req: Request<ClientBody>,
     rid: &'a HeaderValue,
     log: &'a mut Log,
     start: Instant,
 ) -> Pin<Box<dyn Future<Output = Result<Response<RespBody>, ProxyError>> + Send + 'a>> {
-    Box::pin(forward(
-        shared, snap, listener, client, req, rid, log, start,
-    ))
+    Box::pin(forward(shared, snap, table, client, req, rid, log, start))
 }
 
 /// The pipeline: check → route → upgrade → limit → prepare → attempts.
@@ -243,14 +259,14 @@ fn boxed_forward<'a>(
 async fn forward(
     shared: &Shared,
     snap: &Snapshot,
-    listener: &str,
+    table: Option<&RouteTable>,
     client: SocketAddr,
     mut req: Request<ClientBody>,
     rid: &HeaderValue,
     log: &mut Log,
     start: Instant,
 ) -> Result<Response<RespBody>, ProxyError> {
-    let table = snap.routes.get(listener).ok_or(ProxyError::NoRoute)?;
+    let table = table.ok_or(ProxyError::NoRoute)?;
     let target = check(&mut req, table.normalization)?;
     let route = table
         .find(target.host(), target.path())
@@ -258,6 +274,7 @@ async fn forward(
     let upgrade = upgrade(&mut req, route)?;
     let group: Arc<Group> = snap.groups[route.group].clone();
     log.upstream = Some(group.name.clone());
+    log.group = Some(route.group);
     group.budget.record_request();
 
     // Limit: the slot is held until the response body ends.

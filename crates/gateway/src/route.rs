@@ -1,7 +1,11 @@
 //! Route matching: per listener, exact-host routes before any-host ones,
 //! then the longest path prefix (matched at a segment boundary).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use centinela_config::{Listener, PathNormalization, Route};
+use centinela_observe::metrics::RequestStats;
 
 #[derive(Debug, Clone)]
 pub struct CompiledRoute {
@@ -20,14 +24,22 @@ pub struct CompiledRoute {
 pub struct RouteTable {
     routes: Vec<CompiledRoute>,
     pub normalization: PathNormalization,
+    /// Responses of this listener, by upstream group index; the last entry
+    /// counts those with no upstream (no route, refused requests). `None`
+    /// for groups no route of this listener leads to.
+    pub stats: Box<[Option<Arc<RequestStats>>]>,
 }
 
 impl RouteTable {
     /// Routes of one listener, most specific first.
+    /// `stats(Some(group))` gives the counters of responses from that
+    /// group, `stats(None)` those without one; `groups` is their number.
     pub fn for_listener(
         listener: &Listener,
         routes: &[Route],
         group_index: impl Fn(&str) -> usize,
+        groups: usize,
+        mut stats: impl FnMut(Option<usize>) -> Arc<RequestStats>,
     ) -> Self {
         let mut routes: Vec<CompiledRoute> = routes
             .iter()
@@ -47,9 +59,26 @@ impl RouteTable {
                 .cmp(&a.host.is_some())
                 .then(b.prefix.len().cmp(&a.prefix.len()))
         });
+        let mut by_group: Vec<Option<Arc<RequestStats>>> = vec![None; groups + 1];
+        for r in &routes {
+            if by_group[r.group].is_none() {
+                by_group[r.group] = Some(stats(Some(r.group)));
+            }
+        }
+        by_group[groups] = Some(stats(None));
         RouteTable {
             routes,
             normalization: listener.path_normalization,
+            stats: by_group.into(),
+        }
+    }
+
+    /// Counts one response: to upstream group `group`, or with none.
+    #[inline]
+    pub fn record(&self, group: Option<usize>, status: u16, took: Duration) {
+        let last = self.stats.len() - 1;
+        if let Some(Some(s)) = self.stats.get(group.unwrap_or(last)) {
+            s.record(status, took);
         }
     }
 
@@ -127,7 +156,7 @@ mod tests {
             r(Some("other"), None, "/api/v2/x", "other"),
         ];
         let web = listener("web");
-        let t = RouteTable::for_listener(&web, &routes, |_| 0);
+        let t = RouteTable::for_listener(&web, &routes, |_| 0, 1, |_| Default::default());
         let up = |h: Option<&str>, p: &str| t.find(h, p).map(|r| r.upstream.clone());
         assert_eq!(up(None, "/api/v2/items").as_deref(), Some("v2"));
         assert_eq!(up(None, "/api/x").as_deref(), Some("api"));
@@ -139,7 +168,8 @@ mod tests {
         );
         // Routes of another listener are not used.
         assert_eq!(up(None, "/api/v2/x").as_deref(), Some("v2"));
-        let only_api = RouteTable::for_listener(&web, &routes[1..2], |_| 0);
+        let only_api =
+            RouteTable::for_listener(&web, &routes[1..2], |_| 0, 1, |_| Default::default());
         assert!(only_api.find(None, "/other").is_none());
     }
 

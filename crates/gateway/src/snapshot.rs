@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use centinela_config::Config;
+use centinela_observe::metrics::RequestStats;
 
 use crate::balance::budget::RetryBudget;
 use crate::balance::server::Server;
@@ -51,6 +52,8 @@ impl Snapshot {
 pub struct Registry {
     servers: HashMap<(String, SocketAddr), Arc<Server>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
+    /// Response counters by (listener, upstream); `""` for no upstream.
+    stats: HashMap<(String, String), Arc<RequestStats>>,
 }
 
 impl Registry {
@@ -85,16 +88,25 @@ impl Registry {
                 .position(|g: &Arc<Group>| &*g.name == name)
                 .unwrap_or(0)
         };
+        let mut stats_keep = HashMap::new();
         let routes = config
             .listeners
             .iter()
             .map(|l| {
+                let stats = |group: Option<usize>| {
+                    let up = group.map_or("", |g| &*groups[g].name);
+                    let key = (l.name.clone(), up.to_string());
+                    let s = self.stats.get(&key).cloned().unwrap_or_default();
+                    stats_keep.insert(key, s.clone());
+                    s
+                };
                 (
                     l.name.clone(),
-                    RouteTable::for_listener(l, &config.routes, index),
+                    RouteTable::for_listener(l, &config.routes, index, groups.len(), stats),
                 )
             })
             .collect();
+        self.stats = stats_keep;
         Snapshot {
             config: Arc::new(config),
             groups,

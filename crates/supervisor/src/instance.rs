@@ -77,6 +77,9 @@ pub struct Status {
     /// of one core, and its resident memory (see `stats`).
     pub cpu_percent: Option<f64>,
     pub rss_kib: Option<u64>,
+    /// CPU seconds used by the instance's process groups, every run of
+    /// this slot since it was shown.
+    pub cpu_seconds: f64,
 }
 
 /// Where instances take and leave traffic: the gateway's upstreams.
@@ -153,6 +156,7 @@ impl Instance {
             delays: VecDeque::new(),
             cpu_percent: None,
             rss_kib: None,
+            cpu_seconds: 0.0,
         }));
         let (stop, stop_rx) = watch::channel(None);
         let (state_tx, state) = watch::channel(State::Starting);

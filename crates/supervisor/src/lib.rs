@@ -14,6 +14,7 @@
 pub mod backoff;
 pub mod instance;
 pub mod logs;
+mod metrics;
 pub mod probe;
 pub mod stats;
 mod sys;
@@ -74,9 +75,19 @@ struct Svc {
     shown: Mutex<Vec<Arc<Mutex<Status>>>>,
     /// A copy of the group's settings, readable while an operation runs.
     spec: Mutex<Arc<Service>>,
+    /// Restarts and CPU seconds of instances no longer shown, so that the
+    /// service's totals never go down.
+    retired: Mutex<(u64, f64)>,
 }
 
 impl Svc {
+    /// Adds what a hidden instance used to the service's totals.
+    fn keep_totals(&self, st: &Status) {
+        let mut r = lock(&self.retired);
+        r.0 += u64::from(st.restarts);
+        r.1 += st.cpu_seconds;
+    }
+
     fn set_spec(&self, g: &mut Group, spec: Arc<Service>) {
         *lock(&self.spec) = spec.clone();
         g.spec = spec;
@@ -290,6 +301,7 @@ impl Inner {
                 released: HashMap::new(),
             }),
             shown: Mutex::new(Vec::new()),
+            retired: Mutex::new((0, 0.0)),
         });
         lock(&self.services).push(svc.clone());
         svc
@@ -339,6 +351,7 @@ impl Inner {
     /// Forgets a finished instance: hides it and gives its port back.
     fn retire(&self, svc: &Svc, g: &mut Group, status: &Arc<Mutex<Status>>) {
         lock(&svc.shown).retain(|s| !Arc::ptr_eq(s, status));
+        svc.keep_totals(&lock(status));
         if let Some(p) = lock(status).port {
             g.released.insert(p, Instant::now());
         }
@@ -415,7 +428,9 @@ impl Inner {
     }
 
     async fn start_stopped(&self, svc: &Svc, g: &mut Group) -> Result<String, OpError> {
-        lock(&svc.shown).clear();
+        for st in std::mem::take(&mut *lock(&svc.shown)) {
+            svc.keep_totals(&lock(&st));
+        }
         g.stopped = false;
         let new = self.scale_up(svc, g);
         self.wait_all_ready(g, new).await?;
@@ -531,9 +546,10 @@ async fn sample_stats(inner: Weak<Inner>) {
         sampler = s;
         for st in &shown {
             let mut st = lock(st);
-            if let Some((cpu, rss)) = st.pid.and_then(|p| by_pid.get(&p)) {
+            if let Some((cpu, rss, used)) = st.pid.and_then(|p| by_pid.get(&p)) {
                 st.cpu_percent = *cpu;
                 st.rss_kib = Some(*rss);
+                st.cpu_seconds += used;
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -541,7 +557,7 @@ async fn sample_stats(inner: Weak<Inner>) {
 }
 
 impl stats::Sampler {
-    fn sample_owned(mut self, pgids: &[u32]) -> (Self, HashMap<u32, (Option<f64>, u64)>) {
+    fn sample_owned(mut self, pgids: &[u32]) -> (Self, stats::Sampled) {
         let r = self.sample(pgids);
         (self, r)
     }

@@ -61,6 +61,10 @@ fn groups() -> HashMap<u32, (u64, u64)> {
     out
 }
 
+/// Per process group: CPU% since the previous sample, RSS in KiB, CPU
+/// seconds used since the previous sample.
+pub type Sampled = std::collections::HashMap<u32, (Option<f64>, u64, f64)>;
+
 /// Turns successive samples into CPU% and RSS per process group.
 pub struct Sampler {
     ticks: u64,
@@ -80,8 +84,9 @@ impl Default for Sampler {
 
 impl Sampler {
     /// For each process group in `pgids`: CPU% since the previous sample
-    /// (None on the first) and RSS in KiB.
-    pub fn sample(&mut self, pgids: &[u32]) -> HashMap<u32, (Option<f64>, u64)> {
+    /// (None on the first), RSS in KiB, and the CPU seconds used since the
+    /// previous sample (on the first, since the group started).
+    pub fn sample(&mut self, pgids: &[u32]) -> Sampled {
         let now = Instant::now();
         let all = groups();
         let mut out = HashMap::new();
@@ -95,7 +100,11 @@ impl Sampler {
                 (secs > 0.0 && cpu >= prev)
                     .then(|| (cpu - prev) as f64 / self.ticks as f64 / secs * 100.0)
             });
-            out.insert(g, (pct, rss * self.page / 1024));
+            let used = cpu.saturating_sub(self.last.get(&g).map_or(0, |&(prev, _)| prev));
+            out.insert(
+                g,
+                (pct, rss * self.page / 1024, used as f64 / self.ticks as f64),
+            );
             last.insert(g, (cpu, now));
         }
         self.last = last;
@@ -205,8 +214,13 @@ mod tests {
         let st = stat_of(std::process::id()).unwrap();
         let mut s = Sampler::default();
         let first = s.sample(&[st.pgrp]);
-        let (cpu, rss) = first[&st.pgrp];
+        let (cpu, rss, used) = first[&st.pgrp];
         assert_eq!(cpu, None);
+        // The first sample counts the CPU used since the group started.
+        assert!(
+            used >= st.cpu_ticks as f64 / s.ticks as f64 - 1e-9,
+            "{used}"
+        );
         assert!(rss > 100, "rss {rss} KiB");
         // Burn 5 ticks of CPU so the second sample sees it.
         let me = std::process::id();
@@ -216,8 +230,10 @@ mod tests {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
         }
-        let (cpu, _) = s.sample(&[st.pgrp])[&st.pgrp];
+        let (cpu, _, used) = s.sample(&[st.pgrp])[&st.pgrp];
         let cpu = cpu.unwrap();
+        // Since the first sample: at least the 5 ticks burnt.
+        assert!(used >= 5.0 / s.ticks as f64 - 1e-9, "{used}");
         assert!(cpu > 0.0, "cpu {cpu}%");
     }
 }

@@ -98,6 +98,7 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         Some(Arc::new(Members(gw.clone()))),
     ));
     let view = supervisor.view();
+    gw.add_collector(Arc::new(supervisor.view()));
     gw.add_status("services", Arc::new(move || view.to_json()));
     gw.add_action("services", service_action(supervisor.clone()));
     info!(config = %path.display(), pid = std::process::id(), services = services.len(), "centinela started");

@@ -6,6 +6,7 @@ mod hardening;
 mod health;
 mod http1;
 mod lifecycle;
+mod metrics;
 mod proxy;
 mod retries;
 mod rolling;

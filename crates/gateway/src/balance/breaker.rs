@@ -91,6 +91,8 @@ pub struct CircuitBreaker {
     /// Counts half-open periods, so that a probe of an earlier one is never
     /// cancelled against a later one.
     epoch: u32,
+    /// State changes so far, by the state entered: closed, open, half-open.
+    transitions: [u64; 3],
 }
 
 /// What `admit` decided.
@@ -108,11 +110,31 @@ impl CircuitBreaker {
             state: State::Closed,
             window: Window::new(cfg.window, now),
             epoch: 0,
+            transitions: [0; 3],
         }
     }
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// State changes so far, by the state entered: `closed`, `open`,
+    /// `half_open`.
+    pub fn transitions(&self) -> [(&'static str, u64); 3] {
+        [
+            ("closed", self.transitions[0]),
+            ("open", self.transitions[1]),
+            ("half_open", self.transitions[2]),
+        ]
+    }
+
+    fn entered(&mut self) {
+        let i = match self.state {
+            State::Closed => 0,
+            State::Open { .. } => 1,
+            State::HalfOpen { .. } => 2,
+        };
+        self.transitions[i] += 1;
     }
 
     /// Would a request be admitted now? Does not take a probe slot, but moves
@@ -172,6 +194,7 @@ impl CircuitBreaker {
                     succeeded: 0,
                     since: now,
                 };
+                self.entered();
             }
             // Probes still out after half_open_timeout are given up on.
             State::HalfOpen {
@@ -225,8 +248,11 @@ impl CircuitBreaker {
                 }
             }
         }
-        (std::mem::discriminant(&old) != std::mem::discriminant(&self.state))
-            .then_some((old, self.state))
+        let changed = std::mem::discriminant(&old) != std::mem::discriminant(&self.state);
+        if changed {
+            self.entered();
+        }
+        changed.then_some((old, self.state))
     }
 }
 

@@ -3,6 +3,8 @@
 //! can never multiply an outage.
 
 use std::sync::Mutex;
+
+use centinela_observe::metrics::Counter;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -15,6 +17,11 @@ pub struct RetryBudget {
     origin: Instant,
     /// (second since origin, requests, retries)
     buckets: Mutex<[(u64, u64, u64); BUCKETS]>,
+    /// Retries granted, ever (`centinela_upstream_retries_total`).
+    pub retries: Counter,
+    /// Retries refused because the budget was spent
+    /// (`centinela_upstream_retry_budget_exhausted_total`).
+    pub exhausted: Counter,
 }
 
 impl RetryBudget {
@@ -22,6 +29,8 @@ impl RetryBudget {
         RetryBudget {
             origin: Instant::now(),
             buckets: Mutex::new([(u64::MAX, 0, 0); BUCKETS]),
+            retries: Counter::default(),
+            exhausted: Counter::default(),
         }
     }
 
@@ -52,7 +61,7 @@ impl RetryBudget {
 
     /// Takes one retry from the budget if there is room.
     pub fn try_retry(&self, percent: u32, min: u32) -> bool {
-        self.with_current(|cur, requests, retries| {
+        let granted = self.with_current(|cur, requests, retries| {
             let allowed = (requests * u64::from(percent) / 100).max(u64::from(min));
             if retries < allowed {
                 cur.2 += 1;
@@ -60,7 +69,12 @@ impl RetryBudget {
             } else {
                 false
             }
-        })
+        });
+        match granted {
+            true => self.retries.inc(),
+            false => self.exhausted.inc(),
+        }
+        granted
     }
 }
 

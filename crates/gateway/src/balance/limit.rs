@@ -12,6 +12,7 @@ use crate::error::ProxyError;
 #[derive(Debug)]
 pub struct Limiter {
     slots: Arc<Semaphore>,
+    max: u32,
     queued: AtomicU32,
     queue: u32,
     queue_timeout: Duration,
@@ -21,10 +22,26 @@ impl Limiter {
     pub fn new(max_in_flight: u32, queue: u32, queue_timeout: Duration) -> Self {
         Limiter {
             slots: Arc::new(Semaphore::new(max_in_flight as usize)),
+            max: max_in_flight,
             queued: AtomicU32::new(0),
             queue,
             queue_timeout,
         }
+    }
+
+    /// Slots taken: requests admitted and not finished.
+    pub fn in_use(&self) -> u32 {
+        self.max
+            .saturating_sub(self.slots.available_permits().min(u32::MAX as usize) as u32)
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// Requests waiting for a slot.
+    pub fn queued(&self) -> u32 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, ProxyError> {

@@ -47,6 +47,8 @@ struct Inner {
     consecutive_failures: u32,
     ejected_until: Option<Instant>,
     times_ejected: u32,
+    /// Ejections ever (`centinela_upstream_ejections_total`).
+    ejections: u64,
     last_ejection_end: Option<Instant>,
     breaker: CircuitBreaker,
     /// When the server last came back into rotation (slow start).
@@ -79,6 +81,28 @@ pub struct Status {
     pub breaker: &'static str,
     pub in_flight: u32,
     pub consecutive_failures: u32,
+    /// Up by active health checks (or without them).
+    pub checked_up: bool,
+    pub ejections: u64,
+    pub breaker_transitions: [(&'static str, u64); 3],
+}
+
+impl Status {
+    /// The one state of `centinela_upstream_server_state` (draining is the
+    /// gateway's to tell): `down` by health checks, else `ejected` by
+    /// outlier detection, else `breaker_open` while the breaker is not
+    /// closed, else `up`.
+    pub fn state(&self) -> &'static str {
+        if !self.checked_up {
+            "down"
+        } else if self.ejected {
+            "ejected"
+        } else if self.breaker != "closed" {
+            "breaker_open"
+        } else {
+            "up"
+        }
+    }
 }
 
 impl Server {
@@ -98,6 +122,7 @@ impl Server {
                 consecutive_failures: 0,
                 ejected_until: None,
                 times_ejected: 0,
+                ejections: 0,
                 last_ejection_end: None,
                 breaker: CircuitBreaker::new(breaker, Instant::now()),
                 returned_at: None,
@@ -283,6 +308,7 @@ impl Server {
             g.times_ejected = 0;
         }
         g.times_ejected += 1;
+        g.ejections += 1;
         let d = outlier
             .base_ejection
             .saturating_mul(g.times_ejected)
@@ -338,6 +364,9 @@ impl Server {
             breaker: g.breaker.state().name(),
             in_flight: self.in_flight(),
             consecutive_failures: g.consecutive_failures,
+            checked_up: g.health.up,
+            ejections: g.ejections,
+            breaker_transitions: g.breaker.transitions(),
         }
     }
 }

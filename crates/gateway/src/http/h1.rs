@@ -279,6 +279,7 @@ async fn serve_h1(
                 debug!(client = %peer, error = %err, "Refused a request head");
                 let rid = crate::http::headers::new_request_id();
                 let resp = err.into_response(&rid);
+                proxy::count_refused(shared, listener, resp.status());
                 let _ = respond(
                     io,
                     &mut wbuf,

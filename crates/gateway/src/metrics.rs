@@ -1,0 +1,168 @@
+//! The gateway's metrics, read from the counters the data plane feeds
+//! (route tables' response counters, upstream limiters, retry budgets,
+//! servers) when `GET /metrics` is served. Names and labels are part of
+//! centinela's interface: see `docs/observe.md`.
+
+use centinela_observe::{Collect, Exposition, Kind};
+
+use crate::proxy::Shared;
+
+/// The states of `centinela_upstream_server_state`.
+const STATES: [&str; 5] = ["up", "down", "ejected", "breaker_open", "draining"];
+
+impl Collect for Shared {
+    fn collect(&self, out: &mut Exposition) {
+        let snap = self.snapshot.load();
+        let mut listeners: Vec<_> = snap.routes.iter().collect();
+        listeners.sort_by(|a, b| a.0.cmp(b.0));
+        // (listener, upstream, counters), in a stable order.
+        let mut stats = Vec::new();
+        for (listener, table) in &listeners {
+            let last = table.stats.len() - 1;
+            for (i, s) in table.stats.iter().enumerate() {
+                if let Some(s) = s {
+                    let up = if i == last { "" } else { &*snap.groups[i].name };
+                    stats.push((listener.as_str(), up, s));
+                }
+            }
+        }
+
+        out.family(
+            "centinela_http_requests",
+            "Responses sent to clients, by listener, upstream (\"\" without one) and status code.",
+            Kind::Counter,
+        );
+        for (l, u, s) in &stats {
+            for (code, n) in s.codes() {
+                let code = code.to_string();
+                out.counter(&[("listener", l), ("upstream", u), ("code", &code)], n);
+            }
+        }
+        out.family(
+            "centinela_http_request_duration_seconds",
+            "Time from the request head to the response head, by listener and upstream.",
+            Kind::Histogram,
+        );
+        for (l, u, s) in &stats {
+            out.histogram(&[("listener", l), ("upstream", u)], &s.duration.snapshot());
+        }
+
+        let groups = &snap.groups;
+        out.family(
+            "centinela_upstream_in_flight",
+            "Requests admitted to the upstream and not finished (their response body included).",
+            Kind::Gauge,
+        );
+        for g in groups {
+            out.gauge(&[("upstream", &g.name)], g.limiter.in_use() as f64);
+        }
+        out.family(
+            "centinela_upstream_max_in_flight",
+            "The upstream's limits.max_in_flight.",
+            Kind::Gauge,
+        );
+        for g in groups {
+            out.gauge(&[("upstream", &g.name)], g.limiter.max() as f64);
+        }
+        out.family(
+            "centinela_upstream_queue_depth",
+            "Requests waiting for a slot of the upstream.",
+            Kind::Gauge,
+        );
+        for g in groups {
+            out.gauge(&[("upstream", &g.name)], g.limiter.queued() as f64);
+        }
+        out.family(
+            "centinela_upstream_retries",
+            "Retries sent to the upstream.",
+            Kind::Counter,
+        );
+        for g in groups {
+            out.counter(&[("upstream", &g.name)], g.budget.retries.get());
+        }
+        out.family(
+            "centinela_upstream_retry_budget_exhausted",
+            "Retries not sent because the upstream's retry budget was spent.",
+            Kind::Counter,
+        );
+        for g in groups {
+            out.counter(&[("upstream", &g.name)], g.budget.exhausted.get());
+        }
+
+        // Servers: those of the upstreams, then supervised ones draining.
+        let mut servers = Vec::new();
+        for g in groups {
+            for s in &g.servers {
+                let st = s.status(&g.name, &g.cfg.breaker);
+                servers.push((g.name.clone(), s.label().clone(), Some(st)));
+            }
+        }
+        {
+            let d = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+            let mut draining: Vec<_> = d
+                .iter()
+                .filter(|(_, w)| w.strong_count() > 0)
+                .map(|((u, a), _)| (u.clone(), a.to_string()))
+                .collect();
+            draining.sort();
+            for (u, a) in draining {
+                servers.push((u.as_str().into(), a.as_str().into(), None));
+            }
+        }
+        out.family(
+            "centinela_upstream_server_up",
+            "1 when the server takes traffic: up by health checks, not ejected, breaker closed.",
+            Kind::Gauge,
+        );
+        for (u, a, st) in &servers {
+            let up = st.as_ref().is_some_and(|s| s.state() == "up");
+            out.gauge(&[("upstream", u), ("server", a)], f64::from(u8::from(up)));
+        }
+        out.family(
+            "centinela_upstream_server_state",
+            "1 for the server's current state among up, down, ejected, breaker_open, draining.",
+            Kind::Gauge,
+        );
+        for (u, a, st) in &servers {
+            let now = st.as_ref().map_or("draining", |s| s.state());
+            for state in STATES {
+                out.gauge(
+                    &[("upstream", u), ("server", a), ("state", state)],
+                    f64::from(u8::from(state == now)),
+                );
+            }
+        }
+        out.family(
+            "centinela_upstream_server_in_flight",
+            "Attempts in flight to the server.",
+            Kind::Gauge,
+        );
+        for (u, a, st) in &servers {
+            if let Some(st) = st {
+                out.gauge(&[("upstream", u), ("server", a)], st.in_flight as f64);
+            }
+        }
+        out.family(
+            "centinela_upstream_ejections",
+            "Times outlier detection ejected the server.",
+            Kind::Counter,
+        );
+        for (u, a, st) in &servers {
+            if let Some(st) = st {
+                out.counter(&[("upstream", u), ("server", a)], st.ejections);
+            }
+        }
+        out.family(
+            "centinela_upstream_breaker_transitions",
+            "Circuit breaker state changes of the server, by the state entered.",
+            Kind::Counter,
+        );
+        for (u, a, st) in &servers {
+            if let Some(st) = st {
+                for (to, n) in st.breaker_transitions {
+                    out.counter(&[("upstream", u), ("server", a), ("to", to)], n);
+                }
+            }
+        }
+    }
+}
