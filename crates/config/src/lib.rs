@@ -9,11 +9,14 @@
 //! One module per section of the file, each reading like its table in
 //! `docs/config.md`: the types of the section, how it is read, its defaults.
 mod admin;
+pub mod alert;
 mod diag;
 mod listener;
+pub mod notify;
 mod read;
 mod route;
 mod runtime;
+mod secret;
 mod service;
 pub mod units;
 mod upstream;
@@ -21,10 +24,13 @@ mod upstream;
 use std::path::Path;
 
 pub use admin::Admin;
+pub use alert::{Alert, Alerting};
 pub use diag::{ConfigError, Diagnostic};
 pub use listener::{Listener, PathNormalization};
+pub use notify::Notifier;
 pub use route::Route;
 pub use runtime::{LogFormat, Runtime};
+pub use secret::Secret;
 pub use service::{GiveUp, Logs, Probe, ProbeKind, Restart, Service, ServiceBackoff, Signal, Stop};
 pub use upstream::{
     default_breaker, default_limits, default_outlier, default_retry, default_timeouts, Balance,
@@ -45,6 +51,10 @@ pub struct Config {
     /// Programs run by the supervisor.
     pub services: Vec<Service>,
     pub runtime: Runtime,
+    /// The rules written in the file, then the built-in ones.
+    pub alerts: Vec<Alert>,
+    pub alerting: Alerting,
+    pub notifiers: Vec<Notifier>,
 }
 
 impl Config {
@@ -90,7 +100,10 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
             }
         }
     }
-    let runtime = runtime::runtime(sink, &mut top);
+    let runtime = runtime::runtime(sink, &mut top, base_dir);
+    let alerting = alert::alerting(sink, &mut top);
+    let (mut alerts, alert_refs) = alert::alerts(sink, &mut top);
+    let notifiers = notify::notifiers(sink, &mut top, base_dir);
     top.finish(sink);
 
     // Cross-references.
@@ -98,6 +111,23 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     service::cross_check(sink, &services, &upstream_names);
     listener::check(sink, &listeners, &listener_spans);
     route::check(sink, &routes, &route_refs, &upstreams, &listeners);
+    let service_names: Vec<String> = services.iter().map(|p| p.service.name.clone()).collect();
+    let notifier_names: Vec<String> = notifiers.iter().map(|n| n.name.clone()).collect();
+    alert::check(
+        sink,
+        &alerts,
+        &alert_refs,
+        &alert::Known {
+            upstreams: &upstream_names,
+            services: &service_names,
+            probes: &[],
+            slos: &[],
+            notifiers: &notifier_names,
+        },
+    );
+    if alerting.defaults && !notifiers.is_empty() {
+        alerts.extend(alert::builtin(&upstream_names, &service_names, &[]));
+    }
     Config {
         admin,
         listeners,
@@ -105,6 +135,9 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         upstreams,
         services: services.into_iter().map(|p| p.service).collect(),
         runtime,
+        alerts,
+        alerting,
+        notifiers,
     }
 }
 

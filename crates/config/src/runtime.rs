@@ -1,5 +1,6 @@
-//! `[runtime]`: threads, shutdown, logs.
+//! `[runtime]`: threads, shutdown, logs, where state is kept.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::diag::Sink;
@@ -19,9 +20,13 @@ pub struct Runtime {
     pub log_format: LogFormat,
     /// One log line per request, at target `access`.
     pub access_log: bool,
+    /// Where centinela keeps its state (alert state, silences, history):
+    /// `centinela-data` beside the config file unless set.
+    pub state_dir: PathBuf,
 }
 
-pub(crate) fn runtime(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> Runtime {
+pub(crate) fn runtime(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>, base_dir: &Path) -> Runtime {
+    let default_state = base_dir.join("centinela-data");
     match top.sub(sink, "runtime") {
         Some(mut r) => {
             let worker_threads = r.int(sink, "worker_threads", 0, 0, 1024) as usize;
@@ -40,12 +45,21 @@ pub(crate) fn runtime(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> Runtime {
                 None => LogFormat::Text,
             };
             let access_log = r.bool(sink, "access_log", true);
+            let state_dir = match r.str(sink, "state_dir") {
+                Some((d, span)) if d.is_empty() => {
+                    sink.error(&span, "runtime.state_dir", "must not be empty");
+                    default_state
+                }
+                Some((d, _)) => base_dir.join(d),
+                None => default_state,
+            };
             r.finish(sink);
             Runtime {
                 worker_threads,
                 shutdown_timeout,
                 log_format,
                 access_log,
+                state_dir,
             }
         }
         None => Runtime {
@@ -53,6 +67,7 @@ pub(crate) fn runtime(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> Runtime {
             shutdown_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             access_log: true,
+            state_dir: default_state,
         },
     }
 }

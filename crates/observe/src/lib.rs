@@ -7,11 +7,18 @@
 //! ([`expo`]) through the [`Collect`] trait that each part implements.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod expo;
+pub mod figures;
 pub mod metrics;
+pub mod notify;
+pub mod observer;
 pub mod process;
+pub mod state;
 
 pub use expo::{Exposition, Format, Kind};
+pub use figures::{Figures, ServerFigures, ServiceFigures, Source, UpstreamFigures};
+pub use observer::Observer;
 
 /// Something that writes its metrics into an exposition: the gateway, the
 /// supervisor's view, the process itself.

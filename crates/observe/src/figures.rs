@@ -1,0 +1,70 @@
+//! Figures: what the gateway and the supervisor report once a second to
+//! the alert evaluator (and, later, to history). Counters are cumulative,
+//! as in the metrics; the evaluator takes differences over windows.
+
+use crate::metrics::HistogramSnapshot;
+
+/// Everything observed at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Figures {
+    pub upstreams: Vec<UpstreamFigures>,
+    pub services: Vec<ServiceFigures>,
+}
+
+impl Figures {
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamFigures> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&ServiceFigures> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamFigures {
+    pub name: String,
+    /// Responses sent for this upstream, all listeners (cumulative).
+    pub requests: u64,
+    /// Of which 5xx, gateway errors included (cumulative).
+    pub errors: u64,
+    /// Time to the response head (cumulative).
+    pub latency: HistogramSnapshot,
+    pub servers: Vec<ServerFigures>,
+    pub in_flight: u64,
+    pub max_in_flight: u64,
+    pub queued: u64,
+}
+
+impl UpstreamFigures {
+    /// Servers that take traffic.
+    pub fn healthy(&self) -> usize {
+        self.servers.iter().filter(|s| s.state == "up").count()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerFigures {
+    pub name: String,
+    /// `up`, `down`, `ejected`, `breaker_open` or `draining`.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ServiceFigures {
+    pub name: String,
+    /// Instances shown (every state).
+    pub instances: u32,
+    pub ready: u32,
+    /// Instances crash-looping or given up on.
+    pub crash_looping: u32,
+    /// Restarts (cumulative).
+    pub restarts: u64,
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+}
+
+/// Something that reports figures: the gateway, the supervisor.
+pub trait Source: Send + Sync {
+    fn figures(&self, out: &mut Figures);
+}
