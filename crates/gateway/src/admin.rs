@@ -1,6 +1,8 @@
 //! Admin API: `/metrics` (Prometheus text or OpenMetrics, see
-//! `crate::metrics`), `/-/health` and `/-/live` (liveness), `/-/ready` (every route has a healthy
-//! server), `/-/upstreams` (live state of every server), pages added with
+//! `crate::metrics`), `/-/health` and `/-/live` (liveness), `/-/ready`
+//! (every route has a healthy server), `/-/health/detailed` (everything,
+//! 503 when something is unhealthy), `/-/upstreams` (live state of every
+//! server), pages added with
 //! [`crate::Gateway::add_status`] and `POST` actions added with
 //! [`crate::Gateway::add_action`] (e.g. `POST /-/services/NAME/restart`).
 //!
@@ -32,8 +34,14 @@ pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 pub type ActionFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = (StatusCode, serde_json::Value)> + Send>>;
 
-/// Runs `POST /-/NAME/REST`, given `REST`.
-pub type ActionFn = Arc<dyn Fn(String) -> ActionFuture + Send + Sync>;
+/// Runs `POST /-/NAME/REST`, given `REST` and the request body.
+pub type ActionFn = Arc<dyn Fn(String, Bytes) -> ActionFuture + Send + Sync>;
+
+/// A section of `/-/health/detailed`: healthy or not, and what to show.
+pub type HealthFn = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
+
+/// The largest body an admin action reads.
+const MAX_ACTION_BODY: usize = 64 * 1024;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let builder = crate::listener::builder();
@@ -88,6 +96,55 @@ fn metrics(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static(format.content_type()),
     );
     r
+}
+
+/// `GET /-/health/detailed`: version, uptime, every upstream with its
+/// servers' states, then every added section (services, alerts…). 200
+/// when every part is healthy, else 503 with the same body. An upstream
+/// is healthy while one of its servers takes traffic.
+fn detailed(shared: &Shared, snap: &crate::snapshot::Snapshot) -> Response<Full<Bytes>> {
+    let mut healthy = true;
+    let upstreams: Vec<_> = snap
+        .groups
+        .iter()
+        .map(|g| {
+            let servers: Vec<_> = g
+                .servers
+                .iter()
+                .map(|s| {
+                    json!({
+                        "address": s.label().to_string(),
+                        "state": s.status(&g.name, &g.cfg.breaker).state(),
+                    })
+                })
+                .collect();
+            let up = servers.iter().any(|s| s["state"] == "up");
+            healthy &= up;
+            json!({"name": &*g.name, "healthy": up, "servers": servers})
+        })
+        .collect();
+    let mut body = serde_json::Map::new();
+    body.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+    body.insert(
+        "uptime_seconds".into(),
+        json!(shared.started.elapsed().as_secs()),
+    );
+    body.insert("upstreams".into(), json!(upstreams));
+    for (name, f) in shared.health.load().iter() {
+        let (ok, v) = f();
+        healthy &= ok;
+        body.insert(name.clone(), v);
+    }
+    body.insert(
+        "status".into(),
+        json!(if healthy { "healthy" } else { "unhealthy" }),
+    );
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_resp(status, serde_json::Value::Object(body))
 }
 
 /// The header state-changing requests must carry.
@@ -157,9 +214,20 @@ async fn handle(
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, f)| f.clone());
+        let rest = rest.to_string();
         return Ok(match action {
             Some(f) => {
-                let (status, body) = f(rest.to_string()).await;
+                let limited = http_body_util::Limited::new(req.into_body(), MAX_ACTION_BODY);
+                let body = match http_body_util::BodyExt::collect(limited).await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        return Ok(json_resp(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            json!({"error": "the request body is over 64 KiB or was cut off"}),
+                        ))
+                    }
+                };
+                let (status, body) = f(rest, body).await;
                 json_resp(status, body)
             }
             None => json_resp(StatusCode::NOT_FOUND, json!({"error": "no such action"})),
@@ -177,6 +245,7 @@ async fn handle(
     let snap = shared.snapshot.load();
     Ok(match req.uri().path() {
         "/-/health" | "/-/live" => json_resp(StatusCode::OK, json!({"status": "ok"})),
+        "/-/health/detailed" => detailed(&shared, &snap),
         "/-/ready" => {
             let unready = snap.unready_routes();
             if unready.is_empty() {

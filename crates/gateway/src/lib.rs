@@ -107,7 +107,9 @@ impl Gateway {
             status: ArcSwap::from_pointee(Vec::new()),
             actions: ArcSwap::from_pointee(Vec::new()),
             collectors: ArcSwap::from_pointee(Vec::new()),
+            health: ArcSwap::from_pointee(Vec::new()),
             draining: Mutex::new(HashMap::new()),
+            started: std::time::Instant::now(),
         });
         let admin_addr = admin_listener
             .local_addr()
@@ -348,12 +350,26 @@ impl Gateway {
         self.shared.status.store(Arc::new(v));
     }
 
-    /// Serves `POST /-/NAME/REST` on the admin API with `f(REST)`.
+    /// Serves `POST /-/NAME/REST` on the admin API with `f(REST, body)`.
     pub fn add_action(&self, name: &str, f: admin::ActionFn) {
         let mut v: Vec<(String, admin::ActionFn)> = (**self.shared.actions.load()).clone();
         v.retain(|(n, _)| n != name);
         v.push((name.to_string(), f));
         self.shared.actions.store(Arc::new(v));
+    }
+
+    /// Adds a section to `GET /-/health/detailed`: `f` says whether its
+    /// part is healthy, with the JSON shown under `name`.
+    pub fn add_health(&self, name: &str, f: admin::HealthFn) {
+        let mut v: Vec<(String, admin::HealthFn)> = (**self.shared.health.load()).clone();
+        v.retain(|(n, _)| n != name);
+        v.push((name.to_string(), f));
+        self.shared.health.store(Arc::new(v));
+    }
+
+    /// What the data plane reports to the observer once a second.
+    pub fn source(&self) -> Arc<dyn centinela_observe::Source> {
+        self.shared.clone()
     }
 
     /// Adds what `c` collects to `GET /metrics` on the admin API.

@@ -3,7 +3,10 @@
 //! servers) when `GET /metrics` is served. Names and labels are part of
 //! centinela's interface: see `docs/observe.md`.
 
-use centinela_observe::{Collect, Exposition, Kind};
+use centinela_observe::metrics::{Histogram, LATENCY_BOUNDS};
+use centinela_observe::{
+    Collect, Exposition, Figures, Kind, ServerFigures, Source, UpstreamFigures,
+};
 
 use crate::proxy::Shared;
 
@@ -163,6 +166,42 @@ impl Collect for Shared {
                     out.counter(&[("upstream", u), ("server", a), ("to", to)], n);
                 }
             }
+        }
+    }
+}
+
+/// Once a second, for alerts and history: per upstream, its responses over
+/// every listener, their latency, and its servers' states.
+impl Source for Shared {
+    fn figures(&self, out: &mut Figures) {
+        let snap = self.snapshot.load();
+        for (i, g) in snap.groups.iter().enumerate() {
+            let mut f = UpstreamFigures {
+                name: g.name.to_string(),
+                requests: 0,
+                errors: 0,
+                latency: Histogram::new(LATENCY_BOUNDS).snapshot(),
+                servers: g
+                    .servers
+                    .iter()
+                    .map(|s| ServerFigures {
+                        name: s.label().to_string(),
+                        state: s.status(&g.name, &g.cfg.breaker).state(),
+                    })
+                    .collect(),
+                in_flight: u64::from(g.limiter.in_use()),
+                max_in_flight: u64::from(g.limiter.max()),
+                queued: g.limiter.queued() as u64,
+            };
+            for table in snap.routes.values() {
+                if let Some(Some(s)) = table.stats.get(i) {
+                    let (all, errors) = s.totals();
+                    f.requests += all;
+                    f.errors += errors;
+                    f.latency.merge(&s.duration.snapshot());
+                }
+            }
+            out.upstreams.push(f);
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct Shared {
     pub actions: ArcSwap<Vec<(String, crate::admin::ActionFn)>>,
     /// What `GET /metrics` writes besides the gateway's own metrics.
     pub collectors: ArcSwap<Vec<Arc<dyn centinela_observe::Collect>>>,
+    /// Sections of `/-/health/detailed` besides the upstreams.
+    pub health: ArcSwap<Vec<(String, crate::admin::HealthFn)>>,
+    /// When the gateway started (uptime).
+    pub started: std::time::Instant,
     /// Supervised servers removed from their upstream, while requests in
     /// flight may still hold them.
     pub draining: Mutex<std::collections::HashMap<(String, SocketAddr), std::sync::Weak<Server>>>,

@@ -209,6 +209,8 @@ impl Evaluator {
             }
             let before = s.state;
             if holds {
+                // Restored state confirmed: it resolves normally from now.
+                s.restored = false;
                 s.last_true = Some(now_ms);
                 match s.state {
                     State::Inactive | State::Resolved => {

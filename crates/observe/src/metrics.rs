@@ -88,6 +88,14 @@ impl HistogramSnapshot {
         self.counts.iter().sum()
     }
 
+    /// Adds `other`'s observations (same bounds) to these.
+    pub fn merge(&mut self, other: &HistogramSnapshot) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+    }
+
     /// What was observed since `earlier`, a snapshot of the same histogram.
     pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
         HistogramSnapshot {

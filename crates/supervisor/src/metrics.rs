@@ -95,3 +95,67 @@ impl Collect for View {
         }
     }
 }
+
+/// Once a second, for alerts and history.
+impl centinela_observe::Source for View {
+    fn figures(&self, out: &mut centinela_observe::Figures) {
+        let services: Vec<Arc<Svc>> = lock(&self.0.services).clone();
+        for svc in &services {
+            out.services.push(service_figures(&figures(svc)));
+        }
+    }
+}
+
+fn service_figures(f: &Figures) -> centinela_observe::ServiceFigures {
+    let count = |s: State| {
+        STATES
+            .iter()
+            .position(|x| *x == s)
+            .map_or(0, |i| f.by_state[i])
+    };
+    centinela_observe::ServiceFigures {
+        name: f.name.clone(),
+        instances: f.by_state.iter().sum(),
+        ready: count(State::Ready),
+        crash_looping: count(State::CrashLooping) + count(State::Failed),
+        restarts: f.restarts,
+        cpu_seconds: f.cpu_seconds,
+        memory_bytes: f.memory_bytes,
+    }
+}
+
+impl View {
+    /// The services section of `/-/health/detailed`. A service is healthy
+    /// while none of its instances is crash-looping or given up on, and one
+    /// is ready (or all were stopped on purpose).
+    pub fn health(&self) -> (bool, serde_json::Value) {
+        let services: Vec<Arc<Svc>> = lock(&self.0.services).clone();
+        let mut all_ok = true;
+        let list: Vec<serde_json::Value> = services
+            .iter()
+            .map(|svc| {
+                let raw = figures(svc);
+                let f = service_figures(&raw);
+                let stopped_at = STATES.iter().position(|x| *x == State::Stopped);
+                let stopped =
+                    f.instances > 0 && stopped_at.is_some_and(|i| raw.by_state[i] == f.instances);
+                let ok = f.crash_looping == 0 && (f.ready > 0 || stopped);
+                all_ok &= ok;
+                let by_state: serde_json::Map<String, serde_json::Value> = STATES
+                    .iter()
+                    .zip(raw.by_state)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(s, n)| (s.name().to_string(), serde_json::json!(n)))
+                    .collect();
+                serde_json::json!({
+                    "name": f.name,
+                    "healthy": ok,
+                    "ready": f.ready,
+                    "instances": by_state,
+                    "restarts": f.restarts,
+                })
+            })
+            .collect();
+        (all_ok, serde_json::Value::Array(list))
+    }
+}

@@ -457,3 +457,86 @@ pub async fn get(client: &HttpClient, url: &str) -> Result<Got, String> {
     )
     .await
 }
+
+/// A webhook receiver on `127.0.0.1:0`: records every request's path and
+/// body, and answers with the next status of `statuses` (200 when they
+/// run out), so tests can make deliveries fail first.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    got: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start(statuses: Vec<u16>) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let statuses = Arc::new(std::sync::Mutex::new(
+            statuses
+                .into_iter()
+                .collect::<std::collections::VecDeque<u16>>(),
+        ));
+        let g = got.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let g = g.clone();
+                let statuses = statuses.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let g = g.clone();
+                        let statuses = statuses.clone();
+                        async move {
+                            let path = req.uri().to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let status = statuses.lock().expect("lock").pop_front().unwrap_or(200);
+                            if status < 300 {
+                                g.lock()
+                                    .expect("lock")
+                                    .push((path, String::from_utf8_lossy(&body).into_owned()));
+                            }
+                            let mut resp = Response::new(Full::new(Bytes::new()));
+                            *resp.status_mut() =
+                                StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, got, task }
+    }
+
+    /// The (path, body) of every request answered with a 2xx, in order.
+    pub fn received(&self) -> Vec<(String, String)> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    /// Waits until `n` requests were answered with a 2xx; their bodies.
+    pub async fn wait_for(&self, n: usize, deadline: Duration) -> Vec<String> {
+        let ok = eventually(deadline, || async { self.received().len() >= n }).await;
+        let got = self.received();
+        assert!(
+            ok,
+            "expected {n} deliveries within {deadline:?}, got {got:?}"
+        );
+        got.into_iter().map(|(_, b)| b).collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

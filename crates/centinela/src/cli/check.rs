@@ -19,6 +19,23 @@ pub(super) fn check(path: &Path) -> ExitCode {
                 c.services.len(),
                 c.services.iter().map(|s| s.instances).sum::<u32>()
             );
+            if !c.alerts.is_empty() || !c.notifiers.is_empty() {
+                println!(
+                    "{} alert rule(s), {} notifier(s), state in {}",
+                    c.alerts.len(),
+                    c.notifiers.len(),
+                    c.runtime.state_dir.display()
+                );
+            }
+            let builtin: Vec<_> = c.alerts.iter().filter(|a| a.builtin).collect();
+            if !builtin.is_empty() {
+                println!("built-in alert rules ([alerting] defaults = true):");
+                for a in builtin {
+                    println!("  {}", centinela_config::alert::describe(a));
+                }
+            } else if c.notifiers.is_empty() && !c.alerts.is_empty() {
+                println!("no notifier: alerts are evaluated and shown, but nobody is told; the built-in rules are off until a [notify.NAME] exists");
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

@@ -12,13 +12,25 @@ pub(super) fn admin_request(
     path: &str,
     timeout: Option<std::time::Duration>,
 ) -> Result<(u16, String), String> {
+    admin_send(addr, method, path, "", timeout)
+}
+
+/// [`admin_request`] with a JSON body.
+pub(super) fn admin_send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)
         .map_err(|e| format!("cannot reach the admin API at {addr}: {e}"))?;
     let _ = s.set_read_timeout(timeout);
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nX-Centinela: 1\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nX-Centinela: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .map_err(|e| e.to_string())?;
     let mut out = String::new();

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use centinela_config::Loaded;
 use clap::{Parser, Subcommand};
 
+mod alerts;
 mod check;
 mod client;
 mod control;
@@ -66,6 +67,8 @@ enum Command {
         #[arg(long, short = 'n', default_value_t = 20)]
         lines: usize,
     },
+    /// List alerts and their states; `alerts silence NAME --for 2h`, `alerts unsilence NAME`.
+    Alerts(alerts::Alerts),
     /// Rolling restart of a service: one instance at a time, each replacement
     /// ready before the old instance is drained and stopped. Starts a stopped
     /// service. Exits non-zero if it did not finish.
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
             config,
             json,
         } => status::status(admin, &config, json),
+        Command::Alerts(a) => alerts::alerts(a),
         Command::Restart(c) => control::control("restart", c),
         Command::Stop(c) => control::control("stop", c),
         Command::Start(c) => control::control("start", c),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use centinela_config::LogFormat;
 use centinela_gateway::Gateway;
+use centinela_observe::Observer;
 use centinela_supervisor::Supervisor;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
@@ -84,6 +85,17 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         }
     };
     let services = cfg.services.clone();
+    // State first: an unusable state directory is an error at start; a
+    // bad state file is moved aside and never stops the proxy.
+    let (store, state) = match centinela_observe::state::Store::open(&cfg.runtime.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "Cannot start");
+            eprintln!("centinela: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let observe_cfg = cfg.clone();
     let gw = match Gateway::start(cfg).await {
         Ok(g) => Arc::new(g),
         Err(e) => {
@@ -101,6 +113,23 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     gw.add_collector(Arc::new(supervisor.view()));
     gw.add_status("services", Arc::new(move || view.to_json()));
     gw.add_action("services", service_action(supervisor.clone()));
+    let observer = Observer::start(
+        &observe_cfg,
+        store,
+        state,
+        format!("http://{}", gw.admin_addr()),
+    );
+    drop(observe_cfg);
+    observer.add_source(gw.source());
+    observer.add_source(Arc::new(supervisor.view()));
+    gw.add_collector(Arc::new(observer.clone()));
+    let view = supervisor.view();
+    gw.add_health("services", Arc::new(move || view.health()));
+    let obs = observer.clone();
+    gw.add_health("alerts", Arc::new(move || obs.health()));
+    let obs = observer.clone();
+    gw.add_status("alerts", Arc::new(move || obs.to_json()));
+    gw.add_action("alerts", alerts_action(observer.clone()));
     info!(config = %path.display(), pid = std::process::id(), services = services.len(), "centinela started");
     crate::sdnotify::notify("READY=1");
     let trim = tokio::spawn(crate::memory::trim_periodically(
@@ -137,10 +166,12 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
                             warn!(warning = %w, "Config warning");
                         }
                         let services = l.config.services.clone();
+                        let observe_cfg = l.config.clone();
                         if let Err(e) = gw.reload(l.config).await {
                             error!(error = %e, "Reload failed; keeping the running configuration");
                             continue;
                         }
+                        observer.reload(&observe_cfg);
                         // Rolling restarts take a while: signals keep being
                         // served meanwhile; one task applies service changes,
                         // one reload after the other, the newest last.
@@ -176,6 +207,8 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         warn!("Shutdown timeout reached with requests still in flight");
     }
     supervisor.stop().await;
+    let obs = observer.clone();
+    let _ = tokio::task::spawn_blocking(move || obs.flush()).await;
     info!("Instances stopped, exiting");
     ExitCode::SUCCESS
 }
@@ -198,7 +231,7 @@ impl centinela_supervisor::Membership for Members {
 fn service_action(sup: Arc<Supervisor>) -> centinela_gateway::admin::ActionFn {
     use centinela_supervisor::OpError;
     use http::StatusCode;
-    Arc::new(move |rest: String| {
+    Arc::new(move |rest: String, _body| {
         let sup = sup.clone();
         Box::pin(async move {
             let Some((name, op)) = rest.split_once('/') else {
@@ -233,6 +266,59 @@ fn service_action(sup: Arc<Supervisor>) -> centinela_gateway::admin::ActionFn {
                 Err(e) => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     serde_json::json!({"error": format!("the operation's task failed: {e}")}),
+                ),
+            }
+        })
+    })
+}
+
+/// `POST /-/alerts/silence/NAME` with `{"for": "2h", "comment": "…"}`,
+/// `POST /-/alerts/unsilence/NAME`.
+fn alerts_action(obs: Observer) -> centinela_gateway::admin::ActionFn {
+    use http::StatusCode;
+    use serde_json::json;
+    Arc::new(move |rest: String, body| {
+        let obs = obs.clone();
+        Box::pin(async move {
+            let bad = |msg: String| (StatusCode::BAD_REQUEST, json!({ "error": msg }));
+            match rest.split_once('/') {
+                Some(("silence", name)) => {
+                    let v: serde_json::Value = match serde_json::from_slice(&body) {
+                        Ok(v) => v,
+                        Err(e) => return bad(format!("the body is not JSON: {e}")),
+                    };
+                    let Some(text) = v["for"].as_str() else {
+                        return bad("`for` is required, e.g. {\"for\": \"2h\"}".into());
+                    };
+                    let dur = match centinela_config::units::parse_duration(text) {
+                        Ok(d) if !d.is_zero() => d,
+                        Ok(_) => return bad("`for` must be longer than 0s".into()),
+                        Err(e) => return bad(format!("`for`: {e}")),
+                    };
+                    let comment = v["comment"].as_str().unwrap_or("");
+                    match obs.silence(name, dur, comment) {
+                        Ok(until) => (
+                            StatusCode::OK,
+                            json!({
+                                "result": format!(
+                                    "{name} silenced until {}",
+                                    centinela_observe::notify::rfc3339(until)
+                                )
+                            }),
+                        ),
+                        Err(e) => (StatusCode::NOT_FOUND, json!({ "error": e.to_string() })),
+                    }
+                }
+                Some(("unsilence", name)) => match obs.unsilence(name) {
+                    Ok(()) => (
+                        StatusCode::OK,
+                        json!({ "result": format!("{name} unsilenced") }),
+                    ),
+                    Err(e) => (StatusCode::NOT_FOUND, json!({ "error": e.to_string() })),
+                },
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "expected /-/alerts/silence/NAME or /-/alerts/unsilence/NAME"}),
                 ),
             }
         })
