@@ -28,7 +28,8 @@ use tokio::net::TcpListener;
 use crate::proxy::Shared;
 
 /// Produces the JSON of an extra admin page.
-pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+/// Given the query string (`""` without one): the status and JSON.
+pub type StatusFn = Arc<dyn Fn(&str) -> (StatusCode, serde_json::Value) + Send + Sync>;
 
 /// What an action answers: an HTTP status and a JSON body.
 pub type ActionFuture =
@@ -286,7 +287,10 @@ async fn handle(
         path => {
             let name = path.strip_prefix("/-/").unwrap_or("");
             match shared.status.load().iter().find(|(n, _)| n == name) {
-                Some((_, f)) => json_resp(StatusCode::OK, f()),
+                Some((_, f)) => {
+                    let (status, v) = f(req.uri().query().unwrap_or(""));
+                    json_resp(status, v)
+                }
                 None => json_resp(StatusCode::NOT_FOUND, json!({"error": "not found"})),
             }
         }

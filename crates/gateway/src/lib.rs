@@ -342,7 +342,7 @@ impl Gateway {
         current.or_else(removed).unwrap_or(0)
     }
 
-    /// Serves `GET /-/NAME` on the admin API with the JSON that `f` returns.
+    /// Serves `GET /-/NAME` on the admin API with what `f(query)` returns.
     pub fn add_status(&self, name: &str, f: admin::StatusFn) {
         let mut v: Vec<(String, admin::StatusFn)> = (**self.shared.status.load()).clone();
         v.retain(|(n, _)| n != name);

@@ -368,6 +368,7 @@ mod tests {
                 queued: 0,
             }],
             services: vec![],
+            probes: vec![],
         })
     }
 
@@ -490,6 +491,7 @@ mod tests {
                     restarts,
                     ..Default::default()
                 }],
+                probes: vec![],
             })
         };
         let t0 = 100_000;

@@ -9,6 +9,7 @@ use crate::metrics::HistogramSnapshot;
 pub struct Figures {
     pub upstreams: Vec<UpstreamFigures>,
     pub services: Vec<ServiceFigures>,
+    pub probes: Vec<ProbeFigures>,
 }
 
 impl Figures {
@@ -62,6 +63,19 @@ pub struct ServiceFigures {
     pub restarts: u64,
     pub cpu_seconds: f64,
     pub memory_bytes: u64,
+}
+
+/// The last result of an uptime probe.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeFigures {
+    pub name: String,
+    pub up: bool,
+    /// Seconds the last check took.
+    pub duration: f64,
+    /// Consecutive failures.
+    pub failures: u32,
+    /// Seconds until the certificate expires (HTTPS probes).
+    pub tls_expiry: Option<f64>,
 }
 
 /// Something that reports figures: the gateway, the supervisor.

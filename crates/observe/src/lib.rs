@@ -10,6 +10,7 @@
 pub mod alert;
 pub mod expo;
 pub mod figures;
+pub mod history;
 pub mod metrics;
 pub mod notify;
 pub mod observer;

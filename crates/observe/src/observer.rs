@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::alert::{describe_threshold, Evaluator, State, STATES};
 use crate::expo::{Exposition, Kind};
 use crate::figures::{Figures, Source};
+use crate::history::{History, STEP_MS};
 use crate::notify::{Notice, Notifiers};
 use crate::state::{Loaded, SilenceRow, Store};
 use crate::Collect;
@@ -38,6 +39,10 @@ struct Inner {
     store: Store,
     external_url: String,
     last: Mutex<Arc<Figures>>,
+    history: Mutex<History>,
+    /// For `/-/history`; `None` if the file could not be opened to read.
+    reader: Mutex<Option<rusqlite::Connection>>,
+    last_step: Mutex<u64>,
 }
 
 /// A handle to the running observer.
@@ -72,6 +77,14 @@ impl Observer {
             .map(|s| (s.name.clone(), s))
             .collect();
         let notifiers = Notifiers::start(&config.notifiers, &config.alerting, &external_url, &[]);
+        let reader = match store.reader() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot open the state file to read history; /-/history is off");
+                None
+            }
+        };
+        let history = History::new(store.clone(), STEP_MS);
         let obs = Observer(Arc::new(Inner {
             sources: Mutex::new(Vec::new()),
             eval: Mutex::new(Evaluator::new(config.alerts.clone(), &loaded.alerts, now)),
@@ -81,6 +94,9 @@ impl Observer {
             store,
             external_url,
             last: Mutex::new(Arc::new(Figures::default())),
+            history: Mutex::new(history),
+            reader: Mutex::new(reader),
+            last_step: Mutex::new(0),
         }));
         let weak = Arc::downgrade(&obs.0);
         tokio::spawn(async move {
@@ -127,6 +143,13 @@ impl Observer {
         }
         let figures = Arc::new(figures);
         *lock(&self.0.last) = figures.clone();
+        {
+            let mut last = lock(&self.0.last_step);
+            if now / STEP_MS != *last {
+                *last = now / STEP_MS;
+                lock(&self.0.history).record(now, figures.clone());
+            }
+        }
         let alerting = lock(&self.0.alerting).clone();
         let mut silences = lock(&self.0.silences);
         let expired: Vec<String> = silences
@@ -280,9 +303,26 @@ impl Observer {
         (healthy, Value::Array(active))
     }
 
-    /// Waits until the state file holds everything saved so far.
+    /// Waits until the state file holds everything saved so far, history
+    /// included.
     pub fn flush(&self) {
+        lock(&self.0.history).flush();
         self.0.store.flush();
+    }
+
+    /// `GET /-/history?series=…&from=…&to=…` (see [`crate::history::query`]).
+    pub fn history(&self, q: &str) -> (http::StatusCode, Value) {
+        let reader = lock(&self.0.reader);
+        let Some(conn) = reader.as_ref() else {
+            return (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "history is unavailable: the state file cannot be read"}),
+            );
+        };
+        match crate::history::query(conn, q, now_ms()) {
+            Ok(v) => (http::StatusCode::OK, v),
+            Err(e) => (http::StatusCode::BAD_REQUEST, json!({ "error": e })),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! State on disk: one SQLite file, `state.db` in `[runtime] state_dir`,
-//! holding alert state and silences (history comes next).
+//! holding alert state, silences and metric history (`crate::history`).
 //!
 //! Writes go through a channel to a thread of their own, which commits
 //! whatever has queued up in one transaction: no caller ever waits for the
@@ -27,6 +27,13 @@ CREATE TABLE IF NOT EXISTS alert (
     resolved_at INTEGER,
     last_sent INTEGER
 );
+CREATE TABLE IF NOT EXISTS chunk (
+    tier INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    series TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (tier, start, series)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS silence (
     name TEXT PRIMARY KEY,
     until_ms INTEGER NOT NULL,
@@ -71,6 +78,18 @@ enum Write {
     ForgetAlert(String),
     Silence(SilenceRow),
     Unsilence(String),
+    /// A history chunk, written whole.
+    Chunk {
+        tier: u8,
+        start: u64,
+        series: String,
+        data: Vec<u8>,
+    },
+    /// Deletes the chunks of `tier` that start before `before`.
+    Prune {
+        tier: u8,
+        before: u64,
+    },
     Flush(mpsc::SyncSender<()>),
 }
 
@@ -153,6 +172,31 @@ impl Store {
         let _ = self.tx.send(Write::Unsilence(name.to_string()));
     }
 
+    pub fn save_chunk(&self, tier: u8, start: u64, series: &str, data: Vec<u8>) {
+        let _ = self.tx.send(Write::Chunk {
+            tier,
+            start,
+            series: series.to_string(),
+            data,
+        });
+    }
+
+    pub fn prune(&self, tier: u8, before: u64) {
+        let _ = self.tx.send(Write::Prune { tier, before });
+    }
+
+    /// A read-only connection to the file, for history queries (WAL lets
+    /// it read while the writer writes).
+    pub fn reader(&self) -> Result<Connection, String> {
+        let c = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| e.to_string())?;
+        let _ = c.busy_timeout(std::time::Duration::from_secs(1));
+        Ok(c)
+    }
+
     /// Waits until everything sent before is committed (shutdown, tests).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::sync_channel(1);
@@ -195,8 +239,10 @@ fn open_checked(path: &Path) -> Result<(Connection, Loaded), String> {
             "schema version {version} is newer than this centinela's {SCHEMA_VERSION}"
         ));
     }
+    // Small pages: history chunks (3 to 11 KB) waste less of their last
+    // overflow page. Takes effect only on a new file.
     conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+        "PRAGMA page_size = 2048; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
          PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};
          {SCHEMA}"
     ))
@@ -270,9 +316,13 @@ fn move_aside(path: &Path) -> Result<PathBuf, StateError> {
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
     let mut failing = false;
     while let Ok(first) = rx.recv() {
+        // Bounded batches keep the WAL small when writes pile up.
         let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
+        while batch.len() < 2000 {
+            match rx.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
         }
         let mut acks = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
@@ -306,6 +356,24 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
                     }
                     Write::Unsilence(n) => {
                         tx.execute("DELETE FROM silence WHERE name = ?1", params![n])?;
+                    }
+                    Write::Chunk {
+                        tier,
+                        start,
+                        series,
+                        data,
+                    } => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO chunk (tier, start, series, data)
+                             VALUES (?1, ?2, ?3, ?4)",
+                            params![tier, start as i64, series, data],
+                        )?;
+                    }
+                    Write::Prune { tier, before } => {
+                        tx.execute(
+                            "DELETE FROM chunk WHERE tier = ?1 AND start < ?2",
+                            params![tier, before as i64],
+                        )?;
                     }
                     Write::Flush(ack) => acks.push(ack),
                 }

@@ -111,7 +111,10 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     ));
     let view = supervisor.view();
     gw.add_collector(Arc::new(supervisor.view()));
-    gw.add_status("services", Arc::new(move || view.to_json()));
+    gw.add_status(
+        "services",
+        Arc::new(move |_: &str| (http::StatusCode::OK, view.to_json())),
+    );
     gw.add_action("services", service_action(supervisor.clone()));
     let observer = Observer::start(
         &observe_cfg,
@@ -128,7 +131,12 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     let obs = observer.clone();
     gw.add_health("alerts", Arc::new(move || obs.health()));
     let obs = observer.clone();
-    gw.add_status("alerts", Arc::new(move || obs.to_json()));
+    gw.add_status(
+        "alerts",
+        Arc::new(move |_: &str| (http::StatusCode::OK, obs.to_json())),
+    );
+    let obs = observer.clone();
+    gw.add_status("history", Arc::new(move |q: &str| obs.history(q)));
     gw.add_action("alerts", alerts_action(observer.clone()));
     info!(config = %path.display(), pid = std::process::id(), services = services.len(), "centinela started");
     crate::sdnotify::notify("READY=1");

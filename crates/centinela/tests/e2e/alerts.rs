@@ -489,3 +489,46 @@ async fn check_reports_alert_and_secret_errors_without_the_secret() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_recorded_every_10_s_and_served_as_json() {
+    let hook = Receiver::start(vec![]).await;
+    let backend = TestServer::ok().await;
+    let dir = TempDir::new("history");
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(&cfg, alert_config(&[backend.addr], hook.addr, "")).unwrap();
+    let r = run_gateway(&cfg).await;
+    let c = client();
+    let series = "upstream:app:healthy,upstream:app:rps";
+    let last = std::sync::Arc::new(std::sync::Mutex::new(Value::Null));
+    let recorded = eventually(Duration::from_secs(30), || {
+        let c = c.clone();
+        let web = r.web;
+        let admin = r.admin;
+        let last = last.clone();
+        async move {
+            let _ = centinela_testkit::get(&c, &format!("http://{web}/")).await;
+            let (code, v) = admin_json(admin, &format!("/-/history?series={series}")).await;
+            assert_eq!(code, 200, "{v}");
+            let rps_seen = v["series"]["upstream:app:rps"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x.as_f64().is_some_and(|r| r > 0.0)));
+            let healthy_seen = v["series"]["upstream:app:healthy"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == 1.0));
+            *last.lock().unwrap() = v;
+            rps_seen && healthy_seen
+        }
+    })
+    .await;
+    let last = last.lock().unwrap().clone();
+    assert!(recorded, "{last}");
+    assert_eq!(last["step"], 10);
+    let (code, v) = admin_json(r.admin, "/-/history?series=upstream:app:p42").await;
+    assert_eq!(code, 400);
+    assert!(
+        v["error"].as_str().unwrap().contains("unknown value"),
+        "{v}"
+    );
+    stop(r).await;
+}
