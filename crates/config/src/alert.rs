@@ -555,9 +555,13 @@ pub(crate) fn check(sink: &mut Sink<'_>, alerts: &[Alert], refs: &[AlertRef], kn
     }
 }
 
-/// The rules `[alerting] defaults` adds, one per upstream, service and
+/// The rules `[alerting] defaults` adds: one per upstream, service and
 /// probe.
-pub fn builtin(upstreams: &[String], services: &[String], probes: &[String]) -> Vec<Alert> {
+pub fn builtin(
+    upstreams: &[String],
+    services: &[String],
+    probes: &[crate::UptimeProbe],
+) -> Vec<Alert> {
     let rule = |name: String, signal, target: &str, threshold, for_, severity| Alert {
         name,
         signal,
@@ -593,21 +597,15 @@ pub fn builtin(upstreams: &[String], services: &[String], probes: &[String]) -> 
     }
     for p in probes {
         out.push(rule(
-            format!("probe-failing.{p}"),
+            format!("probe-failing.{}", p.name),
             Signal::ProbeFailed,
-            p,
+            &p.name,
             Threshold::Above(2.0),
             Duration::ZERO,
             Severity::Page,
         ));
-        out.push(rule(
-            format!("cert-expiring.{p}"),
-            Signal::CertExpiryDays,
-            p,
-            Threshold::Below(14.0),
-            Duration::ZERO,
-            Severity::Ticket,
-        ));
+        // `cert-expiring.NAME` (cert_expiry_days below tls_expiry_warn,
+        // ticket) joins these with HTTPS probes.
     }
     out
 }

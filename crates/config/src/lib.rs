@@ -13,6 +13,7 @@ pub mod alert;
 mod diag;
 mod listener;
 pub mod notify;
+pub mod probe;
 mod read;
 mod route;
 mod runtime;
@@ -28,6 +29,7 @@ pub use alert::{Alert, Alerting};
 pub use diag::{ConfigError, Diagnostic};
 pub use listener::{Listener, PathNormalization};
 pub use notify::Notifier;
+pub use probe::UptimeProbe;
 pub use route::Route;
 pub use runtime::{LogFormat, Runtime};
 pub use secret::Secret;
@@ -55,6 +57,8 @@ pub struct Config {
     pub alerts: Vec<Alert>,
     pub alerting: Alerting,
     pub notifiers: Vec<Notifier>,
+    /// `[[probe]]`: uptime probes.
+    pub probes: Vec<UptimeProbe>,
 }
 
 impl Config {
@@ -104,6 +108,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let alerting = alert::alerting(sink, &mut top);
     let (mut alerts, alert_refs) = alert::alerts(sink, &mut top);
     let notifiers = notify::notifiers(sink, &mut top, base_dir);
+    let probes = probe::probes(sink, &mut top);
     top.finish(sink);
 
     // Cross-references.
@@ -113,6 +118,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     route::check(sink, &routes, &route_refs, &upstreams, &listeners);
     let service_names: Vec<String> = services.iter().map(|p| p.service.name.clone()).collect();
     let notifier_names: Vec<String> = notifiers.iter().map(|n| n.name.clone()).collect();
+    let probe_names: Vec<String> = probes.iter().map(|p| p.name.clone()).collect();
     alert::check(
         sink,
         &alerts,
@@ -120,13 +126,13 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         &alert::Known {
             upstreams: &upstream_names,
             services: &service_names,
-            probes: &[],
+            probes: &probe_names,
             slos: &[],
             notifiers: &notifier_names,
         },
     );
     if alerting.defaults && !notifiers.is_empty() {
-        alerts.extend(alert::builtin(&upstream_names, &service_names, &[]));
+        alerts.extend(alert::builtin(&upstream_names, &service_names, &probes));
     }
     Config {
         admin,
@@ -138,6 +144,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         alerts,
         alerting,
         notifiers,
+        probes,
     }
 }
 

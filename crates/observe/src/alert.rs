@@ -296,8 +296,19 @@ impl Evaluator {
                 let base = self.base(now_ms, over_ms)?.service(&rule.target)?;
                 Some(cur.restarts.saturating_sub(base.restarts) as f64)
             }
-            // Probes and SLOs report no figures yet.
-            Signal::ProbeFailed | Signal::CertExpiryDays | Signal::SloBurn => None,
+            Signal::ProbeFailed => now
+                .probes
+                .iter()
+                .find(|p| p.name == rule.target)
+                .map(|p| f64::from(p.failures)),
+            Signal::CertExpiryDays => now
+                .probes
+                .iter()
+                .find(|p| p.name == rule.target)
+                .and_then(|p| p.tls_expiry)
+                .map(|s| s / 86_400.0),
+            // SLOs report no figures yet.
+            Signal::SloBurn => None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod history;
 pub mod metrics;
 pub mod notify;
 pub mod observer;
+pub mod probes;
 pub mod process;
 pub mod state;
 

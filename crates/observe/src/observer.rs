@@ -43,6 +43,7 @@ struct Inner {
     /// For `/-/history`; `None` if the file could not be opened to read.
     reader: Mutex<Option<rusqlite::Connection>>,
     last_step: Mutex<u64>,
+    probes: Arc<crate::probes::Probes>,
 }
 
 /// A handle to the running observer.
@@ -97,7 +98,9 @@ impl Observer {
             history: Mutex::new(history),
             reader: Mutex::new(reader),
             last_step: Mutex::new(0),
+            probes: Arc::default(),
         }));
+        obs.0.probes.apply(&config.probes);
         let weak = Arc::downgrade(&obs.0);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -128,6 +131,8 @@ impl Observer {
             &old,
         );
         *lock(&self.0.alerting) = config.alerting.clone();
+        drop(n);
+        self.0.probes.apply(&config.probes);
     }
 
     /// The figures of the last evaluation.
@@ -141,6 +146,7 @@ impl Observer {
         for s in lock(&self.0.sources).iter() {
             s.figures(&mut figures);
         }
+        self.0.probes.figures(&mut figures);
         let figures = Arc::new(figures);
         *lock(&self.0.last) = figures.clone();
         {
@@ -303,6 +309,36 @@ impl Observer {
         (healthy, Value::Array(active))
     }
 
+    /// The probes section of `/-/health/detailed`, with each probe's uptime
+    /// over 24 h, 7 d and 30 d from history.
+    pub fn probe_health(&self) -> (bool, Value) {
+        self.0.probes.health(|name| {
+            let reader = lock(&self.0.reader);
+            let now = now_ms();
+            let mut out = serde_json::Map::new();
+            for (label, days) in [("24h", 1u64), ("7d", 7), ("30d", 30)] {
+                let v = reader.as_ref().and_then(|c| {
+                    let q = format!(
+                        "series=probe:{name}:up&from={}&to={}",
+                        (now - days * 86_400_000) / 1000,
+                        now / 1000
+                    );
+                    let v = crate::history::query(c, &q, now).ok()?;
+                    let pts: Vec<f64> = v["series"][format!("probe:{name}:up")]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|x| x.as_f64())
+                        .collect();
+                    (!pts.is_empty()).then(|| {
+                        (pts.iter().sum::<f64>() / pts.len() as f64 * 100_000.0).round() / 1000.0
+                    })
+                });
+                out.insert(format!("percent_{label}"), json!(v));
+            }
+            Value::Object(out)
+        })
+    }
+
     /// Waits until the state file holds everything saved so far, history
     /// included.
     pub fn flush(&self) {
@@ -369,6 +405,7 @@ impl Collect for Observer {
                 }
             }
         }
+        self.0.probes.collect(out);
         let n = lock(&self.0.notifiers);
         out.family(
             "centinela_notifications",

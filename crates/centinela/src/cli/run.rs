@@ -129,6 +129,8 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     let view = supervisor.view();
     gw.add_health("services", Arc::new(move || view.health()));
     let obs = observer.clone();
+    gw.add_health("probes", Arc::new(move || obs.probe_health()));
+    let obs = observer.clone();
     gw.add_health("alerts", Arc::new(move || obs.health()));
     let obs = observer.clone();
     gw.add_status(

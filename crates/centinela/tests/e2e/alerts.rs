@@ -532,3 +532,90 @@ async fn history_is_recorded_every_10_s_and_served_as_json() {
     );
     stop(r).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_report_up_and_down_and_a_failing_one_pages() {
+    let hook = Receiver::start(vec![]).await;
+    let backend = TestServer::ok().await;
+    let dead = crate::util::dead_addr();
+    let dir = TempDir::new("probes");
+    let cfg = dir.path("centinela.toml");
+    let b = backend.addr;
+    let extra = format!(
+        r#"
+[[probe]]
+name = "site"
+url = "http://{b}/health"
+interval = "200ms"
+timeout = "1s"
+expect_body = "ok"
+
+[[probe]]
+name = "wrong-body"
+url = "http://{b}/"
+interval = "200ms"
+expect_body = "welcome"
+
+[[probe]]
+name = "db"
+url = "tcp://{dead}"
+interval = "200ms"
+timeout = "500ms"
+
+[[probe]]
+name = "port"
+url = "tcp://{b}"
+interval = "200ms"
+"#
+    );
+    std::fs::write(&cfg, alert_config(&[b], hook.addr, &extra)).unwrap();
+    let out = cli(&["check", "--config", cfg.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("probe-failing.db (page): probe_failed of probe \"db\" above 2"),
+        "{text}"
+    );
+    let r = run_gateway(&cfg).await;
+    // Three failures in a row page through the built-in rule.
+    let bodies = hook.wait_for(1, Duration::from_secs(15)).await;
+    let names: Vec<String> = bodies
+        .iter()
+        .flat_map(|b| {
+            let v: Value = serde_json::from_str(b).unwrap();
+            v["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a["labels"]["alertname"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(names.contains(&"probe-failing.db".to_string()), "{names:?}");
+    assert!(
+        !names.contains(&"probe-failing.site".to_string()),
+        "{names:?}"
+    );
+    let m = metrics(r.admin).await;
+    for want in [
+        "centinela_probe_up{probe=\"site\"} 1",
+        "centinela_probe_up{probe=\"port\"} 1",
+        "centinela_probe_up{probe=\"db\"} 0",
+        "centinela_probe_up{probe=\"wrong-body\"} 0",
+        "centinela_probe_duration_seconds{probe=\"site\"} ",
+    ] {
+        assert!(m.contains(want), "missing {want} in\n{m}");
+    }
+    let (code, health) = admin_json(r.admin, "/-/health/detailed").await;
+    assert_eq!(code, 503);
+    let probes = health["probes"].as_array().unwrap();
+    let find = |n: &str| probes.iter().find(|p| p["name"] == n).unwrap().clone();
+    assert_eq!(find("site")["up"], true);
+    assert_eq!(find("db")["up"], false);
+    assert!(find("db")["error"].as_str().unwrap().contains("connect"));
+    assert!(find("wrong-body")["error"]
+        .as_str()
+        .unwrap()
+        .contains("does not contain \"welcome\""));
+    assert!(find("site")["uptime"].get("percent_24h").is_some());
+    stop(r).await;
+}

@@ -1,0 +1,262 @@
+//! Uptime probes: one task per `[[probe]]`, started at a random point of
+//! its first interval and jittered by up to 10% after, so that probes do
+//! not run in step. Each result feeds the figures (alerts, history) and
+//! the `centinela_probe_*` metrics.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use centinela_config::probe::ProbeTarget;
+use centinela_config::UptimeProbe;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::expo::{Exposition, Kind};
+use crate::figures::{Figures, ProbeFigures, Source};
+use crate::Collect;
+
+/// The last result of a probe.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub checked: bool,
+    pub up: bool,
+    pub duration: f64,
+    pub failures: u32,
+    /// Why the last check failed.
+    pub error: Option<String>,
+    /// Unix milliseconds of the last check.
+    pub at: u64,
+}
+
+struct Running {
+    probe: UptimeProbe,
+    last: Arc<Mutex<Outcome>>,
+    task: JoinHandle<()>,
+}
+
+/// The running probes.
+#[derive(Default)]
+pub struct Probes {
+    running: Mutex<Vec<Running>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Probes {
+    /// Runs `list`: probes that keep their name and settings keep running
+    /// (and their last result); the others are stopped or started.
+    pub fn apply(&self, list: &[UptimeProbe]) {
+        let mut running = lock(&self.running);
+        let mut old: Vec<Running> = std::mem::take(&mut *running);
+        for p in list {
+            match old.iter().position(|r| r.probe == *p) {
+                Some(i) => running.push(old.swap_remove(i)),
+                None => {
+                    let last = Arc::new(Mutex::new(Outcome::default()));
+                    let task = tokio::spawn(run(p.clone(), last.clone()));
+                    running.push(Running {
+                        probe: p.clone(),
+                        last,
+                        task,
+                    });
+                }
+            }
+        }
+        for r in old {
+            r.task.abort();
+        }
+    }
+
+    /// Every probe's last result.
+    pub fn results(&self) -> Vec<(String, Outcome)> {
+        lock(&self.running)
+            .iter()
+            .map(|r| (r.probe.name.clone(), lock(&r.last).clone()))
+            .collect()
+    }
+
+    /// `/-/health/detailed`'s probes: healthy while none has failed its
+    /// last check.
+    pub fn health(&self, uptime: impl Fn(&str) -> Value) -> (bool, Value) {
+        let mut ok = true;
+        let list: Vec<Value> = self
+            .results()
+            .into_iter()
+            .map(|(name, r)| {
+                ok &= !r.checked || r.up;
+                json!({
+                    "name": name,
+                    "checked": r.checked,
+                    "up": r.up,
+                    "duration_seconds": r.duration,
+                    "consecutive_failures": r.failures,
+                    "error": r.error,
+                    "last_check": (r.at > 0).then(|| crate::notify::rfc3339(r.at)),
+                    "uptime": uptime(&name),
+                })
+            })
+            .collect();
+        (ok, Value::Array(list))
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        for r in lock(&self.running).drain(..) {
+            r.task.abort();
+        }
+    }
+}
+
+async fn run(p: UptimeProbe, last: Arc<Mutex<Outcome>>) {
+    let interval = p.interval.as_secs_f64();
+    tokio::time::sleep(Duration::from_secs_f64(interval * fastrand_f64())).await;
+    loop {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(p.timeout, check(&p))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {:?}", p.timeout)));
+        let duration = started.elapsed().as_secs_f64();
+        {
+            let mut r = lock(&last);
+            r.checked = true;
+            r.duration = duration;
+            r.at = crate::observer::now_ms();
+            match outcome {
+                Ok(()) => {
+                    if !r.up && r.failures > 0 {
+                        tracing::info!(probe = %p.name, "Probe passes again");
+                    }
+                    r.up = true;
+                    r.failures = 0;
+                    r.error = None;
+                }
+                Err(e) => {
+                    if r.failures == 0 {
+                        tracing::warn!(probe = %p.name, error = %e, "Probe failed");
+                    }
+                    r.up = false;
+                    r.failures += 1;
+                    r.error = Some(e);
+                }
+            }
+        }
+        let jitter = 1.0 + (fastrand_f64() - 0.5) * 0.2;
+        tokio::time::sleep(Duration::from_secs_f64(interval * jitter)).await;
+    }
+}
+
+/// A number in [0, 1) from the clock's nanoseconds: enough to spread
+/// probes, no generator needed.
+fn fastrand_f64() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let x = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+    x as f64 / (1u64 << 53) as f64
+}
+
+/// One check.
+async fn check(p: &UptimeProbe) -> Result<(), String> {
+    match &p.target {
+        ProbeTarget::Tcp { host, port } => {
+            TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| format!("connect: {}", e.kind()))?;
+            Ok(())
+        }
+        ProbeTarget::Http { host, port, path } => {
+            let mut s = TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(|e| format!("connect: {}", e.kind()))?;
+            let authority = if *port == 80 {
+                host.clone()
+            } else if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: centinela-probe/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+                env!("CARGO_PKG_VERSION")
+            );
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("send: {}", e.kind()))?;
+            // The head and up to 64 KiB of body are enough to judge.
+            let mut buf = Vec::with_capacity(4096);
+            let mut chunk = [0u8; 8192];
+            while buf.len() < 64 * 1024 + 16 * 1024 {
+                let n = s
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| format!("read: {}", e.kind()))?;
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            let head_len = match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => n,
+                _ => return Err("not an HTTP response".into()),
+            };
+            let status = resp.code.unwrap_or(0);
+            if !p.expect_status.contains(status) {
+                return Err(format!("status {status}"));
+            }
+            if let Some(want) = &p.expect_body {
+                // The body's first 64 KiB as received: with chunked
+                // framing, a match split by a chunk boundary is missed.
+                let body = &buf[head_len..];
+                if memchr::memmem::find(body, want.as_bytes()).is_none() {
+                    return Err(format!("the body does not contain {want:?}"));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Source for Probes {
+    fn figures(&self, out: &mut Figures) {
+        for (name, r) in self.results() {
+            if r.checked {
+                out.probes.push(ProbeFigures {
+                    name,
+                    up: r.up,
+                    duration: r.duration,
+                    failures: r.failures,
+                    tls_expiry: None,
+                });
+            }
+        }
+    }
+}
+
+impl Collect for Probes {
+    fn collect(&self, out: &mut Exposition) {
+        let results = self.results();
+        out.family(
+            "centinela_probe_up",
+            "1 when the probe's last check passed, 0 when it failed.",
+            Kind::Gauge,
+        );
+        for (name, r) in results.iter().filter(|(_, r)| r.checked) {
+            out.gauge(&[("probe", name)], f64::from(u8::from(r.up)));
+        }
+        out.family(
+            "centinela_probe_duration_seconds",
+            "How long the probe's last check took.",
+            Kind::Gauge,
+        );
+        for (name, r) in results.iter().filter(|(_, r)| r.checked) {
+            out.gauge(&[("probe", name)], r.duration);
+        }
+    }
+}
