@@ -176,6 +176,7 @@ pub async fn run(web: SocketAddr, app: &crate::recorder::Log) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let (mut forwarded_total, mut refused_total) = (0usize, 0usize);
     for i in 0..iterations {
+        app.settle().await;
         app.take();
         let mut send = Vec::new();
         for _ in 0..rng.usize(1..=3) {

@@ -6,6 +6,7 @@
 //! as a request are recorded as an error, and the connection is closed.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,13 +15,49 @@ use tokio::net::TcpListener;
 /// One request as received, or why the bytes could not be read as one.
 pub type Received = Result<Vec<u8>, String>;
 
-/// What one upstream received, in order.
+/// What one upstream received, in order, and how many of its
+/// connections hold part of a request (not yet recorded).
 #[derive(Clone, Default)]
-pub struct Log(pub Arc<Mutex<Vec<Received>>>);
+pub struct Log(pub Arc<Mutex<Vec<Received>>>, pub Arc<AtomicUsize>);
 
 impl Log {
     pub fn take(&self) -> Vec<Received> {
         std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    /// Waits (up to 2 s) until no connection holds part of a request: a
+    /// stream the gateway cut is recorded when its connection closes,
+    /// which may come after the client's side is done.
+    pub async fn settle(&self) {
+        let end = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.1.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < end {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Counts the connection in `Log.1` while it holds part of a request.
+struct Partial<'a> {
+    log: &'a Log,
+    counted: bool,
+}
+
+impl Partial<'_> {
+    fn set(&mut self, holding: bool) {
+        if holding != self.counted {
+            if holding {
+                self.log.1.fetch_add(1, Ordering::SeqCst);
+            } else {
+                self.log.1.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.counted = holding;
+        }
+    }
+}
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        self.set(false);
     }
 }
 
@@ -40,6 +77,10 @@ pub async fn start() -> (SocketAddr, Log) {
 async fn serve(mut s: tokio::net::TcpStream, log: Log) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
+    let mut partial = Partial {
+        log: &log,
+        counted: false,
+    };
     loop {
         match parse(&buf) {
             Ok(Some((n, upgrade))) => {
@@ -82,6 +123,7 @@ async fn serve(mut s: tokio::net::TcpStream, log: Log) {
                 return;
             }
         }
+        partial.set(!buf.is_empty());
         match s.read(&mut chunk).await {
             Ok(0) | Err(_) => {
                 if !buf.is_empty() {
@@ -92,7 +134,11 @@ async fn serve(mut s: tokio::net::TcpStream, log: Log) {
                 }
                 return;
             }
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            Ok(k) => {
+                buf.extend_from_slice(&chunk[..k]);
+                // Counted from the first byte, before it can be parsed.
+                partial.set(true);
+            }
         }
     }
 }
