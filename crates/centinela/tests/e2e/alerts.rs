@@ -577,19 +577,29 @@ interval = "200ms"
     );
     let r = run_gateway(&cfg).await;
     // Three failures in a row page through the built-in rule.
-    let bodies = hook.wait_for(1, Duration::from_secs(15)).await;
-    let names: Vec<String> = bodies
-        .iter()
-        .flat_map(|b| {
-            let v: Value = serde_json::from_str(b).unwrap();
-            v["alerts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a["labels"]["alertname"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
+    let names = || -> Vec<String> {
+        hook.received()
+            .iter()
+            .flat_map(|(_, b)| {
+                let v: Value = serde_json::from_str(b).unwrap();
+                v["alerts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["labels"]["alertname"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            names().contains(&"probe-failing.db".to_string())
         })
-        .collect();
+        .await,
+        "{:?}",
+        names()
+    );
+    let names = names();
     assert!(names.contains(&"probe-failing.db".to_string()), "{names:?}");
     assert!(
         !names.contains(&"probe-failing.site".to_string()),

@@ -65,6 +65,9 @@ pub(crate) async fn run_gateway(cfg_path: &std::path::Path) -> Running {
         .wait_line("Listening listener=web", Duration::from_secs(20))
         .await;
     let web = field(&web, "addr").unwrap().parse().unwrap();
+    // Logged once every admin page (services, alerts, history) is wired.
+    proc.wait_line("centinela started", Duration::from_secs(20))
+        .await;
     Running { proc, web, admin }
 }
 
