@@ -30,6 +30,12 @@ trap cleanup EXIT INT TERM
 
 # centinela runs the three products-api instances itself ([service]) and
 # puts each one behind the gateway once its readiness probe passes.
+# A webhook receiver that prints alerts to this terminal: centinela's
+# built-in rules (an upstream with no healthy server, a crash-looping
+# service) page it.
+target/release/centinela alerts receive --listen 127.0.0.1:9902 &
+pids+=($!)
+
 cat >"$data/centinela.toml" <<TOML
 [admin]
 listen = "127.0.0.1:9901"
@@ -56,6 +62,9 @@ upstream = "products"
 readiness = { http = "/health", interval = "100ms" }
 liveness = { http = "/health", interval = "2s", timeout = "1s", failures = 3 }
 logs = { dir = "logs", max_size = "10MB", keep = 5 }
+
+[notify.terminal]
+webhook = "http://127.0.0.1:9902/"
 TOML
 
 target/release/centinela check --config "$data/centinela.toml"
@@ -84,12 +93,17 @@ Admin:
   curl http://127.0.0.1:9901/-/health               # liveness
   curl http://127.0.0.1:9901/-/ready                # every route has a healthy server
   curl http://127.0.0.1:9901/-/upstreams            # live state of every server
+  curl http://127.0.0.1:9901/-/health/detailed      # everything, 503 when something is wrong
+  curl http://127.0.0.1:9901/metrics                # Prometheus metrics
+  target/release/centinela alerts --admin 127.0.0.1:9901   # alert rules and their states
   target/release/centinela status --admin 127.0.0.1:9901   # the supervised instances
 
 Try a failure: kill -9 \$(pgrep -f 'products-api --listen 127.0.0.1:8002')
 and keep curling: no request fails, and centinela restarts it in well under a second.
 Deploy without dropping a request (one instance at a time, each drained):
   target/release/centinela restart products --admin 127.0.0.1:9901
+Page yourself: target/release/centinela stop products --admin 127.0.0.1:9901
+and within ~20 s "[FIRING] upstream-down.products" prints here; start it again for "[RESOLVED]".
 Reload the config (e.g. change instances = 3 to 4): kill -HUP $gw
 Logs: $data/centinela.log, $data/logs/      Stop: Ctrl-C
 TXT

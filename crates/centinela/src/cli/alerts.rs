@@ -35,15 +35,23 @@ enum Action {
     },
     /// Remove an alert's silence.
     Unsilence { name: String },
+    /// Receive alert webhooks and print each alert, one line each (for
+    /// trying notifiers out: point a `[notify.NAME] webhook` at it).
+    Receive {
+        #[arg(long, default_value = "127.0.0.1:9902")]
+        listen: String,
+    },
 }
 
 pub(super) fn alerts(a: Alerts) -> ExitCode {
-    let addr = match admin_addr(a.admin, &a.config) {
-        Ok(addr) => addr,
-        Err(code) => return code,
-    };
+    // Every action but `receive` talks to a running centinela.
+    let addr = || admin_addr(a.admin.clone(), &a.config);
     match a.action {
-        None => list(&addr, a.json),
+        Some(Action::Receive { listen }) => super::receive::receive(&listen),
+        None => match addr() {
+            Ok(addr) => list(&addr, a.json),
+            Err(code) => code,
+        },
         Some(Action::Silence {
             name,
             duration,
@@ -54,9 +62,15 @@ pub(super) fn alerts(a: Alerts) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
             let body = serde_json::json!({"for": duration, "comment": comment}).to_string();
-            post(&addr, &format!("/-/alerts/silence/{name}"), &body)
+            match addr() {
+                Ok(addr) => post(&addr, &format!("/-/alerts/silence/{name}"), &body),
+                Err(code) => code,
+            }
         }
-        Some(Action::Unsilence { name }) => post(&addr, &format!("/-/alerts/unsilence/{name}"), ""),
+        Some(Action::Unsilence { name }) => match addr() {
+            Ok(addr) => post(&addr, &format!("/-/alerts/unsilence/{name}"), ""),
+            Err(code) => code,
+        },
     }
 }
 

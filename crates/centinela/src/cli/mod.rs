@@ -13,6 +13,7 @@ mod check;
 mod client;
 mod control;
 mod logs;
+mod receive;
 mod run;
 mod status;
 

@@ -629,3 +629,38 @@ interval = "200ms"
     assert!(find("site")["uptime"].get("percent_24h").is_some());
     stop(r).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_receive_prints_what_a_webhook_notifier_sends() {
+    let port = free_port_range(1);
+    let listen = format!("127.0.0.1:{port}");
+    let mut recv = Proc::spawn(
+        &bin("centinela"),
+        &["alerts", "receive", "--listen", &listen],
+    );
+    recv.wait_line("Receiving alert webhooks", Duration::from_secs(10))
+        .await;
+    let backend = TestServer::ok().await;
+    let dir = TempDir::new("alert-receive");
+    let cfg = dir.path("centinela.toml");
+    let hook: SocketAddr = listen.parse().unwrap();
+    let rule = "[alerting]\ndefaults = false\ngroup_wait = \"0s\"\n[[alert]]\nname = \"app-down\"\nsignal = \"server_down\"\nupstream = \"app\"\n";
+    std::fs::write(&cfg, alert_config(&[backend.addr], hook, rule)).unwrap();
+    let r = run_gateway(&cfg).await;
+    backend.stop();
+    recv.wait_line(
+        "[FIRING] app-down (page): server_down of upstream \"app\" is 1 (above 0)",
+        Duration::from_secs(15),
+    )
+    .await;
+    stop(r).await;
+    // A body that is not JSON is printed as it came.
+    let c = client();
+    let req = hyper::Request::post(format!("http://{listen}/"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"plain words",
+        )))
+        .unwrap();
+    assert_eq!(centinela_testkit::send(&c, req).await.unwrap().status, 200);
+    recv.wait_line("plain words", Duration::from_secs(5)).await;
+}
