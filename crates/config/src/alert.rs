@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::de::DeValue;
 
 use crate::diag::Sink;
-use crate::read::{array_items, missing, type_name, Obj};
+use crate::read::{array_items, is_name, missing, type_name, Obj};
 use crate::units::parse_duration;
 
 /// What a rule watches. Each reads one figure of one target (see
@@ -124,6 +124,16 @@ pub enum Threshold {
     Above(f64),
 }
 
+/// `below 1`, `above 0.05`: as written in the file.
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Below(v) => write!(f, "below {v}"),
+            Threshold::Above(v) => write!(f, "above {v}"),
+        }
+    }
+}
+
 impl Threshold {
     pub fn holds(self, value: f64) -> bool {
         match self {
@@ -236,7 +246,7 @@ pub(crate) fn alerts(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Alert>,
             continue;
         };
         let name = match o.str(sink, "name") {
-            Some((n, span)) if !valid_name(&n) => {
+            Some((n, span)) if !is_name(&n) => {
                 sink.error(
                     &span,
                     &o.child_path("name"),
@@ -397,7 +407,7 @@ pub(crate) fn alerts(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Alert>,
             },
             None => Severity::Page,
         };
-        let (notify, notify_spans) = string_list(sink, &mut o, "notify");
+        let (notify, notify_spans) = o.str_list(sink, "notify");
         o.finish(sink);
         if let (Some(name), Some(signal), Some((target, target_span)), Some(threshold)) =
             (name, signal, target, threshold)
@@ -461,49 +471,6 @@ fn threshold_value(
             None
         }
     }
-}
-
-/// An array of strings, with each item's span.
-pub(crate) fn string_list(
-    sink: &mut Sink<'_>,
-    o: &mut Obj<'_, '_>,
-    key: &'static str,
-) -> (Vec<String>, Vec<Range<usize>>) {
-    let mut names = Vec::new();
-    let mut spans = Vec::new();
-    if let Some(v) = o.get(key) {
-        let path = o.child_path(key);
-        match v.get_ref() {
-            DeValue::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    match item.get_ref() {
-                        DeValue::String(s) => {
-                            names.push(s.to_string());
-                            spans.push(item.span());
-                        }
-                        other => sink.error(
-                            &item.span(),
-                            &format!("{path}[{i}]"),
-                            format!("expected a string, found {}", type_name(other)),
-                        ),
-                    }
-                }
-            }
-            other => sink.error(
-                &v.span(),
-                &path,
-                format!("expected an array of names, found {}", type_name(other)),
-            ),
-        }
-    }
-    (names, spans)
-}
-
-fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 128
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// What the rules point at, for [`check`].
@@ -612,17 +579,14 @@ pub fn builtin(
 
 /// Writes a rule the way it would be written in the file (for `check`).
 pub fn describe(a: &Alert) -> String {
-    let t = match a.threshold {
-        Threshold::Below(v) => format!("below {v}"),
-        Threshold::Above(v) => format!("above {v}"),
-    };
     let mut s = format!(
-        "{} ({}): {} of {} {:?} {t}",
+        "{} ({}): {} of {} {:?} {}",
         a.name,
         a.severity.name(),
         a.signal.name(),
         a.signal.target_kind().key(),
-        a.target
+        a.target,
+        a.threshold
     );
     if a.signal.windowed() {
         s.push_str(&format!(" over {}", crate::units::format_duration(a.over)));

@@ -138,7 +138,7 @@ fn email(
     span: &std::ops::Range<usize>,
     base: &Path,
 ) -> Option<Email> {
-    let (to, _) = crate::alert::string_list(sink, e, "to");
+    let (to, _) = e.str_list(sink, "to");
     let from = e.str(sink, "from");
     let smtp = e.str(sink, "smtp");
     let starttls = e.bool(sink, "starttls", true);

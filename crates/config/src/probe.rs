@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::diag::Sink;
-use crate::read::{array_items, missing, Obj};
+use crate::read::{array_items, is_name, missing, Obj};
 use crate::units::StatusSet;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -45,11 +45,7 @@ pub(crate) fn probes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> Vec<UptimePr
         };
         let name = match o.str(sink, "name") {
             Some((n, span)) => {
-                let ok = !n.is_empty()
-                    && n.len() <= 128
-                    && n.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                if !ok {
+                if !is_name(&n) {
                     sink.error(
                         &span,
                         &o.child_path("name"),

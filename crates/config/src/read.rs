@@ -333,6 +333,62 @@ pub(crate) fn array_items<'t, 'i>(
     }
 }
 
+/// An array of strings, each with its span. A value that is not an array
+/// or an item that is not a string is an error, and left out.
+pub(crate) fn string_items(
+    sink: &mut Sink<'_>,
+    v: &SV<'_>,
+    path: &str,
+) -> Vec<(String, Range<usize>)> {
+    let DeValue::Array(items) = v.get_ref() else {
+        sink.error(
+            &v.span(),
+            path,
+            format!(
+                "expected an array of strings, found {}",
+                type_name(v.get_ref())
+            ),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.get_ref() {
+            DeValue::String(s) => out.push((s.to_string(), item.span())),
+            other => sink.error(
+                &item.span(),
+                &format!("{path}[{i}]"),
+                format!("expected a string, found {}", type_name(other)),
+            ),
+        }
+    }
+    out
+}
+
+/// A name of something in the file (alert, probe): letters, digits, `-`,
+/// `_` and `.`, at most 128 bytes; safe as a metric label and in a URL path.
+pub(crate) fn is_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl Obj<'_, '_> {
+    /// An optional array of strings under `key`: the strings and their spans.
+    pub(crate) fn str_list(
+        &mut self,
+        sink: &mut Sink<'_>,
+        key: &'static str,
+    ) -> (Vec<String>, Vec<Range<usize>>) {
+        let path = self.child_path(key);
+        match self.get(key) {
+            Some(v) => string_items(sink, v, &path).into_iter().unzip(),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+}
+
 /// An HTTP token (RFC 9110 §5.6.2): header names, protocol names.
 pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::de::DeValue;
 
 use crate::diag::Sink;
-use crate::read::{array_items, missing, type_name, Obj, SV};
+use crate::read::{missing, string_items, type_name, Obj, SV};
 
 /// When a crashed instance is restarted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,18 +155,10 @@ pub(crate) struct ParsedService {
 }
 
 fn string_list(sink: &mut Sink<'_>, v: &SV<'_>, path: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, item) in array_items(sink, v, path) {
-        match item.get_ref() {
-            DeValue::String(s) => out.push(s.to_string()),
-            other => sink.error(
-                &item.span(),
-                &format!("{path}[{i}]"),
-                format!("expected a string, found {}", type_name(other)),
-            ),
-        }
-    }
-    out
+    string_items(sink, v, path)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect()
 }
 
 fn probe(

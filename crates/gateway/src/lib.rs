@@ -77,6 +77,15 @@ async fn reap_idle_connections(shared: Arc<Shared>) {
     }
 }
 
+/// Adds `f` under `name` to one of the admin API's lists (replacing one of
+/// the same name), swapping the list whole.
+fn register<T: Clone>(list: &ArcSwap<Vec<(String, T)>>, name: &str, f: T) {
+    let mut v: Vec<(String, T)> = (**list.load()).clone();
+    v.retain(|(n, _)| n != name);
+    v.push((name.to_string(), f));
+    list.store(Arc::new(v));
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -344,27 +353,18 @@ impl Gateway {
 
     /// Serves `GET /-/NAME` on the admin API with what `f(query)` returns.
     pub fn add_status(&self, name: &str, f: admin::StatusFn) {
-        let mut v: Vec<(String, admin::StatusFn)> = (**self.shared.status.load()).clone();
-        v.retain(|(n, _)| n != name);
-        v.push((name.to_string(), f));
-        self.shared.status.store(Arc::new(v));
+        register(&self.shared.status, name, f);
     }
 
     /// Serves `POST /-/NAME/REST` on the admin API with `f(REST, body)`.
     pub fn add_action(&self, name: &str, f: admin::ActionFn) {
-        let mut v: Vec<(String, admin::ActionFn)> = (**self.shared.actions.load()).clone();
-        v.retain(|(n, _)| n != name);
-        v.push((name.to_string(), f));
-        self.shared.actions.store(Arc::new(v));
+        register(&self.shared.actions, name, f);
     }
 
     /// Adds a section to `GET /-/health/detailed`: `f` says whether its
     /// part is healthy, with the JSON shown under `name`.
     pub fn add_health(&self, name: &str, f: admin::HealthFn) {
-        let mut v: Vec<(String, admin::HealthFn)> = (**self.shared.health.load()).clone();
-        v.retain(|(n, _)| n != name);
-        v.push((name.to_string(), f));
-        self.shared.health.store(Arc::new(v));
+        register(&self.shared.health, name, f);
     }
 
     /// What the data plane reports to the observer once a second.

@@ -3,7 +3,7 @@
 //! servers) when `GET /metrics` is served. Names and labels are part of
 //! centinela's interface: see `docs/observe.md`.
 
-use centinela_observe::metrics::{Histogram, LATENCY_BOUNDS};
+use centinela_observe::metrics::{HistogramSnapshot, LATENCY_BOUNDS};
 use centinela_observe::{
     Collect, Exposition, Figures, Kind, ServerFigures, Source, UpstreamFigures,
 };
@@ -180,7 +180,7 @@ impl Source for Shared {
                 name: g.name.to_string(),
                 requests: 0,
                 errors: 0,
-                latency: Histogram::new(LATENCY_BOUNDS).snapshot(),
+                latency: HistogramSnapshot::empty(LATENCY_BOUNDS),
                 servers: g
                     .servers
                     .iter()

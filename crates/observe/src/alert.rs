@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use centinela_config::alert::{Signal, Threshold};
+use centinela_config::alert::Signal;
 use centinela_config::Alert;
 
 use crate::figures::Figures;
@@ -251,8 +251,9 @@ impl Evaluator {
     }
 
     /// The sample to take differences from for a window of `over_ms`: the
-    /// newest one at or before `now - over`, else the oldest there is.
-    fn base(&self, now_ms: u64, over_ms: u64) -> Option<&Figures> {
+    /// newest one at or before `now - over`, else the oldest there is; with
+    /// its time.
+    fn base(&self, now_ms: u64, over_ms: u64) -> Option<(u64, &Figures)> {
         let start = now_ms.saturating_sub(over_ms);
         let mut best = self.ring.front()?;
         for s in &self.ring {
@@ -262,7 +263,7 @@ impl Evaluator {
                 break;
             }
         }
-        (best.0 < now_ms).then_some(&*best.1)
+        (best.0 < now_ms).then_some((best.0, &*best.1))
     }
 
     fn value(&self, rule: &Alert, now: &Figures, now_ms: u64) -> Option<f64> {
@@ -274,14 +275,14 @@ impl Evaluator {
                 .map(|u| (u.servers.len() - u.healthy()) as f64),
             Signal::ErrorRatio | Signal::RequestRate | Signal::LatencyP99 => {
                 let cur = now.upstream(&rule.target)?;
-                let base = self.base(now_ms, over_ms)?.upstream(&rule.target)?;
+                let (base_ms, base) = self.base(now_ms, over_ms)?;
+                let base = base.upstream(&rule.target)?;
                 let requests = cur.requests.saturating_sub(base.requests);
                 match rule.signal {
                     Signal::ErrorRatio => (requests > 0)
                         .then(|| cur.errors.saturating_sub(base.errors) as f64 / requests as f64),
                     Signal::RequestRate => {
-                        let secs =
-                            now_ms.saturating_sub(self.base_time(now_ms, over_ms)?) as f64 / 1000.0;
+                        let secs = now_ms.saturating_sub(base_ms) as f64 / 1000.0;
                         (secs > 0.0).then(|| requests as f64 / secs)
                     }
                     _ => cur.latency.since(&base.latency).quantile(0.99),
@@ -293,7 +294,7 @@ impl Evaluator {
                 .map(|s| f64::from(s.crash_looping)),
             Signal::Restarts => {
                 let cur = now.service(&rule.target)?;
-                let base = self.base(now_ms, over_ms)?.service(&rule.target)?;
+                let base = self.base(now_ms, over_ms)?.1.service(&rule.target)?;
                 Some(cur.restarts.saturating_sub(base.restarts) as f64)
             }
             Signal::ProbeFailed => now
@@ -311,34 +312,13 @@ impl Evaluator {
             Signal::SloBurn => None,
         }
     }
-
-    fn base_time(&self, now_ms: u64, over_ms: u64) -> Option<u64> {
-        let start = now_ms.saturating_sub(over_ms);
-        let mut best = self.ring.front()?.0;
-        for s in &self.ring {
-            if s.0 <= start {
-                best = s.0;
-            } else {
-                break;
-            }
-        }
-        Some(best)
-    }
-}
-
-/// Whether `threshold` is crossed by `value`, for display.
-pub fn describe_threshold(t: Threshold) -> String {
-    match t {
-        Threshold::Below(v) => format!("below {v}"),
-        Threshold::Above(v) => format!("above {v}"),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use centinela_config::alert::Severity;
+    use centinela_config::alert::{Severity, Threshold};
 
     use super::*;
     use crate::figures::{ServerFigures, ServiceFigures, UpstreamFigures};

@@ -216,7 +216,8 @@ impl History {
                         sums: vec![0.0; vals.len()],
                         counts: vec![0; vals.len()],
                     });
-                if acc.slot_start != slot_start {
+                // A new slot: the finished one's mean goes to its tier.
+                let done = (acc.slot_start != slot_start).then(|| {
                     let mean: Vec<f32> = acc
                         .sums
                         .iter()
@@ -229,18 +230,20 @@ impl History {
                             }
                         })
                         .collect();
-                    let done = acc.slot_start;
+                    let at = acc.slot_start;
                     acc.slot_start = slot_start;
                     acc.sums.iter_mut().for_each(|s| *s = 0.0);
                     acc.counts.iter_mut().for_each(|c| *c = 0);
-                    self.put(tier, &entity, done, mean);
-                }
-                let acc = self.acc.get_mut(&(tier, entity.clone())).expect("inserted");
+                    (at, mean)
+                });
                 for (i, v) in vals.iter().enumerate() {
                     if v.is_finite() {
                         acc.sums[i] += f64::from(*v);
                         acc.counts[i] += 1;
                     }
+                }
+                if let Some((at, mean)) = done {
+                    self.put(tier, &entity, at, mean);
                 }
             }
             self.put(0, &entity, slot_t, vals);

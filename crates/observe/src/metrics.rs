@@ -84,6 +84,15 @@ impl Histogram {
 }
 
 impl HistogramSnapshot {
+    /// No observations, with `bounds`.
+    pub fn empty(bounds: &'static [f64]) -> HistogramSnapshot {
+        HistogramSnapshot {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }

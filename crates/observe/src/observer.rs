@@ -12,7 +12,7 @@ use centinela_config::alert::Severity;
 use centinela_config::{Alert, Alerting, Config};
 use serde_json::{json, Value};
 
-use crate::alert::{describe_threshold, Evaluator, State, STATES};
+use crate::alert::{Evaluator, State, STATES};
 use crate::expo::{Exposition, Kind};
 use crate::figures::{Figures, Source};
 use crate::history::{History, STEP_MS};
@@ -30,6 +30,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Locks are taken in one order, `eval`, then `silences`, then
+/// `notifiers`, and never the other way round.
 struct Inner {
     sources: Mutex<Vec<Arc<dyn Source>>>,
     eval: Mutex<Evaluator>,
@@ -157,6 +159,7 @@ impl Observer {
             }
         }
         let alerting = lock(&self.0.alerting).clone();
+        let mut eval = lock(&self.0.eval);
         let mut silences = lock(&self.0.silences);
         let expired: Vec<String> = silences
             .values()
@@ -168,7 +171,6 @@ impl Observer {
             silences.remove(&name);
             self.0.store.remove_silence(&name);
         }
-        let mut eval = lock(&self.0.eval);
         let changes = eval.step(now, figures);
         let notifiers = lock(&self.0.notifiers);
         let mut dirty: Vec<usize> = Vec::new();
@@ -268,7 +270,7 @@ impl Observer {
                     "severity": r.severity.name(),
                     "signal": r.signal.name(),
                     r.signal.target_kind().key(): r.target,
-                    "threshold": describe_threshold(r.threshold),
+                    "threshold": r.threshold.to_string(),
                     "for_seconds": r.for_.as_secs_f64(),
                     "value": s.value,
                     "active_since": s.active_since.map(crate::notify::rfc3339),
@@ -380,7 +382,7 @@ fn notice(rule: &Alert, st: &crate::alert::Status, now: u64) -> Notice {
             rule.signal.target_kind().key(),
             rule.target,
             if firing { "" } else { "was " },
-            describe_threshold(rule.threshold)
+            rule.threshold
         ),
         starts_at: st.active_since.or(st.fired_at).unwrap_or(now),
         ends_at: (!firing).then_some(st.resolved_at.unwrap_or(now)),

@@ -114,7 +114,7 @@ impl Drop for Probes {
 
 async fn run(p: UptimeProbe, last: Arc<Mutex<Outcome>>) {
     let interval = p.interval.as_secs_f64();
-    tokio::time::sleep(Duration::from_secs_f64(interval * fastrand_f64())).await;
+    tokio::time::sleep(Duration::from_secs_f64(interval * fastrand::f64())).await;
     loop {
         let started = Instant::now();
         let outcome = tokio::time::timeout(p.timeout, check(&p))
@@ -145,19 +145,9 @@ async fn run(p: UptimeProbe, last: Arc<Mutex<Outcome>>) {
                 }
             }
         }
-        let jitter = 1.0 + (fastrand_f64() - 0.5) * 0.2;
+        let jitter = 1.0 + (fastrand::f64() - 0.5) * 0.2;
         tokio::time::sleep(Duration::from_secs_f64(interval * jitter)).await;
     }
-}
-
-/// A number in [0, 1) from the clock's nanoseconds: enough to spread
-/// probes, no generator needed.
-fn fastrand_f64() -> f64 {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let x = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
-    x as f64 / (1u64 << 53) as f64
 }
 
 /// One check.

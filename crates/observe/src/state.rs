@@ -406,16 +406,10 @@ mod tests {
         let d = std::env::temp_dir().join(format!(
             "centinela-state-{name}-{}-{}",
             std::process::id(),
-            fastrand_u64()
+            fastrand::u64(..)
         ));
         let _ = std::fs::remove_dir_all(&d);
         d
-    }
-
-    fn fastrand_u64() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
     }
 
     #[test]
