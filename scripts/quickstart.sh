@@ -65,6 +65,12 @@ logs = { dir = "logs", max_size = "10MB", keep = 5 }
 
 [notify.terminal]
 webhook = "http://127.0.0.1:9902/"
+
+[[slo]]
+name = "products-availability"
+upstream = "products"
+objective = 99.9
+latency = "500ms"
 TOML
 
 target/release/centinela check --config "$data/centinela.toml"
@@ -83,6 +89,8 @@ cat <<TXT
 
 centinela is running: gateway on :8080 in front of 3 products-api instances (:8001-8004 pool)
 that it runs and keeps alive itself.
+
+Dashboard: http://127.0.0.1:9901/   (traffic, errors, latency, saturation, alerts, SLOs; live)
 
   curl -i http://127.0.0.1:8080/products
   curl -i -X POST http://127.0.0.1:8080/products -H 'content-type: application/json' \\
@@ -112,6 +120,7 @@ if [ "${QUICKSTART_SMOKE:-}" = 1 ]; then
     # Non-interactive check used by CI: one request through the gateway.
     [ "$(status_of 8080 /products)" = 200 ] || { echo "quickstart smoke test: FAILED"; cat "$data/centinela.log"; exit 1; }
     target/release/centinela status --admin 127.0.0.1:9901
+    [ "$(status_of 9901 /)" = 200 ] || { echo "quickstart smoke test: no dashboard"; exit 1; }
     target/release/centinela restart products --admin 127.0.0.1:9901 || { echo "quickstart smoke test: restart FAILED"; cat "$data/centinela.log"; exit 1; }
     [ "$(status_of 8080 /products)" = 200 ] || { echo "quickstart smoke test: FAILED after restart"; exit 1; }
     echo "quickstart smoke test: OK"

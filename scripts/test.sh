@@ -2,14 +2,17 @@
 # Runs every test: unit, config, end-to-end (real sockets on 127.0.0.1 with
 # ephemeral ports, real centinela and products-api processes).
 # Tests that need Debian packages install them here when they are missing:
-# prometheus (promtool checks /metrics, a real Prometheus scrapes it) and
-# python3-aiosmtpd (a real SMTP server receives alert mail).
+# prometheus (promtool checks /metrics, a real Prometheus scrapes it),
+# python3-aiosmtpd (a real SMTP server receives alert mail), and chromium
+# with chromium-driver (a headless browser drives the dashboard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 /usr/bin/python3 -c "import aiosmtpd" >/dev/null 2>&1 || need+=(python3-aiosmtpd)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then
     echo "Installing ${need[*]} for the tests" >&2
     sudo_=""

@@ -99,8 +99,18 @@ impl Signal {
     pub fn windowed(self) -> bool {
         matches!(
             self,
-            Signal::ErrorRatio | Signal::LatencyP99 | Signal::RequestRate | Signal::Restarts
+            Signal::ErrorRatio
+                | Signal::LatencyP99
+                | Signal::RequestRate
+                | Signal::Restarts
+                | Signal::SloBurn
         )
+    }
+
+    /// Windowed signals the evaluator computes from its own per-second
+    /// figures (at most [`MAX_OVER`]); an SLO keeps its own counts.
+    pub fn per_second(self) -> bool {
+        self.windowed() && self != Signal::SloBurn
     }
 
     /// The threshold when the rule gives none: signals that count failing
@@ -171,6 +181,9 @@ pub struct Alert {
     pub for_: Duration,
     /// The window of windowed signals.
     pub over: Duration,
+    /// `slo_burn` only: a second, shorter window that must burn too (the
+    /// multiwindow rules of the SRE workbook).
+    pub short: Option<Duration>,
     /// How long a firing alert keeps firing after its condition stops.
     pub keep_firing_for: Duration,
     pub severity: Severity,
@@ -374,8 +387,14 @@ pub(crate) fn alerts(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Alert>,
                     sink.error(
                         &span,
                         &o.child_path("over"),
-                        "`over` applies only to error_ratio, latency_p99, request_rate and restarts",
+                        "`over` applies only to error_ratio, latency_p99, request_rate, restarts and slo_burn",
                     );
+                    d
+                }
+                Ok(d) if signal == Some(Signal::SloBurn) => {
+                    if d < Duration::from_secs(60) || d > crate::slo::MAX_WINDOW {
+                        sink.error(&span, &o.child_path("over"), "must be between 1m and 90d");
+                    }
                     d
                 }
                 Ok(d) if d < Duration::from_secs(1) || d > MAX_OVER => {
@@ -388,6 +407,7 @@ pub(crate) fn alerts(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Alert>,
                     Duration::ZERO
                 }
             },
+            None if signal == Some(Signal::SloBurn) => Duration::from_secs(3600),
             None => Duration::from_secs(60),
         };
         let keep_firing_for = o.duration(sink, "keep_firing_for", Duration::ZERO);
@@ -425,6 +445,7 @@ pub(crate) fn alerts(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Alert>,
                 threshold,
                 for_,
                 over,
+                short: None,
                 keep_firing_for,
                 severity,
                 notify,
@@ -536,6 +557,7 @@ pub fn builtin(
         threshold,
         for_,
         over: Duration::from_secs(60),
+        short: None,
         keep_firing_for: Duration::ZERO,
         severity,
         notify: Vec::new(),
@@ -590,6 +612,12 @@ pub fn describe(a: &Alert) -> String {
     );
     if a.signal.windowed() {
         s.push_str(&format!(" over {}", crate::units::format_duration(a.over)));
+    }
+    if let Some(short) = a.short {
+        s.push_str(&format!(
+            " and over {}",
+            crate::units::format_duration(short)
+        ));
     }
     if !a.for_.is_zero() {
         s.push_str(&format!(" for {}", crate::units::format_duration(a.for_)));

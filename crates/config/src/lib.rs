@@ -19,6 +19,7 @@ mod route;
 mod runtime;
 mod secret;
 mod service;
+pub mod slo;
 pub mod units;
 mod upstream;
 
@@ -34,6 +35,7 @@ pub use route::Route;
 pub use runtime::{LogFormat, Runtime};
 pub use secret::Secret;
 pub use service::{GiveUp, Logs, Probe, ProbeKind, Restart, Service, ServiceBackoff, Signal, Stop};
+pub use slo::Slo;
 pub use upstream::{
     default_breaker, default_limits, default_outlier, default_retry, default_timeouts, Balance,
     Breaker, HashKey, Health, Limits, Outlier, Retry, RetryOn, Server, Timeouts, Upstream,
@@ -59,6 +61,8 @@ pub struct Config {
     pub notifiers: Vec<Notifier>,
     /// `[[probe]]`: uptime probes.
     pub probes: Vec<UptimeProbe>,
+    /// `[[slo]]`: objectives with error budgets.
+    pub slos: Vec<Slo>,
 }
 
 impl Config {
@@ -74,7 +78,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         path: String::new(),
         known: Vec::new(),
     };
-    let admin = admin::admin(sink, &mut top);
+    let admin = admin::admin(sink, &mut top, base_dir);
     let (listeners, listener_spans) = listener::listeners(sink, &mut top);
     let (routes, route_refs) = route::routes(sink, &mut top);
     // Services first: an upstream fed by a service needs no static servers.
@@ -109,6 +113,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let (mut alerts, alert_refs) = alert::alerts(sink, &mut top);
     let notifiers = notify::notifiers(sink, &mut top, base_dir);
     let probes = probe::probes(sink, &mut top);
+    let (slos, slo_refs) = slo::slos(sink, &mut top);
     top.finish(sink);
 
     // Cross-references.
@@ -119,6 +124,8 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let service_names: Vec<String> = services.iter().map(|p| p.service.name.clone()).collect();
     let notifier_names: Vec<String> = notifiers.iter().map(|n| n.name.clone()).collect();
     let probe_names: Vec<String> = probes.iter().map(|p| p.name.clone()).collect();
+    let slo_names: Vec<String> = slos.iter().map(|s| s.name.clone()).collect();
+    slo::check(sink, &slos, &slo_refs, &upstream_names, &notifier_names);
     alert::check(
         sink,
         &alerts,
@@ -127,13 +134,16 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
             upstreams: &upstream_names,
             services: &service_names,
             probes: &probe_names,
-            slos: &[],
+            slos: &slo_names,
             notifiers: &notifier_names,
         },
     );
     if alerting.defaults && !notifiers.is_empty() {
         alerts.extend(alert::builtin(&upstream_names, &service_names, &probes));
     }
+    // An SLO's burn-rate rules come with it, notifier or not: they show on
+    // the dashboard and in /-/alerts.
+    alerts.extend(slo::burn_alerts(&slos));
     Config {
         admin,
         listeners,
@@ -145,6 +155,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         alerting,
         notifiers,
         probes,
+        slos,
     }
 }
 

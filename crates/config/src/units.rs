@@ -63,8 +63,12 @@ pub fn format_duration(d: Duration) -> String {
         format!("{ms}ms")
     } else if ms % 60_000 != 0 {
         format!("{}s", ms / 1000)
-    } else {
+    } else if ms % 3_600_000 != 0 {
         format!("{}m", ms / 60_000)
+    } else if ms % 86_400_000 != 0 {
+        format!("{}h", ms / 3_600_000)
+    } else {
+        format!("{}d", ms / 86_400_000)
     }
 }
 
@@ -151,6 +155,9 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+        assert_eq!(format_duration(Duration::from_secs(1800)), "30m");
+        assert_eq!(format_duration(Duration::from_secs(6 * 3600)), "6h");
+        assert_eq!(format_duration(Duration::from_secs(3 * 86_400)), "3d");
     }
 
     #[test]

@@ -6,13 +6,20 @@
 //! [`crate::Gateway::add_status`] and `POST` actions added with
 //! [`crate::Gateway::add_action`] (e.g. `POST /-/services/NAME/restart`).
 //!
-//! The admin API has no authentication of its own: bind it to loopback (the
-//! default) or a management network only. Against browsers on the host
-//! (a cross-site POST, DNS rebinding), every request must name an IP
-//! address or `localhost` as its `Host`, a request with an `Origin` must
-//! come from that same host, and a state-changing `POST` must carry
-//! `X-Centinela: 1`, a header no plain cross-site form or image can send
-//! (the `centinela` CLI sends it).
+//! `GET /` serves the dashboard (`centinela_observe::dashboard`), its assets
+//! under `/-/ui/`.
+//!
+//! **Who may call it.** With `[admin] token` set, every endpoint but
+//! `/-/health`, `/-/live` and `/-/ready` needs `Authorization: Bearer
+//! TOKEN` or the dashboard's cookie (set by `POST /-/login`, HttpOnly and
+//! SameSite=Strict), compared in constant time; without it the answer is
+//! 401 (the dashboard's answer is its login page). Without a token the
+//! config keeps the listener on loopback unless told otherwise. Against
+//! browsers on the host (a cross-site POST, DNS rebinding), a request with
+//! an `Origin` must come from its own host, a state-changing `POST` must
+//! carry `X-Centinela: 1`, a header no plain cross-site form or image can
+//! send (the `centinela` CLI sends it), and, without a token, every request
+//! must name an IP address or `localhost` as its `Host`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -104,6 +111,31 @@ fn metrics(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 /// when every part is healthy, else 503 with the same body. An upstream
 /// is healthy while one of its servers takes traffic.
 fn detailed(shared: &Shared, snap: &crate::snapshot::Snapshot) -> Response<Full<Bytes>> {
+    let (healthy, body) = detailed_json(shared, snap);
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_resp(status, body)
+}
+
+/// `GET /-/overview`, what the dashboard reads every 2 s in one request:
+/// the detailed health, and the `alerts` and `services` pages. Always 200
+/// (the health's own status is in its body).
+fn overview(shared: &Shared, snap: &crate::snapshot::Snapshot) -> Response<Full<Bytes>> {
+    let (_, health) = detailed_json(shared, snap);
+    let mut body = serde_json::Map::new();
+    body.insert("health".into(), health);
+    for (name, f) in shared.status.load().iter() {
+        if name == "alerts" || name == "services" {
+            body.insert(name.clone(), f("").1);
+        }
+    }
+    json_resp(StatusCode::OK, serde_json::Value::Object(body))
+}
+
+fn detailed_json(shared: &Shared, snap: &crate::snapshot::Snapshot) -> (bool, serde_json::Value) {
     let mut healthy = true;
     let upstreams: Vec<_> = snap
         .groups
@@ -121,7 +153,14 @@ fn detailed(shared: &Shared, snap: &crate::snapshot::Snapshot) -> Response<Full<
                 .collect();
             let up = servers.iter().any(|s| s["state"] == "up");
             healthy &= up;
-            json!({"name": &*g.name, "healthy": up, "servers": servers})
+            json!({
+                "name": &*g.name,
+                "healthy": up,
+                "in_flight": g.limiter.in_use(),
+                "limit": g.limiter.max(),
+                "queued": g.limiter.queued(),
+                "servers": servers,
+            })
         })
         .collect();
     let mut body = serde_json::Map::new();
@@ -140,19 +179,128 @@ fn detailed(shared: &Shared, snap: &crate::snapshot::Snapshot) -> Response<Full<
         "status".into(),
         json!(if healthy { "healthy" } else { "unhealthy" }),
     );
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json_resp(status, serde_json::Value::Object(body))
+    (healthy, serde_json::Value::Object(body))
 }
 
 /// The header state-changing requests must carry.
 pub const CSRF_HEADER: &str = "x-centinela";
 
+/// The dashboard's cookie: the token, HttpOnly and SameSite=Strict.
+pub const COOKIE: &str = "centinela_admin";
+
+/// Endpoints open without the token: what load balancers and orchestrators
+/// probe, and the login itself.
+fn open_without_token(path: &str) -> bool {
+    matches!(path, "/-/health" | "/-/live" | "/-/ready" | "/-/login")
+}
+
+/// Equal, in time that depends on the lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The request carries the token: as a bearer token or in the cookie.
+fn authorized(h: &http::HeaderMap, token: &str) -> bool {
+    let bearer = h
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    let cookies = h
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='));
+    let mut ok = false;
+    for candidate in bearer.chain(cookies) {
+        ok |= constant_time_eq(candidate.as_bytes(), token.as_bytes());
+    }
+    ok
+}
+
+fn unauthorized(path: &str) -> Response<Full<Bytes>> {
+    let mut r = if path == "/" {
+        let (ctype, body) = centinela_observe::dashboard::LOGIN;
+        let mut r = Response::new(Full::new(Bytes::from_static(body)));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
+        r.headers_mut().insert(
+            http::header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static(centinela_observe::dashboard::LOGIN_CSP),
+        );
+        r
+    } else {
+        json_resp(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "this admin endpoint needs Authorization: Bearer TOKEN ([admin] token)"}),
+        )
+    };
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"centinela\""),
+    );
+    r
+}
+
+/// `POST /-/login` with the token as the body: sets the dashboard's cookie.
+fn login(token: Option<&str>, body: &[u8]) -> Response<Full<Bytes>> {
+    let Some(token) = token else {
+        return json_resp(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no [admin] token is set: the dashboard needs no login"}),
+        );
+    };
+    let given = std::str::from_utf8(body).unwrap_or("").trim();
+    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        tracing::warn!("Admin login with a wrong token");
+        return json_resp(StatusCode::UNAUTHORIZED, json!({"error": "wrong token"}));
+    }
+    let mut r = json_resp(StatusCode::OK, json!({"status": "logged in"}));
+    // The token itself, which only the admin API can read back.
+    let cookie = format!("{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=2592000");
+    if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(http::header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `GET /` and `GET /-/ui/NAME`: the dashboard's embedded files.
+fn ui(path: &str) -> Option<Response<Full<Bytes>>> {
+    let (ctype, body) = centinela_observe::dashboard::asset(path)?;
+    let mut r = Response::new(Full::new(Bytes::from_static(body)));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ctype),
+    );
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        http::HeaderValue::from_static(centinela_observe::dashboard::CSP),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    Some(r)
+}
+
 /// Why a request is refused before it is served, if it is.
-fn refuse(req: &Request<Incoming>) -> Option<&'static str> {
+fn refuse(req: &Request<Incoming>, token: bool) -> Option<&'static str> {
     let h = req.headers();
     let host = h
         .get(http::header::HOST)
@@ -172,7 +320,11 @@ fn refuse(req: &Request<Incoming>) -> Option<&'static str> {
         _ => host,
     };
     let name = name.trim_start_matches('[').trim_end_matches(']');
-    if !(name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()) {
+    // With a token, a rebound name reaches nothing: the browser sends the
+    // cookie to the name it was set for only.
+    let named_safely =
+        name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+    if !token && !named_safely {
         return Some("Host must be an IP address or localhost (DNS rebinding)");
     }
     if let Some(origin) = h.get(http::header::ORIGIN) {
@@ -203,10 +355,25 @@ async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if let Some(why) = refuse(&req) {
+    let snap = shared.snapshot.load_full();
+    let token = snap.config.admin.token.as_ref().map(|t| t.expose());
+    if let Some(why) = refuse(&req, token.is_some()) {
         return Ok(json_resp(StatusCode::FORBIDDEN, json!({ "error": why })));
     }
+    if let Some(t) = token {
+        if !open_without_token(req.uri().path()) && !authorized(req.headers(), t) {
+            return Ok(unauthorized(req.uri().path()));
+        }
+    }
     if req.method() == Method::POST {
+        if req.uri().path() == "/-/login" {
+            let limited = http_body_util::Limited::new(req.into_body(), 4096);
+            let body = http_body_util::BodyExt::collect(limited)
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Ok(login(token, &body));
+        }
         let path = req.uri().path().strip_prefix("/-/").unwrap_or("");
         let (name, rest) = path.split_once('/').unwrap_or((path, ""));
         let action = shared
@@ -243,10 +410,13 @@ async fn handle(
     if req.uri().path() == "/metrics" {
         return Ok(metrics(&shared, &req));
     }
-    let snap = shared.snapshot.load();
+    if let Some(r) = ui(req.uri().path()) {
+        return Ok(r);
+    }
     Ok(match req.uri().path() {
         "/-/health" | "/-/live" => json_resp(StatusCode::OK, json!({"status": "ok"})),
         "/-/health/detailed" => detailed(&shared, &snap),
+        "/-/overview" => overview(&shared, &snap),
         "/-/ready" => {
             let unready = snap.unready_routes();
             if unready.is_empty() {

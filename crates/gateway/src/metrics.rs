@@ -181,6 +181,7 @@ impl Source for Shared {
                 requests: 0,
                 errors: 0,
                 latency: HistogramSnapshot::empty(LATENCY_BOUNDS),
+                error_latency: HistogramSnapshot::empty(LATENCY_BOUNDS),
                 servers: g
                     .servers
                     .iter()
@@ -199,6 +200,7 @@ impl Source for Shared {
                     f.requests += all;
                     f.errors += errors;
                     f.latency.merge(&s.duration.snapshot());
+                    f.error_latency.merge(&s.error_duration.snapshot());
                 }
             }
             out.upstreams.push(f);

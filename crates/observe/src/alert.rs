@@ -168,7 +168,7 @@ impl Evaluator {
             .collect();
         self.keep_ms = rules
             .iter()
-            .filter(|r| r.signal.windowed())
+            .filter(|r| r.signal.per_second())
             .map(|r| r.over.as_millis() as u64)
             .max()
             .unwrap_or(0);
@@ -308,8 +308,21 @@ impl Evaluator {
                 .find(|p| p.name == rule.target)
                 .and_then(|p| p.tls_expiry)
                 .map(|s| s / 86_400.0),
-            // SLOs report no figures yet.
-            Signal::SloBurn => None,
+            Signal::SloBurn => {
+                // Over `over`, and over `short` when set; no value from
+                // fewer than min_requests in the shorter window.
+                let s = now.slos.iter().find(|s| s.name == rule.target)?;
+                let short_ms = rule.short.map(|d| d.as_millis() as u64);
+                let guard = s.window(short_ms.unwrap_or(over_ms))?;
+                if guard.total < s.min_requests {
+                    return None;
+                }
+                let long = s.burn(over_ms)?;
+                match short_ms {
+                    Some(ms) => Some(long.min(s.burn(ms)?)),
+                    None => Some(long),
+                }
+            }
         }
     }
 }
@@ -332,6 +345,7 @@ mod tests {
             threshold,
             for_: Duration::from_secs(for_s),
             over: Duration::from_secs(60),
+            short: None,
             keep_firing_for: Duration::ZERO,
             severity: Severity::Page,
             notify: vec![],
@@ -353,13 +367,13 @@ mod tests {
                 requests,
                 errors,
                 latency: Histogram::new(LATENCY_BOUNDS).snapshot(),
+                error_latency: Histogram::new(LATENCY_BOUNDS).snapshot(),
                 servers,
                 in_flight: 0,
                 max_in_flight: 0,
                 queued: 0,
             }],
-            services: vec![],
-            probes: vec![],
+            ..Figures::default()
         })
     }
 
@@ -482,7 +496,7 @@ mod tests {
                     restarts,
                     ..Default::default()
                 }],
-                probes: vec![],
+                ..Figures::default()
             })
         };
         let t0 = 100_000;

@@ -10,6 +10,8 @@ pub struct Figures {
     pub upstreams: Vec<UpstreamFigures>,
     pub services: Vec<ServiceFigures>,
     pub probes: Vec<ProbeFigures>,
+    /// Added by the observer's SLO trackers (`crate::slo`).
+    pub slos: Vec<SloFigures>,
 }
 
 impl Figures {
@@ -31,6 +33,8 @@ pub struct UpstreamFigures {
     pub errors: u64,
     /// Time to the response head (cumulative).
     pub latency: HistogramSnapshot,
+    /// The same, of the 5xx responses only.
+    pub error_latency: HistogramSnapshot,
     pub servers: Vec<ServerFigures>,
     pub in_flight: u64,
     pub max_in_flight: u64,
@@ -76,6 +80,46 @@ pub struct ProbeFigures {
     pub failures: u32,
     /// Seconds until the certificate expires (HTTPS probes).
     pub tls_expiry: Option<f64>,
+}
+
+/// An SLO's requests over its window and over the windows its alert rules
+/// read.
+#[derive(Clone, Debug)]
+pub struct SloFigures {
+    pub name: String,
+    pub upstream: String,
+    /// Percent of good requests.
+    pub objective: f64,
+    pub min_requests: u64,
+    pub window_ms: u64,
+    /// Requests and bad requests over the SLO's window.
+    pub total: u64,
+    pub bad: f64,
+    /// The share of the error budget left: 1 untouched, 0 spent, below 0
+    /// overspent.
+    pub budget_remaining: f64,
+    pub windows: Vec<WindowFigures>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WindowFigures {
+    pub ms: u64,
+    pub total: u64,
+    pub bad: f64,
+}
+
+impl SloFigures {
+    pub fn window(&self, ms: u64) -> Option<&WindowFigures> {
+        self.windows.iter().find(|w| w.ms == ms)
+    }
+
+    /// How fast the budget burns over the window of `ms`: 1 spends it
+    /// exactly in the SLO's window. `None` without requests.
+    pub fn burn(&self, ms: u64) -> Option<f64> {
+        let w = self.window(ms)?;
+        let budget = 1.0 - self.objective / 100.0;
+        (w.total > 0).then(|| w.bad / w.total as f64 / budget)
+    }
 }
 
 /// Something that reports figures: the gateway, the supervisor.

@@ -411,7 +411,7 @@ pub fn query(conn: &Connection, q: &str, now_ms: u64) -> Result<Value, String> {
 mod tests {
     use super::*;
     use crate::figures::{ProbeFigures, ServerFigures, ServiceFigures, UpstreamFigures};
-    use crate::metrics::{Histogram, LATENCY_BOUNDS};
+    use crate::metrics::{Histogram, HistogramSnapshot, LATENCY_BOUNDS};
 
     fn figures(upstreams: usize, services: usize, probes: usize, n: u64) -> Arc<Figures> {
         let h = Histogram::new(LATENCY_BOUNDS);
@@ -429,6 +429,7 @@ mod tests {
                     requests: n * 100,
                     errors: n,
                     latency: latency.clone(),
+                    error_latency: HistogramSnapshot::empty(LATENCY_BOUNDS),
                     servers: vec![ServerFigures {
                         name: "127.0.0.1:1".into(),
                         state: "up",
@@ -454,6 +455,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
+            slos: Vec::new(),
         })
     }
 

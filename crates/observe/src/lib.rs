@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod dashboard;
 pub mod expo;
 pub mod figures;
 pub mod history;
@@ -16,6 +17,7 @@ pub mod notify;
 pub mod observer;
 pub mod probes;
 pub mod process;
+pub mod slo;
 pub mod state;
 
 pub use expo::{Exposition, Format, Kind};

@@ -172,6 +172,9 @@ pub struct RequestStats {
     /// Anything outside 100..=599.
     other: AtomicU64,
     pub duration: Histogram,
+    /// The durations of 5xx responses alone, so that an SLO with a latency
+    /// objective counts a slow error once (`crate::slo`).
+    pub error_duration: Histogram,
 }
 
 impl Default for RequestStats {
@@ -180,6 +183,7 @@ impl Default for RequestStats {
             codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
             other: AtomicU64::new(0),
             duration: Histogram::new(LATENCY_BOUNDS),
+            error_duration: Histogram::new(LATENCY_BOUNDS),
         }
     }
 }
@@ -192,6 +196,9 @@ impl RequestStats {
             None => self.other.fetch_add(1, Ordering::Relaxed),
         };
         self.duration.observe(took);
+        if (500..600).contains(&status) {
+            self.error_duration.observe(took);
+        }
     }
 
     /// Counts per status code seen at least once.
@@ -272,5 +279,7 @@ mod tests {
         assert_eq!(r.codes(), vec![(200, 2), (404, 1), (503, 1)]);
         assert_eq!(r.totals(), (5, 1));
         assert_eq!(r.duration.snapshot().count(), 5);
+        // The 503 alone, as in totals().
+        assert_eq!(r.error_duration.snapshot().count(), 1);
     }
 }

@@ -17,6 +17,7 @@ use crate::expo::{Exposition, Kind};
 use crate::figures::{Figures, Source};
 use crate::history::{History, STEP_MS};
 use crate::notify::{Notice, Notifiers};
+use crate::slo::Slos;
 use crate::state::{Loaded, SilenceRow, Store};
 use crate::Collect;
 
@@ -46,6 +47,7 @@ struct Inner {
     reader: Mutex<Option<rusqlite::Connection>>,
     last_step: Mutex<u64>,
     probes: Arc<crate::probes::Probes>,
+    slos: Mutex<Slos>,
 }
 
 /// A handle to the running observer.
@@ -88,6 +90,13 @@ impl Observer {
             }
         };
         let history = History::new(store.clone(), STEP_MS);
+        let slos = Slos::new(
+            &config.slos,
+            &config.alerts,
+            &loaded.slo_slots,
+            Some(store.clone()),
+            now,
+        );
         let obs = Observer(Arc::new(Inner {
             sources: Mutex::new(Vec::new()),
             eval: Mutex::new(Evaluator::new(config.alerts.clone(), &loaded.alerts, now)),
@@ -101,6 +110,7 @@ impl Observer {
             reader: Mutex::new(reader),
             last_step: Mutex::new(0),
             probes: Arc::default(),
+            slos: Mutex::new(slos),
         }));
         obs.0.probes.apply(&config.probes);
         let weak = Arc::downgrade(&obs.0);
@@ -124,6 +134,7 @@ impl Observer {
     /// rules that keep their name keep their state.
     pub fn reload(&self, config: &Config) {
         lock(&self.0.eval).reload(config.alerts.clone());
+        lock(&self.0.slos).reload(&config.slos, &config.alerts);
         let mut n = lock(&self.0.notifiers);
         let old = std::mem::take(&mut n.tallies);
         *n = Notifiers::start(
@@ -149,6 +160,7 @@ impl Observer {
             s.figures(&mut figures);
         }
         self.0.probes.figures(&mut figures);
+        lock(&self.0.slos).record(now, &mut figures);
         let figures = Arc::new(figures);
         *lock(&self.0.last) = figures.clone();
         {
@@ -311,6 +323,14 @@ impl Observer {
         (healthy, Value::Array(active))
     }
 
+    /// The SLOs section of `/-/health/detailed`: each SLO's requests over
+    /// its window, the budget left and the burn rates. An SLO does not make
+    /// centinela unhealthy by itself; its burn alerts do.
+    pub fn slo_health(&self) -> Value {
+        let f = self.figures();
+        Value::Array(f.slos.iter().map(slo_json).collect())
+    }
+
     /// The probes section of `/-/health/detailed`, with each probe's uptime
     /// over 24 h, 7 d and 30 d from history.
     pub fn probe_health(&self) -> (bool, Value) {
@@ -345,6 +365,7 @@ impl Observer {
     /// included.
     pub fn flush(&self) {
         lock(&self.0.history).flush();
+        lock(&self.0.slos).flush();
         self.0.store.flush();
     }
 
@@ -362,6 +383,30 @@ impl Observer {
             Err(e) => (http::StatusCode::BAD_REQUEST, json!({ "error": e })),
         }
     }
+}
+
+fn slo_json(s: &crate::figures::SloFigures) -> Value {
+    let burn: serde_json::Map<String, Value> = s
+        .windows
+        .iter()
+        .filter(|w| w.ms != s.window_ms)
+        .map(|w| {
+            (
+                centinela_config::units::format_duration(Duration::from_millis(w.ms)),
+                json!(s.burn(w.ms)),
+            )
+        })
+        .collect();
+    json!({
+        "name": s.name,
+        "upstream": s.upstream,
+        "objective": s.objective,
+        "window": centinela_config::units::format_duration(Duration::from_millis(s.window_ms)),
+        "requests": s.total,
+        "bad_requests": s.bad.round() as u64,
+        "error_budget_remaining": (s.budget_remaining * 10_000.0).round() / 10_000.0,
+        "burn_rate": burn,
+    })
 }
 
 fn notice(rule: &Alert, st: &crate::alert::Status, now: u64) -> Notice {
@@ -408,6 +453,29 @@ impl Collect for Observer {
             }
         }
         self.0.probes.collect(out);
+        let f = self.figures();
+        out.family(
+            "centinela_slo_error_budget_remaining_ratio",
+            "The share of the SLO's error budget left over its window: 1 untouched, 0 spent, below 0 overspent.",
+            Kind::Gauge,
+        );
+        for s in &f.slos {
+            out.gauge(&[("slo", &s.name)], s.budget_remaining);
+        }
+        out.family(
+            "centinela_slo_burn_rate",
+            "How fast the SLO's error budget burns over the window: 1 spends it exactly in the SLO's window.",
+            Kind::Gauge,
+        );
+        for s in &f.slos {
+            for w in &s.windows {
+                if let Some(b) = s.burn(w.ms) {
+                    let window =
+                        centinela_config::units::format_duration(Duration::from_millis(w.ms));
+                    out.gauge(&[("slo", &s.name), ("window", &window)], b);
+                }
+            }
+        }
         let n = lock(&self.0.notifiers);
         out.family(
             "centinela_notifications",

@@ -34,6 +34,14 @@ CREATE TABLE IF NOT EXISTS chunk (
     data BLOB NOT NULL,
     PRIMARY KEY (tier, start, series)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS slo_slot (
+    slo TEXT NOT NULL,
+    tier INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    bad REAL NOT NULL,
+    PRIMARY KEY (slo, tier, start)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS silence (
     name TEXT PRIMARY KEY,
     until_ms INTEGER NOT NULL,
@@ -73,6 +81,19 @@ pub struct SilenceRow {
     pub created_ms: u64,
 }
 
+/// The requests of one SLO in one time slot (`crate::slo`): tier 0 is a
+/// 10 s slot, tier 1 a 5 min one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SloSlotRow {
+    pub slo: String,
+    pub tier: u8,
+    pub start: u64,
+    pub total: u64,
+    /// Bad requests; fractional where a latency objective falls inside a
+    /// histogram bucket.
+    pub bad: f64,
+}
+
 enum Write {
     Alert(AlertRow),
     ForgetAlert(String),
@@ -90,6 +111,13 @@ enum Write {
         tier: u8,
         before: u64,
     },
+    SloSlot(SloSlotRow),
+    /// Deletes the slots of `slo` in `tier` that start before `before`.
+    SloPrune {
+        slo: String,
+        tier: u8,
+        before: u64,
+    },
     Flush(mpsc::SyncSender<()>),
 }
 
@@ -98,6 +126,7 @@ enum Write {
 pub struct Loaded {
     pub alerts: Vec<AlertRow>,
     pub silences: Vec<SilenceRow>,
+    pub slo_slots: Vec<SloSlotRow>,
     /// Where a bad file was moved, if one was.
     pub moved_aside: Option<PathBuf>,
 }
@@ -183,6 +212,18 @@ impl Store {
 
     pub fn prune(&self, tier: u8, before: u64) {
         let _ = self.tx.send(Write::Prune { tier, before });
+    }
+
+    pub fn save_slo_slot(&self, row: SloSlotRow) {
+        let _ = self.tx.send(Write::SloSlot(row));
+    }
+
+    pub fn prune_slo(&self, slo: &str, tier: u8, before: u64) {
+        let _ = self.tx.send(Write::SloPrune {
+            slo: slo.to_string(),
+            tier,
+            before,
+        });
     }
 
     /// A read-only connection to the file, for history queries (WAL lets
@@ -280,9 +321,23 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Loaded> {
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut st = conn
+        .prepare("SELECT slo, tier, start, total, bad FROM slo_slot ORDER BY slo, tier, start")?;
+    let slo_slots = st
+        .query_map([], |r| {
+            Ok(SloSlotRow {
+                slo: r.get(0)?,
+                tier: r.get::<_, i64>(1)?.clamp(0, 255) as u8,
+                start: r.get::<_, i64>(2)?.max(0) as u64,
+                total: r.get::<_, i64>(3)?.max(0) as u64,
+                bad: r.get::<_, f64>(4)?.max(0.0),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Loaded {
         alerts,
         silences,
+        slo_slots,
         moved_aside: None,
     })
 }
@@ -375,6 +430,19 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Write>) {
                         tx.execute(
                             "DELETE FROM chunk WHERE tier = ?1 AND start < ?2",
                             params![tier, before as i64],
+                        )?;
+                    }
+                    Write::SloSlot(r) => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO slo_slot (slo, tier, start, total, bad)
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![r.slo, r.tier, r.start as i64, r.total as i64, r.bad],
+                        )?;
+                    }
+                    Write::SloPrune { slo, tier, before } => {
+                        tx.execute(
+                            "DELETE FROM slo_slot WHERE slo = ?1 AND tier = ?2 AND start < ?3",
+                            params![slo, tier, before.min(i64::MAX as u64) as i64],
                         )?;
                     }
                     Write::Flush(ack) => acks.push(ack),

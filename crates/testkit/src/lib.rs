@@ -78,7 +78,33 @@ impl Proc {
 
     /// Like `spawn`, with extra environment variables.
     pub fn spawn_env(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Self::spawn_with(program, args, env, false)
+    }
+
+    /// Like `spawn`, in a process group of its own, so that
+    /// [`Proc::kill_group`] also ends what it started (a browser).
+    pub fn spawn_group(program: &std::path::Path, args: &[&str]) -> Proc {
+        Self::spawn_with(program, args, &[], true)
+    }
+
+    /// SIGKILL to the process group of a [`Proc::spawn_group`] process.
+    pub fn kill_group(&self) {
+        let pid = self.pid();
+        if pid > 0 {
+            send_signal(-pid, libc::SIGKILL);
+        }
+    }
+
+    fn spawn_with(
+        program: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        group: bool,
+    ) -> Proc {
         let mut cmd = tokio::process::Command::new(program);
+        if group {
+            cmd.process_group(0);
+        }
         cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())

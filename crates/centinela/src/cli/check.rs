@@ -29,11 +29,14 @@ pub(super) fn check(path: &Path) -> ExitCode {
             }
             let builtin: Vec<_> = c.alerts.iter().filter(|a| a.builtin).collect();
             if !builtin.is_empty() {
-                println!("built-in alert rules ([alerting] defaults = true):");
+                println!(
+                    "built-in alert rules ([alerting] defaults, and each [[slo]]'s burn rates):"
+                );
                 for a in builtin {
                     println!("  {}", centinela_config::alert::describe(a));
                 }
-            } else if c.notifiers.is_empty() && !c.alerts.is_empty() {
+            }
+            if c.notifiers.is_empty() && !c.alerts.is_empty() {
                 println!("no notifier: alerts are evaluated and shown, but nobody is told; the built-in rules are off until a [notify.NAME] exists");
             }
             ExitCode::SUCCESS

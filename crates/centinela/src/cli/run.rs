@@ -133,6 +133,8 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     let obs = observer.clone();
     gw.add_health("alerts", Arc::new(move || obs.health()));
     let obs = observer.clone();
+    gw.add_health("slos", Arc::new(move || (true, obs.slo_health())));
+    let obs = observer.clone();
     gw.add_status(
         "alerts",
         Arc::new(move |_: &str| (http::StatusCode::OK, obs.to_json())),

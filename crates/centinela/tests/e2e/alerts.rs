@@ -14,7 +14,7 @@ use crate::lifecycle::{run_gateway, Running};
 
 /// A config with upstream `app` over `servers`, fast health checks, the
 /// webhook notifier `ops` pointing at `hook`, and `extra` appended.
-fn alert_config(servers: &[SocketAddr], hook: SocketAddr, extra: &str) -> String {
+pub(crate) fn alert_config(servers: &[SocketAddr], hook: SocketAddr, extra: &str) -> String {
     let servers: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         r#"[admin]
@@ -43,14 +43,14 @@ shutdown_timeout = "2s"
     )
 }
 
-async fn admin_json(admin: SocketAddr, path: &str) -> (u16, Value) {
+pub(crate) async fn admin_json(admin: SocketAddr, path: &str) -> (u16, Value) {
     let got = centinela_testkit::get(&client(), &format!("http://{admin}{path}"))
         .await
         .expect("admin API");
     (got.status, serde_json::from_str(&got.text()).expect("JSON"))
 }
 
-async fn alert_state(admin: SocketAddr, name: &str) -> String {
+pub(crate) async fn alert_state(admin: SocketAddr, name: &str) -> String {
     let (_, v) = admin_json(admin, "/-/alerts").await;
     v["alerts"]
         .as_array()
@@ -60,7 +60,7 @@ async fn alert_state(admin: SocketAddr, name: &str) -> String {
         .to_string()
 }
 
-async fn metrics(admin: SocketAddr) -> String {
+pub(crate) async fn metrics(admin: SocketAddr) -> String {
     centinela_testkit::get(&client(), &format!("http://{admin}/metrics"))
         .await
         .expect("metrics")
@@ -74,7 +74,7 @@ fn cli(args: &[&str]) -> std::process::Output {
         .expect("run centinela")
 }
 
-async fn stop(mut r: Running) {
+pub(crate) async fn stop(mut r: Running) {
     r.proc.signal(libc::SIGTERM);
     let st = r.proc.wait_exit(Duration::from_secs(15)).await;
     assert!(st.success(), "centinela exited with {st}");

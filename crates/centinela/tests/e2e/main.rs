@@ -3,6 +3,7 @@
 
 mod alerts;
 mod balancing;
+mod dashboard;
 mod hardening;
 mod health;
 mod http1;
@@ -11,4 +12,5 @@ mod metrics;
 mod proxy;
 mod retries;
 mod rolling;
+mod slo;
 mod util;
