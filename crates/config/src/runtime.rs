@@ -20,6 +20,9 @@ pub struct Runtime {
     pub log_format: LogFormat,
     /// One log line per request, at target `access`.
     pub access_log: bool,
+    /// W3C `traceparent` passed upstream, a new one for requests without a
+    /// valid one; its trace id in the access log.
+    pub trace_context: bool,
     /// Where centinela keeps its state (alert state, silences, history):
     /// `centinela-data` beside the config file unless set.
     pub state_dir: PathBuf,
@@ -45,6 +48,7 @@ pub(crate) fn runtime(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>, base_dir: &Pat
                 None => LogFormat::Text,
             };
             let access_log = r.bool(sink, "access_log", true);
+            let trace_context = r.bool(sink, "trace_context", true);
             let state_dir = match r.str(sink, "state_dir") {
                 Some((d, span)) if d.is_empty() => {
                     sink.error(&span, "runtime.state_dir", "must not be empty");
@@ -59,6 +63,7 @@ pub(crate) fn runtime(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>, base_dir: &Pat
                 shutdown_timeout,
                 log_format,
                 access_log,
+                trace_context,
                 state_dir,
             }
         }
@@ -67,6 +72,7 @@ pub(crate) fn runtime(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>, base_dir: &Pat
             shutdown_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             access_log: true,
+            trace_context: true,
             state_dir: default_state,
         },
     }

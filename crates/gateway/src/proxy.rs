@@ -66,6 +66,8 @@ struct Log {
     group: Option<usize>,
     server: Option<Arc<str>>,
     attempts: u32,
+    /// The `traceparent` sent upstream (`[runtime] trace_context`).
+    trace: Option<HeaderValue>,
 }
 
 pub async fn handle(
@@ -86,6 +88,11 @@ pub async fn handle(
         group: None,
         server: None,
         attempts: 0,
+        trace: snap
+            .config
+            .runtime
+            .trace_context
+            .then(|| headers::traceparent(req.headers())),
     };
     // Boxed, and by a plain function: the future is large (a few KiB), and
     // the connection's task would otherwise keep a slot that size, idle or
@@ -113,6 +120,7 @@ pub async fn handle(
             attempts = log.attempts,
             duration_ms = took.as_secs_f64() * 1000.0,
             request_id = rid.to_str().unwrap_or(""),
+            trace_id = log.trace.as_ref().map_or("-", headers::trace_id),
             "request"
         );
     }
@@ -286,7 +294,16 @@ async fn forward(
     let cfg = &group.cfg;
 
     let (parts, body) = req.into_parts();
-    let out = Outgoing::new(&parts, target, route, client, rid, upgrade.is_some(), cfg);
+    let out = Outgoing::new(
+        &parts,
+        target,
+        route,
+        client,
+        rid,
+        log.trace.as_ref(),
+        upgrade.is_some(),
+        cfg,
+    );
     // The deadline counts the gateway's waits on servers, not the time the
     // client takes to send its body (no clock read without a body).
     let reading = (!body.is_end_stream()).then(Instant::now);
@@ -490,12 +507,14 @@ impl<'a> Outgoing<'a> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn new(
         parts: &'a http::request::Parts,
         target: Target,
         route: &CompiledRoute,
         client: SocketAddr,
         rid: &HeaderValue,
+        trace: Option<&HeaderValue>,
         upgrade: bool,
         cfg: &centinela_config::Upstream,
     ) -> Outgoing<'a> {
@@ -513,7 +532,7 @@ impl<'a> Outgoing<'a> {
             headers: &parts.headers,
             target: stripped.unwrap_or(pq),
             authority,
-            rewrite: Rewrite::request(&parts.headers, client.ip(), "http", rid, upgrade),
+            rewrite: Rewrite::request(&parts.headers, client.ip(), "http", rid, trace, upgrade),
             idempotent: headers::is_idempotent(&parts.method, &parts.headers),
             hash: match (&cfg.hash_key, cfg.balance) {
                 (Some(k), centinela_config::Balance::Hash) => hash_key(k, &parts.headers, client),

@@ -13,4 +13,5 @@ mod proxy;
 mod retries;
 mod rolling;
 mod slo;
+mod trace;
 mod util;

@@ -10,6 +10,7 @@ use crate::error::ProxyError;
 use crate::http::codec;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -126,19 +127,24 @@ pub fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
 pub struct Rewrite {
     named: Vec<HeaderName>,
     upgrade: bool,
+    /// `traceparent` is written in `lines`, not copied from the client.
+    trace: bool,
     /// The header lines written after the kept ones (`name: value\r\n`).
     pub lines: Vec<u8>,
 }
 
 impl Rewrite {
+    /// `trace`: the `traceparent` to send (the client's, checked, or a new
+    /// one), which replaces the client's; `None` forwards theirs untouched.
     pub fn request(
         h: &HeaderMap,
         client: IpAddr,
         proto: &str,
         request_id: &HeaderValue,
+        trace: Option<&HeaderValue>,
         upgrade: bool,
     ) -> Rewrite {
-        let mut lines = Vec::with_capacity(128);
+        let mut lines = Vec::with_capacity(192);
         lines.extend_from_slice(b"x-forwarded-for: ");
         push_ip(&mut lines, client);
         lines.extend_from_slice(b"\r\nx-forwarded-proto: ");
@@ -147,6 +153,11 @@ impl Rewrite {
         lines.extend_from_slice(b"x-request-id: ");
         lines.extend_from_slice(request_id.as_bytes());
         lines.extend_from_slice(b"\r\n");
+        if let Some(t) = trace {
+            lines.extend_from_slice(b"traceparent: ");
+            lines.extend_from_slice(t.as_bytes());
+            lines.extend_from_slice(b"\r\n");
+        }
         if upgrade {
             lines.extend_from_slice(b"connection: upgrade\r\n");
         }
@@ -158,6 +169,7 @@ impl Rewrite {
         Rewrite {
             named,
             upgrade,
+            trace: trace.is_some(),
             lines,
         }
     }
@@ -173,6 +185,7 @@ impl Rewrite {
             || s == "forwarded"
             || s == "x-real-ip"
             || s == "x-request-id"
+            || (self.trace && s == "traceparent")
             || self.named.contains(name))
     }
 }
@@ -218,6 +231,64 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
+/// W3C Trace Context: the client's `traceparent` when it sent exactly one
+/// valid one (passed on as is: the gateway records no span of its own),
+/// else a new one with a random trace id and parent id, not sampled.
+pub fn traceparent(h: &HeaderMap) -> HeaderValue {
+    let mut all = h.get_all(&TRACEPARENT).iter();
+    if let (Some(v), None) = (all.next(), all.next()) {
+        if valid_traceparent(v.as_bytes()) {
+            return v.clone();
+        }
+    }
+    new_traceparent()
+}
+
+/// `VERSION-TRACEID-PARENTID-FLAGS` in lowercase hex (W3C Trace Context
+/// level 1, §3.2): version `ff` is invalid; version `00` is exactly 55
+/// bytes; a later version may carry more after a `-`. All-zero ids are
+/// invalid.
+fn valid_traceparent(b: &[u8]) -> bool {
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return false;
+    }
+    let hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    let nonzero = |s: &[u8]| s.iter().any(|c| *c != b'0');
+    let (version, trace, parent, flags) = (&b[0..2], &b[3..35], &b[36..52], &b[53..55]);
+    let tail_ok = if version == b"00" {
+        b.len() == 55
+    } else {
+        b.len() == 55 || b[55] == b'-'
+    };
+    hex(version)
+        && version != b"ff"
+        && hex(trace)
+        && nonzero(trace)
+        && hex(parent)
+        && nonzero(parent)
+        && hex(flags)
+        && tail_ok
+}
+
+pub fn new_traceparent() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    // Ids of 128 and 64 random bits: all zeros is all but impossible, and
+    // the low bit is set anyway to rule it out.
+    let (a, b, c) = (fastrand::u64(..), fastrand::u64(..), fastrand::u64(..) | 1);
+    for i in 0..16 {
+        out[3 + i] = HEX[((a >> (60 - i * 4)) & 0xf) as usize];
+        out[19 + i] = HEX[((b >> (60 - i * 4)) & 0xf) as usize];
+        out[36 + i] = HEX[((c >> (60 - i * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+}
+
+/// The trace id of a checked `traceparent`.
+pub fn trace_id(v: &HeaderValue) -> &str {
+    v.to_str().ok().and_then(|s| s.get(3..35)).unwrap_or("")
+}
+
 pub fn is_idempotent(method: &http::Method, h: &HeaderMap) -> bool {
     use http::Method;
     matches!(
@@ -229,6 +300,39 @@ pub fn is_idempotent(method: &http::Method, h: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_valid_traceparent_is_kept_and_anything_else_replaced() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(traceparent(&hm(&[("traceparent", good)])), good);
+        // A later version may carry more.
+        let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-comes";
+        assert_eq!(traceparent(&hm(&[("traceparent", later)])), later);
+        for bad in [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "",
+        ] {
+            let got = traceparent(&hm(&[("traceparent", bad)]));
+            assert_ne!(got, bad);
+            assert!(valid_traceparent(got.as_bytes()), "{got:?}");
+        }
+        // Two of them: neither is trusted.
+        let two = hm(&[("traceparent", good), ("traceparent", good)]);
+        assert_ne!(traceparent(&two), good);
+        let fresh = traceparent(&HeaderMap::new());
+        assert!(valid_traceparent(fresh.as_bytes()));
+        assert!(
+            fresh.to_str().unwrap().starts_with("00-") && fresh.to_str().unwrap().ends_with("-00")
+        );
+        assert_eq!(trace_id(&fresh).len(), 32);
+        assert_ne!(trace_id(&fresh), trace_id(&traceparent(&HeaderMap::new())));
+    }
 
     fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -310,7 +414,7 @@ mod tests {
         ]);
         let rid = HeaderValue::from_static("abc");
         let client = "127.0.0.1".parse().unwrap();
-        let r = Rewrite::request(&h, client, "http", &rid, false);
+        let r = Rewrite::request(&h, client, "http", &rid, None, false);
         let kept: Vec<&str> = h
             .keys()
             .filter(|n| r.keeps(n))
@@ -343,7 +447,7 @@ mod tests {
 
         let up = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&up));
-        let r = Rewrite::request(&up, client, "http", &rid, true);
+        let r = Rewrite::request(&up, client, "http", &rid, None, true);
         assert!(r.keeps(&header::UPGRADE));
         assert!(!r.keeps(&header::CONNECTION));
         assert!(String::from_utf8_lossy(&r.lines).ends_with("connection: upgrade\r\n"));

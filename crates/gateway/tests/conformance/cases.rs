@@ -1,6 +1,7 @@
 //! The corpus. Each case is raw bytes from a client, the statuses it must
 //! be answered, and the exact bytes each upstream must receive (`{app}` is
-//! the `app` upstream's address; `x-request-id` values are masked as `*`).
+//! the `app` upstream's address; `x-request-id` values, and `traceparent`
+//! values other than [`TRACE`], are masked as `*`).
 //!
 //! Sources: RFC 9112 (request line §3, fields §5, length §6, chunked §7),
 //! RFC 9110 (Host, Upgrade §7.8, hop-by-hop §7.6.1), RFC 3986 (targets,
@@ -52,9 +53,18 @@ fn pass(
 /// (`kept`, each ending in CRLF), the gateway's fields, then `tail`
 /// (framing fields, the empty line and the body).
 fn up(line: &str, host: &str, kept: &str, tail: &str) -> Vec<u8> {
+    up_traced(line, host, kept, "*", tail)
+}
+
+/// A valid `traceparent` a client sends: passed on as is, never masked.
+pub const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// [`up`] with the `traceparent` the gateway sends (`*`: a new one).
+fn up_traced(line: &str, host: &str, kept: &str, trace: &str, tail: &str) -> Vec<u8> {
     format!(
         "{line} HTTP/1.1\r\nhost: {host}\r\nx-forwarded-host: {host}\r\n{kept}\
-         x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-request-id: *\r\n{tail}"
+         x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-request-id: *\r\n\
+         traceparent: {trace}\r\n{tail}"
     )
     .into_bytes()
 }
@@ -1129,6 +1139,39 @@ fn gateway_fields() -> Vec<Case> {
         "app",
         get("/", "a"),
     ));
+    // W3C trace context: one valid traceparent passes as is, in the
+    // gateway's place; anything else is replaced by a new one, once.
+    v.push(pass(
+        "a valid traceparent is passed on once, unchanged",
+        req(
+            "GET / HTTP/1.1",
+            &format!("Host: a\r\ntraceparent: {TRACE}\r\nX-Keep: 1\r\n"),
+        ),
+        "app",
+        up_traced("GET /", "a", "x-keep: 1\r\n", TRACE, "\r\n"),
+    ));
+    for (what, f) in [
+        (
+            "upper-case hex",
+            "traceparent: 00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01\r\n".to_string(),
+        ),
+        (
+            "an all-zero trace id",
+            "traceparent: 00-00000000000000000000000000000000-00f067aa0ba902b7-01\r\n".to_string(),
+        ),
+        (
+            "two of them",
+            format!("traceparent: {TRACE}\r\ntraceparent: {TRACE}\r\n"),
+        ),
+        ("garbage", "traceparent: hello\r\n".to_string()),
+    ] {
+        v.push(pass(
+            format!("a bad traceparent is replaced: {what}"),
+            req("GET / HTTP/1.1", &format!("Host: a\r\n{f}X-Keep: 1\r\n")),
+            "app",
+            up("GET /", "a", "x-keep: 1\r\n", "\r\n"),
+        ));
+    }
     v
 }
 

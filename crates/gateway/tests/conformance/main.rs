@@ -205,20 +205,33 @@ async fn read_to_end(s: &mut TcpStream) -> Vec<u16> {
     statuses
 }
 
-/// `x-request-id: <anything>` → `x-request-id: *`, so that generated ids
-/// compare.
-fn mask_request_id(raw: &[u8]) -> Vec<u8> {
-    let key = b"\r\nx-request-id: ";
-    let Some(at) = raw.windows(key.len()).position(|w| w == key) else {
-        return raw.to_vec();
-    };
-    let from = at + key.len();
-    let Some(len) = raw[from..].windows(2).position(|w| w == b"\r\n") else {
-        return raw.to_vec();
-    };
-    let mut out = raw[..from].to_vec();
-    out.push(b'*');
-    out.extend_from_slice(&raw[from + len..]);
+/// `x-request-id: <anything>` → `x-request-id: *`, and a `traceparent`
+/// other than the one the cases send ([`cases::TRACE`]) → `traceparent: *`,
+/// so that generated ids compare.
+fn mask_ids(raw: &[u8]) -> Vec<u8> {
+    let raw = mask(raw, b"\r\nx-request-id: ", None);
+    mask(&raw, b"\r\ntraceparent: ", Some(cases::TRACE.as_bytes()))
+}
+
+/// The value of every `key` field but `keep` → `*`.
+fn mask(raw: &[u8], key: &[u8], keep: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
+        let from = at + key.len();
+        let Some(len) = rest[from..].windows(2).position(|w| w == b"\r\n") else {
+            break;
+        };
+        out.extend_from_slice(&rest[..from]);
+        let value = &rest[from..from + len];
+        if keep == Some(value) {
+            out.extend_from_slice(value);
+        } else {
+            out.push(b'*');
+        }
+        rest = &rest[from + len..];
+    }
+    out.extend_from_slice(rest);
     out
 }
 
@@ -304,7 +317,7 @@ async fn run(case: &Case, web: SocketAddr, off: SocketAddr, ups: &Upstreams) -> 
         ("admin", &ups.admin.1),
     ] {
         for r in log.take() {
-            seen.push((tag, r.map(|b| mask_request_id(&b))));
+            seen.push((tag, r.map(|b| mask_ids(&b))));
         }
     }
     let want: Vec<(&str, Result<Vec<u8>, String>)> = case
