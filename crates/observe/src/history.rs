@@ -97,6 +97,9 @@ struct Acc {
 
 pub struct History {
     store: Store,
+    /// Reads back a chunk this process did not start (one being filled
+    /// when centinela last stopped), so that its points are kept.
+    reader: Option<Connection>,
     /// (tier, entity) → the chunk being filled.
     open: HashMap<(u8, String), Open>,
     /// (tier 1 or 2, entity) → the coarser slot being summed.
@@ -106,6 +109,28 @@ pub struct History {
     prev: Option<(u64, Arc<Figures>)>,
     flush_every_ms: u64,
     last_flush: u64,
+}
+
+/// The points of a chunk already in the file (none if it is not there or
+/// cannot be read).
+fn stored(
+    reader: Option<&Connection>,
+    tier: u8,
+    start: u64,
+    series: &str,
+    width: usize,
+) -> Vec<(u16, Vec<f32>)> {
+    let Some(c) = reader else {
+        return Vec::new();
+    };
+    let data: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT data FROM chunk WHERE tier = ?1 AND start = ?2 AND series = ?3",
+            params![tier, start as i64, series],
+            |r| r.get(0),
+        )
+        .ok();
+    data.map_or_else(Vec::new, |d| decode(&d, width))
 }
 
 fn encode(points: &[(u16, Vec<f32>)]) -> Vec<u8> {
@@ -137,8 +162,16 @@ impl History {
     /// `flush_every_ms`: how often the chunks being filled are written
     /// (complete chunks are written at once).
     pub fn new(store: Store, flush_every_ms: u64) -> History {
+        let reader = match store.reader() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read the state file: history chunks being filled at the last stop will start over");
+                None
+            }
+        };
         History {
             store,
+            reader,
             open: HashMap::new(),
             acc: HashMap::new(),
             pruned: [0; 3],
@@ -261,11 +294,16 @@ impl History {
         let start = t - t % spec.chunk_ms();
         let slot = ((t - start) / spec.step_ms) as u16;
         let key = (tier, entity.to_string());
-        let open = self.open.entry(key).or_insert_with(|| Open {
-            start,
-            points: Vec::new(),
-            dirty: false,
-        });
+        let open = match self.open.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            // The first point of this entity in this process: the chunk
+            // may hold points from before a restart.
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(Open {
+                start,
+                points: stored(self.reader.as_ref(), tier, start, entity, vals.len()),
+                dirty: false,
+            }),
+        };
         if open.start != start {
             if open.dirty {
                 self.store
@@ -524,6 +562,48 @@ mod tests {
             let e = query(&conn, q, now).unwrap_err();
             assert!(e.contains(want), "{q}: {e}");
         }
+        drop(conn);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A restart in the middle of a chunk (an hour of 10 s points, a day
+    /// of 5 min points, a week of hourly ones) keeps the points written
+    /// before it.
+    #[test]
+    fn a_restart_keeps_the_points_of_the_chunks_being_filled() {
+        let dir = tmp("restart");
+        let (store, _) = Store::open(&dir).unwrap();
+        let t0 = 1_796_220_000_000u64; // a multiple of an hour
+        let mut h = History::new(store.clone(), STEP_MS);
+        for i in 0..=40u64 {
+            h.record(t0 + i * STEP_MS, figures(1, 0, 0, i));
+        }
+        h.flush();
+        store.flush();
+        drop(h);
+        // The next process: a new History on the same file, same chunk.
+        let mut h = History::new(store.clone(), STEP_MS);
+        for i in 50..=60u64 {
+            h.record(t0 + i * STEP_MS, figures(1, 0, 0, i));
+        }
+        h.flush();
+        store.flush();
+        let conn = store.reader().unwrap();
+        let q = format!(
+            "series=upstream:up0:in_flight&from={}&to={}",
+            t0 / 1000,
+            (t0 + 600_000) / 1000
+        );
+        let v = query(&conn, &q, t0 + 600_000).unwrap();
+        let col = v["series"]["upstream:up0:in_flight"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(col[10], 3.0, "a point from before the restart");
+        assert_eq!(col[40], 3.0);
+        assert!(col[45].is_null(), "nothing recorded while stopped");
+        assert_eq!(col[55], 3.0);
         drop(conn);
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
