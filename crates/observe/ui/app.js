@@ -220,7 +220,7 @@ function draw(card, upstream, kind, data, labels) {
   const opts = {
     width, height: 160,
     legend: { show: true },
-    scales: { y: { range: (u, min, max) => [0, Math.max(max, kind === "errors" ? 1 : 0.001) * 1.1] } },
+    scales: { y: { range: (u, min, max) => [0, Math.max(max || 0, 1) * 1.1] } },
     series: [{}].concat(labels.map((l, i) => ({ label: l, stroke: COLORS[i], width: 1.5, spanGaps: false,
       dash: kind === "saturation" && i === 1 ? [4, 4] : undefined }))),
     axes: [{}, { size: 50 }],
