@@ -8,7 +8,7 @@ use std::time::Duration;
 use toml::de::DeValue;
 
 use crate::diag::Sink;
-use crate::read::{array_items, is_name, missing, type_name, Obj};
+use crate::read::{array_items, missing, type_name, Obj};
 use crate::units::parse_duration;
 
 /// What a rule watches. Each reads one figure of one target (see
@@ -258,32 +258,9 @@ pub(crate) fn alerts(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Alert>,
         let Some(mut o) = Obj::new(sink, item, &path) else {
             continue;
         };
-        let name = match o.str(sink, "name") {
-            Some((n, span)) if !is_name(&n) => {
-                sink.error(
-                    &span,
-                    &o.child_path("name"),
-                    format!(
-                        "{n:?} is not a valid alert name: use letters, digits, '-', '_' and '.'"
-                    ),
-                );
-                None
-            }
-            Some((n, span)) => {
-                if out.iter().any(|a: &Alert| a.name == n) {
-                    sink.error(
-                        &span,
-                        &o.child_path("name"),
-                        format!("alert {n:?} is defined twice"),
-                    );
-                }
-                Some(n)
-            }
-            None => {
-                missing(sink, &item.span(), &path, "name");
-                None
-            }
-        };
+        let name = o.item_name(sink, &item.span(), "alert", |n| {
+            out.iter().any(|a: &Alert| a.name == n)
+        });
         let signal = match o.str(sink, "signal") {
             Some((s, span)) => match SIGNALS.iter().find(|(n, _)| *n == s) {
                 Some((_, sig)) => Some(*sig),
@@ -531,15 +508,7 @@ pub(crate) fn check(sink: &mut Sink<'_>, alerts: &[Alert], refs: &[AlertRef], kn
                 ),
             );
         }
-        for (n, span) in a.notify.iter().zip(&r.notify_spans) {
-            if !known.notifiers.contains(n) {
-                sink.error(
-                    span,
-                    &format!("{}.notify", r.path),
-                    format!("no notifier named {n:?} (defined with [notify.NAME])"),
-                );
-            }
-        }
+        crate::notify::check_names(sink, &a.notify, &r.notify_spans, &r.path, known.notifiers);
     }
 }
 

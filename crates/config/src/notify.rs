@@ -203,3 +203,23 @@ fn email(
         password,
     })
 }
+
+/// Every name in a rule's or an SLO's `notify` list (written at `spans`,
+/// under `path`) is a `[notify.NAME]`.
+pub(crate) fn check_names(
+    sink: &mut Sink<'_>,
+    names: &[String],
+    spans: &[std::ops::Range<usize>],
+    path: &str,
+    known: &[String],
+) {
+    for (n, span) in names.iter().zip(spans) {
+        if !known.contains(n) {
+            sink.error(
+                span,
+                &format!("{path}.notify"),
+                format!("no notifier named {n:?} (defined with [notify.NAME])"),
+            );
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::diag::Sink;
-use crate::read::{array_items, is_name, missing, Obj};
+use crate::read::{array_items, missing, Obj};
 use crate::units::StatusSet;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -43,28 +43,9 @@ pub(crate) fn probes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> Vec<UptimePr
         let Some(mut o) = Obj::new(sink, item, &path) else {
             continue;
         };
-        let name = match o.str(sink, "name") {
-            Some((n, span)) => {
-                if !is_name(&n) {
-                    sink.error(
-                        &span,
-                        &o.child_path("name"),
-                        format!("{n:?} is not a valid probe name: use letters, digits, '-', '_' and '.'"),
-                    );
-                } else if out.iter().any(|p| p.name == n) {
-                    sink.error(
-                        &span,
-                        &o.child_path("name"),
-                        format!("probe {n:?} is defined twice"),
-                    );
-                }
-                Some(n)
-            }
-            None => {
-                missing(sink, &item.span(), &path, "name");
-                None
-            }
-        };
+        let name = o.item_name(sink, &item.span(), "probe", |n| {
+            out.iter().any(|p| p.name == n)
+        });
         let target = match o.str(sink, "url") {
             Some((u, span)) => match parse_target(&u) {
                 Ok(t) => Some(t),

@@ -375,6 +375,38 @@ pub(crate) fn is_name(n: &str) -> bool {
 }
 
 impl Obj<'_, '_> {
+    /// The required `name` of an item of an array of tables (`what`: alert,
+    /// probe, SLO): a valid name, not one `taken` already. `item` is the
+    /// table's span, for the error when the key is missing. An invalid or
+    /// repeated name is an error and still returned, so that the item's
+    /// other keys are checked too.
+    pub(crate) fn item_name(
+        &mut self,
+        sink: &mut Sink<'_>,
+        item: &Range<usize>,
+        what: &str,
+        taken: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let Some((n, span)) = self.str(sink, "name") else {
+            missing(sink, item, &self.path, "name");
+            return None;
+        };
+        if !is_name(&n) {
+            sink.error(
+                &span,
+                &self.child_path("name"),
+                format!("{n:?} is not a valid {what} name: use letters, digits, '-', '_' and '.'"),
+            );
+        } else if taken(&n) {
+            sink.error(
+                &span,
+                &self.child_path("name"),
+                format!("{what} {n:?} is defined twice"),
+            );
+        }
+        Some(n)
+    }
+
     /// An optional array of strings under `key`: the strings and their spans.
     pub(crate) fn str_list(
         &mut self,

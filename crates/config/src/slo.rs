@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::alert::{Alert, Severity, Signal, Threshold};
 use crate::diag::Sink;
-use crate::read::{array_items, is_name, missing, Obj};
+use crate::read::{array_items, missing, Obj};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Slo {
@@ -87,30 +87,9 @@ pub(crate) fn slos(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Slo>, Vec
         let Some(mut o) = Obj::new(sink, item, &path) else {
             continue;
         };
-        let name = match o.str(sink, "name") {
-            Some((n, span)) => {
-                if !is_name(&n) {
-                    sink.error(
-                        &span,
-                        &o.child_path("name"),
-                        format!(
-                            "{n:?} is not a valid SLO name: use letters, digits, '-', '_' and '.'"
-                        ),
-                    );
-                } else if out.iter().any(|s| s.name == n) {
-                    sink.error(
-                        &span,
-                        &o.child_path("name"),
-                        format!("SLO {n:?} is defined twice"),
-                    );
-                }
-                Some(n)
-            }
-            None => {
-                missing(sink, &item.span(), &path, "name");
-                None
-            }
-        };
+        let name = o.item_name(sink, &item.span(), "SLO", |n| {
+            out.iter().any(|s| s.name == n)
+        });
         let upstream = o.str(sink, "upstream");
         if upstream.is_none() {
             missing(sink, &item.span(), &path, "upstream");
@@ -197,15 +176,7 @@ pub(crate) fn check(
                 ),
             );
         }
-        for (n, span) in s.notify.iter().zip(&r.notify_spans) {
-            if !notifiers.contains(n) {
-                sink.error(
-                    span,
-                    &format!("{}.notify", r.path),
-                    format!("no notifier named {n:?} (defined with [notify.NAME])"),
-                );
-            }
-        }
+        crate::notify::check_names(sink, &s.notify, &r.notify_spans, &r.path, notifiers);
     }
 }
 
