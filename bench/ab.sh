@@ -7,6 +7,8 @@
 #
 #   BASELINE=<rev> bench/ab.sh [ROUNDS] [SECONDS]     (default 8 rounds of 5 s)
 #   BASELINE=<rev> BASELINE_BIN=path/to/centinela bench/ab.sh   (reuse a build)
+#   NEW_RUNTIME='trace_context = false' ... (extra [runtime] lines for one
+#   side; OLD_RUNTIME for the other: the same binary with a setting on/off)
 #
 # Bounded: ROUNDS × connection counts × SECONDS of wrk on loopback. Not a
 # test: it never runs in CI.
@@ -69,7 +71,7 @@ http {
     server { listen 127.0.0.1:$ORIGIN; location / { return 200 'hello from the origin\n'; } }
 }
 CONF
-conf() { # port admin
+conf() { # port admin runtime-lines
     cat <<CONF
 [admin]
 listen = "127.0.0.1:$2"
@@ -84,10 +86,11 @@ limits = { max_in_flight = 100000, queue = 0 }
 [runtime]
 worker_threads = 1
 access_log = false
+$3
 CONF
 }
-conf "$A" "$AA" >"$work/new.toml"
-conf "$B" "$BA" >"$work/old.toml"
+conf "$A" "$AA" "${NEW_RUNTIME:-}" >"$work/new.toml"
+conf "$B" "$BA" "${OLD_RUNTIME:-}" >"$work/old.toml"
 
 LOADCPU=(); PROXYCPU=()
 if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then

@@ -66,8 +66,13 @@ struct Log {
     group: Option<usize>,
     server: Option<Arc<str>>,
     attempts: u32,
-    /// The `traceparent` sent upstream (`[runtime] trace_context`).
-    trace: Option<HeaderValue>,
+}
+
+/// The ids a request carries upstream: its `X-Request-Id`, and its
+/// `traceparent` with `[runtime] trace_context`.
+struct Ids {
+    request: HeaderValue,
+    trace: Option<headers::Trace>,
 }
 
 pub async fn handle(
@@ -79,7 +84,15 @@ pub async fn handle(
     let start = Instant::now();
     // In-flight requests keep the snapshot they started with across reloads.
     let snap = shared.snapshot.load_full();
-    let rid = headers::request_id(req.headers());
+    let ids = Ids {
+        request: headers::request_id(req.headers()),
+        trace: snap
+            .config
+            .runtime
+            .trace_context
+            .then(|| headers::traceparent(req.headers())),
+    };
+    let rid = &ids.request;
     let method = req.method().clone();
     let uri = req.uri().clone();
     let table = snap.routes.get(&*listener);
@@ -88,21 +101,16 @@ pub async fn handle(
         group: None,
         server: None,
         attempts: 0,
-        trace: snap
-            .config
-            .runtime
-            .trace_context
-            .then(|| headers::traceparent(req.headers())),
     };
     // Boxed, and by a plain function: the future is large (a few KiB), and
     // the connection's task would otherwise keep a slot that size, idle or
     // not (a future built in this body would take room here too).
-    let result = boxed_forward(&shared, &snap, table, client, req, &rid, &mut log, start).await;
+    let result = boxed_forward(&shared, &snap, table, client, req, &ids, &mut log, start).await;
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
             debug!(request_id = rid.to_str().unwrap_or(""), error = %e, "Request failed");
-            e.into_response(&rid)
+            e.into_response(rid)
         }
     };
     let took = start.elapsed();
@@ -120,7 +128,7 @@ pub async fn handle(
             attempts = log.attempts,
             duration_ms = took.as_secs_f64() * 1000.0,
             request_id = rid.to_str().unwrap_or(""),
-            trace_id = log.trace.as_ref().map_or("-", headers::trace_id),
+            trace_id = ids.trace.as_ref().map_or("-", headers::Trace::id),
             "request"
         );
     }
@@ -259,11 +267,11 @@ fn boxed_forward<'a>(
     table: Option<&'a RouteTable>,
     client: SocketAddr,
     req: Request<ClientBody>,
-    rid: &'a HeaderValue,
+    ids: &'a Ids,
     log: &'a mut Log,
     start: Instant,
 ) -> Pin<Box<dyn Future<Output = Result<Response<RespBody>, ProxyError>> + Send + 'a>> {
-    Box::pin(forward(shared, snap, table, client, req, rid, log, start))
+    Box::pin(forward(shared, snap, table, client, req, ids, log, start))
 }
 
 /// The pipeline: check → route → upgrade → limit → prepare → attempts.
@@ -274,7 +282,7 @@ async fn forward(
     table: Option<&RouteTable>,
     client: SocketAddr,
     mut req: Request<ClientBody>,
-    rid: &HeaderValue,
+    ids: &Ids,
     log: &mut Log,
     start: Instant,
 ) -> Result<Response<RespBody>, ProxyError> {
@@ -294,16 +302,7 @@ async fn forward(
     let cfg = &group.cfg;
 
     let (parts, body) = req.into_parts();
-    let out = Outgoing::new(
-        &parts,
-        target,
-        route,
-        client,
-        rid,
-        log.trace.as_ref(),
-        upgrade.is_some(),
-        cfg,
-    );
+    let out = Outgoing::new(&parts, target, route, client, ids, upgrade.is_some(), cfg);
     // The deadline counts the gateway's waits on servers, not the time the
     // client takes to send its body (no clock read without a body).
     let reading = (!body.is_end_stream()).then(Instant::now);
@@ -354,7 +353,7 @@ async fn forward(
             deadline_bound: timeouts.head < group.cfg.timeouts.response,
         };
         let tried = match sent {
-            Ok(resp) => this.on_response(resp, in_flight, &mut permit, &mut upgrade, rid),
+            Ok(resp) => this.on_response(resp, in_flight, &mut permit, &mut upgrade, &ids.request),
             Err(e) => this.on_failure(e, in_flight),
         };
         match tried {
@@ -486,7 +485,7 @@ struct Outgoing<'a> {
     target: PathAndQuery,
     /// `Host` and `X-Forwarded-Host`; `None`: the server's address.
     authority: Option<HeaderValue>,
-    rewrite: Rewrite,
+    rewrite: Rewrite<'a>,
     idempotent: bool,
     hash: Option<u64>,
 }
@@ -513,8 +512,7 @@ impl<'a> Outgoing<'a> {
         target: Target,
         route: &CompiledRoute,
         client: SocketAddr,
-        rid: &HeaderValue,
-        trace: Option<&HeaderValue>,
+        ids: &'a Ids,
         upgrade: bool,
         cfg: &centinela_config::Upstream,
     ) -> Outgoing<'a> {
@@ -532,7 +530,14 @@ impl<'a> Outgoing<'a> {
             headers: &parts.headers,
             target: stripped.unwrap_or(pq),
             authority,
-            rewrite: Rewrite::request(&parts.headers, client.ip(), "http", rid, trace, upgrade),
+            rewrite: Rewrite::request(
+                &parts.headers,
+                client.ip(),
+                "http",
+                &ids.request,
+                ids.trace.as_ref(),
+                upgrade,
+            ),
             idempotent: headers::is_idempotent(&parts.method, &parts.headers),
             hash: match (&cfg.hash_key, cfg.balance) {
                 (Some(k), centinela_config::Balance::Hash) => hash_key(k, &parts.headers, client),

@@ -122,7 +122,7 @@ pub struct RequestHead<'a> {
     /// The client's headers, written as `rewrite` says; framing headers
     /// in it are replaced.
     pub headers: &'a HeaderMap,
-    pub rewrite: &'a Rewrite,
+    pub rewrite: &'a Rewrite<'a>,
     /// Sent as `Host` and `X-Forwarded-Host`: the request's checked
     /// authority, or the server's address when the client named none.
     /// Checked bytes: written as they are.
@@ -372,7 +372,7 @@ fn encode_head(w: &mut Vec<u8>, head: &RequestHead<'_>, length: Option<u64>, chu
         w.extend_from_slice(value.as_bytes());
         w.extend_from_slice(b"\r\n");
     }
-    w.extend_from_slice(&head.rewrite.lines);
+    head.rewrite.write_lines(w);
     if chunked {
         w.extend_from_slice(b"transfer-encoding: chunked\r\n");
     } else if let Some(n) = length.filter(|&n| n > 0 || has_payload_semantics(head.method)) {

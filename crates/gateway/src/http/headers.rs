@@ -124,43 +124,35 @@ pub fn connection_named(h: &HeaderMap) -> Vec<HeaderName> {
 /// X-Forwarded-Proto and X-Request-Id are set. The client's header map is
 /// never changed.
 #[derive(Debug, Default)]
-pub struct Rewrite {
+pub struct Rewrite<'a> {
     named: Vec<HeaderName>,
     upgrade: bool,
-    /// `traceparent` is written in `lines`, not copied from the client.
-    trace: bool,
-    /// The header lines written after the kept ones (`name: value\r\n`).
-    pub lines: Vec<u8>,
+    /// The fields the gateway sets (none for its own health checks).
+    added: Option<Added<'a>>,
 }
 
-impl Rewrite {
+/// What [`Rewrite::write_lines`] writes after the kept fields, written
+/// straight into each attempt's head: no buffer of its own per request.
+#[derive(Debug)]
+struct Added<'a> {
+    client: IpAddr,
+    proto: &'static str,
+    request_id: &'a HeaderValue,
+    /// Replaces the client's `traceparent`.
+    trace: Option<&'a Trace>,
+}
+
+impl<'a> Rewrite<'a> {
     /// `trace`: the `traceparent` to send (the client's, checked, or a new
     /// one), which replaces the client's; `None` forwards theirs untouched.
     pub fn request(
         h: &HeaderMap,
         client: IpAddr,
-        proto: &str,
-        request_id: &HeaderValue,
-        trace: Option<&HeaderValue>,
+        proto: &'static str,
+        request_id: &'a HeaderValue,
+        trace: Option<&'a Trace>,
         upgrade: bool,
-    ) -> Rewrite {
-        let mut lines = Vec::with_capacity(192);
-        lines.extend_from_slice(b"x-forwarded-for: ");
-        push_ip(&mut lines, client);
-        lines.extend_from_slice(b"\r\nx-forwarded-proto: ");
-        lines.extend_from_slice(proto.as_bytes());
-        lines.extend_from_slice(b"\r\n");
-        lines.extend_from_slice(b"x-request-id: ");
-        lines.extend_from_slice(request_id.as_bytes());
-        lines.extend_from_slice(b"\r\n");
-        if let Some(t) = trace {
-            lines.extend_from_slice(b"traceparent: ");
-            lines.extend_from_slice(t.as_bytes());
-            lines.extend_from_slice(b"\r\n");
-        }
-        if upgrade {
-            lines.extend_from_slice(b"connection: upgrade\r\n");
-        }
+    ) -> Rewrite<'a> {
         let named = if h.contains_key(header::CONNECTION) {
             connection_named(h)
         } else {
@@ -169,8 +161,33 @@ impl Rewrite {
         Rewrite {
             named,
             upgrade,
-            trace: trace.is_some(),
-            lines,
+            added: Some(Added {
+                client,
+                proto,
+                request_id,
+                trace,
+            }),
+        }
+    }
+
+    /// The header lines written after the kept ones (`name: value\r\n`).
+    pub fn write_lines(&self, w: &mut Vec<u8>) {
+        if let Some(a) = &self.added {
+            w.extend_from_slice(b"x-forwarded-for: ");
+            push_ip(w, a.client);
+            w.extend_from_slice(b"\r\nx-forwarded-proto: ");
+            w.extend_from_slice(a.proto.as_bytes());
+            w.extend_from_slice(b"\r\nx-request-id: ");
+            w.extend_from_slice(a.request_id.as_bytes());
+            w.extend_from_slice(b"\r\n");
+            if let Some(t) = &a.trace {
+                w.extend_from_slice(b"traceparent: ");
+                w.extend_from_slice(t.as_bytes());
+                w.extend_from_slice(b"\r\n");
+            }
+        }
+        if self.upgrade {
+            w.extend_from_slice(b"connection: upgrade\r\n");
         }
     }
 
@@ -185,7 +202,7 @@ impl Rewrite {
             || s == "forwarded"
             || s == "x-real-ip"
             || s == "x-request-id"
-            || (self.trace && s == "traceparent")
+            || (s == "traceparent" && self.added.as_ref().is_some_and(|a| a.trace.is_some()))
             || self.named.contains(name))
     }
 }
@@ -231,14 +248,38 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
-/// W3C Trace Context: the client's `traceparent` when it sent exactly one
-/// valid one (passed on as is: the gateway records no span of its own),
-/// else a new one with a random trace id and parent id, not sampled.
-pub fn traceparent(h: &HeaderMap) -> HeaderValue {
+/// The `traceparent` a request sends upstream: the client's when it sent
+/// exactly one valid one (passed on as is: the gateway records no span of
+/// its own), else a new one with a random trace id and parent id, not
+/// sampled. A new one is built on the stack: no allocation per request.
+#[derive(Debug, Clone)]
+pub enum Trace {
+    Client(HeaderValue),
+    New([u8; 55]),
+}
+
+impl Trace {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Trace::Client(v) => v.as_bytes(),
+            Trace::New(b) => b,
+        }
+    }
+
+    /// The trace id: 32 lowercase hex digits.
+    pub fn id(&self) -> &str {
+        // Checked (or written) as ASCII hex, so this never fails.
+        let id = self.as_bytes().get(3..35).unwrap_or_default();
+        std::str::from_utf8(id).unwrap_or_default()
+    }
+}
+
+/// W3C Trace Context (level 1, §3.2) for a request's headers.
+pub fn traceparent(h: &HeaderMap) -> Trace {
     let mut all = h.get_all(&TRACEPARENT).iter();
     if let (Some(v), None) = (all.next(), all.next()) {
         if valid_traceparent(v.as_bytes()) {
-            return v.clone();
+            return Trace::Client(v.clone());
         }
     }
     new_traceparent()
@@ -270,23 +311,23 @@ fn valid_traceparent(b: &[u8]) -> bool {
         && tail_ok
 }
 
-pub fn new_traceparent() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+pub fn new_traceparent() -> Trace {
     let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
     // Ids of 128 and 64 random bits: all zeros is all but impossible, and
     // the low bit is set anyway to rule it out.
     let (a, b, c) = (fastrand::u64(..), fastrand::u64(..), fastrand::u64(..) | 1);
-    for i in 0..16 {
-        out[3 + i] = HEX[((a >> (60 - i * 4)) & 0xf) as usize];
-        out[19 + i] = HEX[((b >> (60 - i * 4)) & 0xf) as usize];
-        out[36 + i] = HEX[((c >> (60 - i * 4)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+    put_hex(&mut out[3..19], a);
+    put_hex(&mut out[19..35], b);
+    put_hex(&mut out[36..52], c);
+    Trace::New(out)
 }
 
-/// The trace id of a checked `traceparent`.
-pub fn trace_id(v: &HeaderValue) -> &str {
-    v.to_str().ok().and_then(|s| s.get(3..35)).unwrap_or("")
+/// The 16 lowercase hex digits of `v`, most significant first.
+fn put_hex(out: &mut [u8], v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = HEX[((v >> (60 - i * 4)) & 0xf) as usize];
+    }
 }
 
 pub fn is_idempotent(method: &http::Method, h: &HeaderMap) -> bool {
@@ -304,10 +345,16 @@ mod tests {
     #[test]
     fn a_valid_traceparent_is_kept_and_anything_else_replaced() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(traceparent(&hm(&[("traceparent", good)])), good);
+        assert_eq!(
+            traceparent(&hm(&[("traceparent", good)])).as_bytes(),
+            good.as_bytes()
+        );
         // A later version may carry more.
         let later = "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-comes";
-        assert_eq!(traceparent(&hm(&[("traceparent", later)])), later);
+        assert_eq!(
+            traceparent(&hm(&[("traceparent", later)])).as_bytes(),
+            later.as_bytes()
+        );
         for bad in [
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -319,19 +366,22 @@ mod tests {
             "",
         ] {
             let got = traceparent(&hm(&[("traceparent", bad)]));
-            assert_ne!(got, bad);
+            assert_ne!(got.as_bytes(), bad.as_bytes());
             assert!(valid_traceparent(got.as_bytes()), "{got:?}");
         }
         // Two of them: neither is trusted.
         let two = hm(&[("traceparent", good), ("traceparent", good)]);
-        assert_ne!(traceparent(&two), good);
+        assert_ne!(traceparent(&two).as_bytes(), good.as_bytes());
         let fresh = traceparent(&HeaderMap::new());
         assert!(valid_traceparent(fresh.as_bytes()));
-        assert!(
-            fresh.to_str().unwrap().starts_with("00-") && fresh.to_str().unwrap().ends_with("-00")
+        assert!(fresh.as_bytes().starts_with(b"00-") && fresh.as_bytes().ends_with(b"-00"));
+        assert_eq!(fresh.id().len(), 32);
+        assert_eq!(fresh.id().as_bytes(), &fresh.as_bytes()[3..35]);
+        assert_ne!(fresh.id(), traceparent(&HeaderMap::new()).id());
+        assert_eq!(
+            traceparent(&hm(&[("traceparent", good)])).id(),
+            &good[3..35]
         );
-        assert_eq!(trace_id(&fresh).len(), 32);
-        assert_ne!(trace_id(&fresh), trace_id(&traceparent(&HeaderMap::new())));
     }
 
     fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -422,7 +472,7 @@ mod tests {
             .collect();
         assert_eq!(kept, ["accept"]);
         assert_eq!(
-            String::from_utf8(r.lines.clone()).unwrap(),
+            lines(&r),
             "x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-request-id: abc\r\n"
         );
         assert_eq!(connection_named(&h), [HeaderName::from_static("x-secret")]);
@@ -450,7 +500,24 @@ mod tests {
         let r = Rewrite::request(&up, client, "http", &rid, None, true);
         assert!(r.keeps(&header::UPGRADE));
         assert!(!r.keeps(&header::CONNECTION));
-        assert!(String::from_utf8_lossy(&r.lines).ends_with("connection: upgrade\r\n"));
+        assert!(lines(&r).ends_with("connection: upgrade\r\n"));
+        let t = new_traceparent();
+        let r = Rewrite::request(&up, client, "http", &rid, Some(&t), false);
+        assert!(!r.keeps(&TRACEPARENT));
+        let want = format!("traceparent: {}\r\n", t.id());
+        assert!(!lines(&r).contains(&want), "the id alone is not the field");
+        let want = format!(
+            "traceparent: {}\r\n",
+            std::str::from_utf8(t.as_bytes()).unwrap()
+        );
+        assert!(lines(&r).ends_with(&want), "{}", lines(&r));
+        assert_eq!(lines(&Rewrite::default()), "");
+    }
+
+    fn lines(r: &Rewrite) -> String {
+        let mut w = Vec::new();
+        r.write_lines(&mut w);
+        String::from_utf8(w).unwrap()
     }
 
     #[test]
