@@ -562,8 +562,16 @@ pub fn builtin(
             Duration::ZERO,
             Severity::Page,
         ));
-        // `cert-expiring.NAME` (cert_expiry_days below tls_expiry_warn,
-        // ticket) joins these with HTTPS probes.
+        if matches!(p.target, crate::probe::ProbeTarget::Http { tls: true, .. }) {
+            out.push(rule(
+                format!("cert-expiring.{}", p.name),
+                Signal::CertExpiryDays,
+                &p.name,
+                Threshold::Below(p.tls_expiry_warn.as_secs_f64() / 86_400.0),
+                Duration::ZERO,
+                Severity::Ticket,
+            ));
+        }
     }
     out
 }

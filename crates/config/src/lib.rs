@@ -20,6 +20,7 @@ mod runtime;
 mod secret;
 mod service;
 pub mod slo;
+mod tls;
 pub mod units;
 mod upstream;
 
@@ -112,7 +113,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let alerting = alert::alerting(sink, &mut top);
     let (mut alerts, alert_refs) = alert::alerts(sink, &mut top);
     let notifiers = notify::notifiers(sink, &mut top, base_dir);
-    let probes = probe::probes(sink, &mut top);
+    let probes = probe::probes(sink, &mut top, base_dir);
     let (slos, slo_refs) = slo::slos(sink, &mut top);
     top.finish(sink);
 

@@ -12,6 +12,9 @@ use crate::secret::Secret;
 pub struct Notifier {
     pub name: String,
     pub kind: NotifyKind,
+    /// The PEM file of the CA certificates to trust for this notifier's
+    /// TLS (https://, STARTTLS) instead of the system's roots.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -63,6 +66,7 @@ fn notifier(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, base: &Path) -> Option<
         .iter()
         .filter(|k| present(&o, k))
         .count();
+    let ca = crate::tls::ca_file(sink, &mut o, "ca", base).map(|(p, _)| p);
     if let Some(ev) = o.get("email") {
         let epath = o.child_path("email");
         if let Some(mut e) = Obj::new(sink, ev, &epath) {
@@ -93,6 +97,7 @@ fn notifier(sink: &mut Sink<'_>, v: &SV<'_>, name: &str, base: &Path) -> Option<
     Some(Notifier {
         name: name.to_string(),
         kind: kinds.pop()?,
+        ca,
     })
 }
 
@@ -113,17 +118,6 @@ fn url(sink: &mut Sink<'_>, o: &mut Obj<'_, '_>, key: &'static str, base: &Path)
             &o.child_path(key),
             format!(
                 "the value of {} is not an http:// or https:// URL",
-                s.origin()
-            ),
-        );
-        return None;
-    }
-    if v.starts_with("https://") {
-        sink.error(
-            &span.unwrap_or(0..0),
-            &o.child_path(key),
-            format!(
-                "the value of {} is an https:// URL: this build sends notifications over http:// only (TLS comes with the Shield work); use a relay on loopback",
                 s.origin()
             ),
         );
@@ -178,13 +172,20 @@ fn email(
             ok = false;
         }
     }
-    if starttls {
-        sink.error(
+    let loopback = smtp.as_ref().is_some_and(|(s, _)| {
+        let host = s.rsplit_once(':').map_or(s.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if !starttls && password.is_some() && !loopback {
+        sink.warn(
             span,
             &e.child_path("starttls"),
-            "this build cannot do STARTTLS yet (TLS comes with the Shield work): set `starttls = false` for a relay on loopback or a trusted network",
+            "starttls = false sends the SMTP password in clear text to a server that is not on loopback",
         );
-        ok = false;
     }
     if password.is_some() && username.is_none() {
         sink.error(

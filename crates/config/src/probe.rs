@@ -1,6 +1,7 @@
 //! `[[probe]]`: uptime probes, the checks an outside uptime service would
 //! run, from this host: an HTTP(S) URL or a TCP port, on a schedule.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::diag::Sink;
@@ -19,21 +20,30 @@ pub struct UptimeProbe {
     pub expect_body: Option<String>,
     /// A certificate expiring within this long fires the built-in rule.
     pub tls_expiry_warn: Duration,
+    /// HTTPS: the PEM file of the CA certificates to trust instead of the
+    /// system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeTarget {
-    /// `http://HOST[:PORT]/PATH`: `GET` with `Host: HOST[:PORT]`.
+    /// `http://HOST[:PORT]/PATH` or `https://…`: `GET` with `Host:
+    /// HOST[:PORT]`; over TLS verified for HOST when `tls`.
     Http {
         host: String,
         port: u16,
         path: String,
+        tls: bool,
     },
     /// `tcp://HOST:PORT`: a connection opens.
     Tcp { host: String, port: u16 },
 }
 
-pub(crate) fn probes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> Vec<UptimeProbe> {
+pub(crate) fn probes(
+    sink: &mut Sink<'_>,
+    top: &mut Obj<'_, '_>,
+    base_dir: &Path,
+) -> Vec<UptimeProbe> {
     let mut out: Vec<UptimeProbe> = Vec::new();
     let Some(v) = top.get("probe") else {
         return out;
@@ -80,6 +90,16 @@ pub(crate) fn probes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> Vec<UptimePr
         };
         let expect_body = o.str(sink, "expect_body").map(|(b, _)| b);
         let tls_expiry_warn = o.duration(sink, "tls_expiry_warn", Duration::from_secs(14 * 86_400));
+        let ca = crate::tls::ca_file(sink, &mut o, "ca", base_dir).and_then(|(path, span)| {
+            if matches!(
+                target,
+                Some(ProbeTarget::Http { tls: false, .. } | ProbeTarget::Tcp { .. })
+            ) {
+                sink.error(&span, &o.child_path("ca"), "ca is for https:// probes only");
+                return None;
+            }
+            Some(path)
+        });
         o.finish(sink);
         if let (Some(name), Some(target)) = (name, target) {
             out.push(UptimeProbe {
@@ -90,6 +110,7 @@ pub(crate) fn probes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> Vec<UptimePr
                 expect_status,
                 expect_body,
                 tls_expiry_warn,
+                ca,
             });
         }
     }
@@ -122,7 +143,11 @@ fn parse_target(u: &str) -> Result<ProbeTarget, String> {
         }
         Ok((host.to_string(), port))
     };
-    if let Some(rest) = u.strip_prefix("http://") {
+    let http = u
+        .strip_prefix("http://")
+        .map(|r| (r, false))
+        .or_else(|| u.strip_prefix("https://").map(|r| (r, true)));
+    if let Some((rest, tls)) = http {
         let (hp, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
             Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
@@ -131,20 +156,21 @@ fn parse_target(u: &str) -> Result<ProbeTarget, String> {
         if path.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'#') {
             return Err(format!("invalid path in {u:?}"));
         }
-        let (host, port) = host_port(hp, Some(80))?;
-        return Ok(ProbeTarget::Http { host, port, path });
+        let (host, port) = host_port(hp, Some(if tls { 443 } else { 80 }))?;
+        return Ok(ProbeTarget::Http {
+            host,
+            port,
+            path,
+            tls,
+        });
     }
     if let Some(rest) = u.strip_prefix("tcp://") {
         let (host, port) = host_port(rest.trim_end_matches('/'), None)?;
         return Ok(ProbeTarget::Tcp { host, port });
     }
-    if u.starts_with("https://") {
-        return Err(
-            "https:// probes are not supported by this build yet (TLS comes with the Shield work); use http:// or tcp://"
-                .into(),
-        );
-    }
-    Err(format!("{u:?} is not an http:// or tcp://HOST:PORT URL"))
+    Err(format!(
+        "{u:?} is not an http://, https:// or tcp://HOST:PORT URL"
+    ))
 }
 
 #[cfg(test)]
@@ -158,7 +184,8 @@ mod tests {
             ProbeTarget::Http {
                 host: "127.0.0.1".into(),
                 port: 8080,
-                path: "/health?x=1".into()
+                path: "/health?x=1".into(),
+                tls: false,
             }
         );
         assert_eq!(
@@ -166,7 +193,17 @@ mod tests {
             ProbeTarget::Http {
                 host: "portal.example".into(),
                 port: 80,
-                path: "/".into()
+                path: "/".into(),
+                tls: false,
+            }
+        );
+        assert_eq!(
+            parse_target("https://portal.example/health").unwrap(),
+            ProbeTarget::Http {
+                host: "portal.example".into(),
+                port: 443,
+                path: "/health".into(),
+                tls: true,
             }
         );
         assert_eq!(
@@ -179,7 +216,6 @@ mod tests {
         assert!(parse_target("tcp://db")
             .unwrap_err()
             .contains("needs a port"));
-        assert!(parse_target("https://x").unwrap_err().contains("https"));
         assert!(parse_target("ftp://x").is_err());
         assert!(parse_target("http://a b/").is_err());
     }

@@ -8,6 +8,7 @@
 //! attempt is counted in `centinela_notifications_total{notifier,result}`.
 //! Errors never carry a notifier's URL or password: only its name.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,12 +157,16 @@ impl Task {
         match &self.notifier.kind {
             NotifyKind::Webhook(url) => {
                 let body = webhook_body(&self.notifier.name, &self.external_url, batch);
-                post_json(url.expose(), &body).await
+                post_json(url.expose(), self.notifier.ca.as_deref(), &body).await
             }
             NotifyKind::Slack(url) => {
-                post_json(url.expose(), &json!({ "text": text(batch) })).await
+                let body = json!({ "text": text(batch) });
+                post_json(url.expose(), self.notifier.ca.as_deref(), &body).await
             }
-            NotifyKind::Email(mail) => send_mail(mail, &subject(batch), &text(batch)).await,
+            NotifyKind::Email(mail) => {
+                let ca = self.notifier.ca.as_deref();
+                send_mail(mail, ca, &subject(batch), &text(batch)).await
+            }
         }
     }
 }
@@ -266,43 +271,75 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
-/// `host:port` and path of an `http://` URL.
-fn split_url(url: &str) -> Result<(String, String), String> {
-    if url.starts_with("https://") {
-        return Err("https:// notifier URLs are not supported by this build yet".into());
-    }
-    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let hostport = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((hostport, path.to_string()))
+/// Where an `http://` or `https://` URL points.
+#[derive(Debug, PartialEq)]
+struct Url {
+    tls: bool,
+    /// The host as written (brackets kept for IPv6), without the port.
+    host: String,
+    port: u16,
+    path: String,
 }
 
-/// POSTs JSON and wants a 2xx answer.
-async fn post_json(url: &str, body: &Value) -> Result<(), String> {
-    let (hostport, path) = split_url(url)?;
-    let stream = TcpStream::connect(&hostport)
+impl Url {
+    /// `Host:`: the port only when it is not the scheme's own.
+    fn authority(&self) -> String {
+        if self.port == if self.tls { 443 } else { 80 } {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The host to connect to and to verify the certificate for.
+    fn bare_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// Never shows the URL (it may carry a token): only what is wrong.
+fn split_url(url: &str) -> Result<Url, String> {
+    let (rest, tls) = match url.strip_prefix("https://") {
+        Some(r) => (r, true),
+        None => (
+            url.strip_prefix("http://")
+                .ok_or("not an http:// or https:// URL")?,
+            false,
+        ),
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| "the URL's port is not a number")?,
+        ),
+        _ => (authority, if tls { 443 } else { 80 }),
+    };
+    if host.is_empty() || host.contains('@') {
+        return Err("the URL has no usable host".into());
+    }
+    Ok(Url {
+        tls,
+        host: host.to_string(),
+        port,
+        path,
+    })
+}
+
+/// POSTs JSON and wants a 2xx answer; `https://` is verified against the
+/// system's roots or `ca`.
+async fn post_json(url: &str, ca: Option<&Path>, body: &Value) -> Result<(), String> {
+    let url = split_url(url)?;
+    let stream = TcpStream::connect((url.bare_host(), url.port))
         .await
         .map_err(|e| format!("cannot connect: {}", e.kind()))?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake failed: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let host = hostport.trim_end_matches(":80");
-    let req = http::Request::post(path)
-        .header(http::header::HOST, host)
+    let req = http::Request::post(url.path.as_str())
+        .header(http::header::HOST, url.authority())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(
             http::header::USER_AGENT,
@@ -310,6 +347,25 @@ async fn post_json(url: &str, body: &Value) -> Result<(), String> {
         )
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|_| "the URL's path is not valid in a request".to_string())?;
+    if url.tls {
+        let cfg = centinela_tls::client_config(ca)?;
+        let tls = centinela_tls::connect(stream, url.bare_host(), cfg).await?;
+        exchange(tls, req).await
+    } else {
+        exchange(stream, req).await
+    }
+}
+
+async fn exchange<S>(io: S, req: http::Request<Full<Bytes>>) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
     let resp = send
         .send_request(req)
         .await
@@ -351,40 +407,85 @@ async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, want: u8) -> Resul
     }
 }
 
-/// Sends a mail: EHLO, AUTH PLAIN when a username is set, MAIL, RCPT, DATA.
-async fn send_mail(mail: &Email, subject: &str, body: &str) -> Result<(), String> {
-    if mail.starttls {
-        return Err("STARTTLS is not supported by this build yet".into());
-    }
+/// Sends a mail: EHLO, STARTTLS then EHLO again when `starttls`, AUTH
+/// PLAIN when a username is set, MAIL, RCPT, DATA.
+async fn send_mail(
+    mail: &Email,
+    ca: Option<&Path>,
+    subject: &str,
+    body: &str,
+) -> Result<(), String> {
     let stream = TcpStream::connect(&mail.smtp)
         .await
         .map_err(|e| format!("cannot connect to the SMTP server: {}", e.kind()))?;
-    let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::new(rd);
-    reply(&mut rd, b'2').await?;
-    wr.write_all(b"EHLO centinela\r\n").await.map_err(io)?;
-    reply(&mut rd, b'2').await?;
+    let mut s = BufReader::new(stream);
+    reply(&mut s, b'2').await?;
+    s.write_all(b"EHLO centinela\r\n").await.map_err(io)?;
+    let ehlo = reply(&mut s, b'2').await?;
+    if !mail.starttls {
+        return transaction(&mut s, mail, subject, body).await;
+    }
+    let offers = ehlo.lines().any(|l| {
+        l.get(4..)
+            .is_some_and(|k| k.trim().eq_ignore_ascii_case("STARTTLS"))
+    });
+    if !offers {
+        return Err("the SMTP server does not offer STARTTLS (starttls = true)".into());
+    }
+    s.write_all(b"STARTTLS\r\n").await.map_err(io)?;
+    reply(&mut s, b'2').await?;
+    if !s.buffer().is_empty() {
+        // Anything sent before the handshake could be injected by a man in
+        // the middle and read as if it came over TLS (CVE-2011-0411).
+        return Err("the SMTP server sent more after accepting STARTTLS; refused".into());
+    }
+    let host = mail
+        .smtp
+        .rsplit_once(':')
+        .map_or(mail.smtp.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let cfg = centinela_tls::client_config(ca)?;
+    let tls = centinela_tls::connect(s.into_inner(), host, cfg)
+        .await
+        .map_err(|e| format!("SMTP {e}"))?;
+    let mut s = BufReader::new(tls);
+    s.write_all(b"EHLO centinela\r\n").await.map_err(io)?;
+    reply(&mut s, b'2').await?;
+    transaction(&mut s, mail, subject, body).await
+}
+
+/// AUTH, MAIL, RCPT, DATA and QUIT on a session that has said EHLO.
+async fn transaction<S>(
+    s: &mut BufReader<S>,
+    mail: &Email,
+    subject: &str,
+    body: &str,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     if let (Some(user), Some(pass)) = (&mail.username, &mail.password) {
         let token = base64(format!("\0{user}\0{}", pass.expose()).as_bytes());
-        wr.write_all(format!("AUTH PLAIN {token}\r\n").as_bytes())
+        s.write_all(format!("AUTH PLAIN {token}\r\n").as_bytes())
             .await
             .map_err(io)?;
-        reply(&mut rd, b'2')
+        reply(s, b'2')
             .await
             .map_err(|_| "SMTP authentication failed".to_string())?;
     }
-    wr.write_all(format!("MAIL FROM:<{}>\r\n", mail.from).as_bytes())
+    s.write_all(format!("MAIL FROM:<{}>\r\n", mail.from).as_bytes())
         .await
         .map_err(io)?;
-    reply(&mut rd, b'2').await?;
+    reply(s, b'2').await?;
     for to in &mail.to {
-        wr.write_all(format!("RCPT TO:<{to}>\r\n").as_bytes())
+        s.write_all(format!("RCPT TO:<{to}>\r\n").as_bytes())
             .await
             .map_err(io)?;
-        reply(&mut rd, b'2').await?;
+        reply(s, b'2').await?;
     }
-    wr.write_all(b"DATA\r\n").await.map_err(io)?;
-    reply(&mut rd, b'3').await?;
+    s.write_all(b"DATA\r\n").await.map_err(io)?;
+    reply(s, b'3').await?;
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let mut msg = format!(
         "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: {}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
@@ -402,9 +503,10 @@ async fn send_mail(mail: &Email, subject: &str, body: &str) -> Result<(), String
         msg.push_str("\r\n");
     }
     msg.push_str(".\r\n");
-    wr.write_all(msg.as_bytes()).await.map_err(io)?;
-    reply(&mut rd, b'2').await?;
-    let _ = wr.write_all(b"QUIT\r\n").await;
+    s.write_all(msg.as_bytes()).await.map_err(io)?;
+    reply(s, b'2').await?;
+    let _ = s.write_all(b"QUIT\r\n").await;
+    let _ = s.flush().await;
     Ok(())
 }
 
@@ -446,16 +548,35 @@ mod tests {
 
     #[test]
     fn urls_split_into_address_and_path() {
+        let u = split_url("http://127.0.0.1:9000/hook?x=1").unwrap();
         assert_eq!(
-            split_url("http://127.0.0.1:9000/hook?x=1").unwrap(),
-            ("127.0.0.1:9000".into(), "/hook?x=1".into())
+            (u.bare_host(), u.port, u.path.as_str()),
+            ("127.0.0.1", 9000, "/hook?x=1")
         );
+        assert_eq!(u.authority(), "127.0.0.1:9000");
+        let u = split_url("http://example.com").unwrap();
         assert_eq!(
-            split_url("http://example.com").unwrap(),
-            ("example.com:80".into(), "/".into())
+            (u.authority(), u.port, u.path.as_str(), u.tls),
+            ("example.com".into(), 80, "/", false)
         );
-        assert!(split_url("https://hooks.example.com/T/B/secret")
-            .unwrap_err()
-            .contains("https"));
+        let u = split_url("https://hooks.example.com/T/B/secret").unwrap();
+        assert_eq!(
+            (u.authority(), u.port, u.path.as_str(), u.tls),
+            ("hooks.example.com".into(), 443, "/T/B/secret", true)
+        );
+        let u = split_url("https://[::1]:8443?x").unwrap();
+        assert_eq!(
+            (u.bare_host(), u.authority(), u.path.as_str()),
+            ("::1", "[::1]:8443".into(), "/?x")
+        );
+        for bad in [
+            "ftp://x",
+            "http://:80/",
+            "https://user@host/",
+            "http://h:port/",
+        ] {
+            let e = split_url(bad).unwrap_err();
+            assert!(!e.contains(bad), "{e}");
+        }
     }
 }

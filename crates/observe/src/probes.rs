@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use centinela_config::probe::ProbeTarget;
 use centinela_config::UptimeProbe;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -28,6 +28,16 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Unix milliseconds of the last check.
     pub at: u64,
+    /// HTTPS: when the server's certificate expires (Unix seconds), as of
+    /// the last handshake that verified it.
+    pub not_after: Option<i64>,
+}
+
+impl Outcome {
+    /// Seconds until the certificate expires (negative once it has).
+    pub fn tls_expiry(&self, now_ms: u64) -> Option<f64> {
+        self.not_after.map(|t| t as f64 - now_ms as f64 / 1000.0)
+    }
 }
 
 struct Running {
@@ -83,6 +93,7 @@ impl Probes {
     /// last check.
     pub fn health(&self, uptime: impl Fn(&str) -> Value) -> (bool, Value) {
         let mut ok = true;
+        let now = crate::observer::now_ms();
         let list: Vec<Value> = self
             .results()
             .into_iter()
@@ -97,6 +108,8 @@ impl Probes {
                     "error": r.error,
                     "last_check": (r.at > 0).then(|| crate::notify::rfc3339(r.at)),
                     "uptime": uptime(&name),
+                    "tls_expiry_seconds": r.tls_expiry(now).map(f64::round),
+                    "certificate_not_after": r.not_after.map(|t| crate::notify::rfc3339(t.max(0) as u64 * 1000)),
                 })
             })
             .collect();
@@ -117,7 +130,8 @@ async fn run(p: UptimeProbe, last: Arc<Mutex<Outcome>>) {
     tokio::time::sleep(Duration::from_secs_f64(interval * fastrand::f64())).await;
     loop {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(p.timeout, check(&p))
+        let mut not_after = None;
+        let outcome = tokio::time::timeout(p.timeout, check(&p, &mut not_after))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {:?}", p.timeout)));
         let duration = started.elapsed().as_secs_f64();
@@ -126,6 +140,9 @@ async fn run(p: UptimeProbe, last: Arc<Mutex<Outcome>>) {
             r.checked = true;
             r.duration = duration;
             r.at = crate::observer::now_ms();
+            if not_after.is_some() {
+                r.not_after = not_after;
+            }
             match outcome {
                 Ok(()) => {
                     if !r.up && r.failures > 0 {
@@ -150,8 +167,9 @@ async fn run(p: UptimeProbe, last: Arc<Mutex<Outcome>>) {
     }
 }
 
-/// One check.
-async fn check(p: &UptimeProbe) -> Result<(), String> {
+/// One check. An HTTPS check sets `not_after` once the handshake has
+/// verified the server's certificate.
+async fn check(p: &UptimeProbe, not_after: &mut Option<i64>) -> Result<(), String> {
     match &p.target {
         ProbeTarget::Tcp { host, port } => {
             TcpStream::connect((host.as_str(), *port))
@@ -159,62 +177,87 @@ async fn check(p: &UptimeProbe) -> Result<(), String> {
                 .map_err(|e| format!("connect: {}", e.kind()))?;
             Ok(())
         }
-        ProbeTarget::Http { host, port, path } => {
-            let mut s = TcpStream::connect((host.as_str(), *port))
+        ProbeTarget::Http {
+            host,
+            port,
+            path,
+            tls,
+        } => {
+            let s = TcpStream::connect((host.as_str(), *port))
                 .await
                 .map_err(|e| format!("connect: {}", e.kind()))?;
-            let authority = if *port == 80 {
+            let default_port = if *tls { 443 } else { 80 };
+            let authority = if *port == default_port {
                 host.clone()
             } else if host.contains(':') {
                 format!("[{host}]:{port}")
             } else {
                 format!("{host}:{port}")
             };
-            let req = format!(
-                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: centinela-probe/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-                env!("CARGO_PKG_VERSION")
-            );
-            s.write_all(req.as_bytes())
-                .await
-                .map_err(|e| format!("send: {}", e.kind()))?;
-            // The head and up to 64 KiB of body are enough to judge.
-            let mut buf = Vec::with_capacity(4096);
-            let mut chunk = [0u8; 8192];
-            while buf.len() < 64 * 1024 + 16 * 1024 {
-                let n = s
-                    .read(&mut chunk)
-                    .await
-                    .map_err(|e| format!("read: {}", e.kind()))?;
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
+            if *tls {
+                let cfg = centinela_tls::client_config(p.ca.as_deref())?;
+                let s = centinela_tls::connect(s, host, cfg).await?;
+                *not_after = centinela_tls::peer_validity(&s).map(|v| v.not_after);
+                exchange(s, p, path, &authority).await
+            } else {
+                exchange(s, p, path, &authority).await
             }
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            let head_len = match resp.parse(&buf) {
-                Ok(httparse::Status::Complete(n)) => n,
-                _ => return Err("not an HTTP response".into()),
-            };
-            let status = resp.code.unwrap_or(0);
-            if !p.expect_status.contains(status) {
-                return Err(format!("status {status}"));
-            }
-            if let Some(want) = &p.expect_body {
-                // The body's first 64 KiB as received: with chunked
-                // framing, a match split by a chunk boundary is missed.
-                let body = &buf[head_len..];
-                if memchr::memmem::find(body, want.as_bytes()).is_none() {
-                    return Err(format!("the body does not contain {want:?}"));
-                }
-            }
-            Ok(())
         }
     }
 }
 
+/// `GET` over an open connection, and the answer judged.
+async fn exchange<S>(mut s: S, p: &UptimeProbe, path: &str, authority: &str) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: centinela-probe/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("send: {}", e.kind()))?;
+    // The head and up to 64 KiB of body are enough to judge.
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    while buf.len() < 64 * 1024 + 16 * 1024 {
+        let n = match s.read(&mut chunk).await {
+            Ok(n) => n,
+            // A TLS server that closes without close_notify: what came
+            // before is still judged.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => 0,
+            Err(e) => return Err(format!("read: {}", e.kind())),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(&buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err("not an HTTP response".into()),
+    };
+    let status = resp.code.unwrap_or(0);
+    if !p.expect_status.contains(status) {
+        return Err(format!("status {status}"));
+    }
+    if let Some(want) = &p.expect_body {
+        // The body's first 64 KiB as received: with chunked framing, a
+        // match split by a chunk boundary is missed.
+        let body = &buf[head_len..];
+        if memchr::memmem::find(body, want.as_bytes()).is_none() {
+            return Err(format!("the body does not contain {want:?}"));
+        }
+    }
+    Ok(())
+}
+
 impl Source for Probes {
     fn figures(&self, out: &mut Figures) {
+        let now = crate::observer::now_ms();
         for (name, r) in self.results() {
             if r.checked {
                 out.probes.push(ProbeFigures {
@@ -222,7 +265,7 @@ impl Source for Probes {
                     up: r.up,
                     duration: r.duration,
                     failures: r.failures,
-                    tls_expiry: None,
+                    tls_expiry: r.tls_expiry(now),
                 });
             }
         }
@@ -247,6 +290,17 @@ impl Collect for Probes {
         );
         for (name, r) in results.iter().filter(|(_, r)| r.checked) {
             out.gauge(&[("probe", name)], r.duration);
+        }
+        out.family(
+            "centinela_probe_tls_expiry_seconds",
+            "Seconds until the certificate of an HTTPS probe's server expires (negative once it has).",
+            Kind::Gauge,
+        );
+        let now = crate::observer::now_ms();
+        for (name, r) in &results {
+            if let Some(s) = r.tls_expiry(now) {
+                out.gauge(&[("probe", name)], s.round());
+            }
         }
     }
 }

@@ -21,6 +21,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+pub mod tls;
+
 /// Polls `check` until it returns true or `deadline` passes.
 pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
 where
@@ -495,6 +497,15 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(statuses: Vec<u16>) -> Receiver {
+        Receiver::serve(statuses, None).await
+    }
+
+    /// The same over TLS (https://), with the certificate `tls` presents.
+    pub async fn start_tls(statuses: Vec<u16>, tls: tls::TlsAcceptor) -> Receiver {
+        Receiver::serve(statuses, Some(tls)).await
+    }
+
+    async fn serve(statuses: Vec<u16>, tls: Option<tls::TlsAcceptor>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let got = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -511,6 +522,7 @@ impl Receiver {
                 };
                 let g = g.clone();
                 let statuses = statuses.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let g = g.clone();
@@ -535,9 +547,17 @@ impl Receiver {
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(tls) => {
+                            if let Ok(s) = tls.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });

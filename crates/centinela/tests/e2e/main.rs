@@ -13,5 +13,6 @@ mod proxy;
 mod retries;
 mod rolling;
 mod slo;
+mod tls;
 mod trace;
 mod util;
