@@ -9,6 +9,8 @@
 #   BASELINE=<rev> BASELINE_BIN=path/to/centinela bench/ab.sh   (reuse a build)
 #   NEW_RUNTIME='trace_context = false' ... (extra [runtime] lines for one
 #   side; OLD_RUNTIME for the other: the same binary with a setting on/off)
+#   ACCESS_LOG=true ...   (both sides log every request, into files;
+#   NEW_ACCESS_LOG / OLD_ACCESS_LOG for one side)
 #
 # Bounded: ROUNDS × connection counts × SECONDS of wrk on loopback. Not a
 # test: it never runs in CI.
@@ -71,7 +73,7 @@ http {
     server { listen 127.0.0.1:$ORIGIN; location / { return 200 'hello from the origin\n'; } }
 }
 CONF
-conf() { # port admin runtime-lines
+conf() { # port admin runtime-lines access_log
     cat <<CONF
 [admin]
 listen = "127.0.0.1:$2"
@@ -85,20 +87,23 @@ servers = ["127.0.0.1:$ORIGIN"]
 limits = { max_in_flight = 100000, queue = 0 }
 [runtime]
 worker_threads = 1
-access_log = false
+access_log = $4
 $3
 CONF
 }
-conf "$A" "$AA" "${NEW_RUNTIME:-}" >"$work/new.toml"
-conf "$B" "$BA" "${OLD_RUNTIME:-}" >"$work/old.toml"
+conf "$A" "$AA" "${NEW_RUNTIME:-}" "${NEW_ACCESS_LOG:-${ACCESS_LOG:-false}}" >"$work/new.toml"
+conf "$B" "$BA" "${OLD_RUNTIME:-}" "${OLD_ACCESS_LOG:-${ACCESS_LOG:-false}}" >"$work/old.toml"
 
 LOADCPU=(); PROXYCPU=()
 if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then
     LOADCPU=(taskset -c 0); PROXYCPU=(taskset -c 1)
 fi
 "${LOADCPU[@]}" nginx -c "$work/origin.conf" & pids+=($!)
-RUST_LOG=warn "${PROXYCPU[@]}" "$NEW" run --config "$work/new.toml" 2>"$work/new.log" & pids+=($!); NEW_PID=$!
-RUST_LOG=warn "${PROXYCPU[@]}" "$OLD" run --config "$work/old.toml" 2>"$work/old.log" & pids+=($!); OLD_PID=$!
+# The access log at info (a build whose access lines go through the log
+# filter needs it); the rest quiet.
+LOGLEVEL=warn,access=info
+RUST_LOG=$LOGLEVEL "${PROXYCPU[@]}" "$NEW" run --config "$work/new.toml" 2>"$work/new.log" & pids+=($!); NEW_PID=$!
+RUST_LOG=$LOGLEVEL "${PROXYCPU[@]}" "$OLD" run --config "$work/old.toml" 2>"$work/old.log" & pids+=($!); OLD_PID=$!
 for p in $ORIGIN $A $B; do wait_port "$p"; done
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)

@@ -3,6 +3,13 @@
 # same run, same origin, same wrk load (loopback, keep-alive, bounded).
 #
 #   bench/proxy.sh [SECONDS_PER_RUN]      (default 10)
+#   LOGS=1 bench/proxy.sh ...             (every proxy logs every request)
+#
+# With LOGS=1 each proxy writes an access line per request to a file, the
+# way an operator would run it: nginx `access_log … buffer=64k`, HAProxy
+# `option httplog` to stdout into a file, centinela `access_log = true`
+# (stderr into a file); centinela's metrics are always on, and /metrics
+# is scraped every second during the runs.
 #
 # The proxies run on CPU 1 and wrk and the origin on CPU 0 (when there are
 # two cores and taskset), so that the load generator does not steal the
@@ -26,6 +33,7 @@ ROUNDS=${ROUNDS:-3}
 # connection count and proxy, and their length in seconds.
 PAIRED=${PAIRED:-5}
 PAIRED_DUR=${PAIRED_DUR:-5}
+LOGS=${LOGS:-0}
 
 need=()
 for t in haproxy:haproxy nginx:nginx wrk:wrk curl:curl; do
@@ -56,6 +64,15 @@ wait_port() {
     tail -n 5 "$work"/*.err "$work"/*.log >&2 2>/dev/null || true
     exit 1
 }
+if [ "$LOGS" = 1 ]; then
+    NGX_ACCESS="access_log $work/nginx-access.log combined buffer=64k;"
+    HAP_GLOBAL_LOG="    log stdout format raw local0"
+    HAP_LOG="    log global
+    option httplog"
+    CEN_ACCESS=true
+else
+    NGX_ACCESS=""; HAP_GLOBAL_LOG=""; HAP_LOG=""; CEN_ACCESS=false
+fi
 ORIGIN=$(port); CEN=$(port); CEN_ADMIN=$(port); HAP=$(port); NGX=$(port); BIG=$(port); UP=$(port)
 mkdir -p "$work/tmp" "$work/www"
 truncate -s 1G "$work/www/big"
@@ -81,7 +98,7 @@ CONF
 nginx_conf origin "$ORIGIN" "server { listen 127.0.0.1:$ORIGIN; location / { return 200 'hello from the origin\n'; } }
     server { listen 127.0.0.1:$BIG; root $work/www; sendfile on; }"
 nginx_conf nginx "$NGX" "upstream origin { server 127.0.0.1:$ORIGIN; keepalive 512; }
-    server { listen 127.0.0.1:$NGX;
+    server { listen 127.0.0.1:$NGX; $NGX_ACCESS
         location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Request-Id \$request_id;
             add_header X-Request-Id \$request_id; } }"
@@ -89,8 +106,10 @@ cat >"$work/haproxy.cfg" <<CONF
 global
     nbthread 1
     maxconn 5000
+$HAP_GLOBAL_LOG
 defaults
     mode http
+$HAP_LOG
     timeout connect 1s
     timeout client 30s
     timeout server 30s
@@ -131,7 +150,7 @@ servers = ["127.0.0.1:$UP"]
 timeouts = { response = "120s", request = "300s" }
 [runtime]
 worker_threads = 1
-access_log = false
+access_log = $CEN_ACCESS
 CONF
 # An upload sink: reads a Content-Length body fully, then answers 200.
 cat >"$work/sink.py" <<'PY'
@@ -183,6 +202,12 @@ rss_kib() { local t=0; for p in "$@"; do t=$((t + $(awk '/^'"$2"':/{print $2}' "
 sum_status() { local key=$1; shift; local t=0; for p in "$@"; do t=$((t + $(awk -v k="$key:" '$1==k{print $2}' "/proc/$p/status"))); done; echo $t; }
 port_of() { case $1 in direct) echo $ORIGIN;; centinela) echo $CEN;; haproxy) echo $HAP;; nginx) echo $NGX;; esac; }
 HZ=$(getconf CLK_TCK)
+
+if [ "$LOGS" = 1 ]; then
+    # A scraper, as Prometheus would be (every second here, 15 s there).
+    ( while sleep 1; do curl -fsS -o /dev/null "http://127.0.0.1:$CEN_ADMIN/metrics" || true; done ) &
+    pids+=($!)
+fi
 
 results="$work/results.tsv"
 : >"$results"
@@ -276,6 +301,11 @@ STREAM_HWM=$(sum_status VmHWM $CEN_PID)
 
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+if [ "$LOGS" = 1 ]; then
+    echo "Access logs on (LOGS=1): lines written, centinela $(grep -c ' access: ' "$work/centinela.log" || true)" \
+        "(dropped: $(curl -fsS "http://127.0.0.1:$CEN_ADMIN/metrics" | awk '/^centinela_access_log_dropped_total/{print $2}'))," \
+        "HAProxy $(grep -c ' HTTP/1.1"' "$work/haproxy.log" || true), nginx $(wc -l <"$work/nginx-access.log")"
+fi
 echo "Versions: $(target/release/centinela --version), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(nginx -v 2>&1 | cut -d' ' -f3), wrk -t1, ${DUR}s per run, median of $ROUNDS interleaved rounds${PROXYCPU:+, proxies pinned to CPU 1, wrk and origin to CPU 0}"
 echo
 python3 - "$results" <<'PY'

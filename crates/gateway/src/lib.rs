@@ -2,6 +2,7 @@
 //! request; [`Gateway`] is the entry point: start, reload, shut down.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod balance;
 pub mod error;
@@ -402,6 +403,9 @@ impl Gateway {
         }
         self.admin_task.abort();
         self.reaper.abort();
+        // The last requests' access lines (a blocking write: off the
+        // runtime's threads).
+        let _ = tokio::task::spawn_blocking(access::flush).await;
         drained
     }
 }

@@ -167,6 +167,12 @@ impl Collect for Shared {
                 }
             }
         }
+        out.family(
+            "centinela_access_log_dropped",
+            "Access log lines dropped because the log's output could not keep up (never waited for).",
+            Kind::Counter,
+        );
+        out.counter(&[], crate::access::dropped());
     }
 }
 

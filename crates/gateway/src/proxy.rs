@@ -25,7 +25,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::balance::server::{InFlight, Outcome, Server};
 use crate::balance::upstream::Group;
@@ -118,18 +118,19 @@ pub async fn handle(
         t.record(log.group, resp.status().as_u16(), took);
     }
     if snap.config.runtime.access_log {
-        info!(
-            target: "access",
-            method = %method,
-            path = uri.path(),
-            status = resp.status().as_u16(),
-            upstream = log.upstream.as_deref().unwrap_or("-"),
-            server = log.server.as_deref().unwrap_or("-"),
-            attempts = log.attempts,
-            duration_ms = took.as_secs_f64() * 1000.0,
-            request_id = rid.to_str().unwrap_or(""),
-            trace_id = ids.trace.as_ref().map_or("-", headers::Trace::id),
-            "request"
+        crate::access::log(
+            snap.config.runtime.log_format,
+            &crate::access::Line {
+                method: method.as_str(),
+                path: uri.path(),
+                status: resp.status().as_u16(),
+                upstream: log.upstream.as_deref().unwrap_or("-"),
+                server: log.server.as_deref().unwrap_or("-"),
+                attempts: log.attempts,
+                duration: took,
+                request_id: rid.as_bytes(),
+                trace_id: ids.trace.as_ref().map_or("-", headers::Trace::id),
+            },
         );
     }
     Ok(resp)

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod clock;
 pub mod dashboard;
 pub mod expo;
 pub mod figures;

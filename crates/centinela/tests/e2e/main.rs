@@ -1,6 +1,7 @@
 //! End-to-end tests: real sockets on 127.0.0.1 with ephemeral ports, real
 //! products-api processes or in-process servers, a real gateway.
 
+mod access_log;
 mod alerts;
 mod balancing;
 mod dashboard;
