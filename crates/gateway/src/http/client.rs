@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::http::body::ReqBody;
-use crate::http::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD, MIN_READ};
+use crate::http::codec::{self, BodyError, Decoder, InBuf, Spans, MAX_HEAD, MIN_READ};
 use crate::http::headers::Rewrite;
 use crate::http::idle::IdleTimer;
 use crate::http::pool::Pool;
@@ -455,7 +455,7 @@ fn parse_head(buf: &mut BytesMut, is_head: bool) -> Result<Option<Parsed>, Error
                 headers.remove(header::CONTENT_LENGTH);
             }
             (
-                State::Body(Decoder::Chunked(Chunk::Size)),
+                State::Body(Decoder::chunked()),
                 !conn_close && f.length.is_none(),
             )
         } else if let Some(n) = f.length {

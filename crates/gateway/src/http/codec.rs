@@ -231,133 +231,122 @@ pub fn is_tchar(b: u8) -> bool {
 /// refused when its bytes so far cannot begin a valid one, or when it is
 /// longer than [`MAX_CHUNK_LINE`].
 pub fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
-    let more = || {
-        if buf.len() >= MAX_CHUNK_LINE {
-            Err("chunk-size line too long")
-        } else {
-            Ok(None)
-        }
-    };
-    let mut i = 0;
-    let mut size: u64 = 0;
-    while i < buf.len() && buf[i].is_ascii_hexdigit() {
-        if size > u64::MAX >> 4 {
-            return Err("chunk size too large");
-        }
-        size = size << 4 | u64::from(hex_value(buf[i]));
-        i += 1;
-    }
-    if i == 0 {
-        return if buf.is_empty() {
-            more()
-        } else {
-            Err("bad chunk size")
-        };
-    }
-    let ws = |i: &mut usize| {
-        while *i < buf.len() && (buf[*i] == b' ' || buf[*i] == b'\t') {
-            *i += 1;
-        }
-    };
-    loop {
-        // BWS only ever comes before ";" (or around "=", below).
-        let before = i;
-        ws(&mut i);
-        let Some(&b) = buf.get(i) else { return more() };
-        match b {
-            b'\r' if i != before => return Err("whitespace before the end of a chunk-size line"),
-            b'\r' => {
-                let Some(&lf) = buf.get(i + 1) else {
-                    return more();
-                };
-                if lf != b'\n' {
-                    return Err("chunk-size line not ended by CRLF");
-                }
-                let used = i + 2;
-                if used > MAX_CHUNK_LINE {
-                    return Err("chunk-size line too long");
-                }
-                return Ok(Some((used, size)));
-            }
-            b';' => {
-                i += 1;
-                ws(&mut i);
-                i = match token_end(buf, i) {
-                    Token::End(end) => end,
-                    Token::More => return more(),
-                    Token::None => return Err("bad chunk extension"),
-                };
-                let mut j = i;
-                ws(&mut j);
-                match buf.get(j) {
-                    None => return more(),
-                    Some(b'=') => {
-                        i = j + 1;
-                        ws(&mut i);
-                        match buf.get(i) {
-                            None => return more(),
-                            Some(b'"') => {
-                                i += 1;
-                                loop {
-                                    match buf.get(i) {
-                                        None => return more(),
-                                        Some(b'"') => {
-                                            i += 1;
-                                            break;
-                                        }
-                                        Some(b'\\') => match buf.get(i + 1) {
-                                            None => return more(),
-                                            Some(&c) if c == b'\t' || (0x20..0x7f).contains(&c) => {
-                                                i += 2
-                                            }
-                                            Some(_) => return Err("bad chunk extension"),
-                                        },
-                                        Some(&c)
-                                            if c == b'\t'
-                                                || c == b' '
-                                                || (0x21..0x7f).contains(&c) =>
-                                        {
-                                            i += 1
-                                        }
-                                        Some(_) => return Err("bad chunk extension"),
-                                    }
-                                }
-                            }
-                            Some(_) => {
-                                i = match token_end(buf, i) {
-                                    Token::End(end) => end,
-                                    Token::More => return more(),
-                                    Token::None => return Err("bad chunk extension"),
-                                };
-                            }
-                        }
+    SizeLine::default().resume(buf)
+}
+
+/// A chunk-size line read so far: the grammar of [`chunk_size_line`] as a
+/// state machine, so that each read only looks at the bytes it added (a
+/// line sent a byte at a time costs its length, not its length squared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SizeLine {
+    /// Bytes of the line already read.
+    at: usize,
+    size: u64,
+    state: Line,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Line {
+    /// In the hex digits (none yet when `at` is 0).
+    #[default]
+    Size,
+    /// Right after the size, an extension name or value.
+    AfterItem,
+    /// Whitespace after an item: only `;` may follow.
+    Bws,
+    /// Whitespace after an extension's name: `=` or `;` may follow.
+    NameBws,
+    /// After `;`: whitespace, then a name.
+    ExtStart,
+    ExtName,
+    /// After `=`: whitespace, then a token or a quoted string.
+    ValueStart,
+    ValueToken,
+    Quoted,
+    QuotedEscape,
+    /// After CR: LF ends the line.
+    Cr,
+}
+
+impl SizeLine {
+    /// Reads on from where the last call stopped; `buf` holds the whole
+    /// line so far, from its first byte.
+    pub fn resume(&mut self, buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+        const EXT: &str = "bad chunk extension";
+        const SIZE: &str = "bad chunk size";
+        while let Some(&b) = buf.get(self.at) {
+            let ws = b == b' ' || b == b'\t';
+            self.state = match self.state {
+                Line::Size if b.is_ascii_hexdigit() => {
+                    if self.size > u64::MAX >> 4 {
+                        return Err("chunk size too large");
                     }
-                    Some(_) => {}
+                    self.size = self.size << 4 | u64::from(hex_value(b));
+                    Line::Size
                 }
-            }
-            _ => return Err("bad chunk size"),
+                Line::Size if self.at == 0 => return Err(SIZE),
+                Line::Size | Line::AfterItem => match b {
+                    _ if ws => Line::Bws,
+                    b';' => Line::ExtStart,
+                    b'\r' => Line::Cr,
+                    _ => return Err(SIZE),
+                },
+                Line::Bws => match b {
+                    _ if ws => Line::Bws,
+                    b';' => Line::ExtStart,
+                    b'\r' => return Err("whitespace before the end of a chunk-size line"),
+                    _ => return Err(SIZE),
+                },
+                Line::ExtStart => match b {
+                    _ if ws => Line::ExtStart,
+                    _ if is_tchar(b) => Line::ExtName,
+                    _ => return Err(EXT),
+                },
+                Line::ExtName if is_tchar(b) => Line::ExtName,
+                Line::ExtName | Line::NameBws => match b {
+                    _ if ws => Line::NameBws,
+                    b'=' => Line::ValueStart,
+                    b';' => Line::ExtStart,
+                    b'\r' if self.state == Line::ExtName => Line::Cr,
+                    b'\r' => return Err("whitespace before the end of a chunk-size line"),
+                    _ => return Err(SIZE),
+                },
+                Line::ValueStart => match b {
+                    _ if ws => Line::ValueStart,
+                    b'"' => Line::Quoted,
+                    _ if is_tchar(b) => Line::ValueToken,
+                    _ => return Err(EXT),
+                },
+                Line::ValueToken if is_tchar(b) => Line::ValueToken,
+                Line::ValueToken => match b {
+                    _ if ws => Line::Bws,
+                    b';' => Line::ExtStart,
+                    b'\r' => Line::Cr,
+                    _ => return Err(SIZE),
+                },
+                Line::Quoted => match b {
+                    b'"' => Line::AfterItem,
+                    b'\\' => Line::QuotedEscape,
+                    _ if ws || (0x21..0x7f).contains(&b) => Line::Quoted,
+                    _ => return Err(EXT),
+                },
+                Line::QuotedEscape if b == b'\t' || (0x20..0x7f).contains(&b) => Line::Quoted,
+                Line::QuotedEscape => return Err(EXT),
+                Line::Cr if b == b'\n' => {
+                    let used = self.at + 1;
+                    if used > MAX_CHUNK_LINE {
+                        return Err("chunk-size line too long");
+                    }
+                    return Ok(Some((used, self.size)));
+                }
+                Line::Cr => return Err("chunk-size line not ended by CRLF"),
+            };
+            self.at += 1;
         }
-    }
-}
-
-/// A token starting at `i` in a line that goes on past it.
-enum Token {
-    /// It ends before `End`.
-    End(usize),
-    /// It runs to the end of what was read: more is needed.
-    More,
-    /// No token there.
-    None,
-}
-
-fn token_end(buf: &[u8], i: usize) -> Token {
-    let n = buf[i..].iter().take_while(|&&b| is_tchar(b)).count();
-    if i + n == buf.len() {
-        Token::More
-    } else if n == 0 {
-        Token::None
-    } else {
-        Token::End(i + n)
+        if self.at >= MAX_CHUNK_LINE {
+            return Err("chunk-size line too long");
+        }
+        Ok(None)
     }
 }
 
@@ -370,12 +359,15 @@ pub fn hex_value(b: u8) -> u8 {
     }
 }
 
-/// One trailer line at the front of `buf`: `Ok(Some((used, last)))` with
+/// One trailer line at the front of `buf`, whose first `scanned` bytes
+/// hold no LF: `Ok(Some((used, last)))` with
 /// `last` for the empty line that ends the trailers; `Ok(None)`:
 /// incomplete. A trailer is a field line (RFC 9112 §5: `token ":" OWS
 /// value OWS`, no obs-fold) ended by CRLF, or the body is refused.
-fn trailer_line(buf: &[u8]) -> Result<Option<(usize, bool)>, &'static str> {
-    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+fn trailer_line(buf: &[u8], scanned: usize) -> Result<Option<(usize, bool)>, &'static str> {
+    let Some(lf) =
+        memchr::memchr(b'\n', buf.get(scanned..).unwrap_or_default()).map(|i| scanned + i)
+    else {
         return Ok(None);
     };
     if lf == 0 || buf[lf - 1] != b'\r' {
@@ -423,10 +415,13 @@ pub enum Decoder {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Chunk {
-    Size,
+    /// A chunk-size line, read so far.
+    Size(SizeLine),
     Data(u64),
     DataEnd,
-    Trailers(usize),
+    /// Trailer bytes accepted so far, and bytes of the current line known
+    /// to hold no LF (a line's end is looked for in new bytes only).
+    Trailers(usize, usize),
 }
 
 /// One step of decoding.
@@ -440,6 +435,15 @@ pub enum Step {
 }
 
 impl Decoder {
+    /// A chunked body, at its first chunk-size line.
+    pub const fn chunked() -> Decoder {
+        Decoder::Chunked(Chunk::Size(SizeLine {
+            at: 0,
+            size: 0,
+            state: Line::Size,
+        }))
+    }
+
     pub fn is_end(&self) -> bool {
         matches!(self, Decoder::Done | Decoder::Length(0))
     }
@@ -480,16 +484,19 @@ impl Decoder {
                     }
                     return Ok(Step::Data(take(buf, u64::MAX)));
                 }
-                Decoder::Chunked(Chunk::Size) => match chunk_size_line(buf)? {
+                Decoder::Chunked(Chunk::Size(mut line)) => match line.resume(buf)? {
                     Some((used, size)) => {
                         buf.advance(used);
                         *self = Decoder::Chunked(if size == 0 {
-                            Chunk::Trailers(0)
+                            Chunk::Trailers(0, 0)
                         } else {
                             Chunk::Data(size)
                         });
                     }
-                    None => return Ok(Step::More),
+                    None => {
+                        *self = Decoder::Chunked(Chunk::Size(line));
+                        return Ok(Step::More);
+                    }
                 },
                 Decoder::Chunked(Chunk::DataEnd) => {
                     if buf.len() < 2 {
@@ -499,23 +506,30 @@ impl Decoder {
                         return Err("chunk not followed by CRLF");
                     }
                     buf.advance(2);
-                    *self = Decoder::Chunked(Chunk::Size);
+                    *self = Decoder::chunked();
                 }
-                Decoder::Chunked(Chunk::Trailers(seen)) => match trailer_line(buf)? {
-                    Some((used, _)) if seen + used > MAX_TRAILERS => {
-                        return Err("trailers too large")
+                Decoder::Chunked(Chunk::Trailers(seen, scanned)) => {
+                    match trailer_line(buf, scanned)? {
+                        Some((used, _)) if seen + used > MAX_TRAILERS => {
+                            return Err("trailers too large")
+                        }
+                        Some((used, true)) => {
+                            buf.advance(used);
+                            *self = Decoder::Done;
+                        }
+                        Some((used, false)) => {
+                            buf.advance(used);
+                            *self = Decoder::Chunked(Chunk::Trailers(seen + used, 0));
+                        }
+                        None if seen + buf.len() >= MAX_TRAILERS => {
+                            return Err("trailers too large")
+                        }
+                        None => {
+                            *self = Decoder::Chunked(Chunk::Trailers(seen, buf.len()));
+                            return Ok(Step::More);
+                        }
                     }
-                    Some((used, true)) => {
-                        buf.advance(used);
-                        *self = Decoder::Done;
-                    }
-                    Some((used, false)) => {
-                        buf.advance(used);
-                        *self = Decoder::Chunked(Chunk::Trailers(seen + used));
-                    }
-                    None if seen + buf.len() >= MAX_TRAILERS => return Err("trailers too large"),
-                    None => return Ok(Step::More),
-                },
+                }
             }
         }
     }
@@ -664,21 +678,21 @@ mod tests {
         assert_eq!(out, b"hello");
         assert_eq!(d, Decoder::Done);
         let chunked = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\nGET";
-        let (out, d) = decode_all(Decoder::Chunked(Chunk::Size), chunked).unwrap();
+        let (out, d) = decode_all(Decoder::chunked(), chunked).unwrap();
         assert_eq!(out, b"hello world");
         assert_eq!(d, Decoder::Done);
         // Cut short: more is needed, and what came is not lost.
-        let (out, d) = decode_all(Decoder::Chunked(Chunk::Size), b"5\r\nhel").unwrap();
+        let (out, d) = decode_all(Decoder::chunked(), b"5\r\nhel").unwrap();
         assert_eq!(out, b"hel");
         assert_eq!(d, Decoder::Chunked(Chunk::Data(2)));
-        assert!(decode_all(Decoder::Chunked(Chunk::Size), b"zz\r\n").is_err());
-        assert!(decode_all(Decoder::Chunked(Chunk::Size), b"2\r\nokXX").is_err());
+        assert!(decode_all(Decoder::chunked(), b"zz\r\n").is_err());
+        assert!(decode_all(Decoder::chunked(), b"2\r\nokXX").is_err());
     }
 
     /// Feeds `input` as it would arrive in pieces of `step` bytes: what
     /// was decoded, and where decoding ended (or its error).
     fn decode_in_steps(input: &[u8], step: usize) -> (Vec<u8>, Result<Decoder, &'static str>) {
-        let mut d = Decoder::Chunked(Chunk::Size);
+        let mut d = Decoder::chunked();
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         for piece in input.chunks(step) {
@@ -743,6 +757,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_line_sent_a_byte_at_a_time_is_read_once() {
+        // A 4 KiB chunk-size line and a trailer, one byte per read: each
+        // read resumes where the last one stopped.
+        let mut body = b"5".to_vec();
+        while body.len() < MAX_CHUNK_LINE - 20 {
+            body.extend_from_slice(b";ext=\"v\\\"w\"");
+        }
+        body.extend_from_slice(b"\r\nhello\r\n0\r\nx-t: 1\r\n\r\n");
+        let mut d = Decoder::chunked();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for (n, &b) in body.iter().enumerate() {
+            buf.extend_from_slice(&[b]);
+            while let Step::Data(data) = d.decode(&mut buf).unwrap() {
+                out.extend_from_slice(&data);
+            }
+            match d {
+                Decoder::Chunked(Chunk::Size(line)) if n < MAX_CHUNK_LINE => {
+                    assert_eq!(line.at, buf.len(), "after byte {n}")
+                }
+                Decoder::Chunked(Chunk::Trailers(_, scanned)) => assert_eq!(scanned, buf.len()),
+                _ => {}
+            }
+        }
+        assert_eq!(out, b"hello");
+        assert_eq!(d, Decoder::Done);
     }
 
     #[test]

@@ -49,7 +49,7 @@ use tracing::debug;
 use crate::error::ProxyError;
 use crate::http::body::{ClientBody, RespBody};
 use crate::http::client::Upgraded;
-use crate::http::codec::{self, BodyError, Chunk, Decoder, InBuf, Spans, MAX_HEAD};
+use crate::http::codec::{self, BodyError, Decoder, InBuf, Spans, MAX_HEAD};
 use crate::http::idle::IdleTimer;
 use crate::http::target;
 use crate::proxy::{self, Shared};
@@ -483,7 +483,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
     let body = if !framed {
         Decoder::Done
     } else if f.te {
-        Decoder::Chunked(Chunk::Size)
+        Decoder::chunked()
     } else {
         Decoder::Length(f.length.unwrap_or(0))
     };
