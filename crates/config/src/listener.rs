@@ -22,6 +22,10 @@ pub struct Listener {
     pub max_connections: u32,
     /// How long a write to a client may wait for the client to read.
     pub write_timeout: Duration,
+    /// HTTP/2: a PING this often while the connection is open...
+    pub h2_ping_interval: Duration,
+    /// ...and the connection closed when its ACK takes longer than this.
+    pub h2_ping_timeout: Duration,
 }
 
 /// `[[listener]] path_normalization`.
@@ -78,6 +82,18 @@ pub(crate) fn listeners(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<List
                 Duration::from_secs(30),
                 Duration::from_millis(1),
             );
+            let h2_ping_interval = o.duration_min(
+                sink,
+                "h2_ping_interval",
+                Duration::from_secs(20),
+                Duration::from_millis(100),
+            );
+            let h2_ping_timeout = o.duration_min(
+                sink,
+                "h2_ping_timeout",
+                Duration::from_secs(20),
+                Duration::from_millis(100),
+            );
             if name.is_none() {
                 missing(sink, &item.span(), &path, "name");
             }
@@ -102,6 +118,8 @@ pub(crate) fn listeners(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<List
                     path_normalization,
                     max_connections,
                     write_timeout,
+                    h2_ping_interval,
+                    h2_ping_timeout,
                 });
             }
         }

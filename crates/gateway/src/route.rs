@@ -143,6 +143,8 @@ mod tests {
             path_normalization: PathNormalization::Strict,
             max_connections: 10,
             write_timeout: std::time::Duration::from_secs(30),
+            h2_ping_interval: std::time::Duration::from_secs(20),
+            h2_ping_timeout: std::time::Duration::from_secs(20),
         }
     }
 

@@ -337,3 +337,43 @@ async fn supervisor_scales_rolls_stops_and_starts_a_service() {
     assert!(!alive_u32(last as u32));
     sup.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_exits_takes_its_process_group_with_it() {
+    let d = tempdir("leader-exit");
+    // The first run leaves a child behind and exits 3; later runs stay.
+    let svc = service(
+        &d.0,
+        "if [ ! -e child.pid ]; then sleep 300 & echo $! > child.pid; exit 3; fi; exec sleep 300",
+    );
+    let inst = Instance::spawn(Arc::new(svc), 0);
+    let child_file = d.0.join("child.pid");
+    assert!(
+        until(Duration::from_secs(5), || std::fs::read_to_string(
+            &child_file
+        )
+        .is_ok_and(|s| s.ends_with('\n')))
+        .await
+    );
+    let child: u32 = std::fs::read_to_string(&child_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The group is killed while its exited leader is not yet reaped (its
+    // pid, the group's id, cannot have been reused), then the instance is
+    // restarted.
+    assert!(
+        until(Duration::from_secs(5), || inst.status().restarts == 1
+            && inst.status().state == State::Ready)
+        .await,
+        "{:?}",
+        inst.status()
+    );
+    assert_eq!(inst.status().last_exit.as_deref(), Some("exit code 3"));
+    assert!(
+        until(Duration::from_secs(2), || !alive_u32(child)).await,
+        "the exited leader's child {child} outlived it"
+    );
+    inst.stop().await;
+}

@@ -741,3 +741,85 @@ async fn upgraded_connections_close_when_the_gateway_drains() {
     assert!(drained);
     assert!(closes(&mut s).await, "the tunnel was closed by the drain");
 }
+
+/// An HTTP/2 client that answers no PING loses its connection after
+/// `h2_ping_interval` + `h2_ping_timeout`, stream open or not; one that
+/// answers keeps it.
+#[tokio::test]
+async fn an_http2_client_that_answers_no_ping_is_closed() {
+    // The server never answers: the request's stream stays open.
+    let up = raw_server(b"", true).await;
+    let toml = listener_key(
+        config(&[(up, 1)], ""),
+        "h2_ping_interval = \"200ms\"\nh2_ping_timeout = \"300ms\"",
+    );
+    let gw = start(&toml).await;
+    let addr = gw.listener_addr("web").unwrap();
+
+    // A raw client: preface, empty SETTINGS, one GET, then deaf.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let authority = addr.to_string();
+    // HPACK: :method GET, :scheme http, :path / (static table), then
+    // :authority as a literal with the static name.
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, authority.len() as u8];
+    block.extend_from_slice(authority.as_bytes());
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    s.write_all(&out).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            // Whole frames: 9-byte header, then the payload.
+            while buf.len() >= 9 {
+                let len =
+                    (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                if buf.len() < 9 + len {
+                    break;
+                }
+                if buf[3] == 0x6 && buf[4] & 0x1 == 0 {
+                    pings += 1;
+                }
+                buf.drain(..9 + len);
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a client deaf to PINGs kept its connection");
+    assert!(pings >= 1, "the gateway sent no PING");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed before a ping could time out: {:?}",
+        started.elapsed()
+    );
+
+    // hyper's client answers PINGs: the same open stream keeps its
+    // connection for several ping rounds.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let mut conn = tokio::spawn(conn);
+    let req = Request::get(url(&gw, "/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let pending = tokio::spawn(async move { send.send_request(req).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut conn)
+            .await
+            .is_err(),
+        "a client that answers PINGs lost its connection"
+    );
+    pending.abort();
+    conn.abort();
+}

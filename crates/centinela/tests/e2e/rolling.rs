@@ -569,3 +569,45 @@ async fn reload_starts_an_added_service_and_stops_a_removed_one() {
         products_before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_reloads_apply_service_changes_in_order() {
+    let dir = TempDir::new("hup-order");
+    let cfg = dir.path("centinela.toml");
+    let base = centinela_testkit::free_port_range(4);
+    let pool = (base, base + 3);
+    write_supervised_config(&cfg, 1, pool, &[], UPSTREAM, "");
+    let mut gw: Running = run_gateway(&cfg).await;
+    let c = client();
+    all_ready(&c, gw.admin, 1, Duration::from_secs(20)).await;
+
+    // Reload A (1 -> 4) is read; while its instances start, reload B
+    // (-> 2) comes. B is the newest: 2 instances it is, whatever A did.
+    write_supervised_config(&cfg, 4, pool, &[], UPSTREAM, "");
+    gw.proc.signal(libc::SIGHUP);
+    gw.proc
+        .wait_line("Configuration reloaded", Duration::from_secs(10))
+        .await;
+    write_supervised_config(&cfg, 2, pool, &[], UPSTREAM, "");
+    gw.proc.signal(libc::SIGHUP);
+    gw.proc
+        .wait_line("to 2 instance(s)", Duration::from_secs(30))
+        .await;
+    all_ready(&c, gw.admin, 2, Duration::from_secs(10)).await;
+    gw.proc.signal(libc::SIGTERM);
+    assert!(gw.proc.wait_exit(Duration::from_secs(20)).await.success());
+    // The last service change applied is B's.
+    let applied: Vec<String> = gw
+        .proc
+        .drain()
+        .iter()
+        .filter(|l| l.contains("Service change applied"))
+        .cloned()
+        .collect();
+    assert!(
+        applied
+            .last()
+            .is_some_and(|l| l.contains("to 2 instance(s)")),
+        "{applied:#?}"
+    );
+}

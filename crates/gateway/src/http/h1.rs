@@ -222,6 +222,8 @@ enum End {
 pub struct Settings {
     pub header_timeout: Duration,
     pub write_timeout: Duration,
+    pub h2_ping_interval: Duration,
+    pub h2_ping_timeout: Duration,
 }
 
 impl Settings {
@@ -237,10 +239,14 @@ impl Settings {
                 Settings {
                     header_timeout: HEAD_TIMEOUT,
                     write_timeout: HEAD_TIMEOUT,
+                    h2_ping_interval: H2_PING_INTERVAL,
+                    h2_ping_timeout: H2_PING_TIMEOUT,
                 },
                 |l| Settings {
                     header_timeout: l.header_timeout,
                     write_timeout: l.write_timeout,
+                    h2_ping_interval: l.h2_ping_interval,
+                    h2_ping_timeout: l.h2_ping_timeout,
                 },
             )
     }
@@ -860,7 +866,8 @@ async fn serve_h2(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let idle = Settings::of(&shared, &listener).header_timeout;
+    let settings = Settings::of(&shared, &listener);
+    let idle = settings.header_timeout;
     let io = Rewind {
         pre: conn.buf.into_inner().freeze(),
         io: conn.io,
@@ -883,8 +890,8 @@ async fn serve_h2(
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .keep_alive_interval(Some(settings.h2_ping_interval))
+        .keep_alive_timeout(settings.h2_ping_timeout)
         .serve_connection(TokioIo::new(io), svc);
     let mut served = pin!(served);
     loop {
