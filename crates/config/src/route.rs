@@ -21,6 +21,9 @@ pub struct Route {
     pub upstream: String,
     /// Protocols a client may switch to (`Upgrade`), lower-cased.
     pub upgrade: Vec<String>,
+    /// `CONNECT host:port` opens a TCP tunnel to one of the upstream's
+    /// servers (HTTP/1.1); without it CONNECT gets 405.
+    pub connect: bool,
 }
 
 pub(crate) struct RouteRef {
@@ -53,6 +56,15 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
                 None => "/".to_string(),
             };
             let strip_prefix = o.bool(sink, "strip_prefix", false);
+            let connect = o.bool(sink, "connect", false);
+            if connect && path_prefix != "/" {
+                let span = o.get("connect").map(|v| v.span()).unwrap_or(item.span());
+                sink.error(
+                    &span,
+                    &o.child_path("connect"),
+                    "a CONNECT target has no path: a route with connect = true matches by host only (no path_prefix)",
+                );
+            }
             let upgrade = match o.get("upgrade") {
                 None => vec!["websocket".to_string()],
                 Some(list) => {
@@ -106,6 +118,7 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
                     strip_prefix,
                     upstream: up.0,
                     upgrade,
+                    connect,
                 });
             }
         }

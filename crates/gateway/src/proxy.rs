@@ -292,6 +292,12 @@ async fn forward(
     let route = table
         .find(target.host(), target.path())
         .ok_or(ProxyError::NoRoute)?;
+    if req.method() == http::Method::CONNECT {
+        if !route.connect {
+            return Err(ProxyError::MethodNotAllowed("CONNECT is not allowed"));
+        }
+        return tunnel(shared, snap, route, req, ids, log).await;
+    }
     let upgrade = upgrade(&mut req, route)?;
     let group: Arc<Group> = snap.groups[route.group].clone();
     log.upstream = Some(group.name.clone());
@@ -363,6 +369,92 @@ async fn forward(
             Tried::Again(e) => {
                 last_err = e.or(last_err);
                 sleep_backoff(&group.cfg, attempt, deadline).await;
+            }
+        }
+    }
+    Err(last_err.unwrap_or(ProxyError::NoHealthyServer))
+}
+
+/// Marks the `200` to a CONNECT: the client's connection becomes the
+/// tunnel once it is written (no body, no framing headers).
+#[derive(Clone, Copy, Debug)]
+pub struct Tunnel;
+
+/// Stage **tunnel**, for CONNECT on a route with `connect = true`: a TCP
+/// connection to a server of the route's upstream, picked like any
+/// request's (limits, health, breaker) and tried again on another server
+/// when it cannot be opened; the client's connection is relayed to it
+/// (with `timeouts.tunnel_idle`) once the gateway has answered 200. The
+/// tunnel holds neither the request's slot nor the server's in-flight
+/// count, as an upgraded WebSocket does not.
+async fn tunnel(
+    shared: &Shared,
+    snap: &Snapshot,
+    route: &CompiledRoute,
+    mut req: Request<ClientBody>,
+    ids: &Ids,
+    log: &mut Log,
+) -> Result<Response<RespBody>, ProxyError> {
+    let slot = req
+        .extensions_mut()
+        .remove::<UpgradeSlot>()
+        .ok_or(ProxyError::MethodNotAllowed(
+            "CONNECT is served over HTTP/1.1 only",
+        ))?;
+    if !req.body().is_end_stream() {
+        return Err(ProxyError::BadRequest("a CONNECT request has no body"));
+    }
+    let group: Arc<Group> = snap.groups[route.group].clone();
+    log.upstream = Some(group.name.clone());
+    log.group = Some(route.group);
+    group.budget.record_request();
+    let _permit = group.limiter.acquire().await?;
+    let attempts = group.cfg.retry.attempts;
+    let mut picker = Picker {
+        group,
+        switched: false,
+        tried: Vec::new(),
+    };
+    let mut last_err = None;
+    for attempt in 1..=attempts {
+        let (idx, mut in_flight) = match picker.pick(shared, None) {
+            Ok(p) => p,
+            Err(e) => return Err(last_err.unwrap_or(e)),
+        };
+        let group = picker.group.clone();
+        let server = &group.servers[idx];
+        log.attempts = attempt;
+        log.server = Some(server.label().clone());
+        match crate::http::client::Conn::connect(server.addr, group.cfg.timeouts.connect).await {
+            Ok(conn) => {
+                group.record(idx, Outcome::Success);
+                in_flight.resolved();
+                let up = crate::http::client::Upgraded {
+                    io: conn.into_io(),
+                    read: Bytes::new(),
+                };
+                *slot.0.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((up, group.cfg.timeouts.tunnel_idle));
+                let mut resp = Response::new(RespBody::empty());
+                resp.headers_mut()
+                    .insert(headers::X_REQUEST_ID, ids.request.clone());
+                resp.extensions_mut().insert(Tunnel);
+                return Ok(resp);
+            }
+            Err(e) if e.local => return Err(ProxyError::LocalResources(e.message)),
+            Err(e) => {
+                group.record(idx, Outcome::ConnectError);
+                in_flight.resolved();
+                debug!(upstream = &*group.name, server = &**server.label(), attempt, error = %e.message, "Tunnel connect failed");
+                last_err = Some(ProxyError::Connect(e.message));
+                let cfg = &group.cfg;
+                if attempt == attempts
+                    || !group
+                        .budget
+                        .try_retry(cfg.retry.budget_percent, cfg.retry.budget_min)
+                {
+                    break;
+                }
             }
         }
     }

@@ -17,6 +17,8 @@ pub struct CompiledRoute {
     pub group: usize,
     /// Protocols clients may switch to on this route (lower-case).
     pub upgrade: Vec<String>,
+    /// CONNECT opens a tunnel to a server of the upstream.
+    pub connect: bool,
 }
 
 /// One listener's routes and the request rules they are matched under.
@@ -51,6 +53,7 @@ impl RouteTable {
                 upstream: r.upstream.clone(),
                 group: group_index(&r.upstream),
                 upgrade: r.upgrade.clone(),
+                connect: r.connect,
             })
             .collect();
         routes.sort_by(|a, b| {
@@ -132,6 +135,7 @@ mod tests {
             strip_prefix: false,
             upstream: up.into(),
             upgrade: vec!["websocket".into()],
+            connect: false,
         }
     }
 

@@ -823,3 +823,144 @@ async fn an_http2_client_that_answers_no_ping_is_closed() {
     pending.abort();
     conn.abort();
 }
+
+/// A TCP server that echoes what it reads.
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads a response head (up to the blank line) byte by byte, so that
+/// nothing after it is taken.
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b))
+            .await
+            .expect("a response head")
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn a_route_with_connect_tunnels_to_its_upstream_and_others_refuse_connect() {
+    let echo = echo_server().await;
+    let dead = dead_addr();
+    let web = servers(1).await;
+    let web = web[0].addr;
+    let toml = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[route]]
+host = "tunnel.test"
+upstream = "echo"
+connect = true
+
+[[route]]
+host = "dead.test"
+upstream = "dead"
+connect = true
+
+[[route]]
+upstream = "web"
+
+[upstream.web]
+servers = ["{web}"]
+[upstream.echo]
+servers = ["{echo}"]
+[upstream.dead]
+servers = ["{dead}"]
+
+[runtime]
+access_log = false
+"#
+    );
+    let gw = start(&toml).await;
+
+    // Allowed: 200 with no framing, then bytes both ways.
+    let mut s = send_raw(
+        &gw,
+        b"CONNECT tunnel.test:443 HTTP/1.1\r\nHost: tunnel.test:443\r\n\r\n",
+    )
+    .await;
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        !lower.contains("content-length") && !lower.contains("transfer-encoding"),
+        "{head}"
+    );
+    assert!(lower.contains("x-request-id: "), "{head}");
+    for msg in [&b"hello through the tunnel"[..], b"GET / HTTP/1.1\r\n\r\n"] {
+        s.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .expect("echoed")
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+    drop(s);
+
+    // A route without `connect`: 405 with JSON, and the connection closes.
+    let mut s = send_raw(
+        &gw,
+        b"CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n",
+    )
+    .await;
+    let (status, body) = one_response(&mut s).await.unwrap();
+    assert_eq!(status, 405, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    assert!(closes(&mut s).await);
+
+    // No port, or the server cannot be reached: 400, 502.
+    let mut s = send_raw(
+        &gw,
+        b"CONNECT tunnel.test HTTP/1.1\r\nHost: tunnel.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(one_response(&mut s).await.unwrap().0, 400);
+    let mut s = send_raw(
+        &gw,
+        b"CONNECT dead.test:1 HTTP/1.1\r\nHost: dead.test:1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(one_response(&mut s).await.unwrap().0, 502);
+
+    // Other requests are served as ever.
+    let got = centinela_testkit::get(&client(), &url(&gw, "/"))
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200);
+}
+
+#[test]
+fn connect_routes_match_by_host_only() {
+    let toml = "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\npath_prefix = \"/x\"\nupstream = \"a\"\nconnect = true\n[upstream.a]\nservers = [\"127.0.0.1:1\"]\n";
+    let err = centinela_config::parse(toml, "c.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("route[0].connect") && err.contains("c.toml:7:"),
+        "{err}"
+    );
+}

@@ -138,6 +138,11 @@ enum State {
 }
 
 impl Conn {
+    /// The socket alone (a CONNECT tunnel: nothing was read from it).
+    pub fn into_io(self) -> TcpStream {
+        self.io
+    }
+
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
         let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,

@@ -328,7 +328,8 @@ async fn serve_h1(
             Ok(r) => r,
             Err(e) => match e {},
         };
-        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || resp.extensions().get::<proxy::Tunnel>().is_some();
         // A request body left unread ends the connection after this answer:
         // say so in it.
         let keep_alive = keep_alive && !*draining.borrow() && (!has_body || lock(io).body.is_end());
@@ -498,6 +499,7 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let is_connect = method == Method::CONNECT;
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -508,8 +510,9 @@ fn parse_request(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
         body,
         keep_alive,
         expect_continue,
-        // RFC 9110 §7.8: an HTTP/1.0 Upgrade is ignored.
-        upgrade: f.upgrade && version == Version::HTTP_11,
+        // RFC 9110 §7.8: an HTTP/1.0 Upgrade is ignored. A CONNECT may
+        // become a tunnel too.
+        upgrade: (f.upgrade || is_connect) && version == Version::HTTP_11,
         unread: !framed,
     }))
 }
@@ -544,14 +547,15 @@ async fn respond(
     // Only waits of this response count.
     writing.progress();
     let code = parts.status.as_u16();
-    let upgrade = code == 101;
+    // A 2xx to CONNECT has neither body nor framing (RFC 9110 §9.3.6).
+    let upgrade = code == 101 || parts.extensions.get::<proxy::Tunnel>().is_some();
     keep_alive &= !parts
         .headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-    let out = if is_head || code == 204 || code == 304 || (100..200).contains(&code) {
+    let out = if is_head || upgrade || code == 204 || code == 304 || (100..200).contains(&code) {
         Out::None
     } else if let Some(n) = body.size_hint().exact() {
         Out::Length(n)

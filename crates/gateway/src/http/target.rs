@@ -55,7 +55,7 @@ pub fn check(
 ) -> Result<Target, ProxyError> {
     let bad = ProxyError::BadRequest;
     if method == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed("CONNECT is not allowed"));
+        return connect_target(version, uri);
     }
     let h2 = version == Version::HTTP_2;
     // Which authority names the target: the request line's (absolute
@@ -139,6 +139,36 @@ pub fn check(
         authority,
         host_len,
         path_and_query,
+    })
+}
+
+/// A CONNECT request's target: the authority form `host:port` alone (RFC
+/// 9112 §3.2.3), port required, checked like any authority; it is what
+/// the request is routed by (with the path `/`). Over HTTP/2 CONNECT is
+/// not served.
+fn connect_target(version: Version, uri: &Uri) -> Result<Target, ProxyError> {
+    let bad = ProxyError::BadRequest;
+    if version != Version::HTTP_11 {
+        return Err(ProxyError::MethodNotAllowed(
+            "CONNECT is served over HTTP/1.1 only",
+        ));
+    }
+    let (None, Some(a)) = (uri.scheme(), uri.authority()) else {
+        return Err(bad("CONNECT needs an authority-form target (host:port)"));
+    };
+    if uri.path_and_query().is_some_and(|p| !p.as_str().is_empty()) {
+        return Err(bad("CONNECT needs an authority-form target (host:port)"));
+    }
+    let (value, host_len) = authority(a.as_str().as_bytes()).map_err(bad)?;
+    if host_len == value.len() {
+        return Err(bad("a CONNECT target needs a port"));
+    }
+    let authority = HeaderValue::from_maybe_shared(Bytes::from(value.into_owned()))
+        .map_err(|_| bad("invalid authority"))?;
+    Ok(Target {
+        authority: Some(authority),
+        host_len,
+        path_and_query: PathAndQuery::from_static("/"),
     })
 }
 

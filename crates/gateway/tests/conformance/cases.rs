@@ -163,6 +163,21 @@ fn request_line() -> Vec<Case> {
         refuse(
             "CONNECT origin form",
             req("CONNECT / HTTP/1.1", "Host: a\r\n"),
+            400,
+        ),
+        refuse(
+            "CONNECT without a port",
+            req("CONNECT a HTTP/1.1", "Host: a\r\n"),
+            400,
+        ),
+        refuse(
+            "CONNECT absolute form",
+            req("CONNECT http://a:443/ HTTP/1.1", "Host: a:443\r\n"),
+            400,
+        ),
+        refuse(
+            "CONNECT over HTTP/1.0",
+            req("CONNECT a:443 HTTP/1.0", ""),
             405,
         ),
         refuse(
