@@ -10,6 +10,7 @@
 //! `docs/config.md`: the types of the section, how it is read, its defaults.
 mod admin;
 pub mod alert;
+pub mod cron;
 mod diag;
 mod listener;
 pub mod notify;

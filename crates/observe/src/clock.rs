@@ -3,18 +3,8 @@
 
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) of a Unix time in seconds.
 pub fn date_time(secs: u64) -> [u8; 19] {
-    let days = (secs / 86_400) as i64;
+    let (y, m, d) = centinela_config::units::civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
     let mut out = *b"0000-00-00T00:00:00";
     let mut put = |at: usize, width: usize, mut v: u64| {
         for i in (at..at + width).rev() {
@@ -23,8 +13,8 @@ pub fn date_time(secs: u64) -> [u8; 19] {
         }
     };
     put(0, 4, y as u64);
-    put(5, 2, m as u64);
-    put(8, 2, d as u64);
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(d));
     put(11, 2, rem / 3600);
     put(14, 2, rem % 3600 / 60);
     put(17, 2, rem % 60);
