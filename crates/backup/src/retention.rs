@@ -4,16 +4,8 @@
 //! (ISO week, month). A snapshot kept by any rule is kept; the reasons are
 //! told.
 
+pub use centinela_config::backup::Keep;
 use centinela_config::units::civil_from_days;
-
-/// How many of each to keep (`[backup.NAME] keep`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Keep {
-    pub last: u32,
-    pub daily: u32,
-    pub weekly: u32,
-    pub monthly: u32,
-}
 
 /// A snapshot's id and when it was taken (Unix seconds, UTC).
 #[derive(Clone, Debug, PartialEq, Eq)]

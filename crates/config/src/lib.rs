@@ -10,6 +10,7 @@
 //! `docs/config.md`: the types of the section, how it is read, its defaults.
 mod admin;
 pub mod alert;
+pub mod backup;
 pub mod cron;
 mod diag;
 mod listener;
@@ -65,6 +66,10 @@ pub struct Config {
     pub probes: Vec<UptimeProbe>,
     /// `[[slo]]`: objectives with error budgets.
     pub slos: Vec<Slo>,
+    /// `[repo.NAME]`: where backups are kept.
+    pub repos: Vec<backup::Repo>,
+    /// `[backup.NAME]`: what is backed up.
+    pub backups: Vec<backup::Backup>,
 }
 
 impl Config {
@@ -116,7 +121,10 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let notifiers = notify::notifiers(sink, &mut top, base_dir);
     let probes = probe::probes(sink, &mut top, base_dir);
     let (slos, slo_refs) = slo::slos(sink, &mut top);
+    let repos = backup::repos(sink, &mut top, base_dir);
+    let (backups, backup_refs) = backup::backups(sink, &mut top, base_dir);
     top.finish(sink);
+    backup::check(sink, &backup_refs, &repos);
 
     // Cross-references.
     let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
@@ -158,6 +166,8 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         notifiers,
         probes,
         slos,
+        repos,
+        backups,
     }
 }
 
