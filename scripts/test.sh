@@ -4,7 +4,8 @@
 # Tests that need Debian packages install them here when they are missing:
 # prometheus (promtool checks /metrics, a real Prometheus scrapes it),
 # python3-aiosmtpd (a real SMTP server receives alert mail), and chromium
-# with chromium-driver (a headless browser drives the dashboard).
+# with chromium-driver (a headless browser drives the dashboard), and age
+# (the reference age tool reads what the backup repository encrypts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(pro
 /usr/bin/python3 -c "import aiosmtpd" >/dev/null 2>&1 || need+=(python3-aiosmtpd)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+command -v age >/dev/null && command -v age-keygen >/dev/null || need+=(age)
 if [ ${#need[@]} -gt 0 ]; then
     echo "Installing ${need[*]} for the tests" >&2
     sudo_=""

@@ -1,0 +1,296 @@
+//! The repository on a real filesystem: a files backup restores exactly,
+//! unchanged data costs nothing, corruption and wrong keys are named, a
+//! half-written snapshot is never listed, and the reference `age` tool
+//! (Debian package `age`, installed by scripts/test.sh) reads what it
+//! stores.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use age::secrecy::ExposeSecret;
+use centinela_backup::files;
+use centinela_backup::repo::{verify, Opener, Reader, Repo, Sealer, Writer};
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+fn tempdir(tag: &str) -> Dir {
+    let d = std::env::temp_dir().join(format!(
+        "centinela-backup-{tag}-{}-{:x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    Dir(d)
+}
+
+/// A key pair: the recipient, and the identity file age-keygen would
+/// write.
+fn keys(dir: &Path, name: &str) -> (String, PathBuf) {
+    let id = age::x25519::Identity::generate();
+    let file = dir.join(name);
+    std::fs::write(
+        &file,
+        format!(
+            "# created: by the test\n# public key: {}\n{}\n",
+            id.to_public(),
+            id.to_string().expose_secret()
+        ),
+    )
+    .unwrap();
+    (id.to_public().to_string(), file)
+}
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n).map(|_| rng.u8(..)).collect()
+}
+
+/// A tree with a large file, an empty one, nested directories, a symlink,
+/// modes and times.
+fn tree(root: &Path) {
+    std::fs::create_dir_all(root.join("conf/nested")).unwrap();
+    std::fs::write(root.join("big.bin"), noise(2 << 20, 1)).unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(root.join("conf/app.toml"), b"port = 8080\n").unwrap();
+    std::fs::write(root.join("conf/nested/secret"), b"hunter2\n").unwrap();
+    std::fs::set_permissions(
+        root.join("conf/nested/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(root.join("conf"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("conf/app.toml", root.join("current")).unwrap();
+    let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+    std::fs::File::open(root.join("conf/app.toml"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    std::fs::File::open(root.join("conf/nested"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// Everything `a` holds is in `b`, byte for byte, with mode and mtime.
+fn same_tree(a: &Path, b: &Path) {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let (pa, pb) = (a.join(&rel), b.join(&rel));
+        let (ma, mb) = (
+            std::fs::symlink_metadata(&pa).unwrap(),
+            std::fs::symlink_metadata(&pb).unwrap_or_else(|e| panic!("{}: {e}", pb.display())),
+        );
+        assert_eq!(ma.file_type(), mb.file_type(), "{}", rel.display());
+        if ma.file_type().is_symlink() {
+            assert_eq!(
+                std::fs::read_link(&pa).unwrap(),
+                std::fs::read_link(&pb).unwrap()
+            );
+            continue;
+        }
+        assert_eq!(ma.mode(), mb.mode(), "mode of {}", rel.display());
+        assert_eq!(
+            (ma.mtime(), ma.mtime_nsec()),
+            (mb.mtime(), mb.mtime_nsec()),
+            "mtime of {}",
+            rel.display()
+        );
+        if ma.is_dir() {
+            for e in std::fs::read_dir(&pa).unwrap() {
+                stack.push(rel.join(e.unwrap().file_name()));
+            }
+        } else {
+            assert!(
+                std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(),
+                "{}",
+                rel.display()
+            );
+        }
+    }
+}
+
+fn run_backup(repo: &Repo, sealer: &Sealer, src: &Path) -> centinela_backup::repo::Index {
+    let mut w = Writer::new(repo, sealer, "site", "files").unwrap();
+    let (manifest, _) = files::backup(&mut w, &[src.to_path_buf()]).unwrap();
+    w.finish(manifest).unwrap()
+}
+
+fn restore(
+    repo: &Repo,
+    opener: &Opener,
+    idx: &centinela_backup::repo::Index,
+    target: &Path,
+) -> Result<(), String> {
+    let r = Reader::new(repo, opener, idx);
+    let m = r.manifest()?;
+    files::restore(&r, &m, target).map(|_| ())
+}
+
+#[test]
+fn a_files_backup_restores_exactly_and_unchanged_data_costs_nothing() {
+    let d = tempdir("roundtrip");
+    let src = d.0.join("src");
+    tree(&src);
+    let (recipient, key) = keys(&d.0, "key.txt");
+    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let sealer = Sealer::new(&[recipient], 3).unwrap();
+    let first = run_backup(&repo, &sealer, &src);
+    assert!(first.source_bytes >= 2 << 20);
+
+    let opener = Opener::from_file(&key).unwrap();
+    let target = d.0.join("restored");
+    restore(&repo, &opener, &first, &target).unwrap();
+    same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+
+    // 100 bytes changed in the middle of 2 MiB: a chunk or two are new.
+    let mut big = std::fs::read(src.join("big.bin")).unwrap();
+    big[1 << 20..(1 << 20) + 100].copy_from_slice(&noise(100, 2));
+    std::fs::write(src.join("big.bin"), &big).unwrap();
+    let second = run_backup(&repo, &sealer, &src);
+    assert_eq!(second.source_bytes, first.source_bytes);
+    assert!(
+        second.added_bytes < 600 * 1024,
+        "a small change stored {} bytes",
+        second.added_bytes
+    );
+    assert!(first.added_bytes > 2 << 20, "{}", first.added_bytes);
+    let target2 = d.0.join("restored2");
+    restore(&repo, &opener, &second, &target2).unwrap();
+    same_tree(&src, &target2.join(src.strip_prefix("/").unwrap()));
+    // The first snapshot still restores as it was.
+    let old = std::fs::read(target.join(src.strip_prefix("/").unwrap()).join("big.bin")).unwrap();
+    assert_ne!(old, big);
+    assert_eq!(repo.indexes("site").unwrap().len(), 2);
+    assert!(verify(&repo, "site", None).unwrap().is_empty());
+    assert!(verify(&repo, "site", Some(&opener)).unwrap().is_empty());
+    // Nothing is restored over existing files.
+    let e = restore(&repo, &opener, &second, &target).unwrap_err();
+    assert!(e.contains("is not empty"), "{e}");
+}
+
+#[test]
+fn corruption_and_wrong_keys_are_named_and_never_restored() {
+    let d = tempdir("corrupt");
+    let src = d.0.join("src");
+    tree(&src);
+    let (recipient, key) = keys(&d.0, "key.txt");
+    let (_, other) = keys(&d.0, "other.txt");
+    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let idx = run_backup(&repo, &Sealer::new(&[recipient], 3).unwrap(), &src);
+    let chunk_path = |id: &str| d.0.join("repo/chunks").join(&id[..2]).join(id);
+
+    // A wrong key: named, nothing written.
+    let wrong = Opener::from_file(&other).unwrap();
+    let e = restore(&repo, &wrong, &idx, &d.0.join("t0")).unwrap_err();
+    assert!(e.contains("other.txt") && e.contains("wrong key"), "{e}");
+    assert!(!d.0.join("t0").exists());
+    let e = Opener::from_file(&d.0.join("nope.txt")).err().unwrap();
+    assert!(e.contains("nope.txt"), "{e}");
+
+    let opener = Opener::from_file(&key).unwrap();
+    let ids: Vec<String> = idx.chunks.iter().map(|(id, _)| id.clone()).collect();
+    // A flipped byte, a truncated chunk, a missing chunk.
+    let flip = chunk_path(&ids[0]);
+    let mut bytes = std::fs::read(&flip).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x40;
+    std::fs::write(&flip, &bytes).unwrap();
+    let cut = chunk_path(&ids[1]);
+    let len = std::fs::metadata(&cut).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    std::fs::remove_file(chunk_path(&ids[2])).unwrap();
+    let problems = verify(&repo, "site", None).unwrap();
+    let all = problems.join("\n");
+    assert_eq!(problems.len(), 3, "{all}");
+    for (id, what) in [
+        (&ids[0], "corrupt"),
+        (&ids[1], "truncated"),
+        (&ids[2], "missing"),
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&idx.id) && p.contains(id.as_str()) && p.contains(what)),
+            "{what} not reported for {id}:\n{all}"
+        );
+    }
+    let e = restore(&repo, &opener, &idx, &d.0.join("t1")).unwrap_err();
+    assert!(e.contains(&idx.id) && e.contains("chunk "), "{e}");
+}
+
+#[test]
+fn a_half_written_snapshot_is_never_listed_and_the_next_backup_works() {
+    let d = tempdir("crash");
+    let src = d.0.join("src");
+    tree(&src);
+    let (recipient, key) = keys(&d.0, "key.txt");
+    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let sealer = Sealer::new(&[recipient], 3).unwrap();
+    {
+        // Chunks written, then the process "dies" before the manifest.
+        let mut w = Writer::new(&repo, &sealer, "site", "files").unwrap();
+        files::backup(&mut w, std::slice::from_ref(&src)).unwrap();
+    }
+    assert!(repo.indexes("site").unwrap().is_empty());
+    let idx = run_backup(&repo, &sealer, &src);
+    assert_eq!(repo.indexes("site").unwrap().len(), 1);
+    assert!(verify(&repo, "site", None).unwrap().is_empty());
+    let opener = Opener::from_file(&key).unwrap();
+    restore(&repo, &opener, &idx, &d.0.join("t")).unwrap();
+
+    // A directory that is not a repository is left alone.
+    std::fs::create_dir_all(d.0.join("other")).unwrap();
+    std::fs::write(d.0.join("other/file"), b"x").unwrap();
+    let e = Repo::open(&d.0.join("other")).err().unwrap();
+    assert!(e.contains("not a centinela repository"), "{e}");
+}
+
+#[test]
+fn the_reference_age_tool_reads_what_the_repository_stores() {
+    let d = tempdir("age-cli");
+    let key = d.0.join("key.txt");
+    let out = std::process::Command::new("age-keygen")
+        .args(["-o", key.to_str().unwrap()])
+        .output()
+        .expect("age-keygen (Debian package age; scripts/test.sh installs it)");
+    assert!(out.status.success());
+    let recipient = String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .strip_prefix("Public key: ")
+        .unwrap()
+        .to_string();
+    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let sealer = Sealer::new(&[recipient], 3).unwrap();
+    let mut w = Writer::new(&repo, &sealer, "doc", "files").unwrap();
+    let plain = b"what the reference tool must read back".to_vec();
+    let id = w.chunk(&plain).unwrap();
+    w.finish(serde_json::json!({})).unwrap();
+    // age decrypts the stored object; zstd's frame is what is inside.
+    let stored = d.0.join("repo/chunks").join(&id[..2]).join(&id);
+    let out = std::process::Command::new("age")
+        .args(["-d", "-i", key.to_str().unwrap(), stored.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(zstd::stream::decode_all(&out.stdout[..]).unwrap(), plain);
+    // And what age encrypts, the repository's opener reads.
+    let opener = Opener::from_file(&key).unwrap();
+    assert_eq!(
+        opener.open(&std::fs::read(&stored).unwrap()).unwrap(),
+        plain
+    );
+}
