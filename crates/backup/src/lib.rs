@@ -7,5 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod files;
+pub mod ops;
 pub mod repo;
 pub mod retention;

@@ -383,11 +383,22 @@ fn backup(
         r
     });
     o.finish(sink);
-    sink.warn(
-        &span,
-        path,
-        "this build checks [backup] sections but does not run backups yet (issue #11): nothing is backed up",
-    );
+    match &source {
+        Some(Source::Files { .. }) => sink.warn(
+            &span,
+            path,
+            "backups are not scheduled yet (issue #11): this one runs only by `centinela backup run`",
+        ),
+        Some(s) => sink.warn(
+            &span,
+            path,
+            format!(
+                "kind = {:?} backups are not built yet (issue #11): nothing is backed up",
+                s.kind()
+            ),
+        ),
+        None => {}
+    }
     let refs = RepoRefs {
         path: path.to_string(),
         repos: repo_names.iter().cloned().zip(repo_spans).collect(),

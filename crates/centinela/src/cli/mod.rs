@@ -9,6 +9,7 @@ use centinela_config::Loaded;
 use clap::{Parser, Subcommand};
 
 mod alerts;
+mod backup;
 mod check;
 mod client;
 mod control;
@@ -78,6 +79,10 @@ enum Command {
     Stop(Control),
     /// Start a stopped service and wait until its instances are ready.
     Start(Control),
+    /// Run, list and verify the backups of the config (`[backup.NAME]`).
+    Backup(backup::BackupCmd),
+    /// Restore a backup's snapshot into a directory.
+    Restore(backup::RestoreCmd),
     /// Print a systemd unit (Type=notify, watchdog, Restart=always) for centinela.
     SystemdUnit {
         #[arg(long, short, default_value = "/etc/centinela/centinela.toml")]
@@ -112,6 +117,8 @@ pub fn main() -> ExitCode {
             json,
         } => status::status(admin, &config, json),
         Command::Alerts(a) => alerts::alerts(a),
+        Command::Backup(b) => backup::backup(b),
+        Command::Restore(r) => backup::restore(r),
         Command::Restart(c) => control::control("restart", c),
         Command::Stop(c) => control::control("stop", c),
         Command::Start(c) => control::control("start", c),

@@ -3,6 +3,7 @@
 
 mod access_log;
 mod alerts;
+mod backup;
 mod balancing;
 mod dashboard;
 mod hardening;

@@ -1,0 +1,159 @@
+//! What the CLI (and later the scheduler) asks of a `[backup.NAME]`: run
+//! it into every repo, list its snapshots, verify them, restore one. The
+//! one interface the binary calls.
+
+use std::path::Path;
+
+use centinela_config::backup::{Backup, Repo as RepoCfg, Source, Store};
+
+use crate::files;
+use crate::repo::{verify, Index, Opener, Reader, Repo, Result, Sealer, Writer};
+
+/// Opens a configured repo (local directories only so far).
+pub fn open(cfg: &RepoCfg) -> Result<Repo> {
+    match &cfg.store {
+        Store::Local(path) => Repo::open(path).map_err(|e| format!("repo {}: {e}", cfg.name)),
+        Store::S3(_) => Err(format!(
+            "repo {}: S3 repositories are not built yet (issue #11); use a local path",
+            cfg.name
+        )),
+    }
+}
+
+/// The backup's repos, in its order (all of them, or the one named).
+fn repos<'a>(b: &Backup, all: &'a [RepoCfg], only: Option<&str>) -> Result<Vec<&'a RepoCfg>> {
+    if let Some(r) = only {
+        if !b.repos.iter().any(|x| x == r) {
+            return Err(format!(
+                "backup {} does not go to a repo named {r:?} (its repos: {})",
+                b.name,
+                b.repos.join(", ")
+            ));
+        }
+    }
+    b.repos
+        .iter()
+        .filter(|r| only.is_none_or(|o| o == *r))
+        .map(|r| {
+            all.iter()
+                .find(|x| x.name == *r)
+                .ok_or_else(|| format!("no repo named {r:?}"))
+        })
+        .collect()
+}
+
+/// Takes a snapshot into every repo of the backup; each repo gets its own
+/// (a repo that fails does not stop the others, and is reported).
+pub fn run(b: &Backup, all: &[RepoCfg]) -> Vec<(String, Result<Index>)> {
+    let sealer = match Sealer::new(&b.encrypt_to, b.zstd_level) {
+        Ok(s) => s,
+        Err(e) => return vec![(String::new(), Err(e))],
+    };
+    let targets = match repos(b, all, None) {
+        Ok(t) => t,
+        Err(e) => return vec![(String::new(), Err(e))],
+    };
+    targets
+        .into_iter()
+        .map(|cfg| {
+            let result = open(cfg).and_then(|repo| snapshot(b, &repo, &sealer));
+            (cfg.name.clone(), result)
+        })
+        .collect()
+}
+
+fn snapshot(b: &Backup, repo: &Repo, sealer: &Sealer) -> Result<Index> {
+    let mut w = Writer::new(repo, sealer, &b.name, b.source.kind())?;
+    let manifest = match &b.source {
+        Source::Files { paths } => files::backup(&mut w, paths)?.0,
+        other => {
+            return Err(format!(
+                "kind = {:?} backups are not built yet (issue #11)",
+                other.kind()
+            ))
+        }
+    };
+    w.finish(manifest)
+}
+
+/// Every snapshot of the backup in each of its repos (or the one named),
+/// oldest first.
+pub fn list(b: &Backup, all: &[RepoCfg], only: Option<&str>) -> Result<Vec<(String, Index)>> {
+    let mut out = Vec::new();
+    for cfg in repos(b, all, only)? {
+        let repo = open(cfg)?;
+        for idx in repo.indexes(&b.name)? {
+            out.push((cfg.name.clone(), idx));
+        }
+    }
+    Ok(out)
+}
+
+/// Problems found in each repo (empty: all is well).
+pub fn check(
+    b: &Backup,
+    all: &[RepoCfg],
+    only: Option<&str>,
+    opener: Option<&Opener>,
+) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for cfg in repos(b, all, only)? {
+        let repo = open(cfg)?;
+        problems.extend(
+            verify(&repo, &b.name, opener)?
+                .into_iter()
+                .map(|p| format!("repo {}: {p}", cfg.name)),
+        );
+    }
+    Ok(problems)
+}
+
+/// Which snapshot to restore.
+pub enum Which<'a> {
+    Latest,
+    Id(&'a str),
+}
+
+/// Restores a snapshot into `target` from the first repo (in the backup's
+/// order, or the one named) that has it.
+pub fn restore(
+    b: &Backup,
+    all: &[RepoCfg],
+    only: Option<&str>,
+    which: Which<'_>,
+    target: &Path,
+    opener: &Opener,
+) -> Result<(String, Index, files::Walked)> {
+    let mut last_err = None;
+    for cfg in repos(b, all, only)? {
+        let repo = match open(cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        let indexes = repo.indexes(&b.name)?;
+        let idx = match which {
+            Which::Latest => indexes.last(),
+            Which::Id(id) => indexes.iter().find(|i| i.id == id),
+        };
+        let Some(idx) = idx else { continue };
+        let reader = Reader::new(&repo, opener, idx);
+        let manifest = reader.manifest()?;
+        let walked = match manifest.get("kind").and_then(serde_json::Value::as_str) {
+            Some("files") => files::restore(&reader, &manifest, target)?,
+            other => {
+                return Err(format!(
+                    "snapshot {}: cannot restore kind {other:?} yet",
+                    idx.id
+                ))
+            }
+        };
+        return Ok((cfg.name.clone(), idx.clone(), walked));
+    }
+    Err(last_err.unwrap_or_else(|| match which {
+        Which::Latest => format!("backup {} has no snapshot yet", b.name),
+        Which::Id(id) => format!("backup {} has no snapshot {id}", b.name),
+    }))
+}

@@ -1,0 +1,262 @@
+//! `centinela backup run|list|verify NAME` and `centinela restore NAME`:
+//! a `[backup.NAME]` of the config, by hand (schedules come later).
+//!
+//! Exit codes: 0 done; 1 the operation failed or found problems (verify);
+//! 2 a bad config or command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use centinela_backup::ops::{self, Which};
+use centinela_backup::repo::Opener;
+use centinela_config::backup::Backup;
+use centinela_config::Config;
+
+use super::{load, EXIT_CONFIG};
+
+#[derive(clap::Args)]
+pub(super) struct BackupCmd {
+    #[command(subcommand)]
+    action: Action,
+    #[arg(long, short, global = true, default_value = "centinela.toml")]
+    config: PathBuf,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Take a snapshot now, into every repo of the backup.
+    Run { name: String },
+    /// List the backup's snapshots in each repo.
+    List {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that every manifest and chunk is present and intact; with
+    /// --read-data, also decrypt and re-hash them (needs --identity).
+    Verify {
+        name: String,
+        /// Only this repo.
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long, requires = "identity")]
+        read_data: bool,
+        /// The age identity file (age-keygen's output).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+pub(super) struct RestoreCmd {
+    /// The [backup.NAME] to restore.
+    name: String,
+    /// Into this directory (missing or empty).
+    #[arg(long)]
+    target: PathBuf,
+    /// The age identity file that reads the backups.
+    #[arg(long)]
+    identity: PathBuf,
+    /// The newest snapshot.
+    #[arg(
+        long,
+        conflicts_with = "snapshot",
+        required_unless_present = "snapshot"
+    )]
+    latest: bool,
+    /// A snapshot by id (see `backup list`).
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// From this repo (default: the first of the backup's repos that has it).
+    #[arg(long)]
+    repo: Option<String>,
+    #[arg(long, short, default_value = "centinela.toml")]
+    config: PathBuf,
+}
+
+fn find<'a>(cfg: &'a Config, name: &str) -> Result<&'a Backup, ExitCode> {
+    cfg.backups.iter().find(|b| b.name == name).ok_or_else(|| {
+        let known: Vec<&str> = cfg.backups.iter().map(|b| b.name.as_str()).collect();
+        eprintln!(
+            "error: no backup named {name:?} in the config (defined: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        );
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn opener(path: &std::path::Path) -> Result<Opener, ExitCode> {
+    Opener::from_file(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
+    let loaded = match load(&cmd.config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let cfg = &loaded.config;
+    match cmd.action {
+        Action::Run { name } => {
+            let b = match find(cfg, &name) {
+                Ok(b) => b,
+                Err(c) => return c,
+            };
+            let mut failed = false;
+            for (repo, result) in ops::run(b, &cfg.repos) {
+                match result {
+                    Ok(idx) => println!(
+                        "{name}: snapshot {} in repo {repo}: {} read, {} stored new, {} s",
+                        idx.id,
+                        mib(idx.source_bytes),
+                        mib(idx.added_bytes),
+                        idx.finished.saturating_sub(idx.started)
+                    ),
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("error: {name}: repo {repo}: {e}");
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Action::List { name, json } => {
+            let b = match find(cfg, &name) {
+                Ok(b) => b,
+                Err(c) => return c,
+            };
+            let list = match ops::list(b, &cfg.repos, None) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            if json {
+                let v: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|(repo, i)| {
+                        serde_json::json!({
+                            "repo": repo, "snapshot": i.id, "kind": i.kind,
+                            "started": i.started, "finished": i.finished,
+                            "source_bytes": i.source_bytes, "added_bytes": i.added_bytes,
+                            "chunks": i.chunks.len(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "backup": name, "snapshots": v }));
+            } else {
+                println!(
+                    "{:<28} {:<10} {:>12} {:>12} {:>8}",
+                    "SNAPSHOT", "REPO", "SOURCE", "STORED NEW", "CHUNKS"
+                );
+                for (repo, i) in &list {
+                    println!(
+                        "{:<28} {:<10} {:>12} {:>12} {:>8}",
+                        i.id,
+                        repo,
+                        mib(i.source_bytes),
+                        mib(i.added_bytes),
+                        i.chunks.len()
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Action::Verify {
+            name,
+            repo,
+            read_data,
+            identity,
+        } => {
+            let b = match find(cfg, &name) {
+                Ok(b) => b,
+                Err(c) => return c,
+            };
+            let opener = match identity
+                .filter(|_| read_data)
+                .map(|p| opener(&p))
+                .transpose()
+            {
+                Ok(o) => o,
+                Err(c) => return c,
+            };
+            match ops::check(b, &cfg.repos, repo.as_deref(), opener.as_ref()) {
+                Ok(problems) if problems.is_empty() => {
+                    println!("{name}: every snapshot is intact");
+                    ExitCode::SUCCESS
+                }
+                Ok(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!("{name}: {} problem(s) found", problems.len());
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
+    let loaded = match load(&cmd.config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let cfg = &loaded.config;
+    let b = match find(cfg, &cmd.name) {
+        Ok(b) => b,
+        Err(c) => return c,
+    };
+    let opener = match opener(&cmd.identity) {
+        Ok(o) => o,
+        Err(c) => return c,
+    };
+    let which = match &cmd.snapshot {
+        Some(id) => Which::Id(id),
+        None => Which::Latest,
+    };
+    match ops::restore(
+        b,
+        &cfg.repos,
+        cmd.repo.as_deref(),
+        which,
+        &cmd.target,
+        &opener,
+    ) {
+        Ok((repo, idx, walked)) => {
+            println!(
+                "{}: snapshot {} from repo {repo} restored into {}: {} files, {} directories, {} links",
+                cmd.name,
+                idx.id,
+                cmd.target.display(),
+                walked.files,
+                walked.dirs,
+                walked.links
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! `centinela backup run|list|verify` and `centinela restore` with the
+//! real binary, a real directory tree and keys made by `age-keygen`
+//! (Debian package age, installed by scripts/test.sh).
+
+use std::path::Path;
+use std::process::Output;
+
+use centinela_testkit::{bin, TempDir};
+use serde_json::Value;
+
+fn cli(args: &[&str]) -> Output {
+    std::process::Command::new(bin("centinela"))
+        .args(args)
+        .output()
+        .expect("run centinela")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A key made by age-keygen: (recipient, identity file).
+fn keygen(path: &Path) -> String {
+    let out = std::process::Command::new("age-keygen")
+        .args(["-o", path.to_str().unwrap()])
+        .output()
+        .expect("age-keygen (Debian package age; scripts/test.sh installs it)");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stderr)
+        .trim()
+        .strip_prefix("Public key: ")
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn files_are_backed_up_listed_verified_and_restored_by_the_cli() {
+    let dir = TempDir::new("backup-cli");
+    let src = dir.path("portal");
+    std::fs::create_dir_all(src.join("uploads")).unwrap();
+    std::fs::write(src.join("portal.conf"), b"listen = 8080\n").unwrap();
+    // Incompressible: xorshift64.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("uploads/report.pdf"), &big).unwrap();
+    let key = dir.path("backup.key");
+    let recipient = keygen(&key);
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+[[route]]
+upstream = "app"
+[upstream.app]
+servers = ["127.0.0.1:1"]
+
+[repo.local]
+path = "repo"
+
+[backup.site]
+kind = "files"
+paths = ["{}"]
+every = "6h"
+repos = ["local"]
+encrypt_to = ["{recipient}"]
+"#,
+            src.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+
+    let out = cli(&["backup", "run", "site", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("snapshot "), "{}", text(&out));
+    // A small change: the second snapshot stores a fraction.
+    std::fs::write(src.join("portal.conf"), b"listen = 9090\n").unwrap();
+    let out = cli(&["backup", "run", "site", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = cli(&["backup", "list", "site", "--json", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snaps = v["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2, "{v}");
+    let first = snaps[0]["snapshot"].as_str().unwrap().to_string();
+    assert!(snaps[0]["added_bytes"].as_u64().unwrap() > 3_000_000);
+    assert!(snaps[1]["added_bytes"].as_u64().unwrap() < 100_000, "{v}");
+    assert_eq!(snaps[1]["source_bytes"], snaps[0]["source_bytes"]);
+
+    // The latest, and the first by id.
+    let rel = src.strip_prefix("/").unwrap();
+    let t1 = dir.path("restore-latest");
+    let out = cli(&[
+        "restore",
+        "site",
+        "--latest",
+        "--target",
+        t1.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+        "--config",
+        c,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(t1.join(rel).join("portal.conf")).unwrap(),
+        b"listen = 9090\n"
+    );
+    assert!(std::fs::read(t1.join(rel).join("uploads/report.pdf")).unwrap() == big);
+    let t2 = dir.path("restore-first");
+    let out = cli(&[
+        "restore",
+        "site",
+        "--snapshot",
+        &first,
+        "--target",
+        t2.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+        "--config",
+        c,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(t2.join(rel).join("portal.conf")).unwrap(),
+        b"listen = 8080\n"
+    );
+
+    let out = cli(&["backup", "verify", "site", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&[
+        "backup",
+        "verify",
+        "site",
+        "--read-data",
+        "--identity",
+        key.to_str().unwrap(),
+        "--config",
+        c,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A wrong key: named, exit 1, nothing restored.
+    let other = dir.path("other.key");
+    keygen(&other);
+    let t3 = dir.path("restore-wrong");
+    let out = cli(&[
+        "restore",
+        "site",
+        "--latest",
+        "--target",
+        t3.to_str().unwrap(),
+        "--identity",
+        other.to_str().unwrap(),
+        "--config",
+        c,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("other.key") && text(&out).contains("wrong key"),
+        "{}",
+        text(&out)
+    );
+    assert!(!t3.exists());
+
+    // A flipped byte in a chunk: verify names the snapshot and the chunk.
+    let chunks = dir.path("repo/chunks");
+    let sub = std::fs::read_dir(&chunks)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let victim = std::fs::read_dir(&sub)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let out = cli(&["backup", "verify", "site", "--config", c]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        text(&out).contains(&name) && text(&out).contains("corrupt"),
+        "{}",
+        text(&out)
+    );
+
+    // Usage mistakes exit 2.
+    assert_eq!(
+        cli(&["backup", "run", "nope", "--config", c]).status.code(),
+        Some(2)
+    );
+    let out = cli(&[
+        "restore",
+        "site",
+        "--target",
+        "/tmp/x",
+        "--identity",
+        "k",
+        "--config",
+        c,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
