@@ -108,17 +108,7 @@ fn walk(w: &mut Writer<'_>, p: &Path, out: &mut Vec<Value>, seen: &mut Walked) -
 /// without its leading `/`). `target` must be missing or empty: nothing is
 /// overwritten.
 pub fn restore(r: &Reader<'_>, manifest: &Value, target: &Path) -> Result<Walked> {
-    if target.exists()
-        && std::fs::read_dir(target)
-            .map_err(|e| format!("cannot read {}: {e}", target.display()))?
-            .next()
-            .is_some()
-    {
-        return Err(format!(
-            "{} is not empty; restore into a new or empty directory",
-            target.display()
-        ));
-    }
+    empty_target(target)?;
     let entries = manifest
         .get("entries")
         .and_then(Value::as_array)
@@ -190,6 +180,23 @@ pub fn restore(r: &Reader<'_>, manifest: &Value, target: &Path) -> Result<Walked
             .map_err(|err| format!("cannot set the attributes of {}: {err}", d.display()))?;
     }
     Ok(seen)
+}
+
+/// A restore writes into a new or empty directory only: nothing is
+/// overwritten.
+pub(crate) fn empty_target(target: &Path) -> Result<()> {
+    if target.exists()
+        && std::fs::read_dir(target)
+            .map_err(|e| format!("cannot read {}: {e}", target.display()))?
+            .next()
+            .is_some()
+    {
+        return Err(format!(
+            "{} is not empty; restore into a new or empty directory",
+            target.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Mode, owner (when allowed: as root) and modification time.

@@ -66,6 +66,7 @@ fn snapshot(b: &Backup, repo: &Repo, sealer: &Sealer) -> Result<Index> {
     let mut w = Writer::new(repo, sealer, &b.name, b.source.kind())?;
     let manifest = match &b.source {
         Source::Files { paths } => files::backup(&mut w, paths)?.0,
+        Source::Sqlite { path } => crate::sqlite::backup(&mut w, path)?,
         other => {
             return Err(format!(
                 "kind = {:?} backups are not built yet (issue #11)",
@@ -112,6 +113,16 @@ pub fn check(
 pub enum Which<'a> {
     Latest,
     Id(&'a str),
+    /// The newest finished at or before this time (Unix seconds).
+    At(u64),
+}
+
+/// What a restore wrote.
+#[derive(Debug)]
+pub enum Restored {
+    Files(files::Walked),
+    /// The database file, checked by `PRAGMA integrity_check`.
+    Sqlite(std::path::PathBuf),
 }
 
 /// Restores a snapshot into `target` from the first repo (in the backup's
@@ -123,7 +134,7 @@ pub fn restore(
     which: Which<'_>,
     target: &Path,
     opener: &Opener,
-) -> Result<(String, Index, files::Walked)> {
+) -> Result<(String, Index, Restored)> {
     let mut last_err = None;
     for cfg in repos(b, all, only)? {
         let repo = match open(cfg) {
@@ -137,12 +148,17 @@ pub fn restore(
         let idx = match which {
             Which::Latest => indexes.last(),
             Which::Id(id) => indexes.iter().find(|i| i.id == id),
+            Which::At(t) => indexes
+                .iter()
+                .filter(|i| i.finished <= t)
+                .max_by_key(|i| i.finished),
         };
         let Some(idx) = idx else { continue };
         let reader = Reader::new(&repo, opener, idx);
         let manifest = reader.manifest()?;
-        let walked = match manifest.get("kind").and_then(serde_json::Value::as_str) {
-            Some("files") => files::restore(&reader, &manifest, target)?,
+        let restored = match manifest.get("kind").and_then(serde_json::Value::as_str) {
+            Some("files") => Restored::Files(files::restore(&reader, &manifest, target)?),
+            Some("sqlite") => Restored::Sqlite(crate::sqlite::restore(&reader, &manifest, target)?),
             other => {
                 return Err(format!(
                     "snapshot {}: cannot restore kind {other:?} yet",
@@ -150,10 +166,15 @@ pub fn restore(
                 ))
             }
         };
-        return Ok((cfg.name.clone(), idx.clone(), walked));
+        return Ok((cfg.name.clone(), idx.clone(), restored));
     }
     Err(last_err.unwrap_or_else(|| match which {
         Which::Latest => format!("backup {} has no snapshot yet", b.name),
         Which::Id(id) => format!("backup {} has no snapshot {id}", b.name),
+        Which::At(t) => format!(
+            "backup {} has no snapshot finished at or before {}",
+            b.name,
+            crate::rfc3339(t)
+        ),
     }))
 }

@@ -324,31 +324,37 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `20261202T183000Z-1a2b3c4d`: sorts by time.
-fn snapshot_id(t: u64) -> String {
+/// `20261202T183000.123Z-1a2b3c4d`: sorts by the time it started, to the
+/// millisecond.
+fn snapshot_id(ms: u128) -> String {
+    let t = (ms / 1000) as u64;
     let dt = centinela_config::units::civil_from_days((t / 86_400) as i64);
     let rem = t % 86_400;
     format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{:08x}",
+        "{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z-{:08x}",
         dt.0,
         dt.1,
         dt.2,
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
+        ms % 1000,
         fastrand::u32(..)
     )
 }
 
 impl<'a> Writer<'a> {
     pub fn new(repo: &'a Repo, sealer: &'a Sealer, backup: &str, kind: &str) -> Result<Self> {
-        let started = now_secs();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let started = now.as_secs();
         Ok(Writer {
             repo,
             sealer,
             backup: backup.to_string(),
             kind: kind.to_string(),
-            id: snapshot_id(started),
+            id: snapshot_id(now.as_millis()),
             started,
             known: repo.known_chunks()?,
             used: Vec::new(),

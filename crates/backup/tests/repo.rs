@@ -294,3 +294,61 @@ fn the_reference_age_tool_reads_what_the_repository_stores() {
         plain
     );
 }
+
+#[test]
+fn a_sqlite_snapshot_after_a_few_changed_rows_costs_a_few_chunks() {
+    let d = tempdir("sqlite");
+    let db = d.0.join("app.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB);")
+        .unwrap();
+    {
+        let tx = c.unchecked_transaction().unwrap();
+        for i in 0..5_000 {
+            tx.execute("INSERT INTO t VALUES (?1, ?2)", (i, noise(1000, i as u64)))
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let (recipient, key) = keys(&d.0, "key.txt");
+    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let sealer = Sealer::new(&[recipient], 3).unwrap();
+    let snap = |repo: &Repo| {
+        let mut w = Writer::new(repo, &sealer, "app", "sqlite").unwrap();
+        let m = centinela_backup::sqlite::backup(&mut w, &db).unwrap();
+        w.finish(m).unwrap()
+    };
+    let first = snap(&repo);
+    assert!(first.source_bytes > 5_000_000, "{}", first.source_bytes);
+    // Three rows changed (the connection stays open: the WAL holds them).
+    for id in [10, 2_500, 4_990] {
+        c.execute(
+            "UPDATE t SET body = ?1 WHERE id = ?2",
+            (noise(1000, 99), id),
+        )
+        .unwrap();
+    }
+    let second = snap(&repo);
+    assert!(
+        second.added_bytes < 400 * 1024,
+        "three changed rows stored {} bytes",
+        second.added_bytes
+    );
+    let opener = Opener::from_file(&key).unwrap();
+    let r = Reader::new(&repo, &opener, &second);
+    let restored =
+        centinela_backup::sqlite::restore(&r, &r.manifest().unwrap(), &d.0.join("t")).unwrap();
+    let rc = rusqlite::Connection::open(&restored).unwrap();
+    let body: Vec<u8> = rc
+        .query_row("SELECT body FROM t WHERE id = 2500", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(body, noise(1000, 99));
+    let n: i64 = rc
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 5_000);
+    // A database that is not there is named.
+    let mut w = Writer::new(&repo, &sealer, "app", "sqlite").unwrap();
+    let e = centinela_backup::sqlite::backup(&mut w, &d.0.join("nope.db")).unwrap_err();
+    assert!(e.contains("nope.db"), "{e}");
+}

@@ -384,7 +384,7 @@ fn backup(
     });
     o.finish(sink);
     match &source {
-        Some(Source::Files { .. }) => sink.warn(
+        Some(Source::Files { .. } | Source::Sqlite { .. }) => sink.warn(
             &span,
             path,
             "backups are not scheduled yet (issue #11): this one runs only by `centinela backup run`",

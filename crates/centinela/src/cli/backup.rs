@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use centinela_backup::ops::{self, Which};
+use centinela_backup::ops::{self, Restored, Which};
 use centinela_backup::repo::Opener;
 use centinela_config::backup::Backup;
 use centinela_config::Config;
@@ -60,13 +60,17 @@ pub(super) struct RestoreCmd {
     /// The newest snapshot.
     #[arg(
         long,
-        conflicts_with = "snapshot",
-        required_unless_present = "snapshot"
+        conflicts_with_all = ["snapshot", "to"],
+        required_unless_present_any = ["snapshot", "to"]
     )]
     latest: bool,
     /// A snapshot by id (see `backup list`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "to")]
     snapshot: Option<String>,
+    /// The newest snapshot finished at or before this RFC 3339 time
+    /// (2026-12-01T10:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
     /// From this repo (default: the first of the backup's repos that has it).
     #[arg(long)]
     repo: Option<String>,
@@ -230,9 +234,16 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
         Ok(o) => o,
         Err(c) => return c,
     };
-    let which = match &cmd.snapshot {
-        Some(id) => Which::Id(id),
-        None => Which::Latest,
+    let which = match (&cmd.snapshot, &cmd.to) {
+        (Some(id), _) => Which::Id(id),
+        (None, Some(t)) => match centinela_backup::parse_rfc3339(t) {
+            Ok(t) => Which::At(t),
+            Err(e) => {
+                eprintln!("error: --to: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, None) => Which::Latest,
     };
     match ops::restore(
         b,
@@ -242,15 +253,19 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
         &cmd.target,
         &opener,
     ) {
-        Ok((repo, idx, walked)) => {
+        Ok((repo, idx, restored)) => {
+            let what = match restored {
+                Restored::Files(w) => format!(
+                    "{} files, {} directories, {} links",
+                    w.files, w.dirs, w.links
+                ),
+                Restored::Sqlite(db) => format!("{} (integrity_check: ok)", db.display()),
+            };
             println!(
-                "{}: snapshot {} from repo {repo} restored into {}: {} files, {} directories, {} links",
+                "{}: snapshot {} from repo {repo} restored into {}: {what}",
                 cmd.name,
                 idx.id,
                 cmd.target.display(),
-                walked.files,
-                walked.dirs,
-                walked.links
             );
             ExitCode::SUCCESS
         }
