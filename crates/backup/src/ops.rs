@@ -7,7 +7,7 @@ use std::path::Path;
 use centinela_config::backup::{Backup, Repo as RepoCfg, Source, Store};
 
 use crate::files;
-use crate::repo::{verify, Index, Opener, Reader, Repo, Result, Sealer, Writer};
+use crate::repo::{verify, Index, Opener, Pruned, Reader, Repo, Result, Sealer, Writer};
 
 /// Opens a configured repo (local directories only so far).
 pub fn open(cfg: &RepoCfg) -> Result<Repo> {
@@ -107,6 +107,24 @@ pub fn check(
         );
     }
     Ok(problems)
+}
+
+/// Applies the backup's `keep` in each of its repos (or the one named).
+pub fn prune(
+    b: &Backup,
+    all: &[RepoCfg],
+    only: Option<&str>,
+    dry_run: bool,
+) -> Result<Vec<(String, Pruned)>> {
+    repos(b, all, only)?
+        .into_iter()
+        .map(|cfg| {
+            let repo = open(cfg)?;
+            let p = crate::repo::prune(&repo, &b.name, b.keep, dry_run)
+                .map_err(|e| format!("repo {}: {e}", cfg.name))?;
+            Ok((cfg.name.clone(), p))
+        })
+        .collect()
 }
 
 /// Which snapshot to restore.

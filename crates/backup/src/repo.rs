@@ -316,6 +316,9 @@ pub struct Writer<'a> {
     used_ids: std::collections::HashSet<String>,
     pub source_bytes: u64,
     pub added_bytes: u64,
+    /// Synthetic times (tests, imports): started and finished at this.
+    at: Option<u64>,
+    _lock: Lock,
 }
 
 fn now_secs() -> u64 {
@@ -349,6 +352,7 @@ impl<'a> Writer<'a> {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let started = now.as_secs();
+        let lock = Lock::shared(repo)?;
         Ok(Writer {
             repo,
             sealer,
@@ -361,7 +365,18 @@ impl<'a> Writer<'a> {
             used_ids: Default::default(),
             source_bytes: 0,
             added_bytes: 0,
+            at: None,
+            _lock: lock,
         })
+    }
+
+    /// Dates the snapshot `t` (Unix seconds) instead of now: for tests of
+    /// retention over synthetic histories, and for imports.
+    pub fn at(mut self, t: u64) -> Self {
+        self.started = t;
+        self.at = Some(t);
+        self.id = snapshot_id(u128::from(t) * 1000 + u128::from(fastrand::u16(..1000)));
+        self
     }
 
     pub fn id(&self) -> &str {
@@ -415,7 +430,7 @@ impl<'a> Writer<'a> {
         let base = format!("snapshots/{}/{}", self.backup, self.id);
         self.repo.put(&format!("{base}.manifest"), &sealed)?;
         self.added_bytes += manifest.size;
-        let finished = now_secs();
+        let finished = self.at.unwrap_or_else(now_secs);
         let chunks: Vec<Value> = self
             .used
             .iter()
@@ -582,4 +597,203 @@ pub fn verify(repo: &Repo, backup: &str, opener: Option<&Opener>) -> Result<Vec<
         }
     }
     Ok(problems)
+}
+
+/// A lock in the repository: backups hold shared ones, prune the
+/// exclusive one. Each is a file under `locks/` saying who holds it; one
+/// whose holder is gone (a dead process on this host) or that is older
+/// than [`STALE_AFTER`] (a dead host) is taken over, and the take-over is
+/// logged. The protocol never lets both sides proceed: each creates its
+/// own file first, then looks for the other kind.
+pub struct Lock {
+    path: Option<PathBuf>,
+}
+
+/// A lock file this old is from a holder that died elsewhere.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+impl Lock {
+    fn dir(repo: &Repo) -> Result<PathBuf> {
+        let d = repo.root.join("locks");
+        std::fs::create_dir_all(&d).map_err(|e| io_err("cannot create", &d, e))?;
+        Ok(d)
+    }
+
+    fn write(path: &Path) -> Result<()> {
+        let body = json!({ "host": host(), "pid": std::process::id(), "time": now_secs() });
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| io_err("cannot take the lock", path, e))?;
+        f.write_all(body.to_string().as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| io_err("cannot take the lock", path, e))
+    }
+
+    /// Who holds the lock at `path`, when it is still held; stale locks
+    /// are removed (and logged).
+    fn holder(path: &Path) -> Option<String> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+        let (h, pid, time) = (
+            v["host"].as_str().unwrap_or("?").to_string(),
+            v["pid"].as_u64().unwrap_or(0),
+            v["time"].as_u64().unwrap_or(0),
+        );
+        let dead_here = h == host() && !Path::new(&format!("/proc/{pid}")).exists();
+        let old = now_secs().saturating_sub(time) > STALE_AFTER.as_secs();
+        if dead_here || old {
+            tracing::warn!(lock = %path.display(), holder_host = %h, holder_pid = pid, "Taking over a stale repository lock");
+            let _ = std::fs::remove_file(path);
+            return None;
+        }
+        Some(format!("process {pid} on {h}"))
+    }
+
+    /// A backup's lock: refused while prune holds the repository.
+    pub fn shared(repo: &Repo) -> Result<Lock> {
+        let dir = Lock::dir(repo)?;
+        let path = dir.join(format!("backup-{:016x}", fastrand::u64(..)));
+        Lock::write(&path)?;
+        if let Some(who) = Lock::holder(&dir.join("exclusive")) {
+            let _ = std::fs::remove_file(&path);
+            return Err(format!(
+                "{} is being pruned by {who}; try again when it is done",
+                repo.root.display()
+            ));
+        }
+        Ok(Lock { path: Some(path) })
+    }
+
+    /// Prune's lock: refused while a backup or another prune runs.
+    pub fn exclusive(repo: &Repo) -> Result<Lock> {
+        let dir = Lock::dir(repo)?;
+        let path = dir.join("exclusive");
+        if let Some(who) = Lock::holder(&path) {
+            return Err(format!("{} is being pruned by {who}", repo.root.display()));
+        }
+        Lock::write(&path)?;
+        let lock = Lock { path: Some(path) };
+        for e in std::fs::read_dir(&dir).map_err(|e| io_err("cannot read", &dir, e))? {
+            let p = e.map_err(|e| io_err("cannot read", &dir, e))?.path();
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("backup-"))
+            {
+                if let Some(who) = Lock::holder(&p) {
+                    return Err(format!(
+                        "a backup by {who} is writing to {}; prune waits for it",
+                        repo.root.display()
+                    ));
+                }
+            }
+        }
+        Ok(lock)
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// What a prune removed (or, dry, would remove).
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub forgotten: Vec<String>,
+    pub kept: Vec<(String, Vec<&'static str>)>,
+    pub chunks_deleted: u64,
+    pub bytes_deleted: u64,
+}
+
+/// Forgets the snapshots of `backup` that `keep` does not keep, then
+/// deletes every chunk that no listed snapshot (of any backup in the repo)
+/// uses. Holds the exclusive lock throughout.
+pub fn prune(
+    repo: &Repo,
+    backup: &str,
+    keep: centinela_config::backup::Keep,
+    dry_run: bool,
+) -> Result<Pruned> {
+    let _lock = Lock::exclusive(repo)?;
+    let indexes = repo.indexes(backup)?;
+    let snaps: Vec<crate::retention::Snap> = indexes
+        .iter()
+        .map(|i| crate::retention::Snap {
+            id: i.id.clone(),
+            time: i.finished,
+        })
+        .collect();
+    let mut out = Pruned::default();
+    for d in crate::retention::apply(keep, &snaps) {
+        if d.kept() {
+            out.kept.push((d.id, d.reasons));
+        } else {
+            out.forgotten.push(d.id);
+        }
+    }
+    if !dry_run {
+        for id in &out.forgotten {
+            // Unlisted first: from here the snapshot does not exist.
+            for ext in ["index", "manifest"] {
+                let p = repo.root.join(format!("snapshots/{backup}/{id}.{ext}"));
+                std::fs::remove_file(&p).map_err(|e| io_err("cannot delete", &p, e))?;
+            }
+        }
+    }
+    // Chunks still in use, by every backup of the repo.
+    let mut used: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let snap_dir = repo.root.join("snapshots");
+    if let Ok(backups) = std::fs::read_dir(&snap_dir) {
+        for b in backups.flatten() {
+            let name = b.file_name().to_string_lossy().into_owned();
+            for idx in repo.indexes(&name)? {
+                if dry_run && name == backup && out.forgotten.contains(&idx.id) {
+                    continue;
+                }
+                used.extend(idx.chunks.into_iter().map(|(id, _)| id));
+            }
+        }
+    }
+    // What dead backups left half-written (no backup runs now).
+    if !dry_run {
+        for t in std::fs::read_dir(repo.root.join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(t.path());
+        }
+    }
+    let chunks = repo.root.join("chunks");
+    if let Ok(subs) = std::fs::read_dir(&chunks) {
+        for sub in subs.flatten() {
+            for c in std::fs::read_dir(sub.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let id = c.file_name().to_string_lossy().into_owned();
+                if used.contains(&id) {
+                    continue;
+                }
+                out.chunks_deleted += 1;
+                out.bytes_deleted += c.metadata().map_or(0, |m| m.len());
+                if !dry_run {
+                    std::fs::remove_file(c.path())
+                        .map_err(|e| io_err("cannot delete", &c.path(), e))?;
+                }
+            }
+        }
+    }
+    Ok(out)
 }

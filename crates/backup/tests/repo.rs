@@ -352,3 +352,141 @@ fn a_sqlite_snapshot_after_a_few_changed_rows_costs_a_few_chunks() {
     let e = centinela_backup::sqlite::backup(&mut w, &d.0.join("nope.db")).unwrap_err();
     assert!(e.contains("nope.db"), "{e}");
 }
+
+/// Random histories: snapshots of a changing tree on synthetic dates, a
+/// random `keep`, prune; every kept snapshot still restores exactly what
+/// it held, every forgotten one is gone, and no chunk is left unused.
+#[test]
+fn after_prune_every_kept_snapshot_restores_over_random_histories() {
+    use centinela_backup::retention::Keep;
+    const DAY: u64 = 86_400;
+    let seed = std::env::var("PRUNE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let d = tempdir("prune");
+    let (recipient, key) = keys(&d.0, "key.txt");
+    let opener = Opener::from_file(&key).unwrap();
+    let sealer = Sealer::new(&[recipient], 1).unwrap();
+    for round in 0..6 {
+        let src = d.0.join(format!("src{round}"));
+        std::fs::create_dir_all(&src).unwrap();
+        let repo = Repo::open(&d.0.join(format!("repo{round}"))).unwrap();
+        // What each snapshot held: file name -> content.
+        let mut held = Vec::new();
+        let mut t = 1_796_169_600 - 120 * DAY;
+        for _ in 0..rng.usize(5..25) {
+            t += rng.u64(3600..5 * DAY);
+            // Change, add or remove a file or two.
+            for _ in 0..rng.usize(1..3) {
+                let f = src.join(format!("f{}", rng.u8(0..6)));
+                if rng.bool() && f.exists() {
+                    std::fs::remove_file(&f).unwrap();
+                } else {
+                    std::fs::write(&f, noise(rng.usize(10..200_000), rng.u64(..))).unwrap();
+                }
+            }
+            let mut w = Writer::new(&repo, &sealer, "h", "files").unwrap().at(t);
+            let (m, _) = files::backup(&mut w, std::slice::from_ref(&src)).unwrap();
+            let idx = w.finish(m).unwrap();
+            let mut contents: Vec<(String, Vec<u8>)> = std::fs::read_dir(&src)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect();
+            contents.sort();
+            held.push((idx.id, contents));
+        }
+        let keep = Keep {
+            last: rng.u32(0..3),
+            daily: rng.u32(0..5),
+            weekly: rng.u32(0..4),
+            monthly: rng.u32(1..3),
+        };
+        let dry = centinela_backup::repo::prune(&repo, "h", keep, true).unwrap();
+        let before = repo.indexes("h").unwrap().len();
+        assert_eq!(
+            before,
+            held.len(),
+            "a dry run deletes nothing (seed {seed})"
+        );
+        let p = centinela_backup::repo::prune(&repo, "h", keep, false).unwrap();
+        assert_eq!(p.forgotten, dry.forgotten, "seed {seed}");
+        assert_eq!(p.chunks_deleted, dry.chunks_deleted, "seed {seed}");
+        let left = repo.indexes("h").unwrap();
+        assert_eq!(left.len(), held.len() - p.forgotten.len(), "seed {seed}");
+        assert!(
+            verify(&repo, "h", Some(&opener)).unwrap().is_empty(),
+            "seed {seed}"
+        );
+        for idx in &left {
+            let (_, want) = held.iter().find(|(id, _)| *id == idx.id).unwrap();
+            let target = d.0.join(format!("r{round}-{}", idx.id));
+            restore(&repo, &opener, idx, &target).unwrap();
+            let dir = target.join(src.strip_prefix("/").unwrap());
+            let mut got: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read(e.path()).unwrap(),
+                    )
+                })
+                .collect();
+            got.sort();
+            assert!(
+                got == *want,
+                "snapshot {} differs after prune (seed {seed})",
+                idx.id
+            );
+        }
+        // No chunk is left that no snapshot uses.
+        let again = centinela_backup::repo::prune(&repo, "h", keep, true).unwrap();
+        assert_eq!(
+            (again.chunks_deleted, again.forgotten.len()),
+            (0, 0),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn prune_waits_for_a_running_backup_and_takes_over_a_dead_ones_lock() {
+    use centinela_backup::retention::Keep;
+    let d = tempdir("lock");
+    let (recipient, _) = keys(&d.0, "key.txt");
+    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let sealer = Sealer::new(&[recipient], 1).unwrap();
+    let keep = Keep {
+        last: 1,
+        ..Keep::default()
+    };
+    let w = Writer::new(&repo, &sealer, "h", "files").unwrap();
+    let e = centinela_backup::repo::prune(&repo, "h", keep, false).unwrap_err();
+    assert!(
+        e.contains("a backup by process") && e.contains("prune waits"),
+        "{e}"
+    );
+    drop(w);
+    centinela_backup::repo::prune(&repo, "h", keep, false).unwrap();
+    // A lock left by a process that is gone is taken over.
+    std::fs::write(
+        d.0.join("repo/locks/backup-dead"),
+        format!(
+            "{{\"host\":\"{}\",\"pid\":4194999,\"time\":1}}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap()
+                .trim()
+        ),
+    )
+    .unwrap();
+    centinela_backup::repo::prune(&repo, "h", keep, false).unwrap();
+    assert!(!d.0.join("repo/locks/backup-dead").exists());
+}

@@ -32,6 +32,17 @@ enum Action {
         #[arg(long)]
         json: bool,
     },
+    /// Forget the snapshots that `keep` does not keep, and delete the
+    /// chunks no snapshot uses any more.
+    Prune {
+        name: String,
+        /// Only this repo.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Say what would go; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check that every manifest and chunk is present and intact; with
     /// --read-data, also decrypt and re-hash them (needs --identity).
     Verify {
@@ -180,6 +191,41 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                 }
             }
             ExitCode::SUCCESS
+        }
+        Action::Prune {
+            name,
+            repo,
+            dry_run,
+        } => {
+            let b = match find(cfg, &name) {
+                Ok(b) => b,
+                Err(c) => return c,
+            };
+            match ops::prune(b, &cfg.repos, repo.as_deref(), dry_run) {
+                Ok(results) => {
+                    let verb = if dry_run { "would forget" } else { "forgot" };
+                    for (repo, p) in results {
+                        for (id, why) in &p.kept {
+                            println!("{name}: repo {repo}: keep {id} ({})", why.join(", "));
+                        }
+                        for id in &p.forgotten {
+                            println!("{name}: repo {repo}: {verb} {id}");
+                        }
+                        println!(
+                            "{name}: repo {repo}: {verb} {} snapshot(s); {} {} unused chunk(s), {}",
+                            p.forgotten.len(),
+                            if dry_run { "would delete" } else { "deleted" },
+                            p.chunks_deleted,
+                            mib(p.bytes_deleted)
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Action::Verify {
             name,

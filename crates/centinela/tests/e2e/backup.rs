@@ -78,6 +78,7 @@ paths = ["{}"]
 every = "6h"
 repos = ["local"]
 encrypt_to = ["{recipient}"]
+keep = {{ last = 1 }}
 "#,
             src.display()
         ),
@@ -144,6 +145,36 @@ encrypt_to = ["{recipient}"]
 
     let out = cli(&["backup", "verify", "site", "--config", c]);
     assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&[
+        "backup",
+        "verify",
+        "site",
+        "--read-data",
+        "--identity",
+        key.to_str().unwrap(),
+        "--config",
+        c,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Prune keeps the last one: a dry run first, then for real.
+    let out = cli(&["backup", "prune", "site", "--dry-run", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("would forget {first}")),
+        "{}",
+        text(&out)
+    );
+    let out = cli(&["backup", "prune", "site", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("forgot 1 snapshot(s)"),
+        "{}",
+        text(&out)
+    );
+    let out = cli(&["backup", "list", "site", "--json", "--config", c]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 1, "{v}");
     let out = cli(&[
         "backup",
         "verify",
