@@ -10,7 +10,10 @@ pub mod files;
 pub mod ops;
 pub mod repo;
 pub mod retention;
+pub mod scheduler;
 pub mod sqlite;
+
+pub use scheduler::Scheduler;
 
 /// `2026-12-02T18:30:00Z` of Unix seconds.
 pub fn rfc3339(t: u64) -> String {

@@ -38,6 +38,9 @@ pub enum Signal {
     CertExpiryDays,
     /// The SLO's error budget burn rate.
     SloBurn,
+    /// Hours since the backup's last successful snapshot (or since
+    /// centinela started, when it has none).
+    BackupAge,
 }
 
 /// What a signal is about.
@@ -47,6 +50,7 @@ pub enum TargetKind {
     Service,
     Probe,
     Slo,
+    Backup,
 }
 
 impl TargetKind {
@@ -56,11 +60,12 @@ impl TargetKind {
             TargetKind::Service => "service",
             TargetKind::Probe => "probe",
             TargetKind::Slo => "slo",
+            TargetKind::Backup => "backup",
         }
     }
 }
 
-const SIGNALS: [(&str, Signal); 11] = [
+const SIGNALS: [(&str, Signal); 12] = [
     ("error_ratio", Signal::ErrorRatio),
     ("latency_p99", Signal::LatencyP99),
     ("request_rate", Signal::RequestRate),
@@ -72,6 +77,7 @@ const SIGNALS: [(&str, Signal); 11] = [
     ("probe_failed", Signal::ProbeFailed),
     ("cert_expiry_days", Signal::CertExpiryDays),
     ("slo_burn", Signal::SloBurn),
+    ("backup_age", Signal::BackupAge),
 ];
 
 impl Signal {
@@ -92,6 +98,7 @@ impl Signal {
             Signal::InstancesReady | Signal::Restarts | Signal::CrashLooping => TargetKind::Service,
             Signal::ProbeFailed | Signal::CertExpiryDays => TargetKind::Probe,
             Signal::SloBurn => TargetKind::Slo,
+            Signal::BackupAge => TargetKind::Backup,
         }
     }
 
@@ -134,12 +141,23 @@ pub enum Threshold {
     Above(f64),
 }
 
+/// At most six decimals, without trailing zeros: `2`, `0.05`, `0.001667`.
+fn short(v: f64) -> String {
+    let s = format!("{v:.6}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
 /// `below 1`, `above 0.05`: as written in the file.
 impl std::fmt::Display for Threshold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Threshold::Below(v) => write!(f, "below {v}"),
-            Threshold::Above(v) => write!(f, "above {v}"),
+            Threshold::Below(v) => write!(f, "below {}", short(*v)),
+            Threshold::Above(v) => write!(f, "above {}", short(*v)),
         }
     }
 }
@@ -289,6 +307,7 @@ pub(crate) fn alerts(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Alert>,
             TargetKind::Service,
             TargetKind::Probe,
             TargetKind::Slo,
+            TargetKind::Backup,
         ] {
             if let Some((t, span)) = o.str(sink, kind.key()) {
                 targets.push((kind, t, span));
@@ -477,6 +496,7 @@ pub(crate) struct Known<'a> {
     pub(crate) services: &'a [String],
     pub(crate) probes: &'a [String],
     pub(crate) slos: &'a [String],
+    pub(crate) backups: &'a [String],
     pub(crate) notifiers: &'a [String],
 }
 
@@ -489,6 +509,7 @@ pub(crate) fn check(sink: &mut Sink<'_>, alerts: &[Alert], refs: &[AlertRef], kn
             TargetKind::Service => known.services,
             TargetKind::Probe => known.probes,
             TargetKind::Slo => known.slos,
+            TargetKind::Backup => known.backups,
         };
         if !names.contains(&a.target) {
             let span = r.target_span.clone().unwrap_or(r.span.clone());
@@ -497,6 +518,7 @@ pub(crate) fn check(sink: &mut Sink<'_>, alerts: &[Alert], refs: &[AlertRef], kn
                 TargetKind::Service => "[service.NAME]",
                 TargetKind::Probe => "[[probe]]",
                 TargetKind::Slo => "[[slo]]",
+                TargetKind::Backup => "[backup.NAME]",
             };
             sink.error(
                 &span,
@@ -518,6 +540,7 @@ pub fn builtin(
     upstreams: &[String],
     services: &[String],
     probes: &[crate::UptimeProbe],
+    backups: &[crate::backup::Backup],
 ) -> Vec<Alert> {
     let rule = |name: String, signal, target: &str, threshold, for_, severity| Alert {
         name,
@@ -572,6 +595,19 @@ pub fn builtin(
                 Severity::Ticket,
             ));
         }
+    }
+    for b in backups {
+        // Twice the longest gap between two runs: one missed run is
+        // tolerated, two are not.
+        let hours = b.when.longest_gap().as_secs_f64() * 2.0 / 3600.0;
+        out.push(rule(
+            format!("backup-stale.{}", b.name),
+            Signal::BackupAge,
+            &b.name,
+            Threshold::Above(hours),
+            Duration::ZERO,
+            Severity::Ticket,
+        ));
     }
     out
 }

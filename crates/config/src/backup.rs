@@ -89,6 +89,44 @@ pub enum When {
     Every(Duration),
 }
 
+impl When {
+    /// The next run strictly after `after` (Unix seconds), counted for
+    /// `every` from `last` (the last snapshot, or `after` itself).
+    pub fn next_after(&self, after: u64, last: Option<u64>) -> Option<u64> {
+        match self {
+            When::Cron(c) => c.next_after(after),
+            When::Every(d) => {
+                let from = last.unwrap_or(after);
+                Some((from + d.as_secs().max(1)).max(after + 1))
+            }
+        }
+    }
+
+    /// The longest time between two runs (a cron schedule's over a year).
+    pub fn longest_gap(&self) -> Duration {
+        match self {
+            When::Every(d) => *d,
+            When::Cron(c) => {
+                // 2026-01-01T00:00:00Z: any year would do.
+                let mut t = 1_767_225_600;
+                let mut gap = 0;
+                let mut prev = c.next_after(t);
+                while let Some(p) = prev {
+                    if p > 1_767_225_600 + 366 * 86_400 {
+                        break;
+                    }
+                    t = p;
+                    prev = c.next_after(t);
+                    if let Some(n) = prev {
+                        gap = gap.max(n - p);
+                    }
+                }
+                Duration::from_secs(gap.max(60))
+            }
+        }
+    }
+}
+
 /// How many snapshots to keep (GFS, as restic's `forget`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Keep {
@@ -147,7 +185,14 @@ pub(crate) fn repos(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>, base: &Path) -> 
         o.finish(sink);
         let store = match (local, s3) {
             (Some((p, _)), None) => Store::Local(base.join(p)),
-            (None, Some(Some(s))) => Store::S3(s),
+            (None, Some(Some(s))) => {
+                sink.warn(
+                    &v.span(),
+                    &path,
+                    "S3 repositories are not built yet (issue #11): backups to this repo fail",
+                );
+                Store::S3(s)
+            }
             (None, Some(None)) => continue,
             (None, None) => {
                 sink.error(
@@ -384,11 +429,7 @@ fn backup(
     });
     o.finish(sink);
     match &source {
-        Some(Source::Files { .. } | Source::Sqlite { .. }) => sink.warn(
-            &span,
-            path,
-            "backups are not scheduled yet (issue #11): this one runs only by `centinela backup run`",
-        ),
+        Some(Source::Files { .. } | Source::Sqlite { .. }) => {}
         Some(s) => sink.warn(
             &span,
             path,

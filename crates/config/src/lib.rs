@@ -135,6 +135,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let notifier_names: Vec<String> = notifiers.iter().map(|n| n.name.clone()).collect();
     let probe_names: Vec<String> = probes.iter().map(|p| p.name.clone()).collect();
     let slo_names: Vec<String> = slos.iter().map(|s| s.name.clone()).collect();
+    let backup_names: Vec<String> = backups.iter().map(|b| b.name.clone()).collect();
     slo::check(sink, &slos, &slo_refs, &upstream_names, &notifier_names);
     alert::check(
         sink,
@@ -145,11 +146,17 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
             services: &service_names,
             probes: &probe_names,
             slos: &slo_names,
+            backups: &backup_names,
             notifiers: &notifier_names,
         },
     );
     if alerting.defaults && !notifiers.is_empty() {
-        alerts.extend(alert::builtin(&upstream_names, &service_names, &probes));
+        alerts.extend(alert::builtin(
+            &upstream_names,
+            &service_names,
+            &probes,
+            &backups,
+        ));
     }
     // An SLO's burn-rate rules come with it, notifier or not: they show on
     // the dashboard and in /-/alerts.

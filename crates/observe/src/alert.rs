@@ -270,6 +270,11 @@ impl Evaluator {
         let over_ms = rule.over.as_millis() as u64;
         match rule.signal {
             Signal::HealthyServers => now.upstream(&rule.target).map(|u| u.healthy() as f64),
+            Signal::BackupAge => now
+                .backups
+                .iter()
+                .find(|b| b.name == rule.target)
+                .map(|b| (now_ms / 1000).saturating_sub(b.age_from) as f64 / 3600.0),
             Signal::ServerDown => now
                 .upstream(&rule.target)
                 .map(|u| (u.servers.len() - u.healthy()) as f64),

@@ -12,6 +12,7 @@ pub struct Figures {
     pub probes: Vec<ProbeFigures>,
     /// Added by the observer's SLO trackers (`crate::slo`).
     pub slos: Vec<SloFigures>,
+    pub backups: Vec<BackupFigures>,
 }
 
 impl Figures {
@@ -67,6 +68,17 @@ pub struct ServiceFigures {
     pub restarts: u64,
     pub cpu_seconds: f64,
     pub memory_bytes: u64,
+}
+
+/// A `[backup.NAME]`'s last results.
+#[derive(Clone, Debug, Default)]
+pub struct BackupFigures {
+    pub name: String,
+    /// Unix seconds of the last successful snapshot.
+    pub last_success: Option<u64>,
+    /// Its age counts from here: the last success, or when centinela
+    /// started watching a backup that has none.
+    pub age_from: u64,
 }
 
 /// The last result of an uptime probe.

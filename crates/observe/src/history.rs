@@ -494,6 +494,7 @@ mod tests {
                 })
                 .collect(),
             slos: Vec::new(),
+            backups: Vec::new(),
         })
     }
 

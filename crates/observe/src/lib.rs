@@ -22,7 +22,7 @@ pub mod slo;
 pub mod state;
 
 pub use expo::{Exposition, Format, Kind};
-pub use figures::{Figures, ServerFigures, ServiceFigures, Source, UpstreamFigures};
+pub use figures::{BackupFigures, Figures, ServerFigures, ServiceFigures, Source, UpstreamFigures};
 pub use observer::Observer;
 
 /// Something that writes its metrics into an exposition: the gateway, the

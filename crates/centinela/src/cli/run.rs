@@ -122,9 +122,18 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         state,
         format!("http://{}", gw.admin_addr()),
     );
-    drop(observe_cfg);
+    // Backups on their schedules, beside the data plane.
+    let backups = Arc::new(centinela_backup::Scheduler::start(
+        &observe_cfg.backups,
+        &observe_cfg.repos,
+    ));
     observer.add_source(gw.source());
     observer.add_source(Arc::new(supervisor.view()));
+    observer.add_source(backups.clone());
+    gw.add_collector(backups.clone());
+    let b = backups.clone();
+    gw.add_health("backups", Arc::new(move || b.health()));
+    drop(observe_cfg);
     gw.add_collector(Arc::new(observer.clone()));
     let view = supervisor.view();
     gw.add_health("services", Arc::new(move || view.health()));
@@ -184,6 +193,7 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
                             continue;
                         }
                         observer.reload(&observe_cfg);
+                        backups.apply(&observe_cfg.backups, &observe_cfg.repos);
                         // Rolling restarts take a while: signals keep being
                         // served meanwhile; one task applies service changes,
                         // one reload after the other, the newest last.

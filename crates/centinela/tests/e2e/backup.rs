@@ -365,3 +365,154 @@ async fn sqlite_snapshots_taken_while_products_api_writes_restore_intact() {
     assert!(created_after.len() > before[2].len());
     drop(api);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_run_prune_report_and_a_failing_one_alerts() {
+    use centinela_testkit::{eventually, Receiver};
+    let dir = TempDir::new("backup-sched");
+    let src = dir.path("site");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("index.html"), b"<h1>portal</h1>\n").unwrap();
+    let key = dir.path("backup.key");
+    let recipient = keygen(&key);
+    let hook = Receiver::start(vec![]).await;
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[admin]
+listen = "127.0.0.1:0"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+[[route]]
+upstream = "app"
+[upstream.app]
+servers = ["127.0.0.1:1"]
+
+[notify.ops]
+webhook = "http://{hook}/hook"
+[alerting]
+group_wait = "0s"
+
+[repo.local]
+path = "repo"
+
+[backup.site]
+kind = "files"
+paths = ["{src}"]
+every = "3s"
+repos = ["local"]
+encrypt_to = ["{recipient}"]
+keep = {{ last = 2 }}
+
+[backup.broken]
+kind = "files"
+paths = ["{missing}"]
+every = "1s"
+repos = ["local"]
+encrypt_to = ["{recipient}"]
+
+[runtime]
+access_log = false
+shutdown_timeout = "2s"
+"#,
+            hook = hook.addr,
+            src = src.display(),
+            missing = dir.path("nowhere").display(),
+        ),
+    )
+    .unwrap();
+    let out = cli(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        text(&out).contains("backup-stale.site (ticket): backup_age of backup \"site\" above 0"),
+        "{}",
+        text(&out)
+    );
+    let r = crate::lifecycle::run_gateway(&cfg).await;
+    let metric = |m: &str, key: &str| -> Option<f64> {
+        m.lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let m = crate::alerts::metrics(r.admin).await;
+            metric(
+                &m,
+                "centinela_backup_runs_total{backup=\"site\",result=\"success\"}",
+            )
+            .is_some_and(|n| n >= 3.0)
+        })
+        .await,
+        "{}",
+        crate::alerts::metrics(r.admin).await
+    );
+    let m = crate::alerts::metrics(r.admin).await;
+    let last = metric(
+        &m,
+        "centinela_backup_last_success_timestamp_seconds{backup=\"site\"}",
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(now - last < 30.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "centinela_backup_bytes{backup=\"site\",kind=\"source\"}"
+        ) == Some(16.0),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "centinela_backup_runs_total{backup=\"broken\",result=\"error\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    // The broken one: in health, and paged as stale (its age counts from
+    // the start; 2 s is twice its interval).
+    let (code, health) = crate::alerts::admin_json(r.admin, "/-/health/detailed").await;
+    assert_eq!(code, 503, "{health}");
+    let backups = health["backups"].as_array().unwrap();
+    let broken = backups.iter().find(|b| b["name"] == "broken").unwrap();
+    assert!(
+        broken["last_error"].as_str().unwrap().contains("nowhere"),
+        "{health}"
+    );
+    assert!(backups.iter().find(|b| b["name"] == "site").unwrap()["last_success"].is_string());
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            hook.received()
+                .iter()
+                .any(|(_, b)| b.contains("backup-stale.broken"))
+        })
+        .await,
+        "{:?}",
+        hook.received()
+    );
+    assert!(
+        !hook
+            .received()
+            .iter()
+            .any(|(_, b)| b.contains("backup-stale.site")),
+        "{:?}",
+        hook.received()
+    );
+    crate::alerts::stop(r).await;
+    // Prune ran after each backup: at most `last = 2` remain.
+    let out = cli(&[
+        "backup",
+        "list",
+        "site",
+        "--json",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n = v["snapshots"].as_array().unwrap().len();
+    assert!((1..=2).contains(&n), "{v}");
+}

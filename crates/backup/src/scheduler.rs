@@ -1,0 +1,289 @@
+//! Backups on their schedule, inside `centinela run`: one task per
+//! `[backup.NAME]`, the work itself on a blocking thread (never on the
+//! request path), `keep` applied after each successful run. A run missed
+//! while centinela was down (the last snapshot older than the longest gap
+//! of the schedule) is made up at start. What each run did feeds metrics,
+//! the `backup_age` alert signal and `/-/health/detailed`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use centinela_config::backup::{Backup, Repo as RepoCfg, Source as Kind};
+use centinela_observe::{BackupFigures, Collect, Exposition, Figures, Kind as MetricKind, Source};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+use crate::ops;
+
+/// What the last runs of one backup did.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub name: String,
+    /// Unix seconds of the last successful snapshot (in every repo).
+    pub last_success: Option<u64>,
+    pub last_attempt: Option<u64>,
+    /// Seconds the last run took.
+    pub last_duration: f64,
+    pub last_error: Option<String>,
+    /// The last snapshot's source bytes, and the bytes it uses in a repo.
+    pub source_bytes: u64,
+    pub stored_bytes: u64,
+    pub next_run: Option<u64>,
+    pub runs_ok: u64,
+    pub runs_failed: u64,
+}
+
+struct Running {
+    backup: Backup,
+    repos: Vec<RepoCfg>,
+    status: Arc<Mutex<Status>>,
+    task: JoinHandle<()>,
+}
+
+/// The scheduled backups.
+pub struct Scheduler {
+    running: Mutex<Vec<Running>>,
+    /// When centinela started watching (the age of a backup with no
+    /// snapshot counts from here).
+    started: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The kinds this build can run.
+fn runnable(b: &Backup) -> bool {
+    matches!(b.source, Kind::Files { .. } | Kind::Sqlite { .. })
+}
+
+impl Scheduler {
+    /// Starts a task per runnable backup (inside a tokio runtime).
+    pub fn start(backups: &[Backup], repos: &[RepoCfg]) -> Scheduler {
+        let s = Scheduler {
+            running: Mutex::new(Vec::new()),
+            started: now(),
+        };
+        s.apply(backups, repos);
+        s
+    }
+
+    /// Applies a reloaded config: backups whose settings (or repos) are
+    /// unchanged keep running and keep their status.
+    pub fn apply(&self, backups: &[Backup], repos: &[RepoCfg]) {
+        let mut running = lock(&self.running);
+        let mut old: Vec<Running> = std::mem::take(&mut *running);
+        for b in backups.iter().filter(|b| runnable(b)) {
+            let its_repos: Vec<RepoCfg> = repos
+                .iter()
+                .filter(|r| b.repos.contains(&r.name))
+                .cloned()
+                .collect();
+            match old
+                .iter()
+                .position(|r| r.backup == *b && r.repos == its_repos)
+            {
+                Some(i) => running.push(old.swap_remove(i)),
+                None => {
+                    let status = Arc::new(Mutex::new(Status {
+                        name: b.name.clone(),
+                        ..Status::default()
+                    }));
+                    let task = tokio::spawn(run_loop(b.clone(), its_repos.clone(), status.clone()));
+                    running.push(Running {
+                        backup: b.clone(),
+                        repos: its_repos,
+                        status,
+                        task,
+                    });
+                }
+            }
+        }
+        for r in old {
+            r.task.abort();
+        }
+    }
+
+    pub fn statuses(&self) -> Vec<Status> {
+        lock(&self.running)
+            .iter()
+            .map(|r| lock(&r.status).clone())
+            .collect()
+    }
+
+    /// `/-/health/detailed`'s backups: unhealthy while one's last run
+    /// failed.
+    pub fn health(&self) -> (bool, Value) {
+        let list: Vec<Value> = self
+            .statuses()
+            .into_iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "last_success": s.last_success.map(crate::rfc3339),
+                    "last_error": s.last_error,
+                    "next_run": s.next_run.map(crate::rfc3339),
+                    "source_bytes": s.source_bytes,
+                    "stored_bytes": s.stored_bytes,
+                })
+            })
+            .collect();
+        let ok = list.iter().all(|v| v["last_error"].is_null());
+        (ok, Value::Array(list))
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        for r in lock(&self.running).drain(..) {
+            r.task.abort();
+        }
+    }
+}
+
+async fn run_loop(b: Backup, repos: Vec<RepoCfg>, status: Arc<Mutex<Status>>) {
+    // The last snapshot already in the repos.
+    let (bb, rr) = (b.clone(), repos.clone());
+    let last = tokio::task::spawn_blocking(move || {
+        ops::list(&bb, &rr, None)
+            .ok()
+            .and_then(|l| l.iter().map(|(_, i)| i.finished).max())
+    })
+    .await
+    .ok()
+    .flatten();
+    lock(&status).last_success = last;
+    let gap = b.when.longest_gap().as_secs();
+    // Made up at once when a run was missed.
+    let mut due = match last {
+        Some(t) if now().saturating_sub(t) <= gap => b.when.next_after(now(), Some(t)),
+        _ => Some(now()),
+    };
+    loop {
+        let Some(at) = due else {
+            tracing::warn!(backup = %b.name, "The schedule never fires again");
+            return;
+        };
+        lock(&status).next_run = Some(at);
+        // Wall-clock time: looked at again at least every minute.
+        while now() < at {
+            let left = at - now();
+            tokio::time::sleep(Duration::from_secs(left.min(60))).await;
+        }
+        run_once(&b, &repos, &status).await;
+        let last = lock(&status).last_success;
+        due = b.when.next_after(now(), last);
+    }
+}
+
+async fn run_once(b: &Backup, repos: &[RepoCfg], status: &Arc<Mutex<Status>>) {
+    let started = std::time::Instant::now();
+    lock(status).last_attempt = Some(now());
+    let (bb, rr) = (b.clone(), repos.to_vec());
+    let outcome = tokio::task::spawn_blocking(move || {
+        let results = ops::run(&bb, &rr);
+        let errors: Vec<String> = results
+            .iter()
+            .filter_map(|(repo, r)| r.as_ref().err().map(|e| format!("repo {repo}: {e}")))
+            .collect();
+        let done = results.into_iter().find_map(|(_, r)| r.ok());
+        if errors.is_empty() {
+            if let Err(e) = ops::prune(&bb, &rr, None, false) {
+                tracing::error!(backup = %bb.name, error = %e, "Prune after the backup failed");
+            }
+        }
+        (done, errors)
+    })
+    .await;
+    let took = started.elapsed().as_secs_f64();
+    let mut s = lock(status);
+    s.last_duration = took;
+    match outcome {
+        Ok((Some(idx), errors)) if errors.is_empty() => {
+            s.last_success = Some(idx.finished);
+            s.last_error = None;
+            s.source_bytes = idx.source_bytes;
+            s.stored_bytes =
+                idx.manifest.size + idx.chunks.iter().map(|(_, c)| c.size).sum::<u64>();
+            s.runs_ok += 1;
+            tracing::info!(backup = %b.name, snapshot = %idx.id, source_bytes = idx.source_bytes, added_bytes = idx.added_bytes, duration_secs = took, "Backup done");
+        }
+        Ok((_, errors)) => {
+            let e = errors.join("; ");
+            tracing::error!(backup = %b.name, error = %e, "Backup failed");
+            s.last_error = Some(e);
+            s.runs_failed += 1;
+        }
+        Err(e) => {
+            tracing::error!(backup = %b.name, error = %e, "Backup task failed");
+            s.last_error = Some(e.to_string());
+            s.runs_failed += 1;
+        }
+    }
+}
+
+impl Source for Scheduler {
+    fn figures(&self, out: &mut Figures) {
+        for s in self.statuses() {
+            out.backups.push(BackupFigures {
+                age_from: s.last_success.unwrap_or(self.started),
+                last_success: s.last_success,
+                name: s.name,
+            });
+        }
+    }
+}
+
+impl Collect for Scheduler {
+    fn collect(&self, out: &mut Exposition) {
+        let all = self.statuses();
+        out.family(
+            "centinela_backup_last_success_timestamp_seconds",
+            "When the backup's last successful snapshot finished (Unix seconds).",
+            MetricKind::Gauge,
+        );
+        for s in &all {
+            if let Some(t) = s.last_success {
+                out.gauge(&[("backup", &s.name)], t as f64);
+            }
+        }
+        out.family(
+            "centinela_backup_duration_seconds",
+            "How long the backup's last run took.",
+            MetricKind::Gauge,
+        );
+        for s in all.iter().filter(|s| s.last_attempt.is_some()) {
+            out.gauge(&[("backup", &s.name)], s.last_duration);
+        }
+        out.family(
+            "centinela_backup_bytes",
+            "The last snapshot's size: kind=\"source\" as read, kind=\"stored\" as stored in a repo (compressed, encrypted, shared chunks included).",
+            MetricKind::Gauge,
+        );
+        for s in all.iter().filter(|s| s.runs_ok > 0) {
+            out.gauge(
+                &[("backup", &s.name), ("kind", "source")],
+                s.source_bytes as f64,
+            );
+            out.gauge(
+                &[("backup", &s.name), ("kind", "stored")],
+                s.stored_bytes as f64,
+            );
+        }
+        out.family(
+            "centinela_backup_runs",
+            "Scheduled backup runs by result.",
+            MetricKind::Counter,
+        );
+        for s in &all {
+            out.counter(&[("backup", &s.name), ("result", "success")], s.runs_ok);
+            out.counter(&[("backup", &s.name), ("result", "error")], s.runs_failed);
+        }
+    }
+}
