@@ -31,6 +31,8 @@ pub struct Status {
     pub next_run: Option<u64>,
     pub runs_ok: u64,
     pub runs_failed: u64,
+    /// The last restore test.
+    pub restore_test: Option<crate::restore_test::Outcome>,
 }
 
 struct Running {
@@ -38,6 +40,8 @@ struct Running {
     repos: Vec<RepoCfg>,
     status: Arc<Mutex<Status>>,
     task: JoinHandle<()>,
+    /// The restore test on its own schedule.
+    test: Option<JoinHandle<()>>,
 }
 
 /// The scheduled backups.
@@ -46,6 +50,8 @@ pub struct Scheduler {
     /// When centinela started watching (the age of a backup with no
     /// snapshot counts from here).
     started: u64,
+    /// Where restore tests restore to.
+    scratch: std::path::PathBuf,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -65,10 +71,12 @@ fn runnable(b: &Backup) -> bool {
 
 impl Scheduler {
     /// Starts a task per runnable backup (inside a tokio runtime).
-    pub fn start(backups: &[Backup], repos: &[RepoCfg]) -> Scheduler {
+    /// `scratch`: where restore tests restore to (the state directory).
+    pub fn start(backups: &[Backup], repos: &[RepoCfg], scratch: &std::path::Path) -> Scheduler {
         let s = Scheduler {
             running: Mutex::new(Vec::new()),
             started: now(),
+            scratch: scratch.to_path_buf(),
         };
         s.apply(backups, repos);
         s
@@ -96,17 +104,33 @@ impl Scheduler {
                         ..Status::default()
                     }));
                     let task = tokio::spawn(run_loop(b.clone(), its_repos.clone(), status.clone()));
+                    let test = b
+                        .restore_test
+                        .as_ref()
+                        .filter(|t| t.identity.is_some())
+                        .map(|_| {
+                            tokio::spawn(test_loop(
+                                b.clone(),
+                                its_repos.clone(),
+                                status.clone(),
+                                self.scratch.clone(),
+                            ))
+                        });
                     running.push(Running {
                         backup: b.clone(),
                         repos: its_repos,
                         status,
                         task,
+                        test,
                     });
                 }
             }
         }
         for r in old {
             r.task.abort();
+            if let Some(t) = r.test {
+                t.abort();
+            }
         }
     }
 
@@ -131,10 +155,20 @@ impl Scheduler {
                     "next_run": s.next_run.map(crate::rfc3339),
                     "source_bytes": s.source_bytes,
                     "stored_bytes": s.stored_bytes,
+                    "restore_test": s.restore_test.as_ref().map(|t| json!({
+                        "ok": t.ok,
+                        "at": crate::rfc3339(t.at),
+                        "snapshot": t.snapshot,
+                        "rto_seconds": t.rto_secs,
+                        "rpo_seconds": t.rpo_secs,
+                        "error": t.error,
+                    })),
                 })
             })
             .collect();
-        let ok = list.iter().all(|v| v["last_error"].is_null());
+        let ok = list
+            .iter()
+            .all(|v| v["last_error"].is_null() && v["restore_test"]["ok"] != false);
         (ok, Value::Array(list))
     }
 }
@@ -143,6 +177,9 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         for r in lock(&self.running).drain(..) {
             r.task.abort();
+            if let Some(t) = r.test {
+                t.abort();
+            }
         }
     }
 }
@@ -179,6 +216,39 @@ async fn run_loop(b: Backup, repos: Vec<RepoCfg>, status: Arc<Mutex<Status>>) {
         run_once(&b, &repos, &status).await;
         let last = lock(&status).last_success;
         due = b.when.next_after(now(), last);
+    }
+}
+
+async fn test_loop(
+    b: Backup,
+    repos: Vec<RepoCfg>,
+    status: Arc<Mutex<Status>>,
+    scratch: std::path::PathBuf,
+) {
+    let Some(t) = b.restore_test.clone() else {
+        return;
+    };
+    let Some(identity) = t.identity.clone() else {
+        return;
+    };
+    while let Some(at) = t.schedule.next_after(now()) {
+        while now() < at {
+            tokio::time::sleep(Duration::from_secs((at - now()).min(60))).await;
+        }
+        let (bb, rr, id, sc) = (b.clone(), repos.clone(), identity.clone(), scratch.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || crate::restore_test::run(&bb, &rr, &id, &sc)).await;
+        match outcome {
+            Ok(o) => {
+                if o.ok {
+                    tracing::info!(backup = %b.name, rto_secs = o.rto_secs, rpo_secs = o.rpo_secs, "Restore test passed");
+                } else {
+                    tracing::error!(backup = %b.name, error = o.error.as_deref().unwrap_or(""), "Restore test failed");
+                }
+                lock(&status).restore_test = Some(o);
+            }
+            Err(e) => tracing::error!(backup = %b.name, error = %e, "Restore test task failed"),
+        }
     }
 }
 
@@ -234,6 +304,7 @@ impl Source for Scheduler {
             out.backups.push(BackupFigures {
                 age_from: s.last_success.unwrap_or(self.started),
                 last_success: s.last_success,
+                restore_test_failed: s.restore_test.as_ref().map(|t| !t.ok),
                 name: s.name,
             });
         }
@@ -275,6 +346,32 @@ impl Collect for Scheduler {
                 &[("backup", &s.name), ("kind", "stored")],
                 s.stored_bytes as f64,
             );
+        }
+        let tested: Vec<(&str, &crate::restore_test::Outcome)> = all
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), s.restore_test.as_ref()?)))
+            .collect();
+        for (name, help, value) in [
+            (
+                "centinela_restore_test_rto_seconds",
+                "Wall time of the last restore test, from its start to its checks passed (RTO).",
+                (|t: &crate::restore_test::Outcome| t.rto_secs) as fn(&crate::restore_test::Outcome) -> f64,
+            ),
+            (
+                "centinela_restore_test_rpo_seconds",
+                "Age of what the last restore test recovered (RPO).",
+                |t| t.rpo_secs,
+            ),
+            (
+                "centinela_restore_test_ok",
+                "1 when the last restore test passed (restored, checks passed, within max_rto and max_rpo), else 0.",
+                |t| f64::from(u8::from(t.ok)),
+            ),
+        ] {
+            out.family(name, help, MetricKind::Gauge);
+            for (b, t) in &tested {
+                out.gauge(&[("backup", b)], value(t));
+            }
         }
         out.family(
             "centinela_backup_runs",

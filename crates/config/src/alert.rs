@@ -41,6 +41,8 @@ pub enum Signal {
     /// Hours since the backup's last successful snapshot (or since
     /// centinela started, when it has none).
     BackupAge,
+    /// 1 when the backup's last restore test failed, 0 when it passed.
+    RestoreTestFailed,
 }
 
 /// What a signal is about.
@@ -65,7 +67,7 @@ impl TargetKind {
     }
 }
 
-const SIGNALS: [(&str, Signal); 12] = [
+const SIGNALS: [(&str, Signal); 13] = [
     ("error_ratio", Signal::ErrorRatio),
     ("latency_p99", Signal::LatencyP99),
     ("request_rate", Signal::RequestRate),
@@ -78,6 +80,7 @@ const SIGNALS: [(&str, Signal); 12] = [
     ("cert_expiry_days", Signal::CertExpiryDays),
     ("slo_burn", Signal::SloBurn),
     ("backup_age", Signal::BackupAge),
+    ("restore_test_failed", Signal::RestoreTestFailed),
 ];
 
 impl Signal {
@@ -98,7 +101,7 @@ impl Signal {
             Signal::InstancesReady | Signal::Restarts | Signal::CrashLooping => TargetKind::Service,
             Signal::ProbeFailed | Signal::CertExpiryDays => TargetKind::Probe,
             Signal::SloBurn => TargetKind::Slo,
-            Signal::BackupAge => TargetKind::Backup,
+            Signal::BackupAge | Signal::RestoreTestFailed => TargetKind::Backup,
         }
     }
 
@@ -124,9 +127,10 @@ impl Signal {
     /// things fire from the first one. `None`: `below` or `above` is required.
     fn default_threshold(self) -> Option<Threshold> {
         match self {
-            Signal::ServerDown | Signal::CrashLooping | Signal::ProbeFailed => {
-                Some(Threshold::Above(0.0))
-            }
+            Signal::ServerDown
+            | Signal::CrashLooping
+            | Signal::ProbeFailed
+            | Signal::RestoreTestFailed => Some(Threshold::Above(0.0)),
             Signal::SloBurn => Some(Threshold::Above(1.0)),
             _ => None,
         }
@@ -608,6 +612,16 @@ pub fn builtin(
             Duration::ZERO,
             Severity::Ticket,
         ));
+        if b.restore_test.is_some() {
+            out.push(rule(
+                format!("restore-test-failed.{}", b.name),
+                Signal::RestoreTestFailed,
+                &b.name,
+                Threshold::Above(0.0),
+                Duration::ZERO,
+                Severity::Ticket,
+            ));
+        }
     }
     out
 }

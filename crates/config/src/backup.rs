@@ -142,6 +142,10 @@ pub struct RestoreTest {
     pub checks: Vec<Check>,
     pub max_rto: Duration,
     pub max_rpo: Duration,
+    /// The age identity file the scheduled test reads the backup with.
+    /// Without it the test runs only by hand (`restore-test --identity`):
+    /// a host that holds it can read its backups.
+    pub identity: Option<PathBuf>,
 }
 
 /// A query run against the restored data: its single number must be at
@@ -423,10 +427,19 @@ fn backup(
         },
     };
     let restore_test = o.sub(sink, "restore_test").and_then(|mut t| {
-        let r = restore_test(sink, &mut t, &span);
+        let r = restore_test(sink, &mut t, &span, base);
         t.finish(sink);
         r
     });
+    if let (Some(Source::Files { .. }), Some(t)) = (&source, &restore_test) {
+        if !t.checks.is_empty() {
+            sink.error(
+                &span,
+                &format!("{path}.restore_test.checks"),
+                "checks are SQL queries: they apply to sqlite and postgres backups",
+            );
+        }
+    }
     o.finish(sink);
     match &source {
         Some(Source::Files { .. } | Source::Sqlite { .. }) => {}
@@ -508,7 +521,16 @@ fn restore_test(
     sink: &mut Sink<'_>,
     t: &mut Obj<'_, '_>,
     span: &Range<usize>,
+    base: &Path,
 ) -> Option<RestoreTest> {
+    let identity = t.str(sink, "identity").map(|(p, _)| base.join(p));
+    if identity.is_none() {
+        sink.warn(
+            span,
+            &t.path.clone(),
+            "restore_test has no `identity`: it runs only by `centinela restore-test NAME --identity KEY`, not on its schedule",
+        );
+    }
     let schedule = match t.str(sink, "schedule") {
         Some((s, sspan)) => match Cron::parse(&s) {
             Ok(c) => Some(c),
@@ -556,6 +578,7 @@ fn restore_test(
         checks,
         max_rto,
         max_rpo,
+        identity,
     })
 }
 

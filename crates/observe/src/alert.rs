@@ -270,6 +270,12 @@ impl Evaluator {
         let over_ms = rule.over.as_millis() as u64;
         match rule.signal {
             Signal::HealthyServers => now.upstream(&rule.target).map(|u| u.healthy() as f64),
+            Signal::RestoreTestFailed => now
+                .backups
+                .iter()
+                .find(|b| b.name == rule.target)
+                .and_then(|b| b.restore_test_failed)
+                .map(|f| f64::from(u8::from(f))),
             Signal::BackupAge => now
                 .backups
                 .iter()

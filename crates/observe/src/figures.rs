@@ -79,6 +79,8 @@ pub struct BackupFigures {
     /// Its age counts from here: the last success, or when centinela
     /// started watching a backup that has none.
     pub age_from: u64,
+    /// Whether the last restore test failed (`None`: none ran yet).
+    pub restore_test_failed: Option<bool>,
 }
 
 /// The last result of an uptime probe.

@@ -89,6 +89,17 @@ pub(super) struct RestoreCmd {
     config: PathBuf,
 }
 
+#[derive(clap::Args)]
+pub(super) struct RestoreTestCmd {
+    /// The [backup.NAME] whose restore_test to run now.
+    name: String,
+    /// The age identity file (default: restore_test.identity).
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    #[arg(long, short, default_value = "centinela.toml")]
+    config: PathBuf,
+}
+
 fn find<'a>(cfg: &'a Config, name: &str) -> Result<&'a Backup, ExitCode> {
     cfg.backups.iter().find(|b| b.name == name).ok_or_else(|| {
         let known: Vec<&str> = cfg.backups.iter().map(|b| b.name.as_str()).collect();
@@ -316,6 +327,55 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `centinela restore-test NAME`: restores the newest snapshot into a
+/// scratch directory, runs the checks, prints RTO and RPO; exit 1 when it
+/// fails.
+pub(super) fn restore_test(cmd: RestoreTestCmd) -> ExitCode {
+    let loaded = match load(&cmd.config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let cfg = &loaded.config;
+    let b = match find(cfg, &cmd.name) {
+        Ok(b) => b,
+        Err(c) => return c,
+    };
+    let Some(t) = &b.restore_test else {
+        eprintln!("error: backup {} has no restore_test in the config", b.name);
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let Some(identity) = cmd.identity.or_else(|| t.identity.clone()) else {
+        eprintln!("error: give --identity KEY (or restore_test.identity in the config)");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let o = centinela_backup::restore_test::run(b, &cfg.repos, &identity, &cfg.runtime.state_dir);
+    for (sql, value, min, pass) in &o.checks {
+        let v = value.map_or("error".to_string(), |v| v.to_string());
+        println!(
+            "{}: check {sql:?}: {v} (at least {min}): {}",
+            b.name,
+            if *pass { "ok" } else { "FAILED" }
+        );
+    }
+    println!(
+        "{}: restore test {}: snapshot {}, RTO {:.1} s (max {} s), RPO {:.0} s (max {} s)",
+        b.name,
+        if o.ok { "passed" } else { "FAILED" },
+        o.snapshot.as_deref().unwrap_or("-"),
+        o.rto_secs,
+        t.max_rto.as_secs(),
+        o.rpo_secs,
+        t.max_rpo.as_secs()
+    );
+    match o.error {
+        None => ExitCode::SUCCESS,
+        Some(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

@@ -83,6 +83,8 @@ enum Command {
     Backup(backup::BackupCmd),
     /// Restore a backup's snapshot into a directory.
     Restore(backup::RestoreCmd),
+    /// Run a backup's restore_test now: restore, checks, RTO and RPO.
+    RestoreTest(backup::RestoreTestCmd),
     /// Print a systemd unit (Type=notify, watchdog, Restart=always) for centinela.
     SystemdUnit {
         #[arg(long, short, default_value = "/etc/centinela/centinela.toml")]
@@ -119,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Alerts(a) => alerts::alerts(a),
         Command::Backup(b) => backup::backup(b),
         Command::Restore(r) => backup::restore(r),
+        Command::RestoreTest(r) => backup::restore_test(r),
         Command::Restart(c) => control::control("restart", c),
         Command::Stop(c) => control::control("stop", c),
         Command::Start(c) => control::control("start", c),

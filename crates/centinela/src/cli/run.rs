@@ -126,6 +126,7 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     let backups = Arc::new(centinela_backup::Scheduler::start(
         &observe_cfg.backups,
         &observe_cfg.repos,
+        &observe_cfg.runtime.state_dir,
     ));
     observer.add_source(gw.source());
     observer.add_source(Arc::new(supervisor.view()));

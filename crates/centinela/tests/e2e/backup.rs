@@ -364,6 +364,38 @@ async fn sqlite_snapshots_taken_while_products_api_writes_restore_intact() {
     }
     assert!(created_after.len() > before[2].len());
     drop(api);
+
+    // The restore test by hand: checks against the restored database.
+    for (min, ok) in [(1, true), (1_000_000, false)] {
+        let mut text_cfg = std::fs::read_to_string(&cfg).unwrap();
+        if let Some(i) = text_cfg.find("restore_test") {
+            text_cfg.truncate(i);
+        }
+        text_cfg.push_str(&format!(
+            "restore_test = {{ schedule = \"0 5 * * 0\", checks = [ {{ sql = \"SELECT count(*) FROM products\", min = {min} }} ], max_rto = \"5m\", max_rpo = \"1h\" }}\n"
+        ));
+        std::fs::write(&cfg, text_cfg).unwrap();
+        let out = cli_async(args(&[
+            "restore-test",
+            "catalogue",
+            "--identity",
+            key.to_str().unwrap(),
+        ]))
+        .await;
+        assert_eq!(out.status.success(), ok, "{}", text(&out));
+        let t = text(&out);
+        if ok {
+            assert!(
+                t.contains("restore test passed") && t.contains("(at least 1): ok"),
+                "{t}"
+            );
+        } else {
+            assert!(
+                t.contains("restore test FAILED") && t.contains("at least 1000000 wanted"),
+                "{t}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,6 +437,7 @@ every = "3s"
 repos = ["local"]
 encrypt_to = ["{recipient}"]
 keep = {{ last = 2 }}
+restore_test = {{ schedule = "* * * * *", identity = "backup.key", max_rpo = "1h" }}
 
 [backup.broken]
 kind = "files"
@@ -502,6 +535,29 @@ shutdown_timeout = "2s"
         "{:?}",
         hook.received()
     );
+    // The restore test runs at the next minute: restored, timed, reported.
+    assert!(
+        eventually(Duration::from_secs(75), || async {
+            let m = crate::alerts::metrics(r.admin).await;
+            metric(&m, "centinela_restore_test_ok{backup=\"site\"}") == Some(1.0)
+        })
+        .await,
+        "{}",
+        crate::alerts::metrics(r.admin).await
+    );
+    let m = crate::alerts::metrics(r.admin).await;
+    let rto = metric(&m, "centinela_restore_test_rto_seconds{backup=\"site\"}").unwrap();
+    let rpo = metric(&m, "centinela_restore_test_rpo_seconds{backup=\"site\"}").unwrap();
+    assert!(rto > 0.0 && rto < 30.0 && (0.0..30.0).contains(&rpo), "{m}");
+    let (_, health) = crate::alerts::admin_json(r.admin, "/-/health/detailed").await;
+    let site = health["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "site")
+        .unwrap()
+        .clone();
+    assert_eq!(site["restore_test"]["ok"], true, "{site}");
     crate::alerts::stop(r).await;
     // Prune ran after each backup: at most `last = 2` remain.
     let out = cli(&[

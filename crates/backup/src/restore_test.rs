@@ -1,0 +1,116 @@
+//! The restore test: the newest snapshot restored into a scratch directory
+//! on this host, the `checks` run against it, and the two figures the
+//! brief asks of a backup: RTO (wall time from the start to the checks
+//! passed) and RPO (the age of what was recovered: the snapshot's time).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use centinela_config::backup::{Backup, Repo as RepoCfg};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::ops::{self, Restored, Which};
+use crate::repo::{Opener, Result};
+
+/// What a restore test found.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Restored, checks passed, and within max_rto and max_rpo.
+    pub ok: bool,
+    pub snapshot: Option<String>,
+    pub rto_secs: f64,
+    pub rpo_secs: f64,
+    /// Each check: its SQL, the number it gave, the minimum, pass.
+    pub checks: Vec<(String, Option<i64>, i64, bool)>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// Unix seconds when it ran.
+    pub at: u64,
+}
+
+/// Removes the scratch directory, however the test ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the restore test of `b` (it must have `restore_test`), reading
+/// the backup with the identity file `identity`, in a scratch directory
+/// under `scratch_root`.
+pub fn run(b: &Backup, repos: &[RepoCfg], identity: &Path, scratch_root: &Path) -> Outcome {
+    let at = now();
+    let started = Instant::now();
+    let mut out = Outcome {
+        at,
+        ..Outcome::default()
+    };
+    let Some(t) = &b.restore_test else {
+        out.error = Some(format!("backup {} has no restore_test", b.name));
+        return out;
+    };
+    let scratch = Scratch(scratch_root.join(format!(
+        "centinela-restore-test-{}-{:08x}",
+        b.name,
+        fastrand::u32(..)
+    )));
+    let result: Result<()> = (|| {
+        let opener = Opener::from_file(identity)?;
+        let (_, idx, restored) = ops::restore(b, repos, None, Which::Latest, &scratch.0, &opener)?;
+        out.snapshot = Some(idx.id.clone());
+        out.rpo_secs = at.saturating_sub(idx.finished) as f64;
+        if let Restored::Sqlite(db) = &restored {
+            let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| format!("{}: {e}", db.display()))?;
+            for check in &t.checks {
+                let got: std::result::Result<i64, _> = c.query_row(&check.sql, [], |r| r.get(0));
+                let (value, pass) = match got {
+                    Ok(v) => (Some(v), v >= check.min),
+                    Err(_) => (None, false),
+                };
+                out.checks.push((check.sql.clone(), value, check.min, pass));
+            }
+        }
+        Ok(())
+    })();
+    out.rto_secs = started.elapsed().as_secs_f64();
+    let mut why = Vec::new();
+    if let Err(e) = result {
+        why.push(e);
+    }
+    for (sql, value, min, pass) in &out.checks {
+        if !pass {
+            why.push(match value {
+                Some(v) => format!("check {sql:?} gave {v}, at least {min} wanted"),
+                None => format!("check {sql:?} failed to run"),
+            });
+        }
+    }
+    if out.snapshot.is_some() {
+        if out.rto_secs > t.max_rto.as_secs_f64() {
+            why.push(format!(
+                "RTO {:.1} s is over max_rto {} s",
+                out.rto_secs,
+                t.max_rto.as_secs()
+            ));
+        }
+        if out.rpo_secs > t.max_rpo.as_secs_f64() {
+            why.push(format!(
+                "RPO {:.0} s is over max_rpo {} s",
+                out.rpo_secs,
+                t.max_rpo.as_secs()
+            ));
+        }
+    }
+    out.ok = why.is_empty();
+    out.error = (!why.is_empty()).then(|| why.join("; "));
+    out
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
