@@ -165,10 +165,11 @@ impl Repo {
                 let key = format!("snapshots/{backup}/{name}");
                 let v: Value = serde_json::from_slice(&self.get(&key)?)
                     .map_err(|e| format!("snapshot {id}: its index is not valid JSON: {e}"))?;
-                out.push(
-                    parse_index(&v)
-                        .ok_or_else(|| format!("snapshot {id}: its index is malformed"))?,
-                );
+                // A tampered index cannot name another file or a path.
+                let idx = parse_index(&v)
+                    .filter(|i| i.id == id && i.backup == backup)
+                    .ok_or_else(|| format!("snapshot {id}: its index is malformed"))?;
+                out.push(idx);
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -191,6 +192,11 @@ impl Repo {
     }
 }
 
+/// 64 lowercase hex digits: a BLAKE3 hash as chunks are named.
+fn is_chunk_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn parse_index(v: &Value) -> Option<Index> {
     let stored = |v: &Value| -> Option<Stored> {
         Some(Stored {
@@ -211,7 +217,10 @@ fn parse_index(v: &Value) -> Option<Index> {
             .get("chunks")?
             .as_array()?
             .iter()
-            .map(|c| Some((c.get("id")?.as_str()?.to_string(), stored(c)?)))
+            .map(|c| {
+                let id = c.get("id")?.as_str()?;
+                is_chunk_id(id).then(|| Some((id.to_string(), stored(c)?)))?
+            })
             .collect::<Option<_>>()?,
     })
 }

@@ -226,6 +226,25 @@ fn corruption_and_wrong_keys_are_named_and_never_restored() {
     }
     let e = restore(&repo, &opener, &idx, &d.0.join("t1")).unwrap_err();
     assert!(e.contains(&idx.id) && e.contains("chunk "), "{e}");
+
+    // A tampered index (a chunk id that is no hash, or another snapshot's
+    // name) is refused, never followed.
+    let index = d.0.join(format!("repo/snapshots/site/{}.index", idx.id));
+    let good = std::fs::read_to_string(&index).unwrap();
+    for bad in [
+        good.replacen(&ids[0], "../../x", 1),
+        good.replacen(
+            &format!("\"snapshot\":\"{}\"", idx.id),
+            "\"snapshot\":\"../other\"",
+            1,
+        ),
+    ] {
+        assert_ne!(bad, good);
+        std::fs::write(&index, &bad).unwrap();
+        let e = repo.indexes("site").unwrap_err();
+        assert!(e.contains("malformed"), "{e}");
+        assert!(verify(&repo, "site", None).is_err());
+    }
 }
 
 #[test]

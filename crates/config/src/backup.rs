@@ -280,12 +280,12 @@ pub(crate) fn backups(
     for (k, v) in all.table.iter() {
         let name: &str = k.get_ref().as_ref();
         let path = format!("backup.{name}");
-        if !is_name(name) {
+        if !is_name(name) || name.starts_with('.') {
             sink.error(
                 &k.span(),
                 &path,
                 format!(
-                    "{name:?} is not a valid backup name: use letters, digits, '-', '_' and '.'"
+                    "{name:?} is not a valid backup name: use letters, digits, '-', '_' and '.', not first"
                 ),
             );
         }
