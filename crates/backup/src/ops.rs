@@ -20,6 +20,30 @@ pub fn open(cfg: &RepoCfg) -> Result<Repo> {
     }
 }
 
+/// Checks that a repo can take backups (for `check`): a local one is a
+/// repository or an empty or missing directory that can be made, and a
+/// file can be written in it. Nothing is left behind.
+pub fn writable(cfg: &RepoCfg) -> Result<()> {
+    let Store::Local(path) = &cfg.store else {
+        return Err("S3 repositories are not built yet (issue #11)".into());
+    };
+    let existed = path.exists();
+    let repo = Repo::open(path)?;
+    let probe = path
+        .join("tmp")
+        .join(format!("check-{:08x}", fastrand::u32(..)));
+    let result = std::fs::create_dir_all(path.join("tmp"))
+        .and_then(|()| std::fs::write(&probe, b"centinela check\n"))
+        .map_err(|e| format!("{} is not writable: {e}", path.display()));
+    let _ = std::fs::remove_file(&probe);
+    drop(repo);
+    if !existed {
+        // check changes nothing: the repository is made by the first backup.
+        let _ = std::fs::remove_dir_all(path);
+    }
+    result
+}
+
 /// The backup's repos, in its order (all of them, or the one named).
 fn repos<'a>(b: &Backup, all: &'a [RepoCfg], only: Option<&str>) -> Result<Vec<&'a RepoCfg>> {
     if let Some(r) = only {

@@ -39,6 +39,33 @@ pub(super) fn check(path: &Path) -> ExitCode {
             if c.notifiers.is_empty() && !c.alerts.is_empty() {
                 println!("no notifier: alerts are evaluated and shown, but nobody is told; the built-in rules are off until a [notify.NAME] exists");
             }
+            // Backups: where they go must take them.
+            let mut bad = false;
+            for b in &c.backups {
+                let when = match &b.when {
+                    centinela_config::backup::When::Cron(c) => {
+                        format!("schedule {:?}", c.to_string())
+                    }
+                    centinela_config::backup::When::Every(d) => {
+                        format!("every {}", centinela_config::units::format_duration(*d))
+                    }
+                };
+                println!(
+                    "backup {} ({}): {when}, to {}",
+                    b.name,
+                    b.source.kind(),
+                    b.repos.join(", ")
+                );
+            }
+            for r in &c.repos {
+                if let Err(e) = centinela_backup::ops::writable(r) {
+                    eprintln!("{}: repo.{}: {e}", path.display(), r.name);
+                    bad = true;
+                }
+            }
+            if bad {
+                return ExitCode::from(super::EXIT_CONFIG);
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,

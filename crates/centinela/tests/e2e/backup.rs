@@ -86,6 +86,26 @@ keep = {{ last = 1 }}
     .unwrap();
     let c = cfg.to_str().unwrap();
 
+    // check names the backup, and leaves no repository behind.
+    let out = cli(&["check", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("backup site (files): every 6h, to local"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path("repo").exists());
+    // A repo where no directory can be made is a check error.
+    let bad = dir.path("bad.toml");
+    let body = std::fs::read_to_string(&cfg).unwrap().replace(
+        "path = \"repo\"",
+        &format!("path = \"{}/portal.conf/repo\"", src.display()),
+    );
+    std::fs::write(&bad, body).unwrap();
+    let out = cli(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("repo.local"), "{}", text(&out));
+
     let out = cli(&["backup", "run", "site", "--config", c]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("snapshot "), "{}", text(&out));
