@@ -5,7 +5,8 @@
 # prometheus (promtool checks /metrics, a real Prometheus scrapes it),
 # python3-aiosmtpd (a real SMTP server receives alert mail), and chromium
 # with chromium-driver (a headless browser drives the dashboard), and age
-# (the reference age tool reads what the backup repository encrypts).
+# (the reference age tool reads what the backup repository encrypts), and
+# postgresql (throwaway servers that the backup tests back up and restore).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(pro
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 command -v age >/dev/null && command -v age-keygen >/dev/null || need+=(age)
+ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     echo "Installing ${need[*]} for the tests" >&2
     sudo_=""

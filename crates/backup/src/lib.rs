@@ -8,6 +8,7 @@
 
 pub mod files;
 pub mod ops;
+pub mod postgres;
 pub mod repo;
 pub mod restore_test;
 pub mod retention;

@@ -91,12 +91,9 @@ fn snapshot(b: &Backup, repo: &Repo, sealer: &Sealer) -> Result<Index> {
     let manifest = match &b.source {
         Source::Files { paths } => files::backup(&mut w, paths)?.0,
         Source::Sqlite { path } => crate::sqlite::backup(&mut w, path)?,
-        other => {
-            return Err(format!(
-                "kind = {:?} backups are not built yet (issue #11)",
-                other.kind()
-            ))
-        }
+        Source::Postgres {
+            connect, password, ..
+        } => crate::postgres::backup(&mut w, connect, password.as_ref().map(|p| p.expose()))?,
     };
     w.finish(manifest)
 }
@@ -165,6 +162,8 @@ pub enum Restored {
     Files(files::Walked),
     /// The database file, checked by `PRAGMA integrity_check`.
     Sqlite(std::path::PathBuf),
+    /// A PostgreSQL data directory, ready to start.
+    Postgres(std::path::PathBuf),
 }
 
 /// Restores a snapshot into `target` from the first repo (in the backup's
@@ -201,6 +200,9 @@ pub fn restore(
         let restored = match manifest.get("kind").and_then(serde_json::Value::as_str) {
             Some("files") => Restored::Files(files::restore(&reader, &manifest, target)?),
             Some("sqlite") => Restored::Sqlite(crate::sqlite::restore(&reader, &manifest, target)?),
+            Some("postgres") => {
+                Restored::Postgres(crate::postgres::restore(&reader, &manifest, target)?)
+            }
             other => {
                 return Err(format!(
                     "snapshot {}: cannot restore kind {other:?} yet",

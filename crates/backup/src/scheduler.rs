@@ -66,7 +66,10 @@ fn now() -> u64 {
 
 /// The kinds this build can run.
 fn runnable(b: &Backup) -> bool {
-    matches!(b.source, Kind::Files { .. } | Kind::Sqlite { .. })
+    matches!(
+        b.source,
+        Kind::Files { .. } | Kind::Sqlite { .. } | Kind::Postgres { .. }
+    )
 }
 
 impl Scheduler {

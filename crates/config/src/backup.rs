@@ -441,17 +441,16 @@ fn backup(
         }
     }
     o.finish(sink);
-    match &source {
-        Some(Source::Files { .. } | Source::Sqlite { .. }) => {}
-        Some(s) => sink.warn(
+    if let Some(Source::Postgres {
+        wal: Wal::Archive | Wal::Stream,
+        ..
+    }) = &source
+    {
+        sink.warn(
             &span,
             path,
-            format!(
-                "kind = {:?} backups are not built yet (issue #11): nothing is backed up",
-                s.kind()
-            ),
-        ),
-        None => {}
+            "WAL archiving and point-in-time recovery are not built yet (issue #11): only base backups are taken, so RPO is the schedule's gap",
+        );
     }
     let refs = RepoRefs {
         path: path.to_string(),

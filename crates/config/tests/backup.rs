@@ -61,7 +61,7 @@ keep = {{ daily = 7 }}
             .iter()
             .any(|w| w.contains(name) && w.contains(what))
     };
-    assert!(said("backup.products-db", "not built yet"), "{warnings:?}");
+    assert!(said("backup.products-db", "WAL archiving"), "{warnings:?}");
     assert!(said("repo.offsite", "not built yet"), "{warnings:?}");
     let cfg = loaded.config;
     assert_eq!(cfg.repos.len(), 2);

@@ -21,6 +21,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+pub mod pg;
 pub mod tls;
 
 /// Polls `check` until it returns true or `deadline` passes.

@@ -317,6 +317,10 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
                     w.files, w.dirs, w.links
                 ),
                 Restored::Sqlite(db) => format!("{} (integrity_check: ok)", db.display()),
+                Restored::Postgres(dir) => format!(
+                    "a PostgreSQL data directory at {} (start it as the user that owns it)",
+                    dir.display()
+                ),
             };
             println!(
                 "{}: snapshot {} from repo {repo} restored into {}: {what}",

@@ -592,3 +592,77 @@ shutdown_timeout = "2s"
     let n = v["snapshots"].as_array().unwrap().len();
     assert!((1..=2).contains(&n), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_base_backup_restores_into_a_server_that_starts() {
+    use centinela_testkit::pg::Postgres;
+    let dir = TempDir::new("backup-pg");
+    let pg = Postgres::init(&dir.path("primary")).await;
+    pg.psql("CREATE TABLE products (id serial PRIMARY KEY, name text NOT NULL)");
+    pg.psql("INSERT INTO products (name) SELECT 'p' || g FROM generate_series(1, 5000) g");
+    let key = dir.path("backup.key");
+    let recipient = keygen(&key);
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\n\n[repo.local]\npath = \"repo\"\n\n[backup.products-db]\nkind = \"postgres\"\nconnect = \"{}\"\nwal = \"off\"\nschedule = \"0 3 * * *\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\n",
+            pg.conninfo()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let out = cli(&["backup", "run", "products-db", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Rows written after the backup are not in it.
+    pg.psql("INSERT INTO products (name) VALUES ('after')");
+    // A second base backup of a barely changed cluster stores a fraction.
+    let out = cli(&["backup", "run", "products-db", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli(&["backup", "list", "products-db", "--json", "--config", c]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let snaps = v["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2, "{v}");
+    let (first, second) = (&snaps[0], &snaps[1]);
+    assert!(
+        second["added_bytes"].as_u64().unwrap() * 3 < first["added_bytes"].as_u64().unwrap(),
+        "the second base backup stored about as much as the first: {v}"
+    );
+
+    let target = dir.path("restored").join("data");
+    let out = cli(&[
+        "restore",
+        "products-db",
+        "--snapshot",
+        first["snapshot"].as_str().unwrap(),
+        "--target",
+        target.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+        "--config",
+        c,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    drop(pg);
+    let restored = Postgres::start(&target).await;
+    assert_eq!(restored.psql("SELECT count(*) FROM products"), "5000");
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM products WHERE name = 'after'"),
+        "0"
+    );
+
+    // A server that cannot be reached: pg_basebackup's reason, exit 1, and
+    // the conninfo is not repeated.
+    let body = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("port={}", restored.port), "port=1");
+    std::fs::write(&cfg, body).unwrap();
+    let out = cli(&["backup", "run", "products-db", "--config", c]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("pg_basebackup failed"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("dbname=postgres"), "{}", text(&out));
+}
