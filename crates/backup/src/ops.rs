@@ -44,6 +44,11 @@ pub fn writable(cfg: &RepoCfg) -> Result<()> {
     result
 }
 
+/// The backup's repos, in its order.
+pub fn repos_of<'a>(b: &Backup, all: &'a [RepoCfg]) -> Result<Vec<&'a RepoCfg>> {
+    repos(b, all, None)
+}
+
 /// The backup's repos, in its order (all of them, or the one named).
 fn repos<'a>(b: &Backup, all: &'a [RepoCfg], only: Option<&str>) -> Result<Vec<&'a RepoCfg>> {
     if let Some(r) = only {
@@ -141,8 +146,21 @@ pub fn prune(
         .into_iter()
         .map(|cfg| {
             let repo = open(cfg)?;
-            let p = crate::repo::prune(&repo, &b.name, b.keep, dry_run)
+            let mut p = crate::repo::prune(&repo, &b.name, b.keep, dry_run)
                 .map_err(|e| format!("repo {}: {e}", cfg.name))?;
+            // WAL back to the oldest kept base backup: every kept one can
+            // be recovered to any point after it.
+            if matches!(b.source, Source::Postgres { .. }) {
+                let kept = repo.indexes(&b.name)?;
+                let oldest = kept
+                    .iter()
+                    .filter(|i| !dry_run || !p.forgotten.contains(&i.id))
+                    .filter_map(|i| i.wal_start.clone())
+                    .min();
+                if let Some(oldest) = oldest {
+                    p.wal_deleted = crate::wal::cleanup(&repo, &b.name, &oldest, dry_run)?;
+                }
+            }
             Ok((cfg.name.clone(), p))
         })
         .collect()
@@ -175,6 +193,7 @@ pub fn restore(
     which: Which<'_>,
     target: &Path,
     opener: &Opener,
+    recovery: Option<&crate::postgres::Recovery>,
 ) -> Result<(String, Index, Restored)> {
     let mut last_err = None;
     for cfg in repos(b, all, only)? {
@@ -201,7 +220,11 @@ pub fn restore(
             Some("files") => Restored::Files(files::restore(&reader, &manifest, target)?),
             Some("sqlite") => Restored::Sqlite(crate::sqlite::restore(&reader, &manifest, target)?),
             Some("postgres") => {
-                Restored::Postgres(crate::postgres::restore(&reader, &manifest, target)?)
+                let dir = crate::postgres::restore(&reader, &manifest, target)?;
+                if let Some(r) = recovery {
+                    r.write(&dir)?;
+                }
+                Restored::Postgres(dir)
             }
             other => {
                 return Err(format!(

@@ -48,6 +48,7 @@ pub fn backup(w: &mut Writer<'_>, connect: &str, password: Option<&str>) -> Resu
         "fetch",
         "--checkpoint=fast",
         "--no-password",
+        "--verbose",
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
@@ -85,6 +86,12 @@ pub fn backup(w: &mut Writer<'_>, connect: &str, password: Option<&str>) -> Resu
         return Err(format!("pg_basebackup failed ({status}): {why}"));
     }
     let chunks = streamed?;
+    // "pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1"
+    w.wal_start = messages.lines().find_map(|l| {
+        let rest = l.split("write-ahead log start point: ").nth(1)?;
+        let (lsn, tl) = rest.split_once(" on timeline ")?;
+        crate::wal::segment_of(lsn.trim(), tl.trim().parse().ok()?)
+    });
     Ok(json!({
         "kind": "postgres",
         "format": "tar",
@@ -139,4 +146,65 @@ pub fn restore(r: &Reader<'_>, manifest: &Value, target: &Path) -> Result<PathBu
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("cannot set the mode of {}: {e}", target.display()))?;
     Ok(target.to_path_buf())
+}
+
+/// What a point-in-time restore adds to the data directory:
+/// `recovery.signal`, and in `postgresql.auto.conf` the command that
+/// fetches archived WAL and the target.
+pub struct Recovery {
+    /// `restore_command`, with `%f` and `%p`.
+    pub restore_command: String,
+    /// RFC 3339 (`--to`); `None`: recover to the end of the archive.
+    pub target_time: Option<String>,
+}
+
+impl Recovery {
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let mut conf = format!(
+            "\n# Written by centinela restore\nrestore_command = {}\n",
+            quote(&self.restore_command)
+        );
+        if let Some(t) = &self.target_time {
+            conf.push_str(&format!(
+                "recovery_target_time = {}\nrecovery_target_action = 'promote'\n",
+                quote(&pg_time(t))
+            ));
+        }
+        let auto = dir.join("postgresql.auto.conf");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&auto)
+            .map_err(|e| format!("cannot write {}: {e}", auto.display()))?;
+        f.write_all(conf.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", auto.display()))?;
+        let signal = dir.join("recovery.signal");
+        std::fs::write(&signal, b"").map_err(|e| format!("cannot write {}: {e}", signal.display()))
+    }
+}
+
+/// An RFC 3339 time as PostgreSQL 15's `recovery_target_time` takes it:
+/// a space for the `T`, and `+00` for `Z` (which it refuses).
+fn pg_time(t: &str) -> String {
+    let t = t.replacen(['T', 't'], " ", 1);
+    match t.strip_suffix(['Z', 'z']) {
+        Some(base) => format!("{base}+00"),
+        None => t,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn target_times_in_postgres_form() {
+        assert_eq!(
+            super::pg_time("2026-12-01T10:00:00Z"),
+            "2026-12-01 10:00:00+00"
+        );
+        assert_eq!(
+            super::pg_time("2026-12-01T10:00:00.25+01:00"),
+            "2026-12-01 10:00:00.25+01:00"
+        );
+    }
 }

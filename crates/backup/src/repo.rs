@@ -62,6 +62,9 @@ pub struct Index {
     pub manifest: Stored,
     /// Every chunk the snapshot uses, once each.
     pub chunks: Vec<(String, Stored)>,
+    /// PostgreSQL: the WAL segment the base backup starts in (recovery
+    /// needs it and every later one).
+    pub wal_start: Option<String>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
@@ -222,6 +225,11 @@ fn parse_index(v: &Value) -> Option<Index> {
                 is_chunk_id(id).then(|| Some((id.to_string(), stored(c)?)))?
             })
             .collect::<Option<_>>()?,
+        wal_start: v
+            .get("wal_start")
+            .and_then(Value::as_str)
+            .filter(|w| w.len() == 24 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_string),
     })
 }
 
@@ -327,6 +335,8 @@ pub struct Writer<'a> {
     pub added_bytes: u64,
     /// Synthetic times (tests, imports): started and finished at this.
     at: Option<u64>,
+    /// PostgreSQL: the base backup's first WAL segment.
+    pub wal_start: Option<String>,
     _lock: Lock,
 }
 
@@ -375,6 +385,7 @@ impl<'a> Writer<'a> {
             source_bytes: 0,
             added_bytes: 0,
             at: None,
+            wal_start: None,
             _lock: lock,
         })
     }
@@ -455,6 +466,7 @@ impl<'a> Writer<'a> {
             "added_bytes": self.added_bytes,
             "manifest": { "b3": manifest.b3, "size": manifest.size },
             "chunks": chunks,
+            "wal_start": self.wal_start,
         });
         self.repo
             .put(&format!("{base}.index"), index.to_string().as_bytes())?;
@@ -468,6 +480,7 @@ impl<'a> Writer<'a> {
             added_bytes: self.added_bytes,
             manifest,
             chunks: std::mem::take(&mut self.used),
+            wal_start: self.wal_start.take(),
         })
     }
 }
@@ -722,6 +735,8 @@ pub struct Pruned {
     pub kept: Vec<(String, Vec<&'static str>)>,
     pub chunks_deleted: u64,
     pub bytes_deleted: u64,
+    /// PostgreSQL: archived WAL segments older than every kept base backup.
+    pub wal_deleted: u64,
 }
 
 /// Forgets the snapshots of `backup` that `keep` does not keep, then

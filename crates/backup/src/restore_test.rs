@@ -58,7 +58,8 @@ pub fn run(b: &Backup, repos: &[RepoCfg], identity: &Path, scratch_root: &Path) 
     )));
     let result: Result<()> = (|| {
         let opener = Opener::from_file(identity)?;
-        let (_, idx, restored) = ops::restore(b, repos, None, Which::Latest, &scratch.0, &opener)?;
+        let (_, idx, restored) =
+            ops::restore(b, repos, None, Which::Latest, &scratch.0, &opener, None)?;
         out.snapshot = Some(idx.id.clone());
         out.rpo_secs = at.saturating_sub(idx.finished) as f64;
         if matches!(restored, Restored::Postgres(_)) && !t.checks.is_empty() {

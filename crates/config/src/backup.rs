@@ -442,14 +442,13 @@ fn backup(
     }
     o.finish(sink);
     if let Some(Source::Postgres {
-        wal: Wal::Archive | Wal::Stream,
-        ..
+        wal: Wal::Stream, ..
     }) = &source
     {
         sink.warn(
             &span,
             path,
-            "WAL archiving and point-in-time recovery are not built yet (issue #11): only base backups are taken, so RPO is the schedule's gap",
+            "wal = \"stream\" is not built yet (issue #11): use \"archive\" (archive_command = 'centinela wal-push NAME %p --config FILE')",
         );
     }
     let refs = RepoRefs {

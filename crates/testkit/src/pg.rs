@@ -69,6 +69,11 @@ pub struct Postgres {
 impl Postgres {
     /// A new cluster in `dir/data` (the directory must be traversable).
     pub async fn init(dir: &Path) -> Postgres {
+        Postgres::init_with(dir, "").await
+    }
+
+    /// The same, with `conf` appended to its postgresql.conf first.
+    pub async fn init_with(dir: &Path, conf: &str) -> Postgres {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).unwrap();
         make_traversable(dir);
@@ -96,6 +101,14 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if !conf.is_empty() {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .unwrap();
+            writeln!(f, "\n{conf}").unwrap();
+        }
         Postgres::start(&data).await
     }
 
@@ -185,4 +198,13 @@ fn make_traversable(dir: &Path) {
         }
         d = p.parent();
     }
+}
+
+/// A command that runs `program` as the server's user (as root: the
+/// `postgres` user), for what the server itself would run.
+pub fn as_server(program: &Path, args: &[&str]) -> std::process::Command {
+    let (prog, args) = as_server_user(program, args);
+    let mut c = std::process::Command::new(prog);
+    c.args(args).current_dir("/");
+    c
 }

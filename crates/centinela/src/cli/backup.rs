@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use centinela_backup::ops::{self, Restored, Which};
 use centinela_backup::repo::Opener;
-use centinela_config::backup::Backup;
+use centinela_config::backup::{Backup, Source, Wal};
 use centinela_config::Config;
 
 use super::{load, EXIT_CONFIG};
@@ -223,11 +223,12 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                             println!("{name}: repo {repo}: {verb} {id}");
                         }
                         println!(
-                            "{name}: repo {repo}: {verb} {} snapshot(s); {} {} unused chunk(s), {}",
+                            "{name}: repo {repo}: {verb} {} snapshot(s); {} {} unused chunk(s), {}, and {} WAL file(s)",
                             p.forgotten.len(),
                             if dry_run { "would delete" } else { "deleted" },
                             p.chunks_deleted,
-                            mib(p.bytes_deleted)
+                            mib(p.bytes_deleted),
+                            p.wal_deleted
                         );
                     }
                     ExitCode::SUCCESS
@@ -302,6 +303,20 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
         },
         (None, None) => Which::Latest,
     };
+    // PostgreSQL with archived WAL: recovery fetches it through this
+    // binary, to the target time or the end of the archive.
+    let recovery = match &b.source {
+        Source::Postgres { wal, .. } if *wal != Wal::Off => {
+            match recovery(&cmd.name, &cmd.identity, &cmd.config, cmd.to.clone()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
     match ops::restore(
         b,
         &cfg.repos,
@@ -309,6 +324,7 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
         which,
         &cmd.target,
         &opener,
+        recovery.as_ref(),
     ) {
         Ok((repo, idx, restored)) => {
             let what = match restored {
@@ -381,6 +397,110 @@ pub(super) fn restore_test(cmd: RestoreTestCmd) -> ExitCode {
         None => ExitCode::SUCCESS,
         Some(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `'…'` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The restore_command of a point-in-time restore: this binary's
+/// `wal-fetch`, with absolute paths.
+fn recovery(
+    name: &str,
+    identity: &std::path::Path,
+    config: &std::path::Path,
+    to: Option<String>,
+) -> Result<centinela_backup::postgres::Recovery, String> {
+    let abs =
+        |p: &std::path::Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    Ok(centinela_backup::postgres::Recovery {
+        restore_command: format!(
+            "{} wal-fetch {} %f %p --identity {} --config {}",
+            shell_quote(&exe.to_string_lossy()),
+            shell_quote(name),
+            shell_quote(&abs(identity)?.to_string_lossy()),
+            shell_quote(&abs(config)?.to_string_lossy()),
+        ),
+        target_time: to,
+    })
+}
+
+#[derive(clap::Args)]
+pub(super) struct WalPushCmd {
+    /// The [backup.NAME] (kind = "postgres") whose repos take the WAL.
+    name: String,
+    /// The WAL file (archive_command's %p).
+    path: PathBuf,
+    #[arg(long, short, default_value = "centinela.toml")]
+    config: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub(super) struct WalFetchCmd {
+    name: String,
+    /// The WAL file's name (restore_command's %f).
+    file: String,
+    /// Where to write it (restore_command's %p).
+    dest: PathBuf,
+    #[arg(long)]
+    identity: PathBuf,
+    #[arg(long, short, default_value = "centinela.toml")]
+    config: PathBuf,
+}
+
+fn postgres_backup<'a>(cfg: &'a Config, name: &str) -> Result<&'a Backup, ExitCode> {
+    let b = find(cfg, name)?;
+    if !matches!(b.source, Source::Postgres { .. }) {
+        eprintln!("error: backup {name} is not kind = \"postgres\"");
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    Ok(b)
+}
+
+/// `archive_command`: 0 only when every repo has the file, so that
+/// PostgreSQL keeps it and retries otherwise.
+pub(super) fn wal_push(cmd: WalPushCmd) -> ExitCode {
+    let loaded = match load(&cmd.config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let b = match postgres_backup(&loaded.config, &cmd.name) {
+        Ok(b) => b,
+        Err(c) => return c,
+    };
+    match centinela_backup::wal::push(b, &loaded.config.repos, &cmd.path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("centinela wal-push {}: {e}", cmd.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `restore_command`: 1 when no repo has the file (the archive's end).
+pub(super) fn wal_fetch(cmd: WalFetchCmd) -> ExitCode {
+    let loaded = match load(&cmd.config) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let b = match postgres_backup(&loaded.config, &cmd.name) {
+        Ok(b) => b,
+        Err(c) => return c,
+    };
+    let opener = match opener(&cmd.identity) {
+        Ok(o) => o,
+        Err(c) => return c,
+    };
+    match centinela_backup::wal::fetch(b, &loaded.config.repos, &cmd.file, &cmd.dest, &opener) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("centinela wal-fetch {}: {e}", cmd.name);
             ExitCode::FAILURE
         }
     }

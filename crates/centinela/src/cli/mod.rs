@@ -85,6 +85,10 @@ enum Command {
     Restore(backup::RestoreCmd),
     /// Run a backup's restore_test now: restore, checks, RTO and RPO.
     RestoreTest(backup::RestoreTestCmd),
+    /// PostgreSQL's archive_command: store a WAL file in every repo of the backup.
+    WalPush(backup::WalPushCmd),
+    /// PostgreSQL's restore_command: fetch an archived WAL file.
+    WalFetch(backup::WalFetchCmd),
     /// Print a systemd unit (Type=notify, watchdog, Restart=always) for centinela.
     SystemdUnit {
         #[arg(long, short, default_value = "/etc/centinela/centinela.toml")]
@@ -122,6 +126,8 @@ pub fn main() -> ExitCode {
         Command::Backup(b) => backup::backup(b),
         Command::Restore(r) => backup::restore(r),
         Command::RestoreTest(r) => backup::restore_test(r),
+        Command::WalPush(c) => backup::wal_push(c),
+        Command::WalFetch(c) => backup::wal_fetch(c),
         Command::Restart(c) => control::control("restart", c),
         Command::Stop(c) => control::control("stop", c),
         Command::Start(c) => control::control("start", c),

@@ -1,0 +1,254 @@
+//! PostgreSQL's write-ahead log in the repository: `wal-push` (the
+//! server's `archive_command`) and `wal-fetch` (a restore's
+//! `restore_command`).
+//!
+//! ```text
+//! REPO/wal/BACKUP/000000010000000000000002        age(zstd(segment))
+//! REPO/wal/BACKUP/000000010000000000000002.sum    {"b3": …, "size": …} of the stored bytes
+//! ```
+//!
+//! A segment is written once: pushed again with the same content (the
+//! server retries after a crash) it succeeds; with other content it is
+//! refused, and the server keeps the segment and retries, which raises
+//! the alarm in its log.
+
+use std::path::Path;
+
+use centinela_config::backup::{Backup, Repo as RepoCfg};
+use serde_json::json;
+
+use crate::ops;
+use crate::repo::{Opener, Repo, Result, Sealer};
+
+/// A WAL file name as PostgreSQL names them: a segment (24 hex digits),
+/// a timeline history (`00000002.history`), a backup history or a partial
+/// segment. Nothing else reaches the repository (no path in a name).
+pub fn valid_name(name: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
+    match ext {
+        "" => stem.len() == 24 && hex(stem),
+        "history" => stem.len() == 8 && hex(stem),
+        "partial" => stem.len() == 24 && hex(stem),
+        e => {
+            // 000000010000000000000002.00000028.backup
+            stem.len() == 24
+                && hex(stem)
+                && e.split_once('.')
+                    .is_some_and(|(off, b)| off.len() == 8 && hex(off) && b == "backup")
+        }
+    }
+}
+
+fn key(backup: &str, name: &str) -> String {
+    format!("wal/{backup}/{name}")
+}
+
+/// Archives the WAL file at `path` into every repo of the backup. Ok only
+/// when every repo has it.
+pub fn push(b: &Backup, all: &[RepoCfg], path: &Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| valid_name(n))
+        .ok_or_else(|| format!("{} is not a WAL file name", path.display()))?;
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let plain_b3 = blake3::hash(&data).to_hex().to_string();
+    let sealer = Sealer::new(&b.encrypt_to, b.zstd_level)?;
+    let mut errors = Vec::new();
+    let mut sealed: Option<Vec<u8>> = None;
+    for cfg in ops::repos_of(b, all)? {
+        let r = (|| -> Result<()> {
+            let repo = ops::open(cfg)?;
+            let k = key(&b.name, name);
+            if let Ok(sum) = repo.get(&format!("{k}.sum")) {
+                let v: serde_json::Value = serde_json::from_slice(&sum).unwrap_or_default();
+                if v["plain_b3"] == plain_b3.as_str() {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "{name} is already archived with other content; refusing to overwrite it"
+                ));
+            }
+            let bytes = match &sealed {
+                Some(s) => s.clone(),
+                None => {
+                    let s = sealer.seal(&data)?;
+                    sealed = Some(s.clone());
+                    s
+                }
+            };
+            repo.put(&k, &bytes)?;
+            let sum = json!({
+                "b3": blake3::hash(&bytes).to_hex().to_string(),
+                "size": bytes.len(),
+                "plain_b3": plain_b3,
+            });
+            repo.put(&format!("{k}.sum"), sum.to_string().as_bytes())
+        })();
+        if let Err(e) = r {
+            errors.push(format!("repo {}: {e}", cfg.name));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// Fetches the WAL file `name` into `dest` from the first repo that has
+/// it, its stored bytes and content checked. `Ok(false)`: no repo has it
+/// (the end of the archive, for a restore).
+pub fn fetch(
+    b: &Backup,
+    all: &[RepoCfg],
+    name: &str,
+    dest: &Path,
+    opener: &Opener,
+) -> Result<bool> {
+    if !valid_name(name) {
+        return Err(format!("{name:?} is not a WAL file name"));
+    }
+    for cfg in ops::repos_of(b, all)? {
+        let Ok(repo) = ops::open(cfg) else { continue };
+        let k = key(&b.name, name);
+        let Ok(sum) = repo.get(&format!("{k}.sum")) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&sum)
+            .map_err(|_| format!("repo {}: {name}: its checksum file is malformed", cfg.name))?;
+        let bytes = repo.get(&k)?;
+        if v["size"] != bytes.len() || v["b3"] != blake3::hash(&bytes).to_hex().as_str() {
+            return Err(format!(
+                "repo {}: {name}: its stored bytes do not match their checksum (corrupt)",
+                cfg.name
+            ));
+        }
+        let plain = opener.open(&bytes).map_err(|e| format!("{name}: {e}"))?;
+        if v["plain_b3"] != blake3::hash(&plain).to_hex().as_str() {
+            return Err(format!(
+                "repo {}: {name}: its content does not match",
+                cfg.name
+            ));
+        }
+        let tmp = dest.with_extension("centinela-tmp");
+        std::fs::write(&tmp, &plain)
+            .and_then(|()| std::fs::rename(&tmp, dest))
+            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// The segment name of an LSN (`0/2000028`) on a timeline, with 16 MiB
+/// segments: what `pg_basebackup` reports as its start.
+pub fn segment_of(lsn: &str, timeline: u32) -> Option<String> {
+    let (hi, lo) = lsn.split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    let pos = (hi << 32) | lo;
+    let seg = pos >> 24;
+    Some(format!("{timeline:08X}{:08X}{:08X}", seg / 256, seg % 256))
+}
+
+/// Deletes the archived segments older than `oldest` (the start segment
+/// of the oldest kept base backup), as pg_archivecleanup does; history
+/// files stay. Returns how many went.
+pub fn cleanup(repo: &Repo, backup: &str, oldest: &str, dry_run: bool) -> Result<u64> {
+    let dir = repo.root().join("wal").join(backup);
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stem = name.strip_suffix(".sum").unwrap_or(&name);
+        let seg = stem.get(..24).unwrap_or("");
+        // Timeline first, then the position: the same order as names.
+        if seg.len() == 24 && !stem.ends_with(".history") && seg[8..] < oldest[8..] {
+            if !dry_run {
+                std::fs::remove_file(e.path())
+                    .map_err(|err| format!("cannot delete {}: {err}", e.path().display()))?;
+            }
+            if !name.ends_with(".sum") {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_segments() {
+        for good in [
+            "000000010000000000000002",
+            "00000002.history",
+            "000000010000000000000002.partial",
+            "000000010000000000000002.00000028.backup",
+        ] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in [
+            "../x",
+            "00000001000000000000000",
+            "000000010000000000000002/x",
+            "x.history",
+            "",
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        assert_eq!(
+            segment_of("0/2000028", 1).unwrap(),
+            "000000010000000000000002"
+        );
+        assert_eq!(
+            segment_of("1/FF000000", 3).unwrap(),
+            "0000000300000001000000FF"
+        );
+        assert_eq!(segment_of("nope", 1), None);
+    }
+
+    #[test]
+    fn cleanup_keeps_what_the_oldest_base_backup_needs() {
+        let root = std::env::temp_dir().join(format!("centinela-wal-{}", std::process::id()));
+        let repo = Repo::open(&root).unwrap();
+        let dir = root.join("wal/db");
+        std::fs::create_dir_all(&dir).unwrap();
+        let names = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000020000000000000004",
+            "00000002.history",
+        ];
+        for n in names {
+            std::fs::write(dir.join(n), b"x").unwrap();
+            std::fs::write(dir.join(format!("{n}.sum")), b"{}").unwrap();
+        }
+        assert_eq!(
+            cleanup(&repo, "db", "000000010000000000000003", true).unwrap(),
+            2
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            10,
+            "a dry run deletes nothing"
+        );
+        assert_eq!(
+            cleanup(&repo, "db", "000000010000000000000003", false).unwrap(),
+            2
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".sum"))
+            .collect();
+        left.sort();
+        let mut want: Vec<String> = names[2..].iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(left, want);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
