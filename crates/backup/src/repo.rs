@@ -631,6 +631,9 @@ pub struct Lock {
     path: Option<PathBuf>,
 }
 
+/// How long a backup waits for a prune to finish.
+pub const PRUNE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A lock file this old is from a holder that died elsewhere.
 pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
@@ -679,19 +682,27 @@ impl Lock {
         Some(format!("process {pid} on {h}"))
     }
 
-    /// A backup's lock: refused while prune holds the repository.
+    /// A backup's lock: while a prune holds the repository (another
+    /// backup's, a moment), it waits, up to [`PRUNE_WAIT`].
     pub fn shared(repo: &Repo) -> Result<Lock> {
         let dir = Lock::dir(repo)?;
-        let path = dir.join(format!("backup-{:016x}", fastrand::u64(..)));
-        Lock::write(&path)?;
-        if let Some(who) = Lock::holder(&dir.join("exclusive")) {
+        let deadline = std::time::Instant::now() + PRUNE_WAIT;
+        loop {
+            let path = dir.join(format!("backup-{:016x}", fastrand::u64(..)));
+            Lock::write(&path)?;
+            let Some(who) = Lock::holder(&dir.join("exclusive")) else {
+                return Ok(Lock { path: Some(path) });
+            };
             let _ = std::fs::remove_file(&path);
-            return Err(format!(
-                "{} is being pruned by {who}; try again when it is done",
-                repo.root.display()
-            ));
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{} has been pruned by {who} for {} s; try again when it is done",
+                    repo.root.display(),
+                    PRUNE_WAIT.as_secs()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        Ok(Lock { path: Some(path) })
     }
 
     /// Prune's lock: refused while a backup or another prune runs.

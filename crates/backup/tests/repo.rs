@@ -477,7 +477,7 @@ fn after_prune_every_kept_snapshot_restores_over_random_histories() {
 }
 
 #[test]
-fn prune_waits_for_a_running_backup_and_takes_over_a_dead_ones_lock() {
+fn prune_and_backups_wait_for_each_other_and_dead_locks_are_taken_over() {
     use centinela_backup::retention::Keep;
     let d = tempdir("lock");
     let (recipient, _) = keys(&d.0, "key.txt");
@@ -495,6 +495,35 @@ fn prune_waits_for_a_running_backup_and_takes_over_a_dead_ones_lock() {
     );
     drop(w);
     centinela_backup::repo::prune(&repo, "h", keep, false).unwrap();
+    // A backup that starts during a prune waits for it, then goes on.
+    let held = std::fs::write(
+        d.0.join("repo/locks/exclusive"),
+        format!(
+            "{{\"host\":\"{}\",\"pid\":{},\"time\":{}}}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap()
+                .trim(),
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        ),
+    );
+    held.unwrap();
+    let lock = d.0.join("repo/locks/exclusive");
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::remove_file(lock).unwrap();
+    });
+    let started = std::time::Instant::now();
+    let w = Writer::new(&repo, &sealer, "h", "files").unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it did not wait"
+    );
+    drop(w);
+    release.join().unwrap();
     // A lock left by a process that is gone is taken over.
     std::fs::write(
         d.0.join("repo/locks/backup-dead"),
