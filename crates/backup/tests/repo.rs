@@ -372,6 +372,22 @@ fn a_sqlite_snapshot_after_a_few_changed_rows_costs_a_few_chunks() {
     assert!(e.contains("nope.db"), "{e}");
 }
 
+/// The files of a flat directory, by name, with their contents.
+fn contents_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Random histories: snapshots of a changing tree on synthetic dates, a
 /// random `keep`, prune; every kept snapshot still restores exactly what
 /// it held, every forgotten one is gone, and no chunk is left unused.
@@ -409,18 +425,7 @@ fn after_prune_every_kept_snapshot_restores_over_random_histories() {
             let mut w = Writer::new(&repo, &sealer, "h", "files").unwrap().at(t);
             let (m, _) = files::backup(&mut w, std::slice::from_ref(&src)).unwrap();
             let idx = w.finish(m).unwrap();
-            let mut contents: Vec<(String, Vec<u8>)> = std::fs::read_dir(&src)
-                .unwrap()
-                .map(|e| {
-                    let e = e.unwrap();
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        std::fs::read(e.path()).unwrap(),
-                    )
-                })
-                .collect();
-            contents.sort();
-            held.push((idx.id, contents));
+            held.push((idx.id, contents_of(&src)));
         }
         let keep = Keep {
             last: rng.u32(0..3),
@@ -449,17 +454,7 @@ fn after_prune_every_kept_snapshot_restores_over_random_histories() {
             let target = d.0.join(format!("r{round}-{}", idx.id));
             restore(&repo, &opener, idx, &target).unwrap();
             let dir = target.join(src.strip_prefix("/").unwrap());
-            let mut got: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| {
-                    let e = e.unwrap();
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        std::fs::read(e.path()).unwrap(),
-                    )
-                })
-                .collect();
-            got.sort();
+            let got = contents_of(&dir);
             assert!(
                 got == *want,
                 "snapshot {} differs after prune (seed {seed})",

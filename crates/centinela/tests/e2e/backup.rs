@@ -9,6 +9,9 @@ use std::time::Duration;
 use centinela_testkit::{bin, TempDir};
 use serde_json::Value;
 
+/// A listener (the config needs one) and the local repo `repo`.
+const PREAMBLE: &str = "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\n\n[repo.local]\npath = \"repo\"\n\n";
+
 fn cli(args: &[&str]) -> Output {
     std::process::Command::new(bin("centinela"))
         .args(args)
@@ -296,7 +299,7 @@ async fn sqlite_snapshots_taken_while_products_api_writes_restore_intact() {
     std::fs::write(
         &cfg,
         format!(
-            "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\n\n[repo.local]\npath = \"repo\"\n\n[backup.catalogue]\nkind = \"sqlite\"\npath = \"{}\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\n",
+            "{PREAMBLE}[backup.catalogue]\nkind = \"sqlite\"\npath = \"{}\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\n",
             db.display()
         ),
     )
@@ -606,7 +609,7 @@ async fn a_postgres_base_backup_restores_into_a_server_that_starts() {
     std::fs::write(
         &cfg,
         format!(
-            "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\n\n[repo.local]\npath = \"repo\"\n\n[backup.products-db]\nkind = \"postgres\"\nconnect = \"{}\"\nwal = \"off\"\nschedule = \"0 3 * * *\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\n",
+            "{PREAMBLE}[backup.products-db]\nkind = \"postgres\"\nconnect = \"{}\"\nwal = \"off\"\nschedule = \"0 3 * * *\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\n",
             pg.conninfo()
         ),
     )
@@ -691,7 +694,7 @@ async fn point_in_time_recovery_with_wal_archived_by_wal_push() {
     std::fs::write(
         &cfg,
         format!(
-            "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\n\n[repo.local]\npath = \"repo\"\n\n[backup.products-db]\nkind = \"postgres\"\nconnect = \"{}\"\nwal = \"archive\"\nschedule = \"0 3 * * *\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\n",
+            "{PREAMBLE}[backup.products-db]\nkind = \"postgres\"\nconnect = \"{}\"\nwal = \"archive\"\nschedule = \"0 3 * * *\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\n",
             pg.conninfo()
         ),
     )
