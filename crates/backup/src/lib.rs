@@ -14,6 +14,7 @@ pub mod restore_test;
 pub mod retention;
 pub mod scheduler;
 pub mod sqlite;
+pub mod store;
 pub mod wal;
 
 pub use scheduler::Scheduler;

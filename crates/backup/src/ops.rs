@@ -4,42 +4,50 @@
 
 use std::path::Path;
 
-use centinela_config::backup::{Backup, Repo as RepoCfg, Source, Store};
+use centinela_config::backup::{Backup, Repo as RepoCfg, Source};
 
 use crate::files;
 use crate::repo::{verify, Index, Opener, Pruned, Reader, Repo, Result, Sealer, Writer};
 
-/// Opens a configured repo (local directories only so far).
+/// Opens a configured repo: a local directory or an S3 bucket.
 pub fn open(cfg: &RepoCfg) -> Result<Repo> {
-    match &cfg.store {
-        Store::Local(path) => Repo::open(path).map_err(|e| format!("repo {}: {e}", cfg.name)),
-        Store::S3(_) => Err(format!(
-            "repo {}: S3 repositories are not built yet (issue #11); use a local path",
-            cfg.name
-        )),
-    }
+    crate::store::Store::from_config(&cfg.store)
+        .and_then(Repo::open)
+        .map_err(|e| format!("repo {}: {e}", cfg.name))
 }
 
-/// Checks that a repo can take backups (for `check`): a local one is a
-/// repository or an empty or missing directory that can be made, and a
-/// file can be written in it. Nothing is left behind.
+/// Checks that a repo can take backups (for `check`): it is a repository
+/// or an empty or missing place that can be made one, and an object can
+/// be written in it and deleted. Nothing is left behind.
 pub fn writable(cfg: &RepoCfg) -> Result<()> {
-    let Store::Local(path) = &cfg.store else {
-        return Err("S3 repositories are not built yet (issue #11)".into());
-    };
-    let existed = path.exists();
-    let repo = Repo::open(path)?;
-    let probe = path
-        .join("tmp")
-        .join(format!("check-{:08x}", fastrand::u32(..)));
-    let result = std::fs::create_dir_all(path.join("tmp"))
-        .and_then(|()| std::fs::write(&probe, b"centinela check\n"))
-        .map_err(|e| format!("{} is not writable: {e}", path.display()));
-    let _ = std::fs::remove_file(&probe);
-    drop(repo);
-    if !existed {
+    let store = crate::store::Store::from_config(&cfg.store)?;
+    let existed = store.local_root().map(Path::exists);
+    let is_repo = store.get("centinela-repo")?.is_some();
+    if !is_repo && existed != Some(false) {
+        let empty = match store.local_root() {
+            Some(root) => std::fs::read_dir(root)
+                .map_err(|e| format!("cannot read {}: {e}", root.display()))?
+                .next()
+                .is_none(),
+            None => store.list("")?.is_empty(),
+        };
+        if !empty {
+            return Err(format!(
+                "{} is not empty and not a centinela repository",
+                store.describe()
+            ));
+        }
+    }
+    let probe = format!("tmp/check-{:08x}", fastrand::u32(..));
+    let result = store
+        .put(&probe, b"centinela check\n")
+        .map_err(|e| format!("{} is not writable: {e}", store.describe()));
+    let _ = store.delete(&probe);
+    if let (Some(root), Some(false)) = (store.local_root(), existed) {
         // check changes nothing: the repository is made by the first backup.
-        let _ = std::fs::remove_dir_all(path);
+        let _ = std::fs::remove_dir_all(root);
+    } else if let Some(root) = store.local_root() {
+        let _ = std::fs::remove_dir(root.join("tmp"));
     }
     result
 }

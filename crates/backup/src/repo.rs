@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+pub use crate::store::Store;
+
 /// What stands first in a repository's marker file.
 const MARKER: &str = "centinela-repo 1\n";
 
@@ -34,9 +36,10 @@ pub const MAX_CHUNK: u32 = 256 * 1024;
 
 pub type Result<T> = std::result::Result<T, String>;
 
-/// A repository in a local directory.
+/// A repository: a local directory or an S3 bucket (see [`Store`]).
+#[derive(Clone)]
 pub struct Repo {
-    root: PathBuf,
+    store: Store,
 }
 
 /// A stored object's checksum (BLAKE3 of its bytes as stored) and size.
@@ -67,106 +70,93 @@ pub struct Index {
     pub wal_start: Option<String>,
 }
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> String {
-    format!("{what} {}: {e}", path.display())
-}
-
 impl Repo {
-    /// Opens the repository at `root`, making it when the directory is
-    /// missing or empty. A non-empty directory that is not a repository is
+    /// Opens the repository in `store`, making it when the place is
+    /// missing or empty. A non-empty place that is not a repository is
     /// refused (nothing in it is touched).
-    pub fn open(root: &Path) -> Result<Repo> {
-        let marker = root.join("centinela-repo");
-        match std::fs::read_to_string(&marker) {
-            Ok(m) if m == MARKER => {}
-            Ok(_) => {
-                return Err(format!(
-                    "{} is a repository of another format version",
-                    root.display()
-                ))
-            }
-            Err(_) => {
-                std::fs::create_dir_all(root).map_err(|e| io_err("cannot create", root, e))?;
-                let empty = std::fs::read_dir(root)
-                    .map_err(|e| io_err("cannot read", root, e))?
-                    .next()
-                    .is_none();
+    pub fn open(store: Store) -> Result<Repo> {
+        let repo = Repo { store };
+        match repo.store.get("centinela-repo")? {
+            Some(m) if m == MARKER.as_bytes() => Ok(repo),
+            Some(_) => Err(format!(
+                "{} is a repository of another format version",
+                repo.describe()
+            )),
+            None => {
+                let empty = match repo.store.local_root() {
+                    Some(root) => {
+                        std::fs::create_dir_all(root)
+                            .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+                        std::fs::read_dir(root)
+                            .map_err(|e| format!("cannot read {}: {e}", root.display()))?
+                            .next()
+                            .is_none()
+                    }
+                    None => repo.store.list("")?.is_empty(),
+                };
                 if !empty {
                     return Err(format!(
                         "{} is not empty and not a centinela repository; refusing to write into it",
-                        root.display()
+                        repo.describe()
                     ));
                 }
-                let repo = Repo {
-                    root: root.to_path_buf(),
-                };
-                repo.put("centinela-repo", MARKER.as_bytes())?;
-                return Ok(repo);
+                repo.store.put("centinela-repo", MARKER.as_bytes())?;
+                Ok(repo)
             }
         }
-        Ok(Repo {
-            root: root.to_path_buf(),
-        })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where it is, for messages: a path or `s3://bucket/prefix`.
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     fn chunk_key(id: &str) -> String {
         format!("chunks/{}/{id}", &id[..2])
     }
 
-    /// Writes `bytes` under `key` atomically: a temporary file, flushed,
-    /// then renamed into place, and the directory flushed.
+    /// Writes `bytes` under `key` atomically.
     pub fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        let dest = self.root.join(key);
-        let tmp_dir = self.root.join("tmp");
-        std::fs::create_dir_all(&tmp_dir).map_err(|e| io_err("cannot create", &tmp_dir, e))?;
-        let tmp = tmp_dir.join(format!("{:016x}", fastrand::u64(..)));
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::rename(&tmp, &dest)?;
-            if let Some(parent) = dest.parent() {
-                std::fs::File::open(parent)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io_err("cannot write", &dest, e)
-        })
+        self.store.put(key, bytes)
     }
 
+    /// The object under `key`; a missing one is an error that says so.
     pub fn get(&self, key: &str) -> Result<Vec<u8>> {
-        let p = self.root.join(key);
-        std::fs::read(&p).map_err(|e| io_err("cannot read", &p, e))
+        self.store
+            .get(key)?
+            .ok_or_else(|| format!("{key} is missing from {}", self.describe()))
     }
 
-    fn exists(&self, key: &str) -> bool {
-        self.root.join(key).is_file()
+    /// The backups that have snapshots here.
+    pub fn backups(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .store
+            .list("snapshots/")?
+            .into_iter()
+            .filter_map(|(k, _)| Some(k.strip_prefix("snapshots/")?.split_once('/')?.0.to_string()))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// Every snapshot index of `backup`, oldest first.
     pub fn indexes(&self, backup: &str) -> Result<Vec<Index>> {
-        let dir = self.root.join("snapshots").join(backup);
+        let dir = format!("snapshots/{backup}/");
         let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(io_err("cannot read", &dir, e)),
-        };
-        for e in entries {
-            let e = e.map_err(|e| io_err("cannot read", &dir, e))?;
-            let name = e.file_name().to_string_lossy().into_owned();
+        for (key, _) in self.store.list(&dir)? {
+            let Some(name) = key.strip_prefix(&dir) else {
+                continue;
+            };
             if let Some(id) = name.strip_suffix(".index") {
-                let key = format!("snapshots/{backup}/{name}");
-                let v: Value = serde_json::from_slice(&self.get(&key)?)
+                let Some(bytes) = self.store.get(&key)? else {
+                    continue; // pruned meanwhile
+                };
+                let v: Value = serde_json::from_slice(&bytes)
                     .map_err(|e| format!("snapshot {id}: its index is not valid JSON: {e}"))?;
                 // A tampered index cannot name another file or a path.
                 let idx = parse_index(&v)
@@ -179,16 +169,22 @@ impl Repo {
         Ok(out)
     }
 
-    /// The stored checksum of every chunk the listed snapshots use.
+    /// The chunks a new snapshot can use without writing them: present in
+    /// the store and listed by a snapshot (which records their checksum).
     fn known_chunks(&self) -> Result<HashMap<String, Stored>> {
+        let mut listed = HashMap::new();
+        for b in self.backups()? {
+            for idx in self.indexes(&b)? {
+                listed.extend(idx.chunks);
+            }
+        }
         let mut known = HashMap::new();
-        let dir = self.root.join("snapshots");
-        let Ok(backups) = std::fs::read_dir(&dir) else {
-            return Ok(known);
-        };
-        for b in backups.flatten() {
-            for idx in self.indexes(&b.file_name().to_string_lossy())? {
-                known.extend(idx.chunks);
+        for (key, size) in self.store.list("chunks/")? {
+            let id = key.rsplit('/').next().unwrap_or("");
+            if let Some(s) = listed.remove(id) {
+                if s.size == size {
+                    known.insert(id.to_string(), s);
+                }
             }
         }
         Ok(known)
@@ -234,6 +230,7 @@ fn parse_index(v: &Value) -> Option<Index> {
 }
 
 /// Seals bytes: zstd, then age to every recipient.
+#[derive(Clone)]
 pub struct Sealer {
     recipients: Vec<age::x25519::Recipient>,
     level: i32,
@@ -320,7 +317,14 @@ fn b3(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
-/// Writes one snapshot: chunks as they come, the manifest, then the index.
+/// How many chunks are sealed and written at once, and how many more may
+/// wait for them: what bounds a backup's memory (each at most
+/// [`MAX_CHUNK`] plain and about as much sealed), whatever the source's
+/// size, and what hides an object store's latency.
+pub const UPLOADS: usize = 6;
+
+/// Writes one snapshot: chunks as they come (sealed and stored by
+/// [`UPLOADS`] threads), the manifest, then the index.
 pub struct Writer<'a> {
     repo: &'a Repo,
     sealer: &'a Sealer,
@@ -329,8 +333,10 @@ pub struct Writer<'a> {
     id: String,
     started: u64,
     known: HashMap<String, Stored>,
-    used: Vec<(String, Stored)>,
+    /// Every chunk the snapshot uses, once each, in first-use order.
+    used: Vec<String>,
     used_ids: std::collections::HashSet<String>,
+    uploads: Uploads,
     pub source_bytes: u64,
     pub added_bytes: u64,
     /// Synthetic times (tests, imports): started and finished at this.
@@ -338,6 +344,103 @@ pub struct Writer<'a> {
     /// PostgreSQL: the base backup's first WAL segment.
     pub wal_start: Option<String>,
     _lock: Lock,
+}
+
+/// What the upload threads have done.
+#[derive(Default)]
+struct Done {
+    stored: HashMap<String, Stored>,
+    added: u64,
+    error: Option<String>,
+}
+
+/// A bounded queue of chunks to seal and store, and the threads that do.
+struct Uploads {
+    tx: Option<std::sync::mpsc::SyncSender<(String, Vec<u8>)>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    done: std::sync::Arc<std::sync::Mutex<Done>>,
+}
+
+impl Uploads {
+    fn start(repo: &Repo, sealer: &Sealer) -> Uploads {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(UPLOADS);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let done = std::sync::Arc::new(std::sync::Mutex::new(Done::default()));
+        let workers = (0..UPLOADS)
+            .map(|_| {
+                let (rx, done, repo, sealer) =
+                    (rx.clone(), done.clone(), repo.clone(), sealer.clone());
+                std::thread::spawn(move || loop {
+                    let job = rx.lock().map(|r| r.recv());
+                    let Ok(Ok((id, plain))) = job else { return };
+                    if done.lock().map_or(true, |d| d.error.is_some()) {
+                        continue; // failed already: drain the queue
+                    }
+                    let r = sealer.seal(&plain).and_then(|sealed| {
+                        repo.put(&Repo::chunk_key(&id), &sealed)?;
+                        Ok(Stored {
+                            b3: b3(&sealed),
+                            size: sealed.len() as u64,
+                        })
+                    });
+                    if let Ok(mut d) = done.lock() {
+                        match r {
+                            Ok(s) => {
+                                d.added += s.size;
+                                d.stored.insert(id, s);
+                            }
+                            Err(e) => {
+                                d.error.get_or_insert(e);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Uploads {
+            tx: Some(tx),
+            workers,
+            done,
+        }
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.done.lock().ok().and_then(|d| d.error.clone())
+    }
+
+    fn send(&self, id: String, plain: Vec<u8>) -> Result<()> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send((id, plain)).ok())
+            .ok_or_else(|| "the upload threads stopped".to_string())
+    }
+
+    /// Waits for every queued chunk; what they stored.
+    fn finish(&mut self) -> Result<Done> {
+        self.tx = None;
+        for w in self.workers.drain(..) {
+            w.join()
+                .map_err(|_| "an upload thread panicked".to_string())?;
+        }
+        let mut d = self
+            .done
+            .lock()
+            .map_err(|_| "an upload thread panicked".to_string())?;
+        let d = std::mem::take(&mut *d);
+        match d.error {
+            Some(e) => Err(e),
+            None => Ok(d),
+        }
+    }
+}
+
+impl Drop for Uploads {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
 }
 
 fn now_secs() -> u64 {
@@ -382,6 +485,7 @@ impl<'a> Writer<'a> {
             known: repo.known_chunks()?,
             used: Vec::new(),
             used_ids: Default::default(),
+            uploads: Uploads::start(repo, sealer),
             source_bytes: 0,
             added_bytes: 0,
             at: None,
@@ -409,39 +513,45 @@ impl<'a> Writer<'a> {
         let mut ids = Vec::new();
         for chunk in fastcdc::v2020::StreamCDC::new(r, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK) {
             let chunk = chunk.map_err(|e| format!("reading the source: {e}"))?;
-            ids.push(self.chunk(&chunk.data)?);
+            ids.push(self.chunk_owned(chunk.data)?);
         }
         Ok(ids)
     }
 
     /// Stores one chunk unless the repository has it; its id.
     pub fn chunk(&mut self, plain: &[u8]) -> Result<String> {
+        self.chunk_owned(plain.to_vec())
+    }
+
+    fn chunk_owned(&mut self, plain: Vec<u8>) -> Result<String> {
         self.source_bytes += plain.len() as u64;
-        let id = b3(plain);
-        let key = Repo::chunk_key(&id);
-        let stored = match self.known.get(&id) {
-            Some(s) if self.repo.exists(&key) => s.clone(),
-            _ => {
-                let sealed = self.sealer.seal(plain)?;
-                let s = Stored {
-                    b3: b3(&sealed),
-                    size: sealed.len() as u64,
-                };
-                self.repo.put(&key, &sealed)?;
-                self.added_bytes += s.size;
-                self.known.insert(id.clone(), s.clone());
-                s
-            }
-        };
+        let id = b3(&plain);
         if self.used_ids.insert(id.clone()) {
-            self.used.push((id.clone(), stored));
+            self.used.push(id.clone());
+            if !self.known.contains_key(&id) {
+                self.uploads.send(id.clone(), plain)?;
+            }
         }
         Ok(id)
     }
 
-    /// Seals the manifest, then writes the index: the snapshot exists from
-    /// here on.
+    /// Waits for the chunks, seals the manifest, then writes the index:
+    /// the snapshot exists from here on.
     pub fn finish(mut self, manifest: Value) -> Result<Index> {
+        let done = self.uploads.finish()?;
+        self.added_bytes += done.added;
+        let used = std::mem::take(&mut self.used)
+            .into_iter()
+            .map(|id| {
+                let s = self
+                    .known
+                    .get(&id)
+                    .or_else(|| done.stored.get(&id))
+                    .cloned()
+                    .ok_or_else(|| format!("chunk {id} was not stored"))?;
+                Ok((id, s))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let sealed = self.sealer.seal(manifest.to_string().as_bytes())?;
         let manifest = Stored {
             b3: b3(&sealed),
@@ -451,8 +561,7 @@ impl<'a> Writer<'a> {
         self.repo.put(&format!("{base}.manifest"), &sealed)?;
         self.added_bytes += manifest.size;
         let finished = self.at.unwrap_or_else(now_secs);
-        let chunks: Vec<Value> = self
-            .used
+        let chunks: Vec<Value> = used
             .iter()
             .map(|(id, s)| json!({ "id": id, "b3": s.b3, "size": s.size }))
             .collect();
@@ -471,15 +580,15 @@ impl<'a> Writer<'a> {
         self.repo
             .put(&format!("{base}.index"), index.to_string().as_bytes())?;
         Ok(Index {
-            id: self.id,
-            backup: self.backup,
-            kind: self.kind,
+            id: std::mem::take(&mut self.id),
+            backup: std::mem::take(&mut self.backup),
+            kind: std::mem::take(&mut self.kind),
             started: self.started,
             finished,
             source_bytes: self.source_bytes,
             added_bytes: self.added_bytes,
             manifest,
-            chunks: std::mem::take(&mut self.used),
+            chunks: used,
             wal_start: self.wal_start.take(),
         })
     }
@@ -571,12 +680,16 @@ pub fn verify(repo: &Repo, backup: &str, opener: Option<&Opener>) -> Result<Vec<
     let mut problems = Vec::new();
     for idx in repo.indexes(backup)? {
         let mut check = |what: String, key: String, want: &Stored| -> Option<Vec<u8>> {
-            match repo.get(&key) {
-                Err(_) => {
+            match repo.store.get(&key) {
+                Ok(None) => {
                     problems.push(format!("snapshot {} of {backup}: {what}: missing", idx.id));
                     None
                 }
-                Ok(bytes) => match check_stored(&bytes, want) {
+                Err(e) => {
+                    problems.push(format!("snapshot {} of {backup}: {what}: {e}", idx.id));
+                    None
+                }
+                Ok(Some(bytes)) => match check_stored(&bytes, want) {
                     Ok(()) => Some(bytes),
                     Err(e) => {
                         problems.push(format!("snapshot {} of {backup}: {what}: {e}", idx.id));
@@ -622,13 +735,14 @@ pub fn verify(repo: &Repo, backup: &str, opener: Option<&Opener>) -> Result<Vec<
 }
 
 /// A lock in the repository: backups hold shared ones, prune the
-/// exclusive one. Each is a file under `locks/` saying who holds it; one
-/// whose holder is gone (a dead process on this host) or that is older
-/// than [`STALE_AFTER`] (a dead host) is taken over, and the take-over is
-/// logged. The protocol never lets both sides proceed: each creates its
-/// own file first, then looks for the other kind.
+/// exclusive one. Each is an object under `locks/` saying who holds it,
+/// written create-only (a conditional PUT on S3); one whose holder is
+/// gone (a dead process on this host) or that is older than
+/// [`STALE_AFTER`] (a dead host) is taken over, and the take-over is
+/// logged. The protocol never lets both sides proceed: each writes its
+/// own object first, then looks for the other kind.
 pub struct Lock {
-    path: Option<PathBuf>,
+    held: Option<(Store, String)>,
 }
 
 /// How long a backup waits for a prune to finish.
@@ -644,29 +758,19 @@ fn host() -> String {
 }
 
 impl Lock {
-    fn dir(repo: &Repo) -> Result<PathBuf> {
-        let d = repo.root.join("locks");
-        std::fs::create_dir_all(&d).map_err(|e| io_err("cannot create", &d, e))?;
-        Ok(d)
+    fn body() -> Vec<u8> {
+        json!({ "host": host(), "pid": std::process::id(), "time": now_secs() })
+            .to_string()
+            .into_bytes()
     }
 
-    fn write(path: &Path) -> Result<()> {
-        let body = json!({ "host": host(), "pid": std::process::id(), "time": now_secs() });
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| io_err("cannot take the lock", path, e))?;
-        f.write_all(body.to_string().as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| io_err("cannot take the lock", path, e))
-    }
-
-    /// Who holds the lock at `path`, when it is still held; stale locks
+    /// Who holds the lock at `key`, when it is still held; stale locks
     /// are removed (and logged).
-    fn holder(path: &Path) -> Option<String> {
-        let text = std::fs::read_to_string(path).ok()?;
-        let v: Value = serde_json::from_str(&text).unwrap_or_default();
+    fn holder(repo: &Repo, key: &str) -> Result<Option<String>> {
+        let Some(bytes) = repo.store.get(key)? else {
+            return Ok(None);
+        };
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let (h, pid, time) = (
             v["host"].as_str().unwrap_or("?").to_string(),
             v["pid"].as_u64().unwrap_or(0),
@@ -675,29 +779,31 @@ impl Lock {
         let dead_here = h == host() && !Path::new(&format!("/proc/{pid}")).exists();
         let old = now_secs().saturating_sub(time) > STALE_AFTER.as_secs();
         if dead_here || old {
-            tracing::warn!(lock = %path.display(), holder_host = %h, holder_pid = pid, "Taking over a stale repository lock");
-            let _ = std::fs::remove_file(path);
-            return None;
+            tracing::warn!(repo = %repo.describe(), lock = key, holder_host = %h, holder_pid = pid, "Taking over a stale repository lock");
+            repo.store.delete(key)?;
+            return Ok(None);
         }
-        Some(format!("process {pid} on {h}"))
+        Ok(Some(format!("process {pid} on {h}")))
     }
 
     /// A backup's lock: while a prune holds the repository (another
     /// backup's, a moment), it waits, up to [`PRUNE_WAIT`].
     pub fn shared(repo: &Repo) -> Result<Lock> {
-        let dir = Lock::dir(repo)?;
         let deadline = std::time::Instant::now() + PRUNE_WAIT;
         loop {
-            let path = dir.join(format!("backup-{:016x}", fastrand::u64(..)));
-            Lock::write(&path)?;
-            let Some(who) = Lock::holder(&dir.join("exclusive")) else {
-                return Ok(Lock { path: Some(path) });
+            let key = format!("locks/backup-{:016x}", fastrand::u64(..));
+            repo.store.put_new(&key, &Lock::body())?;
+            let lock = Lock {
+                held: Some((repo.store.clone(), key)),
             };
-            let _ = std::fs::remove_file(&path);
+            let Some(who) = Lock::holder(repo, "locks/exclusive")? else {
+                return Ok(lock);
+            };
+            drop(lock);
             if std::time::Instant::now() >= deadline {
                 return Err(format!(
                     "{} has been pruned by {who} for {} s; try again when it is done",
-                    repo.root.display(),
+                    repo.describe(),
                     PRUNE_WAIT.as_secs()
                 ));
             }
@@ -707,22 +813,25 @@ impl Lock {
 
     /// Prune's lock: refused while a backup or another prune runs.
     pub fn exclusive(repo: &Repo) -> Result<Lock> {
-        let dir = Lock::dir(repo)?;
-        let path = dir.join("exclusive");
-        if let Some(who) = Lock::holder(&path) {
-            return Err(format!("{} is being pruned by {who}", repo.root.display()));
+        let key = "locks/exclusive";
+        if let Some(who) = Lock::holder(repo, key)? {
+            return Err(format!("{} is being pruned by {who}", repo.describe()));
         }
-        Lock::write(&path)?;
-        let lock = Lock { path: Some(path) };
-        for e in std::fs::read_dir(&dir).map_err(|e| io_err("cannot read", &dir, e))? {
-            let p = e.map_err(|e| io_err("cannot read", &dir, e))?.path();
-            if p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("backup-"))
-            {
-                if let Some(who) = Lock::holder(&p) {
+        if !repo.store.put_new(key, &Lock::body())? {
+            return Err(format!(
+                "{} is being pruned by another process",
+                repo.describe()
+            ));
+        }
+        let lock = Lock {
+            held: Some((repo.store.clone(), key.to_string())),
+        };
+        for (k, _) in repo.store.list("locks/")? {
+            if k.starts_with("locks/backup-") {
+                if let Some(who) = Lock::holder(repo, &k)? {
                     return Err(format!(
                         "a backup by {who} is writing to {}; prune waits for it",
-                        repo.root.display()
+                        repo.describe()
                     ));
                 }
             }
@@ -733,8 +842,10 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        if let Some(p) = self.path.take() {
-            let _ = std::fs::remove_file(p);
+        if let Some((store, key)) = self.held.take() {
+            if let Err(e) = store.delete(&key) {
+                tracing::warn!(lock = %key, error = %e, "Cannot release a repository lock; it will be taken over as stale");
+            }
         }
     }
 }
@@ -780,28 +891,24 @@ pub fn prune(
         for id in &out.forgotten {
             // Unlisted first: from here the snapshot does not exist.
             for ext in ["index", "manifest"] {
-                let p = repo.root.join(format!("snapshots/{backup}/{id}.{ext}"));
-                std::fs::remove_file(&p).map_err(|e| io_err("cannot delete", &p, e))?;
+                repo.store
+                    .delete(&format!("snapshots/{backup}/{id}.{ext}"))?;
             }
         }
     }
     // Chunks still in use, by every backup of the repo.
     let mut used: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let snap_dir = repo.root.join("snapshots");
-    if let Ok(backups) = std::fs::read_dir(&snap_dir) {
-        for b in backups.flatten() {
-            let name = b.file_name().to_string_lossy().into_owned();
-            for idx in repo.indexes(&name)? {
-                if dry_run && name == backup && out.forgotten.contains(&idx.id) {
-                    continue;
-                }
-                used.extend(idx.chunks.into_iter().map(|(id, _)| id));
+    for name in repo.backups()? {
+        for idx in repo.indexes(&name)? {
+            if dry_run && name == backup && out.forgotten.contains(&idx.id) {
+                continue;
             }
+            used.extend(idx.chunks.into_iter().map(|(id, _)| id));
         }
     }
     // What dead backups left half-written (no backup runs now).
-    if !dry_run {
-        for t in std::fs::read_dir(repo.root.join("tmp"))
+    if let (false, Some(root)) = (dry_run, repo.store.local_root()) {
+        for t in std::fs::read_dir(root.join("tmp"))
             .into_iter()
             .flatten()
             .flatten()
@@ -809,25 +916,15 @@ pub fn prune(
             let _ = std::fs::remove_file(t.path());
         }
     }
-    let chunks = repo.root.join("chunks");
-    if let Ok(subs) = std::fs::read_dir(&chunks) {
-        for sub in subs.flatten() {
-            for c in std::fs::read_dir(sub.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let id = c.file_name().to_string_lossy().into_owned();
-                if used.contains(&id) {
-                    continue;
-                }
-                out.chunks_deleted += 1;
-                out.bytes_deleted += c.metadata().map_or(0, |m| m.len());
-                if !dry_run {
-                    std::fs::remove_file(c.path())
-                        .map_err(|e| io_err("cannot delete", &c.path(), e))?;
-                }
-            }
+    for (key, size) in repo.store.list("chunks/")? {
+        let id = key.rsplit('/').next().unwrap_or("");
+        if used.contains(id) {
+            continue;
+        }
+        out.chunks_deleted += 1;
+        out.bytes_deleted += size;
+        if !dry_run {
+            repo.store.delete(&key)?;
         }
     }
     Ok(out)

@@ -61,7 +61,7 @@ pub fn push(b: &Backup, all: &[RepoCfg], path: &Path) -> Result<()> {
         let r = (|| -> Result<()> {
             let repo = ops::open(cfg)?;
             let k = key(&b.name, name);
-            if let Ok(sum) = repo.get(&format!("{k}.sum")) {
+            if let Some(sum) = repo.store().get(&format!("{k}.sum"))? {
                 let v: serde_json::Value = serde_json::from_slice(&sum).unwrap_or_default();
                 if v["plain_b3"] == plain_b3.as_str() {
                     return Ok(());
@@ -110,11 +110,23 @@ pub fn fetch(
     if !valid_name(name) {
         return Err(format!("{name:?} is not a WAL file name"));
     }
+    let mut last_err = None;
     for cfg in ops::repos_of(b, all)? {
-        let Ok(repo) = ops::open(cfg) else { continue };
+        let repo = match ops::open(cfg) {
+            Ok(r) => r,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
         let k = key(&b.name, name);
-        let Ok(sum) = repo.get(&format!("{k}.sum")) else {
-            continue;
+        let sum = match repo.store().get(&format!("{k}.sum")) {
+            Ok(Some(sum)) => sum,
+            Ok(None) => continue,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
         };
         let v: serde_json::Value = serde_json::from_slice(&sum)
             .map_err(|_| format!("repo {}: {name}: its checksum file is malformed", cfg.name))?;
@@ -138,7 +150,12 @@ pub fn fetch(
             .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
         return Ok(true);
     }
-    Ok(false)
+    // Not found anywhere reachable; a repo that could not be asked might
+    // have it, so that is no end of the archive.
+    match last_err {
+        Some(e) => Err(e),
+        None => Ok(false),
+    }
 }
 
 /// The segment name of an LSN (`0/2000028`) on a timeline, with 16 MiB
@@ -156,17 +173,18 @@ pub fn segment_of(lsn: &str, timeline: u32) -> Option<String> {
 /// of the oldest kept base backup), as pg_archivecleanup does; history
 /// files stay. Returns how many went.
 pub fn cleanup(repo: &Repo, backup: &str, oldest: &str, dry_run: bool) -> Result<u64> {
-    let dir = repo.root().join("wal").join(backup);
+    let dir = format!("wal/{backup}/");
     let mut n = 0;
-    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let stem = name.strip_suffix(".sum").unwrap_or(&name);
+    for (key, _) in repo.store().list(&dir)? {
+        let Some(name) = key.strip_prefix(&dir) else {
+            continue;
+        };
+        let stem = name.strip_suffix(".sum").unwrap_or(name);
         let seg = stem.get(..24).unwrap_or("");
         // Timeline first, then the position: the same order as names.
         if seg.len() == 24 && !stem.ends_with(".history") && seg[8..] < oldest[8..] {
             if !dry_run {
-                std::fs::remove_file(e.path())
-                    .map_err(|err| format!("cannot delete {}: {err}", e.path().display()))?;
+                repo.store().delete(&key)?;
             }
             if !name.ends_with(".sum") {
                 n += 1;
@@ -213,7 +231,7 @@ mod tests {
     #[test]
     fn cleanup_keeps_what_the_oldest_base_backup_needs() {
         let root = std::env::temp_dir().join(format!("centinela-wal-{}", std::process::id()));
-        let repo = Repo::open(&root).unwrap();
+        let repo = Repo::open(crate::store::Store::local(&root)).unwrap();
         let dir = root.join("wal/db");
         std::fs::create_dir_all(&dir).unwrap();
         let names = [

@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use age::secrecy::ExposeSecret;
 use centinela_backup::files;
-use centinela_backup::repo::{verify, Opener, Reader, Repo, Sealer, Writer};
+use centinela_backup::repo::{verify, Opener, Reader, Repo, Sealer, Store, Writer};
 
 struct Dir(PathBuf);
 impl Drop for Dir {
@@ -137,7 +137,7 @@ fn a_files_backup_restores_exactly_and_unchanged_data_costs_nothing() {
     let src = d.0.join("src");
     tree(&src);
     let (recipient, key) = keys(&d.0, "key.txt");
-    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let repo = Repo::open(Store::local(&d.0.join("repo"))).unwrap();
     let sealer = Sealer::new(&[recipient], 3).unwrap();
     let first = run_backup(&repo, &sealer, &src);
     assert!(first.source_bytes >= 2 << 20);
@@ -180,7 +180,7 @@ fn corruption_and_wrong_keys_are_named_and_never_restored() {
     tree(&src);
     let (recipient, key) = keys(&d.0, "key.txt");
     let (_, other) = keys(&d.0, "other.txt");
-    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let repo = Repo::open(Store::local(&d.0.join("repo"))).unwrap();
     let idx = run_backup(&repo, &Sealer::new(&[recipient], 3).unwrap(), &src);
     let chunk_path = |id: &str| d.0.join("repo/chunks").join(&id[..2]).join(id);
 
@@ -253,7 +253,7 @@ fn a_half_written_snapshot_is_never_listed_and_the_next_backup_works() {
     let src = d.0.join("src");
     tree(&src);
     let (recipient, key) = keys(&d.0, "key.txt");
-    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let repo = Repo::open(Store::local(&d.0.join("repo"))).unwrap();
     let sealer = Sealer::new(&[recipient], 3).unwrap();
     {
         // Chunks written, then the process "dies" before the manifest.
@@ -270,7 +270,7 @@ fn a_half_written_snapshot_is_never_listed_and_the_next_backup_works() {
     // A directory that is not a repository is left alone.
     std::fs::create_dir_all(d.0.join("other")).unwrap();
     std::fs::write(d.0.join("other/file"), b"x").unwrap();
-    let e = Repo::open(&d.0.join("other")).err().unwrap();
+    let e = Repo::open(Store::local(&d.0.join("other"))).err().unwrap();
     assert!(e.contains("not a centinela repository"), "{e}");
 }
 
@@ -288,7 +288,7 @@ fn the_reference_age_tool_reads_what_the_repository_stores() {
         .strip_prefix("Public key: ")
         .unwrap()
         .to_string();
-    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let repo = Repo::open(Store::local(&d.0.join("repo"))).unwrap();
     let sealer = Sealer::new(&[recipient], 3).unwrap();
     let mut w = Writer::new(&repo, &sealer, "doc", "files").unwrap();
     let plain = b"what the reference tool must read back".to_vec();
@@ -330,7 +330,7 @@ fn a_sqlite_snapshot_after_a_few_changed_rows_costs_a_few_chunks() {
         tx.commit().unwrap();
     }
     let (recipient, key) = keys(&d.0, "key.txt");
-    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let repo = Repo::open(Store::local(&d.0.join("repo"))).unwrap();
     let sealer = Sealer::new(&[recipient], 3).unwrap();
     let snap = |repo: &Repo| {
         let mut w = Writer::new(repo, &sealer, "app", "sqlite").unwrap();
@@ -407,7 +407,7 @@ fn after_prune_every_kept_snapshot_restores_over_random_histories() {
     for round in 0..6 {
         let src = d.0.join(format!("src{round}"));
         std::fs::create_dir_all(&src).unwrap();
-        let repo = Repo::open(&d.0.join(format!("repo{round}"))).unwrap();
+        let repo = Repo::open(Store::local(&d.0.join(format!("repo{round}")))).unwrap();
         // What each snapshot held: file name -> content.
         let mut held = Vec::new();
         let mut t = 1_796_169_600 - 120 * DAY;
@@ -476,7 +476,7 @@ fn prune_and_backups_wait_for_each_other_and_dead_locks_are_taken_over() {
     use centinela_backup::retention::Keep;
     let d = tempdir("lock");
     let (recipient, _) = keys(&d.0, "key.txt");
-    let repo = Repo::open(&d.0.join("repo")).unwrap();
+    let repo = Repo::open(Store::local(&d.0.join("repo"))).unwrap();
     let sealer = Sealer::new(&[recipient], 1).unwrap();
     let keep = Keep {
         last: 1,
