@@ -7,6 +7,8 @@
 # with chromium-driver (a headless browser drives the dashboard), and age
 # (the reference age tool reads what the backup repository encrypts), and
 # postgresql (throwaway servers that the backup tests back up and restore).
+# From PyPI: moto[server] (a throwaway S3-compatible server for the offsite
+# repo tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,11 @@ if [ ${#need[@]} -gt 0 ]; then
     [ "$(id -u)" -ne 0 ] && sudo_="sudo"
     $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
+    echo "Installing moto[server] (PyPI) for the tests" >&2
+    python3 -m pip install -q --disable-pip-version-check 'moto[server]'
 fi
 
 # Binaries the end-to-end tests start as real processes.

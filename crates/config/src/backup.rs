@@ -189,14 +189,7 @@ pub(crate) fn repos(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>, base: &Path) -> 
         o.finish(sink);
         let store = match (local, s3) {
             (Some((p, _)), None) => Store::Local(base.join(p)),
-            (None, Some(Some(s))) => {
-                sink.warn(
-                    &v.span(),
-                    &path,
-                    "S3 repositories are not built yet (issue #11): backups to this repo fail",
-                );
-                Store::S3(s)
-            }
+            (None, Some(Some(s))) => Store::S3(s),
             (None, Some(None)) => continue,
             (None, None) => {
                 sink.error(

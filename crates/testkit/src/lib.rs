@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 pub mod pg;
+pub mod s3;
 pub mod tls;
 
 /// Polls `check` until it returns true or `deadline` passes.

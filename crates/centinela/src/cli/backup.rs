@@ -29,6 +29,9 @@ enum Action {
     /// List the backup's snapshots in each repo.
     List {
         name: String,
+        /// Only this repo.
+        #[arg(long)]
+        repo: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -160,18 +163,37 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        Action::List { name, json } => {
+        Action::List { name, repo, json } => {
             let b = match find(cfg, &name) {
                 Ok(b) => b,
                 Err(c) => return c,
             };
-            let list = match ops::list(b, &cfg.repos, None) {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
+            if let Some(r) = &repo {
+                if !b.repos.contains(r) {
+                    eprintln!(
+                        "error: backup {name} does not go to a repo named {r:?} (its repos: {})",
+                        b.repos.join(", ")
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
                 }
-            };
+            }
+            // Each repo on its own: one that cannot be read is reported,
+            // and the others are still listed.
+            let mut list = Vec::new();
+            let mut failed = Vec::new();
+            for r in b
+                .repos
+                .iter()
+                .filter(|r| repo.as_ref().is_none_or(|o| o == *r))
+            {
+                match ops::list(b, &cfg.repos, Some(r)) {
+                    Ok(l) => list.extend(l),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed.push(serde_json::json!({ "repo": r, "error": e }));
+                    }
+                }
+            }
             if json {
                 let v: Vec<serde_json::Value> = list
                     .iter()
@@ -184,7 +206,10 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::json!({ "backup": name, "snapshots": v }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "backup": name, "snapshots": v, "unreadable": failed })
+                );
             } else {
                 println!(
                     "{:<28} {:<10} {:>12} {:>12} {:>8}",
@@ -201,7 +226,11 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                     );
                 }
             }
-            ExitCode::SUCCESS
+            if failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Action::Prune {
             name,

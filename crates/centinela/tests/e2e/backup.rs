@@ -10,7 +10,7 @@ use centinela_testkit::{bin, TempDir};
 use serde_json::Value;
 
 /// A listener (the config needs one) and the local repo `repo`.
-const PREAMBLE: &str = "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\n\n[repo.local]\npath = \"repo\"\n\n";
+pub(crate) const PREAMBLE: &str = "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"app\"\n[upstream.app]\nservers = [\"127.0.0.1:1\"]\n\n[repo.local]\npath = \"repo\"\n\n";
 
 fn cli(args: &[&str]) -> Output {
     std::process::Command::new(bin("centinela"))
@@ -28,7 +28,7 @@ fn text(o: &Output) -> String {
 }
 
 /// A key made by age-keygen: (recipient, identity file).
-fn keygen(path: &Path) -> String {
+pub(crate) fn keygen(path: &Path) -> String {
     let out = std::process::Command::new("age-keygen")
         .args(["-o", path.to_str().unwrap()])
         .output()
