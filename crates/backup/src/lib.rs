@@ -15,6 +15,7 @@ pub mod retention;
 pub mod scheduler;
 pub mod sqlite;
 pub mod store;
+pub mod throwaway;
 pub mod wal;
 
 pub use scheduler::Scheduler;

@@ -62,10 +62,38 @@ pub fn run(b: &Backup, repos: &[RepoCfg], identity: &Path, scratch_root: &Path) 
             ops::restore(b, repos, None, Which::Latest, &scratch.0, &opener, None)?;
         out.snapshot = Some(idx.id.clone());
         out.rpo_secs = at.saturating_sub(idx.finished) as f64;
-        if matches!(restored, Restored::Postgres(_)) && !t.checks.is_empty() {
-            return Err(
-                "checks against a restored PostgreSQL are not built yet (issue #11)".into(),
-            );
+        if let Restored::Postgres(data) = &restored {
+            // Every archived segment from the base backup's start, then a
+            // throwaway server replays them to the end and is promoted.
+            let wal = scratch.0.join("wal");
+            if let Some(start) = &idx.wal_start {
+                crate::wal::fetch_since(b, repos, start, &wal, &opener)?;
+            }
+            crate::postgres::Recovery {
+                restore_command: format!("cp '{}/%f' '%p'", wal.display()),
+                target_time: None,
+            }
+            .write(data)?;
+            let wait = t.max_rto.max(std::time::Duration::from_secs(600));
+            let server = crate::throwaway::Throwaway::start(data, &scratch.0, wait)?;
+            server.wait_promoted(wait)?;
+            // RPO: the newest commit recovered, when WAL was replayed.
+            if let Ok(v) =
+                server.query("SELECT extract(epoch FROM pg_last_xact_replay_timestamp())::bigint")
+            {
+                if let Ok(last) = v.parse::<u64>() {
+                    out.rpo_secs = at.saturating_sub(last.max(idx.finished)) as f64;
+                }
+            }
+            for check in &t.checks {
+                let got = server.query(&check.sql).map_err(|e| e.to_string());
+                let (value, pass) =
+                    match got.and_then(|v| v.parse::<i64>().map_err(|e| e.to_string())) {
+                        Ok(v) => (Some(v), v >= check.min),
+                        Err(_) => (None, false),
+                    };
+                out.checks.push((check.sql.clone(), value, check.min, pass));
+            }
         }
         if let Restored::Sqlite(db) = &restored {
             let c = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -112,7 +140,60 @@ pub fn run(b: &Backup, repos: &[RepoCfg], identity: &Path, scratch_root: &Path) 
     }
     out.ok = why.is_empty();
     out.error = (!why.is_empty()).then(|| why.join("; "));
+    if let Err(e) = save(scratch_root, &b.name, &out) {
+        tracing::warn!(backup = %b.name, error = %e, "Cannot record the restore test's result");
+    }
     out
+}
+
+fn state_file(state_dir: &Path, backup: &str) -> PathBuf {
+    state_dir
+        .join("restore-tests")
+        .join(format!("{backup}.json"))
+}
+
+/// Records the outcome in the state directory (`restore-tests/NAME.json`),
+/// where `backup list`, and `centinela run` after a restart, read it.
+pub fn save(state_dir: &Path, backup: &str, o: &Outcome) -> Result<()> {
+    let v = serde_json::json!({
+        "ok": o.ok, "snapshot": o.snapshot, "rto_seconds": o.rto_secs,
+        "rpo_seconds": o.rpo_secs, "error": o.error, "at": o.at,
+        "checks": o.checks.iter().map(|(sql, value, min, pass)| serde_json::json!({
+            "sql": sql, "value": value, "min": min, "ok": pass,
+        })).collect::<Vec<_>>(),
+    });
+    let path = state_file(state_dir, backup);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::create_dir_all(state_dir.join("restore-tests"))
+        .and_then(|()| std::fs::write(&tmp, v.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The last recorded outcome of the backup's restore test.
+pub fn load(state_dir: &Path, backup: &str) -> Option<Outcome> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_file(state_dir, backup)).ok()?).ok()?;
+    Some(Outcome {
+        ok: v["ok"].as_bool()?,
+        snapshot: v["snapshot"].as_str().map(str::to_string),
+        rto_secs: v["rto_seconds"].as_f64()?,
+        rpo_secs: v["rpo_seconds"].as_f64()?,
+        checks: v["checks"]
+            .as_array()?
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c["sql"].as_str()?.to_string(),
+                    c["value"].as_i64(),
+                    c["min"].as_i64()?,
+                    c["ok"].as_bool()?,
+                ))
+            })
+            .collect(),
+        error: v["error"].as_str().map(str::to_string),
+        at: v["at"].as_u64()?,
+    })
 }
 
 fn now() -> u64 {

@@ -104,6 +104,7 @@ impl Scheduler {
                 None => {
                     let status = Arc::new(Mutex::new(Status {
                         name: b.name.clone(),
+                        restore_test: crate::restore_test::load(&self.scratch, &b.name),
                         ..Status::default()
                     }));
                     let task = tokio::spawn(run_loop(b.clone(), its_repos.clone(), status.clone()));

@@ -158,6 +158,46 @@ pub fn fetch(
     }
 }
 
+/// Fetches every archived WAL file a recovery from a base backup that
+/// starts in `start` needs (that segment and every later one, and the
+/// timeline histories) into the directory `dir`; how many. For a restore
+/// test, whose throwaway server then reads them with `cp`.
+pub fn fetch_since(
+    b: &Backup,
+    all: &[RepoCfg],
+    start: &str,
+    dir: &Path,
+    opener: &Opener,
+) -> Result<usize> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let prefix = format!("wal/{}/", b.name);
+    let mut names = std::collections::BTreeSet::new();
+    for cfg in ops::repos_of(b, all)? {
+        let Ok(repo) = ops::open(cfg) else { continue };
+        let Ok(listed) = repo.store().list(&prefix) else {
+            continue;
+        };
+        for (key, _) in listed {
+            let Some(name) = key.strip_prefix(&prefix) else {
+                continue;
+            };
+            if !valid_name(name) || name.ends_with(".sum") {
+                continue;
+            }
+            let seg = name.get(..24).unwrap_or("");
+            if name.ends_with(".history")
+                || (seg.len() == 24 && start.len() == 24 && seg[8..] >= start[8..])
+            {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    for name in &names {
+        fetch(b, all, name, &dir.join(name), opener)?;
+    }
+    Ok(names.len())
+}
+
 /// The segment name of an LSN (`0/2000028`) on a timeline, with 16 MiB
 /// segments: what `pg_basebackup` reports as its start.
 pub fn segment_of(lsn: &str, timeline: u32) -> Option<String> {

@@ -194,6 +194,13 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                     }
                 }
             }
+            let tested = centinela_backup::restore_test::load(&cfg.runtime.state_dir, &name);
+            let verdict = |id: &str| {
+                tested
+                    .as_ref()
+                    .filter(|t| t.snapshot.as_deref() == Some(id))
+                    .map(|t| if t.ok { "passed" } else { "failed" })
+            };
             if json {
                 let v: Vec<serde_json::Value> = list
                     .iter()
@@ -202,13 +209,21 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                             "repo": repo, "snapshot": i.id, "kind": i.kind,
                             "started": i.started, "finished": i.finished,
                             "source_bytes": i.source_bytes, "added_bytes": i.added_bytes,
-                            "chunks": i.chunks.len(),
+                            "chunks": i.chunks.len(), "restore_test": verdict(&i.id),
                         })
                     })
                     .collect();
+                let t = tested.as_ref().map(|t| {
+                    serde_json::json!({
+                        "ok": t.ok, "snapshot": t.snapshot, "at": centinela_backup::rfc3339(t.at),
+                        "rto_seconds": t.rto_secs, "rpo_seconds": t.rpo_secs, "error": t.error,
+                    })
+                });
                 println!(
                     "{}",
-                    serde_json::json!({ "backup": name, "snapshots": v, "unreadable": failed })
+                    serde_json::json!({
+                        "backup": name, "snapshots": v, "unreadable": failed, "restore_test": t,
+                    })
                 );
             } else {
                 println!(
@@ -224,6 +239,21 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                         mib(i.added_bytes),
                         i.chunks.len()
                     );
+                }
+                match &tested {
+                    None => println!("restore test: never run"),
+                    Some(t) => println!(
+                        "restore test: {} at {} (snapshot {}, RTO {:.1} s, RPO {:.0} s){}",
+                        if t.ok { "passed" } else { "FAILED" },
+                        centinela_backup::rfc3339(t.at),
+                        t.snapshot.as_deref().unwrap_or("-"),
+                        t.rto_secs,
+                        t.rpo_secs,
+                        t.error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    ),
                 }
             }
             if failed.is_empty() {

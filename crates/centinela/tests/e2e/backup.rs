@@ -694,7 +694,7 @@ async fn point_in_time_recovery_with_wal_archived_by_wal_push() {
     std::fs::write(
         &cfg,
         format!(
-            "{PREAMBLE}[backup.products-db]\nkind = \"postgres\"\nconnect = \"{}\"\nwal = \"archive\"\nschedule = \"0 3 * * *\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\n",
+            "{PREAMBLE}[backup.products-db]\nkind = \"postgres\"\nconnect = \"{}\"\nwal = \"archive\"\nschedule = \"0 3 * * *\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\nrestore_test = {{ schedule = \"0 5 * * 0\", checks = [ {{ sql = \"SELECT count(*) FROM products\", min = 2000 }} ], max_rto = \"5m\", max_rpo = \"1h\" }}\n",
             pg.conninfo()
         ),
     )
@@ -771,6 +771,74 @@ async fn point_in_time_recovery_with_wal_archived_by_wal_push() {
             data.display()
         );
     }
+
+    // The restore test: the newest base backup and every archived segment
+    // in a throwaway server, promoted, then the check; RPO from the newest
+    // replayed commit.
+    let out = std::process::Command::new(&bin)
+        .args(["restore-test", "products-db", "--identity"])
+        .arg(&key)
+        .args(["--config", &c])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("\"SELECT count(*) FROM products\": 2000"),
+        "{}",
+        text(&out)
+    );
+    let out = std::process::Command::new(&bin)
+        .args(["backup", "list", "products-db", "--json", "--config", &c])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["restore_test"]["ok"], true, "{v}");
+    assert!(
+        v["restore_test"]["rpo_seconds"].as_f64().unwrap() < 600.0,
+        "{v}"
+    );
+    assert_eq!(v["snapshots"][0]["restore_test"], "passed", "{v}");
+    // Nothing of the throwaway server is left, and nothing was archived
+    // from it into the repo (archiving is off there).
+    let left: Vec<_> = std::fs::read_dir(dir.path("centinela-data"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().any(|n| n == "restore-tests")
+            && left
+                .iter()
+                .all(|n| !n.to_string_lossy().starts_with("centinela-restore-test")),
+        "{left:?}"
+    );
+    // A check that does not hold fails the test, exit 1, and says so in
+    // `backup list`.
+    let strict = dir.path("strict.toml");
+    std::fs::write(
+        &strict,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("min = 2000", "min = 5000"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["restore-test", "products-db", "--identity"])
+        .arg(&key)
+        .arg("--config")
+        .arg(&strict)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("at least 5000"), "{}", text(&out));
+    let out = std::process::Command::new(&bin)
+        .args(["backup", "list", "products-db", "--config"])
+        .arg(&strict)
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("restore test: FAILED"),
+        "{}",
+        text(&out)
+    );
 
     // A segment is written once: the same content again is fine, other
     // content is refused (PostgreSQL keeps it and says so).
