@@ -174,6 +174,40 @@ pub fn prune(
         .collect()
 }
 
+/// Checks a restore's target time before anything is written: a time
+/// before the oldest snapshot, or (PostgreSQL) after the newest archived
+/// WAL, cannot be restored, and says why.
+pub fn check_target(b: &Backup, all: &[RepoCfg], only: Option<&str>, t: u64) -> Result<()> {
+    let snaps = list(b, all, only)?;
+    let Some(oldest) = snaps.iter().map(|(_, i)| i.finished).min() else {
+        return Err(format!("backup {} has no snapshot yet", b.name));
+    };
+    if t < oldest {
+        return Err(format!(
+            "{} is before the oldest snapshot of backup {} (finished at {}): nothing that old can be restored",
+            crate::rfc3339(t),
+            b.name,
+            crate::rfc3339(oldest)
+        ));
+    }
+    if let Source::Postgres { wal, .. } = &b.source {
+        if *wal != centinela_config::backup::Wal::Off {
+            let newest = snaps.iter().map(|(_, i)| i.finished).max().unwrap_or(0);
+            let end = crate::wal::archive_end(b, all)?.unwrap_or(0);
+            if t > newest.max(end) {
+                return Err(format!(
+                    "{} is after the end of backup {}'s archive: its newest WAL was archived at {} and its newest base backup finished at {}; recovery cannot reach a later time (PostgreSQL archives a segment when it is full, or after archive_timeout)",
+                    crate::rfc3339(t),
+                    b.name,
+                    if end == 0 { "never".to_string() } else { crate::rfc3339(end) },
+                    crate::rfc3339(newest)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Which snapshot to restore.
 pub enum Which<'a> {
     Latest,

@@ -151,6 +151,25 @@ impl Store {
         }
     }
 
+    /// When the newest object under `prefix` was written (Unix seconds).
+    pub fn newest(&self, prefix: &str) -> Result<Option<u64>> {
+        match self {
+            Store::Local(root) => {
+                let mut newest = None;
+                for (key, _) in self.list(prefix)? {
+                    let t = std::fs::metadata(root.join(&key))
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs());
+                    newest = newest.max(t);
+                }
+                Ok(newest)
+            }
+            Store::S3(s) => s.newest(prefix),
+        }
+    }
+
     /// Deletes `key`; one that is not there is no error.
     pub fn delete(&self, key: &str) -> Result<()> {
         match self {
@@ -334,6 +353,21 @@ impl S3Store {
                 Some((k, m.size))
             })
             .collect())
+    }
+
+    fn newest(&self, prefix: &str) -> Result<Option<u64>> {
+        use futures_util::StreamExt;
+        let client = self.client.clone();
+        let path = self.path(prefix.trim_end_matches('/'));
+        block(async move {
+            let mut newest: Option<i64> = None;
+            let mut s = client.list(Some(&path));
+            while let Some(m) = s.next().await {
+                newest = newest.max(Some(m?.last_modified.timestamp()));
+            }
+            Ok::<_, object_store::Error>(newest.map(|t| t.max(0) as u64))
+        })?
+        .map_err(|e| self.err("cannot list", prefix, e))
     }
 
     fn delete(&self, key: &str) -> Result<()> {

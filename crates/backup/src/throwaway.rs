@@ -123,12 +123,8 @@ impl Throwaway {
             ])
             .output()
             .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
-        let user = if as_postgres {
-            "postgres".to_string()
-        } else {
-            std::env::var("USER").unwrap_or_else(|_| "postgres".into())
-        };
-        let server = Throwaway {
+        let user = "postgres".to_string();
+        let mut server = Throwaway {
             bin,
             data: data.to_path_buf(),
             port,
@@ -145,6 +141,13 @@ impl Throwaway {
                     .map(|l| format!("\n  {l}"))
                     .collect::<String>()
             ));
+        }
+        // The cluster's superuser: `postgres` as Debian makes them, else
+        // the name of the user who ran initdb, as initdb does.
+        if server.query("SELECT 1").is_err() {
+            if let Ok(me) = std::env::var("USER") {
+                server.user = me;
+            }
         }
         Ok(server)
     }
@@ -206,4 +209,65 @@ impl Drop for Throwaway {
             .args(["-m", "immediate", "-w", "stop"])
             .output();
     }
+}
+
+/// `restore --start PORT`: starts the restored cluster in `data` on
+/// `port` (its own settings otherwise), as the `postgres` user when root,
+/// and waits until recovery has finished (PostgreSQL removes
+/// `recovery.signal` when it promotes). The server keeps running; its log
+/// is `DATA/centinela-restore.log`.
+pub fn start_restored(data: &Path, port: u16, wait: Duration) -> Result<()> {
+    let bin = bindir(data)?;
+    let conf = data.join("postgresql.conf");
+    if !conf.exists() {
+        std::fs::write(&conf, "").map_err(|e| format!("{}: {e}", conf.display()))?;
+    }
+    let as_postgres = root();
+    if as_postgres {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(data)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(format!(
+                "cannot give {} to the postgres user",
+                data.display()
+            ));
+        }
+    }
+    let log = data.join("centinela-restore.log");
+    let out = command(&bin.join("pg_ctl"), as_postgres)
+        .arg("-D")
+        .arg(data)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", &wait.as_secs().max(1).to_string()])
+        .args(["-o", &format!("-c port={port}"), "start"])
+        .output()
+        .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
+    if !out.status.success() {
+        let tail = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+        return Err(format!(
+            "PostgreSQL did not start on port {port}: {}{}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            tail.into_iter()
+                .rev()
+                .map(|l| format!("\n  {l}"))
+                .collect::<String>()
+        ));
+    }
+    let end = Instant::now() + wait;
+    while data.join("recovery.signal").exists() {
+        if Instant::now() >= end {
+            return Err(format!(
+                "PostgreSQL on port {port} was still recovering after {} s (see {})",
+                wait.as_secs(),
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }

@@ -198,6 +198,19 @@ pub fn fetch_since(
     Ok(names.len())
 }
 
+/// When the newest WAL file of the backup reached any of its repos (Unix
+/// seconds): no recovery target after it can be reached.
+pub fn archive_end(b: &Backup, all: &[RepoCfg]) -> Result<Option<u64>> {
+    let mut end = None;
+    for cfg in ops::repos_of(b, all)? {
+        let Ok(repo) = ops::open(cfg) else { continue };
+        if let Ok(t) = repo.store().newest(&format!("wal/{}/", b.name)) {
+            end = end.max(t);
+        }
+    }
+    Ok(end)
+}
+
 /// The segment name of an LSN (`0/2000028`) on a timeline, with 16 MiB
 /// segments: what `pg_basebackup` reports as its start.
 pub fn segment_of(lsn: &str, timeline: u32) -> Option<String> {

@@ -88,6 +88,10 @@ pub(super) struct RestoreCmd {
     /// From this repo (default: the first of the backup's repos that has it).
     #[arg(long)]
     repo: Option<String>,
+    /// PostgreSQL: start the restored server on this port and wait until
+    /// its recovery has finished.
+    #[arg(long, value_name = "PORT")]
+    start: Option<u16>,
     #[arg(long, short, default_value = "centinela.toml")]
     config: PathBuf,
 }
@@ -362,6 +366,19 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
         },
         (None, None) => Which::Latest,
     };
+    if cmd.start.is_some() && !matches!(b.source, Source::Postgres { .. }) {
+        eprintln!(
+            "error: --start is for PostgreSQL backups; {} is not one",
+            b.name
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Which::At(t) = which {
+        if let Err(e) = ops::check_target(b, &cfg.repos, cmd.repo.as_deref(), t) {
+            eprintln!("error: --to: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // PostgreSQL with archived WAL: recovery fetches it through this
     // binary, to the target time or the end of the archive.
     let recovery = match &b.source {
@@ -386,6 +403,18 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
         recovery.as_ref(),
     ) {
         Ok((repo, idx, restored)) => {
+            if let (Some(port), Restored::Postgres(dir)) = (cmd.start, &restored) {
+                let wait = std::time::Duration::from_secs(3600);
+                if let Err(e) = centinela_backup::throwaway::start_restored(dir, port, wait) {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+                println!(
+                    "{}: PostgreSQL recovered and running on port {port} (data {})",
+                    cmd.name,
+                    dir.display()
+                );
+            }
             let what = match restored {
                 Restored::Files(w) => format!(
                     "{} files, {} directories, {} links",

@@ -752,6 +752,59 @@ async fn point_in_time_recovery_with_wal_archived_by_wal_push() {
     // To the time between the batches: all of a, none of b.
     let at = restore("at", vec!["--to", t.as_str()]);
     let latest = restore("latest", vec!["--latest"]);
+    // Targets that cannot be reached are refused before anything is
+    // written.
+    for (when, why) in [
+        ("2000-01-01T00:00:00Z", "before the oldest snapshot"),
+        (
+            "2999-01-01T00:00:00Z",
+            "after the end of backup products-db's archive",
+        ),
+    ] {
+        let target = dir.path("unreachable");
+        let out = std::process::Command::new(&bin)
+            .args(["restore", "products-db", "--to", when, "--target"])
+            .arg(&target)
+            .arg("--identity")
+            .arg(&key)
+            .args(["--config", &c])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains(why), "{}", text(&out));
+        assert!(!target.exists());
+    }
+    // --start: restored, started on the port, recovered, running.
+    let port = centinela_testkit::free_port_range(1);
+    let started = restore("started", vec!["--latest", "--start", &port.to_string()]);
+    let count = std::process::Command::new(centinela_testkit::pg::program("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args([
+            "-At",
+            "-c",
+            "SELECT count(*) FROM products WHERE NOT pg_is_in_recovery()",
+        ])
+        .output()
+        .unwrap();
+    let _ = as_server(
+        &centinela_testkit::pg::program("pg_ctl"),
+        &["-D", started.to_str().unwrap(), "-m", "immediate", "stop"],
+    )
+    .output();
+    assert_eq!(
+        String::from_utf8_lossy(&count.stdout).trim(),
+        "2000",
+        "{count:?}"
+    );
     drop(pg);
     for (data, want_b) in [(at, "0"), (latest, "1000")] {
         let r = Postgres::start(&data).await;
