@@ -194,8 +194,91 @@ fn pg_time(t: &str) -> String {
     }
 }
 
+/// The major version in `pg_basebackup (PostgreSQL) 15.18` or `150018`.
+fn major(text: &str) -> Option<u32> {
+    let word = text.split_whitespace().last()?;
+    if !word.contains('.') {
+        return word.parse::<u32>().ok().map(|n| n / 10_000);
+    }
+    word.split('.').next()?.parse().ok()
+}
+
+/// What `check` asks of a PostgreSQL backup's server: reachable,
+/// `pg_basebackup` of its major version, and, with `wal = "archive"`,
+/// `archive_mode` on and an `archive_command` that runs this backup's
+/// `wal-push`. Each problem says how to fix it; `archive_line` is the
+/// exact `archive_command` line to add.
+pub fn check(connect: &str, password: Option<&str>, archive_line: Option<&str>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let base = program("pg_basebackup");
+    let tool = match Command::new(&base).arg("--version").output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => {
+            problems.push(format!(
+                "cannot run {}: {e} (Debian package postgresql-client)",
+                base.display()
+            ));
+            String::new()
+        }
+    };
+    let mut psql = Command::new(program("psql"));
+    psql.args(["-X", "-A", "-t", "--no-password", "-d", connect, "-c"])
+        .arg("SELECT current_setting('server_version_num') || '|' || current_setting('archive_mode') || '|' || current_setting('archive_command')")
+        .stdin(Stdio::null());
+    if let Some(p) = password {
+        psql.env("PGPASSWORD", p);
+    }
+    let out = match psql.output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => {
+            problems.push(format!(
+                "cannot reach the PostgreSQL server: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+            return problems;
+        }
+        Err(e) => {
+            problems.push(format!(
+                "cannot run psql: {e} (Debian package postgresql-client)"
+            ));
+            return problems;
+        }
+    };
+    let mut parts = out.splitn(3, '|');
+    let (version, mode, command) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    match (major(&tool), major(version)) {
+        (Some(t), Some(s)) if t != s => problems.push(format!(
+            "{} is {tool:?} but the server is PostgreSQL {s}: install postgresql-client-{s} (pg_basebackup must match the server's major version)",
+            base.display()
+        )),
+        _ => {}
+    }
+    if let Some(line) = archive_line {
+        let pushes = command.contains("wal-push");
+        if !matches!(mode, "on" | "always") || !pushes {
+            problems.push(format!(
+                "wal = \"archive\" but the server has archive_mode = {mode:?} and archive_command = {command:?}; add to postgresql.conf, then restart PostgreSQL:\n    archive_mode = on\n    archive_command = '{}'",
+                line.replace('\'', "''")
+            ));
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn major_versions_of_the_tool_and_the_server() {
+        assert_eq!(super::major("pg_basebackup (PostgreSQL) 15.18"), Some(15));
+        assert_eq!(super::major("150018"), Some(15));
+        assert_eq!(super::major("160002"), Some(16));
+        assert_eq!(super::major(""), None);
+    }
+
     #[test]
     fn target_times_in_postgres_form() {
         assert_eq!(

@@ -269,5 +269,24 @@ pub fn start_restored(data: &Path, port: u16, wait: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
+    // The file goes a moment before the server says it is out of
+    // recovery: ask it, where its pg_hba lets us in without a password.
+    loop {
+        let asked = command(&bin.join("psql"), as_postgres)
+            .args(["-X", "-A", "-t", "--no-password", "-h", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args(["-c", "SELECT pg_is_in_recovery()"])
+            .output();
+        match asked {
+            Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "t" => {}
+            _ => return Ok(()),
+        }
+        if Instant::now() >= end {
+            return Err(format!(
+                "PostgreSQL on port {port} was still recovering after {} s",
+                wait.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -10,11 +10,14 @@ use crate::cron::Cron;
 use crate::diag::Sink;
 use crate::read::{array_items, is_name, missing, Obj, SV};
 use crate::secret::Secret;
+use crate::Location;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Repo {
     pub name: String,
     pub store: Store,
+    /// Where `[repo.NAME]` is in the file.
+    pub at: Location,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +51,8 @@ pub struct Backup {
     pub zstd_level: i32,
     pub keep: Keep,
     pub restore_test: Option<RestoreTest>,
+    /// Where `[backup.NAME]` is in the file.
+    pub at: Location,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -211,6 +216,7 @@ pub(crate) fn repos(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>, base: &Path) -> 
         out.push(Repo {
             name: name.to_string(),
             store,
+            at: sink.location(&v.span()),
         });
     }
     out
@@ -458,6 +464,7 @@ fn backup(
             zstd_level,
             keep,
             restore_test,
+            at: sink.location(&span),
         }),
         _ => None,
     };

@@ -33,6 +33,23 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Where a table was defined: `file:line:column`. Never part of a
+/// comparison (a table that moved in the file has not changed).
+#[derive(Clone, Debug, Default)]
+pub struct Location(pub String);
+
+impl PartialEq for Location {
+    fn eq(&self, _: &Location) -> bool {
+        true
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The config was rejected. Holds every error found, in source order.
 #[derive(Clone, Debug)]
 pub struct ConfigError {
@@ -102,6 +119,13 @@ impl<'a> Sink<'a> {
             path: path.to_string(),
             message: msg,
         }
+    }
+
+    /// `file:line:column` of a span, for problems found after reading
+    /// (`check`'s look at a repo or a server).
+    pub(crate) fn location(&self, span: &Range<usize>) -> Location {
+        let d = self.diag(span, "", String::new());
+        Location(format!("{}:{}:{}", d.file, d.line, d.column))
     }
 
     pub(crate) fn error(&mut self, span: &Range<usize>, path: &str, msg: impl Into<String>) {

@@ -30,7 +30,7 @@ use std::path::Path;
 
 pub use admin::Admin;
 pub use alert::{Alert, Alerting};
-pub use diag::{ConfigError, Diagnostic};
+pub use diag::{ConfigError, Diagnostic, Location};
 pub use listener::{Listener, PathNormalization};
 pub use notify::Notifier;
 pub use probe::UptimeProbe;

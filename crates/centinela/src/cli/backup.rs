@@ -490,9 +490,32 @@ pub(super) fn restore_test(cmd: RestoreTestCmd) -> ExitCode {
     }
 }
 
-/// `'…'` for a POSIX shell.
+/// A word for a POSIX shell: as it is when it holds nothing a shell
+/// reads, else in `'…'`.
 fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:=@%,".contains(&b));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The archive_command that `check` asks for: this binary's `wal-push`,
+/// with absolute paths.
+pub(super) fn archive_command(name: &str, config: &std::path::Path) -> String {
+    let exe = std::env::current_exe()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "centinela".into());
+    let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    format!(
+        "{} wal-push {} %p --config {}",
+        shell_quote(&exe),
+        shell_quote(name),
+        shell_quote(&config.to_string_lossy())
+    )
 }
 
 /// The restore_command of a point-in-time restore: this binary's

@@ -59,7 +59,29 @@ pub(super) fn check(path: &Path) -> ExitCode {
             }
             for r in &c.repos {
                 if let Err(e) = centinela_backup::ops::writable(r) {
-                    eprintln!("{}: repo.{}: {e}", path.display(), r.name);
+                    eprintln!("{}: repo.{}: {e}", r.at, r.name);
+                    bad = true;
+                }
+            }
+            // PostgreSQL: the server answers, pg_basebackup matches it,
+            // and WAL is archived through this backup's wal-push.
+            for b in &c.backups {
+                let centinela_config::backup::Source::Postgres {
+                    connect,
+                    password,
+                    wal,
+                } = &b.source
+                else {
+                    continue;
+                };
+                let line = (*wal == centinela_config::backup::Wal::Archive)
+                    .then(|| super::backup::archive_command(&b.name, path));
+                for p in centinela_backup::postgres::check(
+                    connect,
+                    password.as_ref().map(|p| p.expose()),
+                    line.as_deref(),
+                ) {
+                    eprintln!("{}: backup.{}: {p}", b.at, b.name);
                     bad = true;
                 }
             }

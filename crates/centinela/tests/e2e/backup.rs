@@ -615,6 +615,40 @@ async fn a_postgres_base_backup_restores_into_a_server_that_starts() {
     )
     .unwrap();
     let c = cfg.to_str().unwrap();
+    // check reaches the server; with wal = "archive" on a server that does
+    // not archive, it says so where the backup is defined, with the exact
+    // lines to add.
+    let out = cli(&["check", "--config", c]);
+    assert!(out.status.success(), "{}", text(&out));
+    let archive = dir.path("archive.toml");
+    std::fs::write(
+        &archive,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("wal = \"off\"", "wal = \"archive\""),
+    )
+    .unwrap();
+    let out = cli(&["check", "--config", archive.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let line_no = std::fs::read_to_string(&archive)
+        .unwrap()
+        .lines()
+        .position(|l| l == "[backup.products-db]")
+        .unwrap()
+        + 1;
+    let at = format!("{}:{line_no}:1: backup.products-db:", archive.display());
+    assert!(text(&out).contains(&at), "{}", text(&out));
+    assert!(
+        text(&out).contains("\n    archive_mode = on\n"),
+        "{}",
+        text(&out)
+    );
+    let line = format!(
+        "    archive_command = '{} wal-push products-db %p --config {}'",
+        bin("centinela").display(),
+        std::fs::canonicalize(&archive).unwrap().display()
+    );
+    assert!(text(&out).contains(&line), "{line}\n{}", text(&out));
     let out = cli(&["backup", "run", "products-db", "--config", c]);
     assert!(out.status.success(), "{}", text(&out));
     // Rows written after the backup are not in it.
@@ -668,6 +702,13 @@ async fn a_postgres_base_backup_restores_into_a_server_that_starts() {
         text(&out)
     );
     assert!(!text(&out).contains("dbname=postgres"), "{}", text(&out));
+    let out = cli(&["check", "--config", c]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot reach the PostgreSQL server"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
