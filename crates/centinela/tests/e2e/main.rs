@@ -4,6 +4,7 @@
 mod access_log;
 mod alerts;
 mod backup;
+mod backup_crash;
 mod backup_s3;
 mod balancing;
 mod dashboard;
