@@ -309,6 +309,7 @@ impl Source for Scheduler {
                 age_from: s.last_success.unwrap_or(self.started),
                 last_success: s.last_success,
                 restore_test_failed: s.restore_test.as_ref().map(|t| !t.ok),
+                wal_push_failing: crate::wal::status(&self.scratch, &s.name).map(|w| w.failing()),
                 name: s.name,
             });
         }
@@ -376,6 +377,28 @@ impl Collect for Scheduler {
             for (b, t) in &tested {
                 out.gauge(&[("backup", b)], value(t));
             }
+        }
+        let pushes: Vec<(&str, crate::wal::PushStatus)> = all
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), crate::wal::status(&self.scratch, &s.name)?)))
+            .collect();
+        out.family(
+            "centinela_wal_push_last_success_timestamp_seconds",
+            "When a wal-push (PostgreSQL's archive_command) last put a WAL file in every repo of the backup (Unix seconds).",
+            MetricKind::Gauge,
+        );
+        for (b, w) in &pushes {
+            if let Some(t) = w.last_success {
+                out.gauge(&[("backup", b)], t as f64);
+            }
+        }
+        out.family(
+            "centinela_wal_push_failing",
+            "1 when the backup's last wal-push failed (PostgreSQL keeps the segment and retries), else 0.",
+            MetricKind::Gauge,
+        );
+        for (b, w) in &pushes {
+            out.gauge(&[("backup", b)], f64::from(u8::from(w.failing())));
         }
         out.family(
             "centinela_backup_runs",

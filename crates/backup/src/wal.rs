@@ -211,6 +211,67 @@ pub fn archive_end(b: &Backup, all: &[RepoCfg]) -> Result<Option<u64>> {
     Ok(end)
 }
 
+/// What the last `wal-push` runs of a backup did, kept in the state
+/// directory (`wal-push/NAME.json`) by the pushes (PostgreSQL's archiver
+/// runs them), read by `centinela run` for its metrics and alerts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PushStatus {
+    pub last_success: Option<u64>,
+    pub last_failure: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl PushStatus {
+    /// The last push failed (and none succeeded since).
+    pub fn failing(&self) -> bool {
+        self.last_failure > self.last_success
+    }
+}
+
+fn status_file(state_dir: &Path, backup: &str) -> std::path::PathBuf {
+    state_dir.join("wal-push").join(format!("{backup}.json"))
+}
+
+/// The recorded status of the backup's pushes.
+pub fn status(state_dir: &Path, backup: &str) -> Option<PushStatus> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(status_file(state_dir, backup)).ok()?).ok()?;
+    Some(PushStatus {
+        last_success: v["last_success"].as_u64(),
+        last_failure: v["last_failure"].as_u64(),
+        last_error: v["last_error"].as_str().map(str::to_string),
+    })
+}
+
+/// Records a push's result.
+pub fn record(state_dir: &Path, backup: &str, result: &Result<()>) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut st = status(state_dir, backup).unwrap_or_default();
+    match result {
+        Ok(()) => st.last_success = Some(now),
+        Err(e) => {
+            st.last_failure = Some(now);
+            st.last_error = Some(e.clone());
+        }
+    }
+    let path = status_file(state_dir, backup);
+    let tmp = path.with_extension(format!("{:08x}.tmp", fastrand::u32(..)));
+    let v = json!({
+        "last_success": st.last_success,
+        "last_failure": st.last_failure,
+        "last_error": st.last_error,
+    });
+    std::fs::create_dir_all(state_dir.join("wal-push"))
+        .and_then(|()| std::fs::write(&tmp, v.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot record the result in {}: {e}", path.display())
+        })
+}
+
 /// The segment name of an LSN (`0/2000028`) on a timeline, with 16 MiB
 /// segments: what `pg_basebackup` reports as its start.
 pub fn segment_of(lsn: &str, timeline: u32) -> Option<String> {

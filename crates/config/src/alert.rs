@@ -43,6 +43,7 @@ pub enum Signal {
     BackupAge,
     /// 1 when the backup's last restore test failed, 0 when it passed.
     RestoreTestFailed,
+    WalPushFailing,
 }
 
 /// What a signal is about.
@@ -67,7 +68,7 @@ impl TargetKind {
     }
 }
 
-const SIGNALS: [(&str, Signal); 13] = [
+const SIGNALS: [(&str, Signal); 14] = [
     ("error_ratio", Signal::ErrorRatio),
     ("latency_p99", Signal::LatencyP99),
     ("request_rate", Signal::RequestRate),
@@ -81,6 +82,7 @@ const SIGNALS: [(&str, Signal); 13] = [
     ("slo_burn", Signal::SloBurn),
     ("backup_age", Signal::BackupAge),
     ("restore_test_failed", Signal::RestoreTestFailed),
+    ("wal_push_failing", Signal::WalPushFailing),
 ];
 
 impl Signal {
@@ -101,7 +103,9 @@ impl Signal {
             Signal::InstancesReady | Signal::Restarts | Signal::CrashLooping => TargetKind::Service,
             Signal::ProbeFailed | Signal::CertExpiryDays => TargetKind::Probe,
             Signal::SloBurn => TargetKind::Slo,
-            Signal::BackupAge | Signal::RestoreTestFailed => TargetKind::Backup,
+            Signal::BackupAge | Signal::RestoreTestFailed | Signal::WalPushFailing => {
+                TargetKind::Backup
+            }
         }
     }
 
@@ -130,7 +134,8 @@ impl Signal {
             Signal::ServerDown
             | Signal::CrashLooping
             | Signal::ProbeFailed
-            | Signal::RestoreTestFailed => Some(Threshold::Above(0.0)),
+            | Signal::RestoreTestFailed
+            | Signal::WalPushFailing => Some(Threshold::Above(0.0)),
             Signal::SloBurn => Some(Threshold::Above(1.0)),
             _ => None,
         }
@@ -612,6 +617,24 @@ pub fn builtin(
             Duration::ZERO,
             Severity::Ticket,
         ));
+        if matches!(
+            b.source,
+            crate::backup::Source::Postgres {
+                wal: crate::backup::Wal::Archive,
+                ..
+            }
+        ) {
+            // PostgreSQL keeps every segment it cannot archive: the disk
+            // fills and the RPO grows. Someone must look now.
+            out.push(rule(
+                format!("wal-push-failing.{}", b.name),
+                Signal::WalPushFailing,
+                &b.name,
+                Threshold::Above(0.0),
+                Duration::ZERO,
+                Severity::Page,
+            ));
+        }
         if b.restore_test.is_some() {
             out.push(rule(
                 format!("restore-test-failed.{}", b.name),

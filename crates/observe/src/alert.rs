@@ -276,6 +276,12 @@ impl Evaluator {
                 .find(|b| b.name == rule.target)
                 .and_then(|b| b.restore_test_failed)
                 .map(|f| f64::from(u8::from(f))),
+            Signal::WalPushFailing => now
+                .backups
+                .iter()
+                .find(|b| b.name == rule.target)
+                .and_then(|b| b.wal_push_failing)
+                .map(|f| f64::from(u8::from(f))),
             Signal::BackupAge => now
                 .backups
                 .iter()

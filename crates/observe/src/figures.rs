@@ -81,6 +81,8 @@ pub struct BackupFigures {
     pub age_from: u64,
     /// Whether the last restore test failed (`None`: none ran yet).
     pub restore_test_failed: Option<bool>,
+    /// PostgreSQL: whether the last `wal-push` failed (`None`: none ran).
+    pub wal_push_failing: Option<bool>,
 }
 
 /// The last result of an uptime probe.

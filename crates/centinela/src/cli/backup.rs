@@ -584,10 +584,19 @@ pub(super) fn wal_push(cmd: WalPushCmd) -> ExitCode {
         Ok(b) => b,
         Err(c) => return c,
     };
-    match centinela_backup::wal::push(b, &loaded.config.repos, &cmd.path) {
+    let result = centinela_backup::wal::push(b, &loaded.config.repos, &cmd.path);
+    // For centinela run's metrics and its wal-push-failing alert.
+    let state = &loaded.config.runtime.state_dir;
+    if let Err(e) = centinela_backup::wal::record(state, &cmd.name, &result) {
+        eprintln!("centinela wal-push {}: {e}", cmd.name);
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("centinela wal-push {}: {e}", cmd.name);
+            eprintln!(
+                "centinela wal-push {}: {e}; PostgreSQL keeps the segment and retries",
+                cmd.name
+            );
             ExitCode::FAILURE
         }
     }

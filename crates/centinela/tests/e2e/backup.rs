@@ -469,6 +469,17 @@ every = "1s"
 repos = ["local"]
 encrypt_to = ["{recipient}"]
 
+[repo.full]
+path = "{src}/index.html/repo"
+
+[backup.db]
+kind = "postgres"
+connect = "host=127.0.0.1 port=1 user=postgres"
+wal = "archive"
+schedule = "0 3 * * *"
+repos = ["full"]
+encrypt_to = ["{recipient}"]
+
 [runtime]
 access_log = false
 shutdown_timeout = "2s"
@@ -485,7 +496,30 @@ shutdown_timeout = "2s"
         "{}",
         text(&out)
     );
+    assert!(
+        text(&out).contains("wal-push-failing.db (page): wal_push_failing of backup \"db\""),
+        "{}",
+        text(&out)
+    );
     let r = crate::lifecycle::run_gateway(&cfg).await;
+    // PostgreSQL's archiver runs wal-push; its repo cannot take the file
+    // (a file stands where its directory should be): exit 1, recorded,
+    // and centinela run pages.
+    let seg = dir.path("000000010000000000000003");
+    std::fs::write(&seg, b"segment").unwrap();
+    let out = cli(&[
+        "wal-push",
+        "db",
+        seg.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("PostgreSQL keeps the segment"),
+        "{}",
+        text(&out)
+    );
     let metric = |m: &str, key: &str| -> Option<f64> {
         m.lines()
             .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
@@ -549,6 +583,22 @@ shutdown_timeout = "2s"
         .await,
         "{:?}",
         hook.received()
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            hook.received()
+                .iter()
+                .any(|(_, b)| b.contains("wal-push-failing.db"))
+        })
+        .await,
+        "{:?}",
+        hook.received()
+    );
+    let m = crate::alerts::metrics(r.admin).await;
+    assert_eq!(
+        metric(&m, "centinela_wal_push_failing{backup=\"db\"}"),
+        Some(1.0),
+        "{m}"
     );
     assert!(
         !hook
