@@ -290,6 +290,12 @@ impl Opener {
         })
     }
 
+    /// The identity file it was read from (age identities are not
+    /// `Send`: another thread reads the file again).
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>> {
         let dec =
             age::Decryptor::new_buffered(sealed).map_err(|e| format!("not an age file: {e}"))?;

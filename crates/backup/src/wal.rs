@@ -158,6 +158,95 @@ pub fn fetch(
     }
 }
 
+/// How many segments after the one asked for a `wal-fetch` fetches at
+/// once, in parallel, for the next calls: recovery asks for one segment
+/// at a time, and an object store's latency would otherwise be paid for
+/// each.
+pub const PREFETCH: u64 = 8;
+
+/// The segment `n` after `name` on the same timeline (16 MiB segments).
+pub fn next_segment(name: &str, n: u64) -> Option<String> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let tli = &name[..8];
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..], 16).ok()?;
+    let pos = log * 0x100 + seg + n;
+    Some(format!("{tli}{:08X}{:08X}", pos / 0x100, pos % 0x100))
+}
+
+/// `restore_command`: [`fetch`] with prefetch. Run in a data directory
+/// (PostgreSQL runs it there), segments are read ahead into
+/// `centinela-prefetch/` beside `pg_wal`, [`PREFETCH`] at a time in
+/// parallel, each checked like any fetch; a later call finds its segment
+/// there. At the end of the archive the directory is removed.
+pub fn fetch_with_prefetch(
+    b: &Backup,
+    all: &[RepoCfg],
+    name: &str,
+    dest: &Path,
+    opener: &Opener,
+) -> Result<bool> {
+    let cwd = std::env::current_dir().ok();
+    let cache = cwd
+        .filter(|d| d.join("PG_VERSION").is_file())
+        .map(|d| d.join("centinela-prefetch"));
+    let Some(cache) = cache.filter(|_| next_segment(name, 1).is_some()) else {
+        return fetch(b, all, name, dest, opener);
+    };
+    let cached = cache.join(name);
+    let found = if cached.is_file() {
+        std::fs::rename(&cached, dest).map_err(|e| {
+            format!(
+                "cannot move {} to {}: {e}",
+                cached.display(),
+                dest.display()
+            )
+        })?;
+        true
+    } else {
+        fetch(b, all, name, dest, opener)?
+    };
+    if !found {
+        let _ = std::fs::remove_dir_all(&cache);
+        return Ok(false);
+    }
+    // Segments before this one are not needed any more.
+    for e in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().as_ref() < name {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    if !cache
+        .join(next_segment(name, 1).unwrap_or_default())
+        .is_file()
+    {
+        std::fs::create_dir_all(&cache)
+            .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
+        std::thread::scope(|s| {
+            for n in 1..=PREFETCH {
+                let Some(next) = next_segment(name, n) else {
+                    continue;
+                };
+                let path = cache.join(&next);
+                if path.is_file() {
+                    continue;
+                }
+                // A segment not archived yet is simply not there; an
+                // error is met again when the segment is asked for.
+                let file = opener.file().to_path_buf();
+                s.spawn(move || {
+                    if let Ok(opener) = Opener::from_file(&file) {
+                        let _ = fetch(b, all, &next, &path, &opener);
+                    }
+                });
+            }
+        });
+    }
+    Ok(true)
+}
+
 /// Fetches every archived WAL file a recovery from a base backup that
 /// starts in `start` needs (that segment and every later one, and the
 /// timeline histories) into the directory `dir`; how many. For a restore
@@ -340,6 +429,23 @@ mod tests {
             "0000000300000001000000FF"
         );
         assert_eq!(segment_of("nope", 1), None);
+    }
+
+    #[test]
+    fn the_segments_after_one() {
+        assert_eq!(
+            next_segment("000000010000000000000002", 1).unwrap(),
+            "000000010000000000000003"
+        );
+        assert_eq!(
+            next_segment("0000000100000000000000FF", 1).unwrap(),
+            "000000010000000100000000"
+        );
+        assert_eq!(
+            next_segment("0000000200000001000000FE", 3).unwrap(),
+            "000000020000000200000001"
+        );
+        assert_eq!(next_segment("00000002.history", 1), None);
     }
 
     #[test]

@@ -616,7 +616,13 @@ pub(super) fn wal_fetch(cmd: WalFetchCmd) -> ExitCode {
         Ok(o) => o,
         Err(c) => return c,
     };
-    match centinela_backup::wal::fetch(b, &loaded.config.repos, &cmd.file, &cmd.dest, &opener) {
+    match centinela_backup::wal::fetch_with_prefetch(
+        b,
+        &loaded.config.repos,
+        &cmd.file,
+        &cmd.dest,
+        &opener,
+    ) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

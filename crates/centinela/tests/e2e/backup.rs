@@ -823,6 +823,46 @@ async fn point_in_time_recovery_with_wal_archived_by_wal_push() {
         )
     );
 
+    // wal-fetch in a data directory reads the next segments ahead, in
+    // parallel, and the next call takes its segment from there.
+    let mut segs: Vec<String> = std::fs::read_dir(dir.path("repo/wal/products-db"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24)
+        .collect();
+    segs.sort();
+    assert!(segs.len() >= 2, "{segs:?}");
+    let fake = dir.path("fake-data");
+    std::fs::create_dir_all(fake.join("pg_wal")).unwrap();
+    std::fs::write(fake.join("PG_VERSION"), "15\n").unwrap();
+    let fetch = |seg: &str| {
+        std::process::Command::new(&bin)
+            .args([
+                "wal-fetch",
+                "products-db",
+                seg,
+                "pg_wal/RECOVERYXLOG",
+                "--identity",
+            ])
+            .arg(&key)
+            .args(["--config", &c])
+            .current_dir(&fake)
+            .output()
+            .unwrap()
+    };
+    let out = fetch(&segs[0]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(fake.join("centinela-prefetch").join(&segs[1]).is_file());
+    let out = fetch(&segs[1]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!fake.join("centinela-prefetch").join(&segs[1]).exists());
+    assert_eq!(
+        std::fs::read(fake.join("pg_wal/RECOVERYXLOG"))
+            .unwrap()
+            .len(),
+        16 << 20
+    );
+
     let restore = |name: &str, when: Vec<&str>| {
         let target = dir.path(name).join("data");
         let mut a = vec![
