@@ -16,6 +16,7 @@ mod metrics;
 mod proxy;
 mod retries;
 mod rolling;
+mod runbook;
 mod slo;
 mod tls;
 mod trace;
