@@ -139,6 +139,13 @@ pub fn check(
                 .into_iter()
                 .map(|p| format!("repo {}: {p}", cfg.name)),
         );
+        if matches!(b.source, Source::Postgres { .. }) {
+            problems.extend(
+                crate::wal::verify(&repo, &b.name, opener)?
+                    .into_iter()
+                    .map(|p| format!("repo {}: {p}", cfg.name)),
+            );
+        }
     }
     Ok(problems)
 }

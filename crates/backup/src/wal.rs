@@ -361,6 +361,64 @@ pub fn record(state_dir: &Path, backup: &str, result: &Result<()>) -> Result<()>
         })
 }
 
+/// Checks every archived WAL file of the backup in `repo`: present with
+/// its checksum file, stored bytes matching it; with an opener, also
+/// decrypted and its content re-hashed. Every problem, each naming the
+/// file.
+pub fn verify(repo: &Repo, backup: &str, opener: Option<&Opener>) -> Result<Vec<String>> {
+    let dir = format!("wal/{backup}/");
+    let listed = repo.store().list(&dir)?;
+    let names: std::collections::BTreeSet<&str> = listed
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix(&dir))
+        .collect();
+    let mut problems = Vec::new();
+    for name in &names {
+        let (file, is_sum) = match name.strip_suffix(".sum") {
+            Some(f) => (f, true),
+            None => (*name, false),
+        };
+        if !valid_name(file) {
+            continue;
+        }
+        if is_sum {
+            if !names.contains(file) {
+                problems.push(format!(
+                    "WAL {file} of {backup}: missing (its checksum file is there)"
+                ));
+            }
+            continue;
+        }
+        let Some(sum) = repo.store().get(&format!("{dir}{file}.sum"))? else {
+            problems.push(format!(
+                "WAL {file} of {backup}: its checksum file is missing"
+            ));
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&sum).unwrap_or_default();
+        let Some(bytes) = repo.store().get(&format!("{dir}{file}"))? else {
+            problems.push(format!("WAL {file} of {backup}: missing"));
+            continue;
+        };
+        if v["size"] != bytes.len() || v["b3"] != blake3::hash(&bytes).to_hex().as_str() {
+            problems.push(format!(
+                "WAL {file} of {backup}: its stored bytes do not match their checksum (corrupt)"
+            ));
+            continue;
+        }
+        if let Some(o) = opener {
+            match o.open(&bytes) {
+                Ok(plain) if v["plain_b3"] == blake3::hash(&plain).to_hex().as_str() => {}
+                Ok(_) => problems.push(format!(
+                    "WAL {file} of {backup}: its content does not match"
+                )),
+                Err(e) => problems.push(format!("WAL {file} of {backup}: {e}")),
+            }
+        }
+    }
+    Ok(problems)
+}
+
 /// The segment name of an LSN (`0/2000028`) on a timeline, with 16 MiB
 /// segments: what `pg_basebackup` reports as its start.
 pub fn segment_of(lsn: &str, timeline: u32) -> Option<String> {

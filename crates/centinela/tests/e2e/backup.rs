@@ -1046,4 +1046,28 @@ async fn point_in_time_recovery_with_wal_archived_by_wal_push() {
     let out = push();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("other content"), "{}", text(&out));
+
+    // verify checks the archived WAL too: a flipped byte is named.
+    let verify = |extra: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(["backup", "verify", "products-db", "--config", &c])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let key_s = key.to_str().unwrap();
+    let out = verify(&["--read-data", "--identity", key_s]);
+    assert!(out.status.success(), "{}", text(&out));
+    let victim = dir.path("repo/wal/products-db").join(&segs[1]);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("WAL {} of products-db", segs[1]))
+            && text(&out).contains("corrupt"),
+        "{}",
+        text(&out)
+    );
 }
