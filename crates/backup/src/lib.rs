@@ -9,6 +9,7 @@
 pub mod files;
 pub mod ops;
 pub mod postgres;
+pub mod progress;
 pub mod repo;
 pub mod restore_test;
 pub mod retention;

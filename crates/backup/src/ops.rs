@@ -100,6 +100,10 @@ pub fn run(b: &Backup, all: &[RepoCfg]) -> Vec<(String, Result<Index>)> {
 }
 
 fn snapshot(b: &Backup, repo: &Repo, sealer: &Sealer) -> Result<Index> {
+    // The previous snapshot's size is the progress bar's estimate.
+    if let Some(prev) = repo.indexes(&b.name)?.last() {
+        crate::progress::expect(prev.source_bytes);
+    }
     let mut w = Writer::new(repo, sealer, &b.name, b.source.kind())?;
     let manifest = match &b.source {
         Source::Files { paths } => files::backup(&mut w, paths)?.0,
@@ -263,6 +267,7 @@ pub fn restore(
                 .max_by_key(|i| i.finished),
         };
         let Some(idx) = idx else { continue };
+        crate::progress::expect(idx.source_bytes);
         let reader = Reader::new(&repo, opener, idx);
         let manifest = reader.manifest()?;
         let restored = match manifest.get("kind").and_then(serde_json::Value::as_str) {

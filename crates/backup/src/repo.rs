@@ -531,6 +531,7 @@ impl<'a> Writer<'a> {
 
     fn chunk_owned(&mut self, plain: Vec<u8>) -> Result<String> {
         self.source_bytes += plain.len() as u64;
+        crate::progress::add(plain.len() as u64);
         let id = b3(&plain);
         if self.used_ids.insert(id.clone()) {
             self.used.push(id.clone());
@@ -653,6 +654,7 @@ impl<'a> Reader<'a> {
         if b3(&plain) != id {
             return Err(self.broken(&what, "its content does not match its name"));
         }
+        crate::progress::add(plain.len() as u64);
         Ok(plain)
     }
 
@@ -684,7 +686,15 @@ fn check_stored(bytes: &[u8], want: &Stored) -> Result<()> {
 /// the snapshot and the object.
 pub fn verify(repo: &Repo, backup: &str, opener: Option<&Opener>) -> Result<Vec<String>> {
     let mut problems = Vec::new();
-    for idx in repo.indexes(backup)? {
+    let indexes = repo.indexes(backup)?;
+    crate::progress::expect(
+        indexes
+            .iter()
+            .flat_map(|i| &i.chunks)
+            .map(|(_, s)| s.size)
+            .sum(),
+    );
+    for idx in indexes {
         let mut check = |what: String, key: String, want: &Stored| -> Option<Vec<u8>> {
             match repo.store.get(&key) {
                 Ok(None) => {
@@ -695,13 +705,16 @@ pub fn verify(repo: &Repo, backup: &str, opener: Option<&Opener>) -> Result<Vec<
                     problems.push(format!("snapshot {} of {backup}: {what}: {e}", idx.id));
                     None
                 }
-                Ok(Some(bytes)) => match check_stored(&bytes, want) {
-                    Ok(()) => Some(bytes),
-                    Err(e) => {
-                        problems.push(format!("snapshot {} of {backup}: {what}: {e}", idx.id));
-                        None
+                Ok(Some(bytes)) => {
+                    crate::progress::add(bytes.len() as u64);
+                    match check_stored(&bytes, want) {
+                        Ok(()) => Some(bytes),
+                        Err(e) => {
+                            problems.push(format!("snapshot {} of {backup}: {what}: {e}", idx.id));
+                            None
+                        }
                     }
-                },
+                }
             }
         };
         let manifest = check(

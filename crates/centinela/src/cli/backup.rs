@@ -12,6 +12,7 @@ use centinela_backup::repo::Opener;
 use centinela_config::backup::{Backup, Source, Wal};
 use centinela_config::Config;
 
+use super::progress::Progress;
 use super::{load, EXIT_CONFIG};
 
 #[derive(clap::Args)]
@@ -146,7 +147,10 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                 Err(c) => return c,
             };
             let mut failed = false;
-            for (repo, result) in ops::run(b, &cfg.repos) {
+            let shown = Progress::start(format!("backup {name}"));
+            let results = ops::run(b, &cfg.repos);
+            drop(shown);
+            for (repo, result) in results {
                 match result {
                     Ok(idx) => println!(
                         "{name}: snapshot {} in repo {repo}: {} read, {} stored new, {} s",
@@ -320,7 +324,10 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
                 Ok(o) => o,
                 Err(c) => return c,
             };
-            match ops::check(b, &cfg.repos, repo.as_deref(), opener.as_ref()) {
+            let shown = Progress::start(format!("verify {name}"));
+            let result = ops::check(b, &cfg.repos, repo.as_deref(), opener.as_ref());
+            drop(shown);
+            match result {
                 Ok(problems) if problems.is_empty() => {
                     println!("{name}: every snapshot is intact");
                     ExitCode::SUCCESS
@@ -393,7 +400,8 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
         }
         _ => None,
     };
-    match ops::restore(
+    let shown = Progress::start(format!("restore {}", cmd.name));
+    let result = ops::restore(
         b,
         &cfg.repos,
         cmd.repo.as_deref(),
@@ -401,7 +409,9 @@ pub(super) fn restore(cmd: RestoreCmd) -> ExitCode {
         &cmd.target,
         &opener,
         recovery.as_ref(),
-    ) {
+    );
+    drop(shown);
+    match result {
         Ok((repo, idx, restored)) => {
             if let (Some(port), Restored::Postgres(dir)) = (cmd.start, &restored) {
                 let wait = std::time::Duration::from_secs(3600);

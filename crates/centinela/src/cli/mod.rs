@@ -14,6 +14,7 @@ mod check;
 mod client;
 mod control;
 mod logs;
+mod progress;
 mod receive;
 mod run;
 mod status;

@@ -1071,3 +1071,125 @@ async fn point_in_time_recovery_with_wal_archived_by_wal_push() {
         text(&out)
     );
 }
+
+/// Off a terminal, a long backup, restore and verify print plain progress
+/// lines on stderr (bytes, rate; of the total and an ETA when it is
+/// known), every CENTINELA_PROGRESS_EVERY seconds; stdout keeps only the
+/// result.
+#[test]
+fn long_operations_print_progress_lines_off_a_terminal() {
+    let dir = TempDir::new("backup-progress");
+    let src = dir.path("uploads");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let big: Vec<u8> = (0..32_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("video.bin"), &big).unwrap();
+    let key = dir.path("backup.key");
+    let recipient = keygen(&key);
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{PREAMBLE}[backup.uploads]\nkind = \"files\"\npaths = [\"{}\"]\nevery = \"6h\"\nrepos = [\"local\"]\nencrypt_to = [\"{recipient}\"]\n",
+            src.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(bin("centinela"))
+            .args(args)
+            .env("CENTINELA_PROGRESS_EVERY", "0.02")
+            .output()
+            .expect("run centinela");
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("MiB/s"),
+            "progress stays off stdout: {}",
+            text(&out)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let progress = |err: &str, what: &str| -> Vec<String> {
+        err.lines()
+            .filter(|l| l.starts_with(what) && l.contains(" MiB/s"))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let err = run(&["backup", "run", "uploads", "--config", c]);
+    let lines = progress(&err, "backup uploads: ");
+    assert!(!lines.is_empty(), "no progress line: {err}");
+    // The first backup has nothing to estimate from: bytes and rate only.
+    assert!(!lines[0].contains("eta"), "{err}");
+
+    let target = dir.path("restored");
+    let err = run(&[
+        "restore",
+        "uploads",
+        "--latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+        "--config",
+        c,
+    ]);
+    let lines = progress(&err, "restore uploads: ");
+    assert!(!lines.is_empty(), "no progress line: {err}");
+    // A restore knows its snapshot's size: a share of it and an ETA.
+    assert!(
+        lines[0].contains(" of 30.5 MiB (") && lines[0].contains(", eta "),
+        "{err}"
+    );
+    let rel = src.strip_prefix("/").unwrap();
+    assert_eq!(
+        std::fs::read(target.join(rel).join("video.bin")).unwrap(),
+        big
+    );
+
+    let err = run(&[
+        "backup",
+        "verify",
+        "uploads",
+        "--read-data",
+        "--identity",
+        key.to_str().unwrap(),
+        "--config",
+        c,
+    ]);
+    assert!(!progress(&err, "verify uploads: ").is_empty(), "{err}");
+
+    // Bytes done only grow, and never pass the total.
+    let err = run(&[
+        "restore",
+        "uploads",
+        "--latest",
+        "--target",
+        dir.path("again").to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
+        "--config",
+        c,
+    ]);
+    let done: Vec<f64> = progress(&err, "restore uploads: ")
+        .iter()
+        .map(|l| {
+            l["restore uploads: ".len()..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{err}");
+    assert!(done.iter().all(|d| *d <= 30.5), "{err}");
+}
