@@ -16,6 +16,7 @@ pub mod retention;
 pub mod scheduler;
 pub mod sqlite;
 pub mod store;
+pub mod stream;
 pub mod throwaway;
 pub mod wal;
 

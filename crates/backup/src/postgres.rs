@@ -208,7 +208,13 @@ fn major(text: &str) -> Option<u32> {
 /// `archive_mode` on and an `archive_command` that runs this backup's
 /// `wal-push`. Each problem says how to fix it; `archive_line` is the
 /// exact `archive_command` line to add.
-pub fn check(connect: &str, password: Option<&str>, archive_line: Option<&str>) -> Vec<String> {
+/// With `stream`, the server must take replication connections.
+pub fn check(
+    connect: &str,
+    password: Option<&str>,
+    archive_line: Option<&str>,
+    stream: bool,
+) -> Vec<String> {
     let mut problems = Vec::new();
     let base = program("pg_basebackup");
     let tool = match Command::new(&base).arg("--version").output() {
@@ -223,7 +229,7 @@ pub fn check(connect: &str, password: Option<&str>, archive_line: Option<&str>) 
     };
     let mut psql = Command::new(program("psql"));
     psql.args(["-X", "-A", "-t", "--no-password", "-d", connect, "-c"])
-        .arg("SELECT current_setting('server_version_num') || '|' || current_setting('archive_mode') || '|' || current_setting('archive_command')")
+        .arg("SELECT current_setting('server_version_num') || '|' || current_setting('wal_level') || '|' || current_setting('max_wal_senders') || '|' || current_setting('archive_mode') || '|' || current_setting('archive_command')")
         .stdin(Stdio::null());
     if let Some(p) = password {
         psql.env("PGPASSWORD", p);
@@ -244,12 +250,14 @@ pub fn check(connect: &str, password: Option<&str>, archive_line: Option<&str>) 
             return problems;
         }
     };
-    let mut parts = out.splitn(3, '|');
-    let (version, mode, command) = (
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-    );
+    let mut parts = out.splitn(5, '|');
+    let mut next = || parts.next().unwrap_or("");
+    let (version, level, senders, mode, command) = (next(), next(), next(), next(), next());
+    if stream && (level == "minimal" || senders == "0") {
+        problems.push(format!(
+            "wal = \"stream\" but the server has wal_level = {level:?} and max_wal_senders = {senders}; set in postgresql.conf, then restart PostgreSQL:\n    wal_level = replica\n    max_wal_senders = 10"
+        ));
+    }
     match (major(&tool), major(version)) {
         (Some(t), Some(s)) if t != s => problems.push(format!(
             "{} is {tool:?} but the server is PostgreSQL {s}: install postgresql-client-{s} (pg_basebackup must match the server's major version)",

@@ -42,6 +42,17 @@ struct Running {
     task: JoinHandle<()>,
     /// The restore test on its own schedule.
     test: Option<JoinHandle<()>>,
+    /// `wal = "stream"`: what pg_receivewal writes, shipped to the repos.
+    stream: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn abort(self) {
+        self.task.abort();
+        for t in [self.test, self.stream].into_iter().flatten() {
+            t.abort();
+        }
+    }
 }
 
 /// The scheduled backups.
@@ -120,21 +131,33 @@ impl Scheduler {
                                 self.scratch.clone(),
                             ))
                         });
+                    let stream = matches!(
+                        b.source,
+                        Kind::Postgres {
+                            wal: centinela_config::backup::Wal::Stream,
+                            ..
+                        }
+                    )
+                    .then(|| {
+                        tokio::spawn(crate::stream::ship_loop(
+                            b.clone(),
+                            its_repos.clone(),
+                            self.scratch.clone(),
+                        ))
+                    });
                     running.push(Running {
                         backup: b.clone(),
                         repos: its_repos,
                         status,
                         task,
                         test,
+                        stream,
                     });
                 }
             }
         }
         for r in old {
-            r.task.abort();
-            if let Some(t) = r.test {
-                t.abort();
-            }
+            r.abort();
         }
     }
 
@@ -180,10 +203,7 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         for r in lock(&self.running).drain(..) {
-            r.task.abort();
-            if let Some(t) = r.test {
-                t.abort();
-            }
+            r.abort();
         }
     }
 }

@@ -246,20 +246,30 @@ pub fn start_restored(data: &Path, port: u16, wait: Duration) -> Result<()> {
         .args(["-o", &format!("-c port={port}"), "start"])
         .output()
         .map_err(|e| format!("cannot run pg_ctl: {e}"))?;
+    let tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let last: Vec<&str> = text.lines().rev().take(5).collect();
+        last.into_iter()
+            .rev()
+            .map(|l| format!("\n  {l}"))
+            .collect::<String>()
+    };
     if !out.status.success() {
-        let tail = std::fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = tail.lines().rev().take(5).collect();
         return Err(format!(
             "PostgreSQL did not start on port {port}: {}{}",
             String::from_utf8_lossy(&out.stderr).trim(),
-            tail.into_iter()
-                .rev()
-                .map(|l| format!("\n  {l}"))
-                .collect::<String>()
+            tail()
         ));
     }
     let end = Instant::now() + wait;
     while data.join("recovery.signal").exists() {
+        // Recovery stopped (wal-fetch failed hard): the server is gone.
+        if !data.join("postmaster.pid").exists() {
+            return Err(format!(
+                "PostgreSQL on port {port} stopped during recovery:{}",
+                tail()
+            ));
+        }
         if Instant::now() >= end {
             return Err(format!(
                 "PostgreSQL on port {port} was still recovering after {} s (see {})",

@@ -47,13 +47,46 @@ fn key(backup: &str, name: &str) -> String {
 /// Archives the WAL file at `path` into every repo of the backup. Ok only
 /// when every repo has it.
 pub fn push(b: &Backup, all: &[RepoCfg], path: &Path) -> Result<()> {
+    let (name, data) = read_wal(path)?;
+    push_bytes(b, all, &name, &data, false)
+}
+
+fn read_wal(path: &Path) -> Result<(String, Vec<u8>)> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .filter(|n| valid_name(n))
         .ok_or_else(|| format!("{} is not a WAL file name", path.display()))?;
     let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let plain_b3 = blake3::hash(&data).to_hex().to_string();
+    Ok((name.to_string(), data))
+}
+
+/// Archives the segment `pg_receivewal` is still writing
+/// (`SEGMENT.partial`), replacing the copy sent before: with `wal =
+/// "stream"` the repos are at most one upload behind the server. A
+/// restore that finds no complete segment uses it.
+pub fn push_partial(b: &Backup, all: &[RepoCfg], path: &Path) -> Result<()> {
+    let (name, data) = read_wal(path)?;
+    if !name.ends_with(".partial") {
+        return Err(format!("{} is not a partial segment", path.display()));
+    }
+    push_bytes(b, all, &name, &data, true)
+}
+
+/// Deletes the partial copy of `segment` from every repo, once the
+/// complete segment is archived.
+pub fn drop_partial(b: &Backup, all: &[RepoCfg], segment: &str) -> Result<()> {
+    for cfg in ops::repos_of(b, all)? {
+        let repo = ops::open(cfg)?;
+        let k = key(&b.name, &format!("{segment}.partial"));
+        repo.store().delete(&format!("{k}.sum"))?;
+        repo.store().delete(&k)?;
+    }
+    Ok(())
+}
+
+fn push_bytes(b: &Backup, all: &[RepoCfg], name: &str, data: &[u8], replace: bool) -> Result<()> {
+    let plain_b3 = blake3::hash(data).to_hex().to_string();
     let sealer = Sealer::new(&b.encrypt_to, b.zstd_level)?;
     let mut errors = Vec::new();
     let mut sealed: Option<Vec<u8>> = None;
@@ -66,14 +99,16 @@ pub fn push(b: &Backup, all: &[RepoCfg], path: &Path) -> Result<()> {
                 if v["plain_b3"] == plain_b3.as_str() {
                     return Ok(());
                 }
-                return Err(format!(
-                    "{name} is already archived with other content; refusing to overwrite it"
-                ));
+                if !replace {
+                    return Err(format!(
+                        "{name} is already archived with other content; refusing to overwrite it"
+                    ));
+                }
             }
             let bytes = match &sealed {
                 Some(s) => s.clone(),
                 None => {
-                    let s = sealer.seal(&data)?;
+                    let s = sealer.seal(data)?;
                     sealed = Some(s.clone());
                     s
                 }
@@ -94,6 +129,35 @@ pub fn push(b: &Backup, all: &[RepoCfg], path: &Path) -> Result<()> {
         Ok(())
     } else {
         Err(errors.join("; "))
+    }
+}
+
+/// A WAL file's stored bytes and its checksum file, the bytes checked
+/// against it. `Ok(None)`: not there. A partial segment is replaced in
+/// place while `pg_receivewal` writes, so a read that meets the new bytes
+/// with the old checksum (or the reverse) reads both again.
+fn get_checked(repo: &Repo, k: &str) -> Result<Option<(Vec<u8>, serde_json::Value)>> {
+    let mut attempts = if k.ends_with(".partial") { 5 } else { 1 };
+    loop {
+        attempts -= 1;
+        let Some(sum) = repo.store().get(&format!("{k}.sum"))? else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_slice(&sum)
+            .map_err(|_| "its checksum file is malformed".to_string())?;
+        let Some(bytes) = repo.store().get(k)? else {
+            if attempts > 0 {
+                continue;
+            }
+            return Err("missing (its checksum file is there)".into());
+        };
+        if v["size"] == bytes.len() && v["b3"] == blake3::hash(&bytes).to_hex().as_str() {
+            return Ok(Some((bytes, v)));
+        }
+        if attempts == 0 {
+            return Err("its stored bytes do not match their checksum (corrupt)".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
@@ -120,23 +184,17 @@ pub fn fetch(
             }
         };
         let k = key(&b.name, name);
-        let sum = match repo.store().get(&format!("{k}.sum")) {
-            Ok(Some(sum)) => sum,
+        let (bytes, v) = match get_checked(&repo, &k) {
+            Ok(Some(found)) => found,
             Ok(None) => continue,
+            Err(e) if e.contains("corrupt") || e.contains("malformed") => {
+                return Err(format!("repo {}: {name}: {e}", cfg.name))
+            }
             Err(e) => {
-                last_err = Some(e);
+                last_err = Some(format!("repo {}: {name}: {e}", cfg.name));
                 continue;
             }
         };
-        let v: serde_json::Value = serde_json::from_slice(&sum)
-            .map_err(|_| format!("repo {}: {name}: its checksum file is malformed", cfg.name))?;
-        let bytes = repo.get(&k)?;
-        if v["size"] != bytes.len() || v["b3"] != blake3::hash(&bytes).to_hex().as_str() {
-            return Err(format!(
-                "repo {}: {name}: its stored bytes do not match their checksum (corrupt)",
-                cfg.name
-            ));
-        }
         let plain = opener.open(&bytes).map_err(|e| format!("{name}: {e}"))?;
         if v["plain_b3"] != blake3::hash(&plain).to_hex().as_str() {
             return Err(format!(
@@ -152,10 +210,15 @@ pub fn fetch(
     }
     // Not found anywhere reachable; a repo that could not be asked might
     // have it, so that is no end of the archive.
-    match last_err {
-        Some(e) => Err(e),
-        None => Ok(false),
+    if let Some(e) = last_err {
+        return Err(e);
     }
+    // With wal = "stream", the newest segment is in the repos as the
+    // part pg_receivewal had written: recovery replays it to its end.
+    if name.len() == 24 {
+        return fetch(b, all, &format!("{name}.partial"), dest, opener);
+    }
+    Ok(false)
 }
 
 /// How many segments after the one asked for a `wal-fetch` fetches at
@@ -282,7 +345,13 @@ pub fn fetch_since(
         }
     }
     for name in &names {
-        fetch(b, all, name, &dir.join(name), opener)?;
+        let dest = match name.strip_suffix(".partial") {
+            // The complete segment made it: the partial is stale.
+            Some(seg) if names.contains(seg) => continue,
+            Some(seg) => seg,
+            None => name,
+        };
+        fetch(b, all, name, &dir.join(dest), opener)?;
     }
     Ok(names.len())
 }
@@ -389,23 +458,25 @@ pub fn verify(repo: &Repo, backup: &str, opener: Option<&Opener>) -> Result<Vec<
             }
             continue;
         }
-        let Some(sum) = repo.store().get(&format!("{dir}{file}.sum"))? else {
+        if !names.contains(format!("{file}.sum").as_str()) {
             problems.push(format!(
                 "WAL {file} of {backup}: its checksum file is missing"
             ));
             continue;
-        };
-        let v: serde_json::Value = serde_json::from_slice(&sum).unwrap_or_default();
-        let Some(bytes) = repo.store().get(&format!("{dir}{file}"))? else {
-            problems.push(format!("WAL {file} of {backup}: missing"));
-            continue;
-        };
-        if v["size"] != bytes.len() || v["b3"] != blake3::hash(&bytes).to_hex().as_str() {
-            problems.push(format!(
-                "WAL {file} of {backup}: its stored bytes do not match their checksum (corrupt)"
-            ));
-            continue;
         }
+        let (bytes, v) = match get_checked(repo, &format!("{dir}{file}")) {
+            Ok(Some(found)) => found,
+            // Gone since the listing: a partial replaced by its segment.
+            Ok(None) if file.ends_with(".partial") => continue,
+            Ok(None) => {
+                problems.push(format!("WAL {file} of {backup}: missing"));
+                continue;
+            }
+            Err(e) => {
+                problems.push(format!("WAL {file} of {backup}: {e}"));
+                continue;
+            }
+        };
         if let Some(o) = opener {
             match o.open(&bytes) {
                 Ok(plain) if v["plain_b3"] == blake3::hash(&plain).to_hex().as_str() => {}

@@ -620,7 +620,7 @@ pub fn builtin(
         if matches!(
             b.source,
             crate::backup::Source::Postgres {
-                wal: crate::backup::Wal::Archive,
+                wal: crate::backup::Wal::Archive | crate::backup::Wal::Stream,
                 ..
             }
         ) {

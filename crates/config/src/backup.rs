@@ -440,16 +440,6 @@ fn backup(
         }
     }
     o.finish(sink);
-    if let Some(Source::Postgres {
-        wal: Wal::Stream, ..
-    }) = &source
-    {
-        sink.warn(
-            &span,
-            path,
-            "wal = \"stream\" is not built yet (issue #11): use \"archive\" (archive_command = 'centinela wal-push NAME %p --config FILE')",
-        );
-    }
     let refs = RepoRefs {
         path: path.to_string(),
         repos: repo_names.iter().cloned().zip(repo_spans).collect(),

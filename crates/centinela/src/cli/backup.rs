@@ -2,7 +2,9 @@
 //! a `[backup.NAME]` of the config, by hand (schedules come later).
 //!
 //! Exit codes: 0 done; 1 the operation failed or found problems (verify);
-//! 2 a bad config or command line.
+//! 2 a bad config or command line. `wal-fetch`: 0 fetched, 1 not in any
+//! repo (the end of the archive), 126 any other failure (PostgreSQL then
+//! stops recovery instead of promoting early).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -612,19 +614,25 @@ pub(super) fn wal_push(cmd: WalPushCmd) -> ExitCode {
     }
 }
 
-/// `restore_command`: 1 when no repo has the file (the archive's end).
+/// `wal-fetch`'s exit code for anything but "no repo has it": above 125,
+/// PostgreSQL treats it as a hard failure and stops recovery, where any
+/// other code means the end of the archive, so that a bad key, an
+/// unreachable repo or a corrupt file would end recovery early and
+/// promote a server with data missing.
+const EXIT_WAL_FETCH_FAILED: u8 = 126;
+
+/// `restore_command`: 0 fetched; 1 when no repo has the file (the
+/// archive's end); 126 on any error, which stops recovery.
 pub(super) fn wal_fetch(cmd: WalFetchCmd) -> ExitCode {
-    let loaded = match load(&cmd.config) {
-        Ok(l) => l,
-        Err(code) => return code,
+    let failed = ExitCode::from(EXIT_WAL_FETCH_FAILED);
+    let Ok(loaded) = load(&cmd.config) else {
+        return failed;
     };
-    let b = match postgres_backup(&loaded.config, &cmd.name) {
-        Ok(b) => b,
-        Err(c) => return c,
+    let Ok(b) = postgres_backup(&loaded.config, &cmd.name) else {
+        return failed;
     };
-    let opener = match opener(&cmd.identity) {
-        Ok(o) => o,
-        Err(c) => return c,
+    let Ok(opener) = opener(&cmd.identity) else {
+        return failed;
     };
     match centinela_backup::wal::fetch_with_prefetch(
         b,
@@ -636,8 +644,11 @@ pub(super) fn wal_fetch(cmd: WalFetchCmd) -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("centinela wal-fetch {}: {e}", cmd.name);
-            ExitCode::FAILURE
+            eprintln!(
+                "centinela wal-fetch {}: {e}; recovery stops here rather than end early",
+                cmd.name
+            );
+            failed
         }
     }
 }

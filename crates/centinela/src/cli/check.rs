@@ -50,8 +50,25 @@ pub(super) fn check(path: &Path) -> ExitCode {
                         format!("every {}", centinela_config::units::format_duration(*d))
                     }
                 };
+                use centinela_config::backup::{Source, Wal};
+                let wal = match &b.source {
+                    Source::Postgres {
+                        wal: Wal::Archive, ..
+                    } => ", WAL archived by wal-push (archive_command)".to_string(),
+                    Source::Postgres {
+                        wal: Wal::Stream, ..
+                    } => format!(
+                        ", WAL streamed by the supervised service {} (replication slot {})",
+                        centinela_backup::stream::service_name(&b.name),
+                        centinela_backup::stream::slot(&b.name)
+                    ),
+                    Source::Postgres { wal: Wal::Off, .. } => {
+                        ", no WAL (restores to a base backup only)".to_string()
+                    }
+                    _ => String::new(),
+                };
                 println!(
-                    "backup {} ({}): {when}, to {}",
+                    "backup {} ({}): {when}, to {}{wal}",
                     b.name,
                     b.source.kind(),
                     b.repos.join(", ")
@@ -80,6 +97,7 @@ pub(super) fn check(path: &Path) -> ExitCode {
                     connect,
                     password.as_ref().map(|p| p.expose()),
                     line.as_deref(),
+                    *wal == centinela_config::backup::Wal::Stream,
                 ) {
                     eprintln!("{}: backup.{}: {p}", b.at, b.name);
                     bad = true;

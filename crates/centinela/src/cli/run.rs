@@ -84,7 +84,16 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let services = cfg.services.clone();
+    // wal = "stream" backups add their supervised pg_receivewal.
+    let with_streams = |cfg: &centinela_config::Config| {
+        let mut s = cfg.services.clone();
+        s.extend(centinela_backup::stream::services(
+            &cfg.backups,
+            &cfg.runtime.state_dir,
+        ));
+        s
+    };
+    let services = with_streams(&cfg);
     // State first: an unusable state directory is an error at start; a
     // bad state file is moved aside and never stops the proxy.
     let (store, state) = match centinela_observe::state::Store::open(&cfg.runtime.state_dir) {
@@ -187,7 +196,7 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
                         for w in &l.warnings {
                             warn!(warning = %w, "Config warning");
                         }
-                        let services = l.config.services.clone();
+                        let services = with_streams(&l.config);
                         let observe_cfg = l.config.clone();
                         if let Err(e) = gw.reload(l.config).await {
                             error!(error = %e, "Reload failed; keeping the running configuration");

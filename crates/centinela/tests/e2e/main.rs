@@ -6,6 +6,7 @@ mod alerts;
 mod backup;
 mod backup_crash;
 mod backup_s3;
+mod backup_stream;
 mod balancing;
 mod dashboard;
 mod hardening;
