@@ -1,11 +1,13 @@
-//! Protecting data (issue #11, being built). So far: the repository
-//! ([`repo`]: content-defined chunks, BLAKE3 names, zstd, age, crash-safe
-//! writes, verify), `kind = "files"` backups and restores ([`files`]),
-//! and which snapshots a retention policy keeps ([`retention`]); schedules
-//! are read by `centinela_config::cron`. PostgreSQL, SQLite, S3, prune,
-//! the CLI and restore tests come next.
+//! Protecting data: PostgreSQL, SQLite and file backups into chunk
+//! repositories on a directory or S3 ([`store`], [`repo`]: content-defined
+//! chunks named by BLAKE3, zstd, age, crash-safe writes, verify, locks,
+//! prune), WAL archived ([`wal`]) or streamed ([`stream`]), restores to a
+//! point in time, retention ([`retention`]), restore tests that replay in
+//! a throwaway server ([`restore_test`], [`throwaway`]), and the schedules
+//! inside `centinela run` ([`scheduler`]). The binary calls [`ops`].
 #![forbid(unsafe_code)]
 
+pub mod delta;
 pub mod files;
 pub mod ops;
 pub mod postgres;

@@ -81,7 +81,10 @@ fn repos<'a>(b: &Backup, all: &'a [RepoCfg], only: Option<&str>) -> Result<Vec<&
 
 /// Takes a snapshot into every repo of the backup; each repo gets its own
 /// (a repo that fails does not stop the others, and is reported).
-pub fn run(b: &Backup, all: &[RepoCfg]) -> Vec<(String, Result<Index>)> {
+/// `state_dir`: where PostgreSQL and SQLite backups keep the local cache
+/// that lets the next snapshot store changed chunks as deltas
+/// (`state_dir/delta/`, see [`crate::delta`]); `None`: no deltas.
+pub fn run(b: &Backup, all: &[RepoCfg], state_dir: Option<&Path>) -> Vec<(String, Result<Index>)> {
     let sealer = match Sealer::new(&b.encrypt_to, b.zstd_level) {
         Ok(s) => s,
         Err(e) => return vec![(String::new(), Err(e))],
@@ -93,18 +96,29 @@ pub fn run(b: &Backup, all: &[RepoCfg]) -> Vec<(String, Result<Index>)> {
     targets
         .into_iter()
         .map(|cfg| {
-            let result = open(cfg).and_then(|repo| snapshot(b, &repo, &sealer));
+            let cache = state_dir
+                .filter(|_| matches!(b.source, Source::Postgres { .. } | Source::Sqlite { .. }))
+                .map(|d| (d.join("delta"), format!("{}.{}", b.name, cfg.name)));
+            let result = open(cfg).and_then(|repo| snapshot(b, &repo, &sealer, cache.as_ref()));
             (cfg.name.clone(), result)
         })
         .collect()
 }
 
-fn snapshot(b: &Backup, repo: &Repo, sealer: &Sealer) -> Result<Index> {
+fn snapshot(
+    b: &Backup,
+    repo: &Repo,
+    sealer: &Sealer,
+    cache: Option<&(std::path::PathBuf, String)>,
+) -> Result<Index> {
     // The previous snapshot's size is the progress bar's estimate.
     if let Some(prev) = repo.indexes(&b.name)?.last() {
         crate::progress::expect(prev.source_bytes);
     }
     let mut w = Writer::new(repo, sealer, &b.name, b.source.kind())?;
+    if let Some((dir, name)) = cache {
+        w = w.delta_cache(dir, name);
+    }
     let manifest = match &b.source {
         Source::Files { paths } => files::backup(&mut w, paths)?.0,
         Source::Sqlite { path } => crate::sqlite::backup(&mut w, path)?,

@@ -42,11 +42,14 @@ pub struct Repo {
     store: Store,
 }
 
-/// A stored object's checksum (BLAKE3 of its bytes as stored) and size.
+/// A stored object's checksum (BLAKE3 of its bytes as stored) and size;
+/// for a delta chunk, the chunk it was compressed against (see
+/// [`crate::delta`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
     pub b3: String,
     pub size: u64,
+    pub base: Option<String>,
 }
 
 /// The listed part of a snapshot: its plaintext index.
@@ -187,6 +190,20 @@ impl Repo {
                 }
             }
         }
+        // A delta chunk is only usable with its whole chain of bases.
+        loop {
+            let broken: Vec<String> = known
+                .iter()
+                .filter(|(_, s)| s.base.as_ref().is_some_and(|b| !known.contains_key(b)))
+                .map(|(id, _)| id.clone())
+                .collect();
+            if broken.is_empty() {
+                break;
+            }
+            for id in broken {
+                known.remove(&id);
+            }
+        }
         Ok(known)
     }
 }
@@ -198,9 +215,14 @@ fn is_chunk_id(id: &str) -> bool {
 
 fn parse_index(v: &Value) -> Option<Index> {
     let stored = |v: &Value| -> Option<Stored> {
+        let base = match v.get("base") {
+            None | Some(Value::Null) => None,
+            Some(b) => Some(b.as_str().filter(|b| is_chunk_id(b))?.to_string()),
+        };
         Some(Stored {
             b3: v.get("b3")?.as_str()?.to_string(),
             size: v.get("size")?.as_u64()?,
+            base,
         })
     };
     Some(Index {
@@ -254,13 +276,22 @@ impl Sealer {
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>> {
         let packed = zstd::bulk::compress(plain, self.level)
             .map_err(|e| format!("zstd compression failed: {e}"))?;
+        self.encrypt(&packed)
+    }
+
+    /// A delta chunk: compressed with `base` as the dictionary.
+    pub fn seal_delta(&self, plain: &[u8], base: &[u8]) -> Result<Vec<u8>> {
+        self.encrypt(&crate::delta::compress(plain, base, self.level)?)
+    }
+
+    fn encrypt(&self, packed: &[u8]) -> Result<Vec<u8>> {
         let enc = age::Encryptor::with_recipients(
             self.recipients.iter().map(|r| r as &dyn age::Recipient),
         )
         .map_err(|e| format!("age: {e}"))?;
         let mut out = Vec::with_capacity(packed.len() + 256);
         let mut w = enc.wrap_output(&mut out).map_err(|e| format!("age: {e}"))?;
-        w.write_all(&packed).map_err(|e| format!("age: {e}"))?;
+        w.write_all(packed).map_err(|e| format!("age: {e}"))?;
         w.finish().map_err(|e| format!("age: {e}"))?;
         Ok(out)
     }
@@ -297,6 +328,16 @@ impl Opener {
     }
 
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>> {
+        let packed = self.decrypt(sealed)?;
+        zstd::stream::decode_all(&packed[..]).map_err(|e| format!("zstd: {e}"))
+    }
+
+    /// A delta chunk, with its base's content.
+    pub fn open_delta(&self, sealed: &[u8], base: &[u8]) -> Result<Vec<u8>> {
+        crate::delta::decompress(&self.decrypt(sealed)?, base)
+    }
+
+    fn decrypt(&self, sealed: &[u8]) -> Result<Vec<u8>> {
         let dec =
             age::Decryptor::new_buffered(sealed).map_err(|e| format!("not an age file: {e}"))?;
         let mut r = dec
@@ -315,7 +356,7 @@ impl Opener {
         let mut packed = Vec::new();
         r.read_to_end(&mut packed)
             .map_err(|e| format!("cannot decrypt: {e}"))?;
-        zstd::stream::decode_all(&packed[..]).map_err(|e| format!("zstd: {e}"))
+        Ok(packed)
     }
 }
 
@@ -349,7 +390,33 @@ pub struct Writer<'a> {
     at: Option<u64>,
     /// PostgreSQL: the base backup's first WAL segment.
     pub wal_start: Option<String>,
+    /// Delta chunks: the previous snapshot's local cache, and this one's.
+    delta: Option<Delta>,
     _lock: Lock,
+}
+
+struct Delta {
+    prev: Option<crate::delta::Cache>,
+    next: std::sync::Arc<crate::delta::CacheWriter>,
+}
+
+/// What an upload thread does with a chunk.
+enum Job {
+    /// Seal and store it (against `base`'s content when given and worth
+    /// it), and put it in the delta cache.
+    Store {
+        id: String,
+        plain: Vec<u8>,
+        base: Option<(String, Vec<u8>)>,
+    },
+    /// The repo has it: only the delta cache wants it (and the whole
+    /// chunk it is a delta of, with that one's content when the old cache
+    /// had it).
+    Cache {
+        id: String,
+        plain: Vec<u8>,
+        base: Option<(String, Option<Vec<u8>>)>,
+    },
 }
 
 /// What the upload threads have done.
@@ -362,33 +429,91 @@ struct Done {
 
 /// A bounded queue of chunks to seal and store, and the threads that do.
 struct Uploads {
-    tx: Option<std::sync::mpsc::SyncSender<(String, Vec<u8>)>>,
+    tx: Option<std::sync::mpsc::SyncSender<Job>>,
     workers: Vec<std::thread::JoinHandle<()>>,
     done: std::sync::Arc<std::sync::Mutex<Done>>,
 }
 
+/// A chunk sealed as a delta against `base` when that is less than half
+/// the size of the chunk sealed whole; whether it is a delta.
+fn seal_chunk(
+    sealer: &Sealer,
+    plain: &[u8],
+    base: Option<&(String, Vec<u8>)>,
+) -> Result<(Vec<u8>, bool)> {
+    let Some((_, content)) = base else {
+        return Ok((sealer.seal(plain)?, false));
+    };
+    let delta = sealer.seal_delta(plain, content)?;
+    // Small next to the chunk itself: surely better than whole.
+    if delta.len() < plain.len() / 16 {
+        return Ok((delta, true));
+    }
+    let whole = sealer.seal(plain)?;
+    Ok(if delta.len() * 2 < whole.len() {
+        (delta, true)
+    } else {
+        (whole, false)
+    })
+}
+
 impl Uploads {
-    fn start(repo: &Repo, sealer: &Sealer) -> Uploads {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(String, Vec<u8>)>(UPLOADS);
+    fn start(
+        repo: &Repo,
+        sealer: &Sealer,
+        cache: Option<std::sync::Arc<crate::delta::CacheWriter>>,
+    ) -> Uploads {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(UPLOADS);
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         let done = std::sync::Arc::new(std::sync::Mutex::new(Done::default()));
         let workers = (0..UPLOADS)
             .map(|_| {
-                let (rx, done, repo, sealer) =
-                    (rx.clone(), done.clone(), repo.clone(), sealer.clone());
+                let (rx, done, repo, sealer, cache) = (
+                    rx.clone(),
+                    done.clone(),
+                    repo.clone(),
+                    sealer.clone(),
+                    cache.clone(),
+                );
                 std::thread::spawn(move || loop {
                     let job = rx.lock().map(|r| r.recv());
-                    let Ok(Ok((id, plain))) = job else { return };
+                    let Ok(Ok(job)) = job else { return };
                     if done.lock().map_or(true, |d| d.error.is_some()) {
                         continue; // failed already: drain the queue
                     }
-                    let r = sealer.seal(&plain).and_then(|sealed| {
-                        repo.put(&Repo::chunk_key(&id), &sealed)?;
-                        Ok(Stored {
-                            b3: b3(&sealed),
-                            size: sealed.len() as u64,
-                        })
-                    });
+                    let (id, plain, base) = match job {
+                        Job::Cache { id, plain, base } => {
+                            if let Some(c) = &cache {
+                                c.add(&id, &plain, base.as_ref().map(|(b, _)| b.as_str()));
+                                if let Some((b, Some(content))) = &base {
+                                    if c.wants(b) {
+                                        c.add(b, content, None);
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                        Job::Store { id, plain, base } => (id, plain, base),
+                    };
+                    let r =
+                        seal_chunk(&sealer, &plain, base.as_ref()).and_then(|(sealed, delta)| {
+                            repo.put(&Repo::chunk_key(&id), &sealed)?;
+                            Ok(Stored {
+                                b3: b3(&sealed),
+                                size: sealed.len() as u64,
+                                base: base.as_ref().filter(|_| delta).map(|(b, _)| b.clone()),
+                            })
+                        });
+                    if let (Some(c), Ok(s)) = (&cache, &r) {
+                        if c.wants(&id) {
+                            c.add(&id, &plain, s.base.as_deref());
+                        }
+                        if let Some((b, content)) = base.as_ref().filter(|_| s.base.is_some()) {
+                            if c.wants(b) {
+                                c.add(b, content, None);
+                            }
+                        }
+                    }
                     if let Ok(mut d) = done.lock() {
                         match r {
                             Ok(s) => {
@@ -414,13 +539,13 @@ impl Uploads {
         self.done.lock().ok().and_then(|d| d.error.clone())
     }
 
-    fn send(&self, id: String, plain: Vec<u8>) -> Result<()> {
+    fn send(&self, job: Job) -> Result<()> {
         if let Some(e) = self.failed() {
             return Err(e);
         }
         self.tx
             .as_ref()
-            .and_then(|tx| tx.send((id, plain)).ok())
+            .and_then(|tx| tx.send(job).ok())
             .ok_or_else(|| "the upload threads stopped".to_string())
     }
 
@@ -491,13 +616,53 @@ impl<'a> Writer<'a> {
             known: repo.known_chunks()?,
             used: Vec::new(),
             used_ids: Default::default(),
-            uploads: Uploads::start(repo, sealer),
+            uploads: Uploads::start(repo, sealer, None),
             source_bytes: 0,
             added_bytes: 0,
             at: None,
             wal_start: None,
+            delta: None,
             _lock: lock,
         })
+    }
+
+    /// Stores changed chunks as deltas against the chunks they resemble
+    /// in the previous snapshot of this backup, found in the local cache
+    /// in `dir` (see [`crate::delta`]); leaves this snapshot's cache there
+    /// once it is complete. Call before writing any chunk.
+    /// `name` tells the caches of one backup in several repos apart.
+    /// A cache that cannot be made only costs the deltas (logged).
+    pub fn delta_cache(mut self, dir: &Path, name: &str) -> Self {
+        let next = match crate::delta::CacheWriter::create(dir, name) {
+            Ok(n) => std::sync::Arc::new(n),
+            Err(e) => {
+                tracing::warn!(backup = %self.backup, error = %e, "No delta cache: changed chunks are stored whole");
+                return self;
+            }
+        };
+        // Nothing was queued yet: the threads end at once.
+        let _ = self.uploads.finish();
+        self.uploads = Uploads::start(self.repo, self.sealer, Some(next.clone()));
+        self.delta = Some(Delta {
+            prev: crate::delta::Cache::open(dir, name),
+            next,
+        });
+        self
+    }
+
+    /// Adds `base` and the chunks it stands on to the snapshot's list.
+    fn use_chain(&mut self, mut base: Option<String>) {
+        let mut hops = 0;
+        while let Some(b) = base.take() {
+            base = self.known.get(&b).and_then(|s| s.base.clone());
+            if self.used_ids.insert(b.clone()) {
+                self.used.push(b);
+            }
+            hops += 1;
+            if hops > crate::delta::MAX_DEPTH {
+                break;
+            }
+        }
     }
 
     /// Dates the snapshot `t` (Unix seconds) instead of now: for tests of
@@ -533,12 +698,41 @@ impl<'a> Writer<'a> {
         self.source_bytes += plain.len() as u64;
         crate::progress::add(plain.len() as u64);
         let id = b3(&plain);
-        if self.used_ids.insert(id.clone()) {
-            self.used.push(id.clone());
-            if !self.known.contains_key(&id) {
-                self.uploads.send(id.clone(), plain)?;
-            }
+        if !self.used_ids.insert(id.clone()) {
+            return Ok(id);
         }
+        self.used.push(id.clone());
+        if let Some(known) = self.known.get(&id) {
+            let base = known.base.clone();
+            self.use_chain(base.clone());
+            if let Some(d) = self.delta.as_ref().filter(|d| d.next.wants(&id)) {
+                // Its base goes on into the new cache too (from the old).
+                let base = base.map(|b| {
+                    let content = d.prev.as_ref().and_then(|p| p.content(&b));
+                    (b, content)
+                });
+                self.uploads.send(Job::Cache {
+                    id: id.clone(),
+                    plain,
+                    base,
+                })?;
+            }
+            return Ok(id);
+        }
+        let base = self.delta.as_ref().and_then(|d| {
+            let feats = crate::delta::features(&plain);
+            d.prev.as_ref()?.base_for(&feats, |b| {
+                b != id && self.known.get(b).is_some_and(|s| s.base.is_none())
+            })
+        });
+        if let Some((b, _)) = &base {
+            self.use_chain(Some(b.clone()));
+        }
+        self.uploads.send(Job::Store {
+            id: id.clone(),
+            plain,
+            base,
+        })?;
         Ok(id)
     }
 
@@ -563,6 +757,7 @@ impl<'a> Writer<'a> {
         let manifest = Stored {
             b3: b3(&sealed),
             size: sealed.len() as u64,
+            base: None,
         };
         let base = format!("snapshots/{}/{}", self.backup, self.id);
         self.repo.put(&format!("{base}.manifest"), &sealed)?;
@@ -570,7 +765,10 @@ impl<'a> Writer<'a> {
         let finished = self.at.unwrap_or_else(now_secs);
         let chunks: Vec<Value> = used
             .iter()
-            .map(|(id, s)| json!({ "id": id, "b3": s.b3, "size": s.size }))
+            .map(|(id, s)| match &s.base {
+                Some(b) => json!({ "id": id, "b3": s.b3, "size": s.size, "base": b }),
+                None => json!({ "id": id, "b3": s.b3, "size": s.size }),
+            })
             .collect();
         let index = json!({
             "snapshot": self.id,
@@ -586,6 +784,20 @@ impl<'a> Writer<'a> {
         });
         self.repo
             .put(&format!("{base}.index"), index.to_string().as_bytes())?;
+        // The snapshot exists: its content is the next one's delta base.
+        if let Some(d) = self.delta.take() {
+            drop(d.prev);
+            match std::sync::Arc::try_unwrap(d.next) {
+                Ok(next) => {
+                    if let Err(e) = next.commit() {
+                        tracing::warn!(backup = %self.backup, error = %e, "The delta cache was not kept; the next snapshot stores changed chunks whole");
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(backup = %self.backup, "The delta cache is still in use; not kept")
+                }
+            }
+        }
         Ok(Index {
             id: std::mem::take(&mut self.id),
             backup: std::mem::take(&mut self.backup),
@@ -635,8 +847,13 @@ impl<'a> Reader<'a> {
         serde_json::from_slice(&plain).map_err(|e| self.broken("its manifest", &e.to_string()))
     }
 
-    /// One chunk's content, its stored bytes and its content checked.
+    /// One chunk's content, its stored bytes and its content checked
+    /// (a delta chunk's base first, the same way).
     pub fn chunk(&self, id: &str) -> Result<Vec<u8>> {
+        self.chunk_at(id, 0)
+    }
+
+    fn chunk_at(&self, id: &str, depth: u8) -> Result<Vec<u8>> {
         let what = format!("chunk {id}");
         let stored = self
             .stored
@@ -647,10 +864,17 @@ impl<'a> Reader<'a> {
             .get(&Repo::chunk_key(id))
             .map_err(|e| self.broken(&what, &e))?;
         check_stored(&sealed, stored).map_err(|e| self.broken(&what, &e))?;
-        let plain = self
-            .opener
-            .open(&sealed)
-            .map_err(|e| self.broken(&what, &e))?;
+        let plain = match &stored.base {
+            Some(_) if depth >= crate::delta::MAX_DEPTH => {
+                return Err(self.broken(&what, "its chain of delta bases is too long"))
+            }
+            Some(base) => {
+                let base = self.chunk_at(base, depth + 1)?;
+                self.opener.open_delta(&sealed, &base)
+            }
+            None => self.opener.open(&sealed),
+        }
+        .map_err(|e| self.broken(&what, &e))?;
         if b3(&plain) != id {
             return Err(self.broken(&what, "its content does not match its name"));
         }
@@ -737,7 +961,21 @@ pub fn verify(repo: &Repo, backup: &str, opener: Option<&Opener>) -> Result<Vec<
                 ));
             }
         }
+        let reader = Reader::new(repo, opener, &idx);
+        let deltas: std::collections::HashSet<&str> = idx
+            .chunks
+            .iter()
+            .filter(|(_, s)| s.base.is_some())
+            .map(|(id, _)| id.as_str())
+            .collect();
         for (id, bytes) in chunks {
+            if deltas.contains(id.as_str()) {
+                // A delta: opened against its base, read the same way.
+                if let Err(e) = reader.chunk(id) {
+                    problems.push(e);
+                }
+                continue;
+            }
             match opener.open(&bytes) {
                 Ok(plain) if b3(&plain) == *id => {}
                 Ok(_) => problems.push(format!(

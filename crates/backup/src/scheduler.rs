@@ -118,7 +118,12 @@ impl Scheduler {
                         restore_test: crate::restore_test::load(&self.scratch, &b.name),
                         ..Status::default()
                     }));
-                    let task = tokio::spawn(run_loop(b.clone(), its_repos.clone(), status.clone()));
+                    let task = tokio::spawn(run_loop(
+                        b.clone(),
+                        its_repos.clone(),
+                        status.clone(),
+                        self.scratch.clone(),
+                    ));
                     let test = b
                         .restore_test
                         .as_ref()
@@ -208,7 +213,12 @@ impl Drop for Scheduler {
     }
 }
 
-async fn run_loop(b: Backup, repos: Vec<RepoCfg>, status: Arc<Mutex<Status>>) {
+async fn run_loop(
+    b: Backup,
+    repos: Vec<RepoCfg>,
+    status: Arc<Mutex<Status>>,
+    state_dir: std::path::PathBuf,
+) {
     // The last snapshot already in the repos.
     let (bb, rr) = (b.clone(), repos.clone());
     let last = tokio::task::spawn_blocking(move || {
@@ -237,7 +247,7 @@ async fn run_loop(b: Backup, repos: Vec<RepoCfg>, status: Arc<Mutex<Status>>) {
             let left = at - now();
             tokio::time::sleep(Duration::from_secs(left.min(60))).await;
         }
-        run_once(&b, &repos, &status).await;
+        run_once(&b, &repos, &status, &state_dir).await;
         let last = lock(&status).last_success;
         due = b.when.next_after(now(), last);
     }
@@ -276,12 +286,17 @@ async fn test_loop(
     }
 }
 
-async fn run_once(b: &Backup, repos: &[RepoCfg], status: &Arc<Mutex<Status>>) {
+async fn run_once(
+    b: &Backup,
+    repos: &[RepoCfg],
+    status: &Arc<Mutex<Status>>,
+    state_dir: &std::path::Path,
+) {
     let started = std::time::Instant::now();
     lock(status).last_attempt = Some(now());
-    let (bb, rr) = (b.clone(), repos.to_vec());
+    let (bb, rr, sd) = (b.clone(), repos.to_vec(), state_dir.to_path_buf());
     let outcome = tokio::task::spawn_blocking(move || {
-        let results = ops::run(&bb, &rr);
+        let results = ops::run(&bb, &rr, Some(&sd));
         let errors: Vec<String> = results
             .iter()
             .filter_map(|(repo, r)| r.as_ref().err().map(|e| format!("repo {repo}: {e}")))

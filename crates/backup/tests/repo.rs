@@ -413,16 +413,29 @@ fn after_prune_every_kept_snapshot_restores_over_random_histories() {
         let mut t = 1_796_169_600 - 120 * DAY;
         for _ in 0..rng.usize(5..25) {
             t += rng.u64(3600..5 * DAY);
-            // Change, add or remove a file or two.
+            // Change, add or remove a file or two; or change a few bytes
+            // here and there, which makes delta chunks.
             for _ in 0..rng.usize(1..3) {
                 let f = src.join(format!("f{}", rng.u8(0..6)));
                 if rng.bool() && f.exists() {
-                    std::fs::remove_file(&f).unwrap();
+                    if rng.bool() {
+                        std::fs::remove_file(&f).unwrap();
+                    } else {
+                        let mut b = std::fs::read(&f).unwrap();
+                        for _ in 0..rng.usize(1..20) {
+                            let n = b.len();
+                            b[rng.usize(..n)] ^= 0x5a;
+                        }
+                        std::fs::write(&f, b).unwrap();
+                    }
                 } else {
                     std::fs::write(&f, noise(rng.usize(10..200_000), rng.u64(..))).unwrap();
                 }
             }
-            let mut w = Writer::new(&repo, &sealer, "h", "files").unwrap().at(t);
+            let mut w = Writer::new(&repo, &sealer, "h", "files")
+                .unwrap()
+                .at(t)
+                .delta_cache(&d.0.join("delta"), &format!("h{round}"));
             let (m, _) = files::backup(&mut w, std::slice::from_ref(&src)).unwrap();
             let idx = w.finish(m).unwrap();
             held.push((idx.id, contents_of(&src)));
@@ -532,4 +545,141 @@ fn prune_and_backups_wait_for_each_other_and_dead_locks_are_taken_over() {
     .unwrap();
     centinela_backup::repo::prune(&repo, "h", keep, false).unwrap();
     assert!(!d.0.join("repo/locks/backup-dead").exists());
+}
+
+/// A file of "pages" changed by a few bytes in most of them, as a busy
+/// database's are between two backups: each snapshot stores its changed
+/// chunks as deltas against the previous snapshot's (found through the
+/// local cache), a fraction of the first; every snapshot restores
+/// exactly, chains stay short, prune keeps the bases, a damaged base is
+/// named, and without the cache chunks are stored whole.
+#[test]
+fn sparse_changes_are_stored_as_deltas_and_every_snapshot_restores() {
+    let d = tempdir("delta");
+    let (recipient, key) = keys(&d.0, "key.txt");
+    let opener = Opener::from_file(&key).unwrap();
+    let sealer = Sealer::new(&[recipient], 3).unwrap();
+    let repo = Repo::open(Store::local(&d.0.join("repo"))).unwrap();
+    let src = d.0.join("db");
+    std::fs::create_dir_all(&src).unwrap();
+    let cache = d.0.join("delta");
+    let mut page_file = noise(2 << 20, 3);
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut held = Vec::new();
+    let mut added = Vec::new();
+    for round in 0..5 {
+        if round > 0 {
+            // 8 bytes in 60% of the 8 KiB pages.
+            for page in 0..page_file.len() / 8192 {
+                if rng.u8(..100) < 60 {
+                    let at = page * 8192 + rng.usize(..8184);
+                    page_file[at..at + 8].copy_from_slice(&rng.u64(..).to_le_bytes());
+                }
+            }
+        }
+        std::fs::write(src.join("base.1"), &page_file).unwrap();
+        let mut w = Writer::new(&repo, &sealer, "db", "files")
+            .unwrap()
+            .delta_cache(&cache, "db.local");
+        let (m, _) = files::backup(&mut w, std::slice::from_ref(&src)).unwrap();
+        let idx = w.finish(m).unwrap();
+        added.push(idx.added_bytes);
+        held.push((idx.id.clone(), page_file.clone()));
+    }
+    // Each incremental costs a fraction of the first snapshot.
+    for (n, a) in added.iter().enumerate().skip(1) {
+        assert!(
+            *a * 5 < added[0],
+            "snapshot {n} added {a} bytes, the first {}",
+            added[0]
+        );
+    }
+    let check = |idx: &centinela_backup::repo::Index, want: &[u8], tag: &str| {
+        let target = d.0.join(format!("r-{tag}-{}", idx.id));
+        restore(&repo, &opener, idx, &target).unwrap();
+        let got =
+            std::fs::read(target.join(src.strip_prefix("/").unwrap()).join("base.1")).unwrap();
+        assert!(got == want, "snapshot {} restored differently", idx.id);
+    };
+    let indexes = repo.indexes("db").unwrap();
+    assert_eq!(indexes.len(), 5);
+    for (idx, (id, want)) in indexes.iter().zip(&held) {
+        assert_eq!(&idx.id, id);
+        check(idx, want, "all");
+        // Chains stay within MAX_DEPTH, and every base is listed.
+        let stored: std::collections::HashMap<&str, &centinela_backup::repo::Stored> =
+            idx.chunks.iter().map(|(id, s)| (id.as_str(), s)).collect();
+        for (id, _) in &idx.chunks {
+            let mut depth = 0;
+            let mut at = id.as_str();
+            while let Some(b) = stored[at].base.as_deref() {
+                depth += 1;
+                at = b;
+            }
+            assert!(depth <= centinela_backup::delta::MAX_DEPTH, "{id}: {depth}");
+        }
+    }
+    assert!(
+        indexes
+            .iter()
+            .any(|i| i.chunks.iter().any(|(_, s)| s.base.is_some())),
+        "no delta chunk was made"
+    );
+    assert!(verify(&repo, "db", Some(&opener)).unwrap().is_empty());
+
+    // Prune down to the newest: its bases stay, and it restores.
+    let keep = centinela_backup::retention::Keep {
+        last: 1,
+        daily: 0,
+        weekly: 0,
+        monthly: 0,
+    };
+    let p = centinela_backup::repo::prune(&repo, "db", keep, false).unwrap();
+    assert_eq!(p.forgotten.len(), 4);
+    let last = repo.indexes("db").unwrap().pop().unwrap();
+    check(&last, &held[4].1, "pruned");
+    assert!(verify(&repo, "db", Some(&opener)).unwrap().is_empty());
+
+    // A damaged base stops the restore and is named.
+    let (base, _) = last
+        .chunks
+        .iter()
+        .find(|(id, _)| {
+            last.chunks
+                .iter()
+                .any(|(_, s)| s.base.as_deref() == Some(id.as_str()))
+        })
+        .expect("a base");
+    let path = d.0.join("repo/chunks").join(&base[..2]).join(base);
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 1;
+    std::fs::write(&path, &bad).unwrap();
+    let err = restore(&repo, &opener, &last, &d.0.join("r-bad")).unwrap_err();
+    assert!(err.contains(base.as_str()), "{err}");
+    std::fs::write(&path, &good).unwrap();
+
+    // Without the cache, changed chunks are stored whole: more bytes,
+    // the same content.
+    std::fs::remove_dir_all(&cache).unwrap();
+    for page in 0..page_file.len() / 8192 {
+        if rng.u8(..100) < 60 {
+            let at = page * 8192 + rng.usize(..8184);
+            page_file[at..at + 8].copy_from_slice(&rng.u64(..).to_le_bytes());
+        }
+    }
+    std::fs::write(src.join("base.1"), &page_file).unwrap();
+    let mut w = Writer::new(&repo, &sealer, "db", "files")
+        .unwrap()
+        .delta_cache(&cache, "db.local");
+    let (m, _) = files::backup(&mut w, std::slice::from_ref(&src)).unwrap();
+    let idx = w.finish(m).unwrap();
+    assert!(
+        idx.added_bytes * 2 > added[0],
+        "{} vs {}",
+        idx.added_bytes,
+        added[0]
+    );
+    check(&idx, &page_file, "nocache");
 }

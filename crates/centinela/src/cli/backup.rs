@@ -150,7 +150,7 @@ pub(super) fn backup(cmd: BackupCmd) -> ExitCode {
             };
             let mut failed = false;
             let shown = Progress::start(format!("backup {name}"));
-            let results = ops::run(b, &cfg.repos);
+            let results = ops::run(b, &cfg.repos, Some(&cfg.runtime.state_dir));
             drop(shown);
             for (repo, result) in results {
                 match result {
