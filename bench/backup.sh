@@ -5,7 +5,8 @@
 # aes-256-cbc for pgBackRest), both archiving every WAL segment through
 # the same archive_command, one after the other.
 #
-#   bench/backup.sh            (SCALE=30 by default; SCALE=70 is about 1 GB)
+#   bench/backup.sh            (SCALE=30 by default; SCALE=70 is about 1 GB;
+#                               KEEP_WORK=1 keeps the work directory to look into)
 #
 # Reports, centinela ÷ pgBackRest:
 #   full backup: wall time, bytes stored, peak RSS
@@ -46,7 +47,7 @@ cleanup() {
     for d in "$work"/data "$work"/r-*; do
         [ -f "$d/postmaster.pid" ] && run pg_ctl -D "$d" -m immediate stop >/dev/null 2>&1 || true
     done
-    rm -rf "$work"
+    if [ -n "${KEEP_WORK:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM
 

@@ -13,9 +13,9 @@
 //! host cannot read from the repo (it holds no identity). So each backup
 //! leaves a local cache of what it read, in `state_dir/delta/NAME.*`:
 //! every chunk compressed (zstd level 1), and a table of their ids,
-//! places, chain depths and features. A new chunk's features (hashes of
-//! 32 bytes at fixed offsets) vote for the old chunk that shares most of
-//! them. The cache holds what the host already has (its own database as
+//! places, bases and features. A new chunk's features (the smallest
+//! values of a rolling hash: content-defined, so a shifted chunk boundary
+//! keeps most of them) vote for the old chunk that shares most of them. The cache holds what the host already has (its own database as
 //! of the last backup), never anything older; it is mode 0600. Without it
 //! (a first backup, another host, a deleted cache) chunks are stored
 //! whole: the cache only ever saves space.
@@ -37,25 +37,57 @@ use crate::repo::Result;
 /// is always against a whole chunk.
 pub const MAX_DEPTH: u8 = 1;
 
-/// Where the features are sampled: 32 bytes every 8 KiB from byte 100.
+/// How many features describe a chunk.
 const FEATURES: usize = 8;
-const STRIDE: usize = 8 * 1024;
-const SAMPLE: usize = 32;
 
-/// Feature hashes of a chunk (fewer for a short one).
+/// A feature that many cached chunks share (runs of spaces or zeros,
+/// repeated rows) tells nothing: it is ignored beyond this many.
+const COMMON: u32 = 4;
+
+/// The gear table of the rolling hash: fixed pseudo-random words
+/// (splitmix64 of 0..256).
+fn gear() -> &'static [u64; 256] {
+    static GEAR: std::sync::OnceLock<[u64; 256]> = std::sync::OnceLock::new();
+    GEAR.get_or_init(|| {
+        let mut t = [0u64; 256];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for v in t.iter_mut() {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            *v = z ^ (z >> 31);
+        }
+        t
+    })
+}
+
+/// A chunk's features: the smallest distinct values of a gear hash
+/// (which depends on the last 64 bytes) over every position, mixed. Like
+/// the chunk boundaries they are content-defined, so they survive a
+/// shifted boundary, and a few changed bytes touch few of them.
 pub fn features(plain: &[u8]) -> Vec<u64> {
-    (0..FEATURES)
-        .map(|k| 100 + k * STRIDE)
-        .filter(|at| at + SAMPLE <= plain.len())
-        .map(|at| {
-            let h = blake3::hash(&plain[at..at + SAMPLE]);
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&h.as_bytes()[..8]);
-            // The position is part of the feature: equal bytes elsewhere
-            // in the chunk do not vote.
-            u64::from_le_bytes(b) ^ at as u64
-        })
-        .collect()
+    let g = gear();
+    let mut h = 0u64;
+    let mut best: Vec<u64> = Vec::with_capacity(FEATURES + 1);
+    let mut worst = u64::MAX;
+    for (i, b) in plain.iter().enumerate() {
+        h = (h << 1).wrapping_add(g[*b as usize]);
+        if i < 64 {
+            continue;
+        }
+        let v = h.wrapping_mul(0xff51_afd7_ed55_8ccd) | 1;
+        if v < worst || best.len() < FEATURES {
+            if let Err(at) = best.binary_search(&v) {
+                best.insert(at, v);
+                best.truncate(FEATURES);
+                if best.len() == FEATURES {
+                    worst = best[FEATURES - 1];
+                }
+            }
+        }
+    }
+    best
 }
 
 /// One chunk in the cache: 32-byte id, offset, length, its base's id
@@ -66,6 +98,7 @@ struct Entry {
     offset: u64,
     len: u32,
     base: Option<String>,
+    features: Vec<u64>,
 }
 
 /// The previous snapshot's chunks, as read back from the local cache.
@@ -105,14 +138,29 @@ impl Cache {
             if offset + u64::from(len) > data_len {
                 return None;
             }
+            let mut features = Vec::with_capacity(FEATURES);
             for f in r[76..].chunks_exact(8) {
                 let f = u64::from_le_bytes(f.try_into().ok()?);
                 if f != 0 {
-                    by_feature.entry(f).or_insert_with(|| id.clone());
+                    by_feature.entry(f).or_insert_with(|| (id.clone(), 0)).1 += 1;
+                    features.push(f);
                 }
             }
-            entries.insert(id, Entry { offset, len, base });
+            entries.insert(
+                id,
+                Entry {
+                    offset,
+                    len,
+                    base,
+                    features,
+                },
+            );
         }
+        let by_feature = by_feature
+            .into_iter()
+            .filter(|(_, (_, n))| *n <= COMMON)
+            .map(|(f, (id, _))| (f, id))
+            .collect();
         Some(Cache {
             data,
             entries,
@@ -152,11 +200,19 @@ impl Cache {
     /// A cached chunk's content, checked against its name: a stale or
     /// damaged cache never makes a wrong base.
     pub fn content(&self, id: &str) -> Option<Vec<u8>> {
+        let (packed, _) = self.packed(id)?;
+        let content = zstd::stream::decode_all(&packed[..]).ok()?;
+        (blake3::hash(&content).to_hex().as_str() == id).then_some(content)
+    }
+
+    /// A cached chunk as cached (compressed), with its features: an
+    /// unchanged chunk goes into the next cache without work. Unchecked;
+    /// [`content`](Self::content) checks it when it is used.
+    pub fn packed(&self, id: &str) -> Option<(Vec<u8>, Vec<u64>)> {
         let e = self.entries.get(id)?;
         let mut packed = vec![0u8; e.len as usize];
         std::os::unix::fs::FileExt::read_exact_at(&self.data, &mut packed, e.offset).ok()?;
-        let content = zstd::stream::decode_all(&packed[..]).ok()?;
-        (blake3::hash(&content).to_hex().as_str() == id).then_some(content)
+        Some((packed, e.features.clone()))
     }
 }
 
@@ -211,17 +267,23 @@ impl CacheWriter {
 
     /// Adds a chunk claimed by [`wants`](Self::wants); compresses outside
     /// the lock. A failure only disables the cache (logged once).
-    pub fn add(&self, id: &str, plain: &[u8], base: Option<&str>) {
+    /// `feats`: its features, when they were computed already.
+    pub fn add(&self, id: &str, plain: &[u8], base: Option<&str>, feats: Option<Vec<u64>>) {
         let Ok(packed) = zstd::bulk::compress(plain, 1) else {
             return;
         };
+        let feats = feats.unwrap_or_else(|| features(plain));
+        self.add_packed(id, &packed, base, &feats);
+    }
+
+    /// Adds a chunk as [`Cache::packed`] gave it.
+    pub fn add_packed(&self, id: &str, packed: &[u8], base: Option<&str>, feats: &[u64]) {
         let Some(raw_id) = hex32(id) else { return };
         let raw_base = base.and_then(hex32).unwrap_or([0; 32]);
-        let feats = features(plain);
         let Ok(mut i) = self.inner.lock() else { return };
         let offset = i.len;
         let written = match i.data.as_mut() {
-            Some(f) => f.write_all(&packed),
+            Some(f) => f.write_all(packed),
             None => return,
         };
         if let Err(e) = written {
@@ -302,13 +364,29 @@ pub fn compress(plain: &[u8], base: &[u8], level: i32) -> Result<Vec<u8>> {
     c.compress(plain).map_err(|e| format!("zstd: {e}"))
 }
 
-/// The inverse of [`compress`].
+/// The inverse of [`compress`] (one decompression context per thread).
 pub fn decompress(packed: &[u8], base: &[u8]) -> Result<Vec<u8>> {
-    let mut d = zstd::stream::read::Decoder::with_dictionary(packed, base)
-        .map_err(|e| format!("zstd: {e}"))?;
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut d, &mut out).map_err(|e| format!("zstd: {e}"))?;
-    Ok(out)
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    // The frame says how big its content is ([`compress`] writes it);
+    // nothing bigger than a chunk is accepted.
+    let size = zstd::zstd_safe::get_frame_content_size(packed)
+        .ok()
+        .flatten()
+        .filter(|n| *n <= 4 * u64::from(crate::repo::MAX_CHUNK))
+        .ok_or("zstd: a delta chunk without a valid content size")?;
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?);
+        }
+        let d = d.as_mut().ok_or("zstd: no decompression context")?;
+        d.set_dictionary(base).map_err(|e| format!("zstd: {e}"))?;
+        d.decompress(packed, size as usize)
+            .map_err(|e| format!("zstd: {e}"))
+    })
 }
 
 #[cfg(test)]
@@ -336,10 +414,10 @@ mod tests {
         let mut delta_of_old = old.clone();
         delta_of_old[5000] ^= 1;
         assert!(w.wants(&id(&delta_of_old)));
-        w.add(&id(&delta_of_old), &delta_of_old, Some(&id(&old)));
+        w.add(&id(&delta_of_old), &delta_of_old, Some(&id(&old)), None);
         for c in [&old, &other] {
             assert!(w.wants(&id(c)));
-            w.add(&id(c), c, None);
+            w.add(&id(c), c, None, None);
         }
         assert!(!w.wants(&id(&old)), "each chunk once");
         w.commit().unwrap();

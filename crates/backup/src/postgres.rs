@@ -120,17 +120,18 @@ pub fn restore(r: &Reader<'_>, manifest: &Value, target: &Path) -> Result<PathBu
         .map_err(|e| format!("cannot run tar: {e}"))?;
     let mut stdin = tar.stdin.take().ok_or("tar has no input")?;
     let fed: Result<()> = (|| {
-        for id in manifest
+        let ids = manifest
             .get("chunks")
             .and_then(Value::as_array)
             .ok_or("the manifest lists no chunks")?
-        {
-            let data = r.chunk(id.as_str().ok_or("a chunk id is not a string")?)?;
+            .iter()
+            .map(|id| id.as_str().ok_or("a chunk id is not a string"))
+            .collect::<std::result::Result<Vec<&str>, _>>()?;
+        r.each_chunk(&ids, |data| {
             stdin
                 .write_all(&data)
-                .map_err(|e| format!("tar stopped reading: {e}"))?;
-        }
-        Ok(())
+                .map_err(|e| format!("tar stopped reading: {e}"))
+        })
     })();
     drop(stdin);
     let out = tar.wait_with_output().map_err(|e| format!("tar: {e}"))?;

@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! REPO/centinela-repo                      format marker
-//! REPO/chunks/ab/ab…(64 hex)               age(zstd(chunk)), named BLAKE3(chunk)
+//! REPO/chunks/ab/ab…(64 hex)               age(zstd(chunk)), named BLAKE3(chunk); a delta chunk
+//!                                          is age(zstd(chunk, dictionary = its base's content)),
+//!                                          its base named in the index (see crate::delta)
 //! REPO/snapshots/BACKUP/ID.manifest        age(zstd(JSON)): what to rebuild, and how
-//! REPO/snapshots/BACKUP/ID.index           JSON: time, sizes, and the BLAKE3 of the stored
+//! REPO/snapshots/BACKUP/ID.index           zstd(JSON), not encrypted: time, sizes, and the BLAKE3 of the stored
 //!                                          bytes of the manifest and of every chunk it uses
 //! REPO/tmp/                                writes in progress
 //! ```
@@ -159,6 +161,8 @@ impl Repo {
                 let Some(bytes) = self.store.get(&key)? else {
                     continue; // pruned meanwhile
                 };
+                let bytes = unpack_index(bytes)
+                    .map_err(|e| format!("snapshot {id}: its index cannot be read: {e}"))?;
                 let v: Value = serde_json::from_slice(&bytes)
                     .map_err(|e| format!("snapshot {id}: its index is not valid JSON: {e}"))?;
                 // A tampered index cannot name another file or a path.
@@ -206,6 +210,20 @@ impl Repo {
         }
         Ok(known)
     }
+}
+
+/// An index as stored: zstd-compressed JSON (or plain JSON, as the first
+/// snapshots were written), at most 1 GiB once decompressed.
+fn unpack_index(bytes: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+    if !bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Ok(bytes);
+    }
+    let d = zstd::stream::read::Decoder::new(&bytes[..]).map_err(|e| format!("zstd: {e}"))?;
+    let mut out = Vec::new();
+    d.take(1 << 30)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("zstd: {e}"))?;
+    Ok(out)
 }
 
 /// 64 lowercase hex digits: a BLAKE3 hash as chunks are named.
@@ -370,6 +388,10 @@ fn b3(bytes: &[u8]) -> String {
 /// size, and what hides an object store's latency.
 pub const UPLOADS: usize = 6;
 
+/// How many threads read a restore's chunks, and how far ahead.
+pub const READERS: usize = 4;
+pub const READ_AHEAD: usize = 16;
+
 /// Writes one snapshot: chunks as they come (sealed and stored by
 /// [`UPLOADS`] threads), the manifest, then the index.
 pub struct Writer<'a> {
@@ -379,7 +401,7 @@ pub struct Writer<'a> {
     kind: String,
     id: String,
     started: u64,
-    known: HashMap<String, Stored>,
+    known: std::sync::Arc<HashMap<String, Stored>>,
     /// Every chunk the snapshot uses, once each, in first-use order.
     used: Vec<String>,
     used_ids: std::collections::HashSet<String>,
@@ -396,7 +418,7 @@ pub struct Writer<'a> {
 }
 
 struct Delta {
-    prev: Option<crate::delta::Cache>,
+    prev: Option<std::sync::Arc<crate::delta::Cache>>,
     next: std::sync::Arc<crate::delta::CacheWriter>,
 }
 
@@ -404,19 +426,35 @@ struct Delta {
 enum Job {
     /// Seal and store it (against `base`'s content when given and worth
     /// it), and put it in the delta cache.
-    Store {
-        id: String,
-        plain: Vec<u8>,
-        base: Option<(String, Vec<u8>)>,
-    },
+    Store { id: String, plain: Vec<u8> },
     /// The repo has it: only the delta cache wants it (and the whole
     /// chunk it is a delta of, with that one's content when the old cache
     /// had it).
     Cache {
         id: String,
         plain: Vec<u8>,
-        base: Option<(String, Option<Vec<u8>>)>,
+        base: Option<String>,
     },
+    /// The same, as the old cache holds it (compressed, with features),
+    /// and the same for its base.
+    Packed {
+        id: String,
+        packed: Vec<u8>,
+        feats: Vec<u64>,
+        base: Option<(String, Option<Cached>)>,
+    },
+}
+
+/// A chunk as the delta cache holds it: compressed, and its features.
+type Cached = (Vec<u8>, Vec<u64>);
+
+/// What the upload threads find delta bases with, and fill the next cache.
+#[derive(Clone, Default)]
+struct DeltaCtx {
+    next: Option<std::sync::Arc<crate::delta::CacheWriter>>,
+    prev: Option<std::sync::Arc<crate::delta::Cache>>,
+    /// The repo's chunks: a base must be one of them, stored whole.
+    known: std::sync::Arc<HashMap<String, Stored>>,
 }
 
 /// What the upload threads have done.
@@ -458,42 +496,63 @@ fn seal_chunk(
 }
 
 impl Uploads {
-    fn start(
-        repo: &Repo,
-        sealer: &Sealer,
-        cache: Option<std::sync::Arc<crate::delta::CacheWriter>>,
-    ) -> Uploads {
+    fn start(repo: &Repo, sealer: &Sealer, delta: DeltaCtx) -> Uploads {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(UPLOADS);
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         let done = std::sync::Arc::new(std::sync::Mutex::new(Done::default()));
         let workers = (0..UPLOADS)
             .map(|_| {
-                let (rx, done, repo, sealer, cache) = (
+                let (rx, done, repo, sealer, delta) = (
                     rx.clone(),
                     done.clone(),
                     repo.clone(),
                     sealer.clone(),
-                    cache.clone(),
+                    delta.clone(),
                 );
+                let cache = delta.next.clone();
                 std::thread::spawn(move || loop {
                     let job = rx.lock().map(|r| r.recv());
                     let Ok(Ok(job)) = job else { return };
                     if done.lock().map_or(true, |d| d.error.is_some()) {
                         continue; // failed already: drain the queue
                     }
-                    let (id, plain, base) = match job {
+                    let (id, plain, base, feats) = match job {
                         Job::Cache { id, plain, base } => {
                             if let Some(c) = &cache {
-                                c.add(&id, &plain, base.as_ref().map(|(b, _)| b.as_str()));
-                                if let Some((b, Some(content))) = &base {
+                                c.add(&id, &plain, base.as_deref(), None);
+                            }
+                            continue;
+                        }
+                        Job::Packed {
+                            id,
+                            packed,
+                            feats,
+                            base,
+                        } => {
+                            if let Some(c) = &cache {
+                                let b = base.as_ref().map(|(b, _)| b.as_str());
+                                c.add_packed(&id, &packed, b, &feats);
+                                if let Some((b, Some((packed, feats)))) = &base {
                                     if c.wants(b) {
-                                        c.add(b, content, None);
+                                        c.add_packed(b, packed, None, feats);
                                     }
                                 }
                             }
                             continue;
                         }
-                        Job::Store { id, plain, base } => (id, plain, base),
+                        Job::Store { id, plain } => {
+                            // The whole chunk it resembles most in the
+                            // previous snapshot, if the repo has it.
+                            let feats = delta.prev.as_ref().map(|_| crate::delta::features(&plain));
+                            let base =
+                                delta.prev.as_ref().zip(feats.as_ref()).and_then(|(p, f)| {
+                                    p.base_for(f, |b| {
+                                        b != id
+                                            && delta.known.get(b).is_some_and(|s| s.base.is_none())
+                                    })
+                                });
+                            (id, plain, base, feats)
+                        }
                     };
                     let r =
                         seal_chunk(&sealer, &plain, base.as_ref()).and_then(|(sealed, delta)| {
@@ -506,11 +565,11 @@ impl Uploads {
                         });
                     if let (Some(c), Ok(s)) = (&cache, &r) {
                         if c.wants(&id) {
-                            c.add(&id, &plain, s.base.as_deref());
+                            c.add(&id, &plain, s.base.as_deref(), feats);
                         }
                         if let Some((b, content)) = base.as_ref().filter(|_| s.base.is_some()) {
                             if c.wants(b) {
-                                c.add(b, content, None);
+                                c.add(b, content, None, None);
                             }
                         }
                     }
@@ -613,10 +672,10 @@ impl<'a> Writer<'a> {
             kind: kind.to_string(),
             id: snapshot_id(now.as_millis()),
             started,
-            known: repo.known_chunks()?,
+            known: std::sync::Arc::new(repo.known_chunks()?),
             used: Vec::new(),
             used_ids: Default::default(),
-            uploads: Uploads::start(repo, sealer, None),
+            uploads: Uploads::start(repo, sealer, Default::default()),
             source_bytes: 0,
             added_bytes: 0,
             at: None,
@@ -640,29 +699,20 @@ impl<'a> Writer<'a> {
                 return self;
             }
         };
+        let prev = crate::delta::Cache::open(dir, name).map(std::sync::Arc::new);
         // Nothing was queued yet: the threads end at once.
         let _ = self.uploads.finish();
-        self.uploads = Uploads::start(self.repo, self.sealer, Some(next.clone()));
-        self.delta = Some(Delta {
-            prev: crate::delta::Cache::open(dir, name),
-            next,
-        });
+        self.uploads = Uploads::start(
+            self.repo,
+            self.sealer,
+            DeltaCtx {
+                next: Some(next.clone()),
+                prev: prev.clone(),
+                known: self.known.clone(),
+            },
+        );
+        self.delta = Some(Delta { prev, next });
         self
-    }
-
-    /// Adds `base` and the chunks it stands on to the snapshot's list.
-    fn use_chain(&mut self, mut base: Option<String>) {
-        let mut hops = 0;
-        while let Some(b) = base.take() {
-            base = self.known.get(&b).and_then(|s| s.base.clone());
-            if self.used_ids.insert(b.clone()) {
-                self.used.push(b);
-            }
-            hops += 1;
-            if hops > crate::delta::MAX_DEPTH {
-                break;
-            }
-        }
     }
 
     /// Dates the snapshot `t` (Unix seconds) instead of now: for tests of
@@ -704,34 +754,32 @@ impl<'a> Writer<'a> {
         self.used.push(id.clone());
         if let Some(known) = self.known.get(&id) {
             let base = known.base.clone();
-            self.use_chain(base.clone());
             if let Some(d) = self.delta.as_ref().filter(|d| d.next.wants(&id)) {
-                // Its base goes on into the new cache too (from the old).
-                let base = base.map(|b| {
-                    let content = d.prev.as_ref().and_then(|p| p.content(&b));
-                    (b, content)
-                });
-                self.uploads.send(Job::Cache {
-                    id: id.clone(),
-                    plain,
-                    base,
-                })?;
+                // Unchanged since the last snapshot: copied from the old
+                // cache as it is, its base with it.
+                let job = match d.prev.as_ref().and_then(|p| p.packed(&id)) {
+                    Some((packed, feats)) => Job::Packed {
+                        id: id.clone(),
+                        packed,
+                        feats,
+                        base: base.map(|b| {
+                            let old = d.prev.as_ref().and_then(|p| p.packed(&b));
+                            (b, old)
+                        }),
+                    },
+                    None => Job::Cache {
+                        id: id.clone(),
+                        plain,
+                        base,
+                    },
+                };
+                self.uploads.send(job)?;
             }
             return Ok(id);
-        }
-        let base = self.delta.as_ref().and_then(|d| {
-            let feats = crate::delta::features(&plain);
-            d.prev.as_ref()?.base_for(&feats, |b| {
-                b != id && self.known.get(b).is_some_and(|s| s.base.is_none())
-            })
-        });
-        if let Some((b, _)) = &base {
-            self.use_chain(Some(b.clone()));
         }
         self.uploads.send(Job::Store {
             id: id.clone(),
             plain,
-            base,
         })?;
         Ok(id)
     }
@@ -741,7 +789,7 @@ impl<'a> Writer<'a> {
     pub fn finish(mut self, manifest: Value) -> Result<Index> {
         let done = self.uploads.finish()?;
         self.added_bytes += done.added;
-        let used = std::mem::take(&mut self.used)
+        let mut used = std::mem::take(&mut self.used)
             .into_iter()
             .map(|id| {
                 let s = self
@@ -753,6 +801,21 @@ impl<'a> Writer<'a> {
                 Ok((id, s))
             })
             .collect::<Result<Vec<_>>>()?;
+        // The bases of its delta chunks (whole chunks the repo has) are
+        // part of the snapshot: prune keeps them, verify checks them.
+        let bases: Vec<String> = used
+            .iter()
+            .filter_map(|(_, s)| s.base.clone())
+            .filter(|b| self.used_ids.insert(b.clone()))
+            .collect();
+        for b in bases {
+            let s = self
+                .known
+                .get(&b)
+                .cloned()
+                .ok_or_else(|| format!("the base chunk {b} is not in the repository"))?;
+            used.push((b, s));
+        }
         let sealed = self.sealer.seal(manifest.to_string().as_bytes())?;
         let manifest = Stored {
             b3: b3(&sealed),
@@ -782,8 +845,10 @@ impl<'a> Writer<'a> {
             "chunks": chunks,
             "wal_start": self.wal_start,
         });
-        self.repo
-            .put(&format!("{base}.index"), index.to_string().as_bytes())?;
+        // Compressed (zstd), not encrypted: it lists hashes and sizes.
+        let packed = zstd::bulk::compress(index.to_string().as_bytes(), 3)
+            .map_err(|e| format!("zstd compression failed: {e}"))?;
+        self.repo.put(&format!("{base}.index"), &packed)?;
         // The snapshot exists: its content is the next one's delta base.
         if let Some(d) = self.delta.take() {
             drop(d.prev);
@@ -880,6 +945,87 @@ impl<'a> Reader<'a> {
         }
         crate::progress::add(plain.len() as u64);
         Ok(plain)
+    }
+
+    /// Each of `ids`' contents, in order, to `each`: read ahead on
+    /// [`READERS`] threads, at most [`READ_AHEAD`] chunks ahead of `each`
+    /// (memory stays bounded). The first error (a bad chunk, or `each`'s)
+    /// stops it all.
+    pub fn each_chunk(
+        &self,
+        ids: &[&str],
+        mut each: impl FnMut(Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Condvar, Mutex};
+        struct Shared {
+            ready: std::collections::BTreeMap<usize, Result<Vec<u8>>>,
+            consumed: usize,
+        }
+        let shared = Mutex::new(Shared {
+            ready: Default::default(),
+            consumed: 0,
+        });
+        let changed = Condvar::new();
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let file = self.opener.file().to_path_buf();
+        std::thread::scope(|s| {
+            for _ in 0..READERS.min(ids.len()) {
+                s.spawn(|| {
+                    // age identities are not Send: each thread reads the
+                    // identity file itself.
+                    let opener = Opener::from_file(&file);
+                    let reader = opener
+                        .as_ref()
+                        .map(|o| Reader::new(self.repo, o, self.index))
+                        .map_err(Clone::clone);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= ids.len() || stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        {
+                            let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
+                            while i >= g.consumed + READ_AHEAD && !stop.load(Ordering::Relaxed) {
+                                g = changed.wait(g).unwrap_or_else(|p| p.into_inner());
+                            }
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let r = match &reader {
+                            Ok(reader) => reader.chunk(ids[i]),
+                            Err(e) => Err(e.clone()),
+                        };
+                        let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        g.ready.insert(i, r);
+                        changed.notify_all();
+                    }
+                });
+            }
+            let result = (|| {
+                for i in 0..ids.len() {
+                    let data = {
+                        let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        loop {
+                            if let Some(r) = g.ready.remove(&i) {
+                                g.consumed = i + 1;
+                                changed.notify_all();
+                                break r;
+                            }
+                            g = changed.wait(g).unwrap_or_else(|p| p.into_inner());
+                        }
+                    }?;
+                    each(data)?;
+                }
+                Ok(())
+            })();
+            stop.store(true, Ordering::Relaxed);
+            let _g = shared.lock().unwrap_or_else(|p| p.into_inner());
+            changed.notify_all();
+            result
+        })
     }
 
     fn broken(&self, what: &str, why: &str) -> String {
@@ -1163,14 +1309,23 @@ pub fn prune(
             used.extend(idx.chunks.into_iter().map(|(id, _)| id));
         }
     }
-    // What dead backups left half-written (no backup runs now).
+    // What dead writers left half-written. No backup runs now, but a
+    // wal-push or a backup taking its lock may be writing through tmp/
+    // this very moment: only what is an hour old goes.
     if let (false, Some(root)) = (dry_run, repo.store.local_root()) {
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         for t in std::fs::read_dir(root.join("tmp"))
             .into_iter()
             .flatten()
             .flatten()
         {
-            let _ = std::fs::remove_file(t.path());
+            let old = t
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m < hour_ago);
+            if old {
+                let _ = std::fs::remove_file(t.path());
+            }
         }
     }
     for (key, size) in repo.store.list("chunks/")? {

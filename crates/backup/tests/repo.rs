@@ -230,7 +230,10 @@ fn corruption_and_wrong_keys_are_named_and_never_restored() {
     // A tampered index (a chunk id that is no hash, or another snapshot's
     // name) is refused, never followed.
     let index = d.0.join(format!("repo/snapshots/site/{}.index", idx.id));
-    let good = std::fs::read_to_string(&index).unwrap();
+    // zstd-compressed JSON; plain JSON is read too.
+    let good =
+        String::from_utf8(zstd::stream::decode_all(&std::fs::read(&index).unwrap()[..]).unwrap())
+            .unwrap();
     for bad in [
         good.replacen(&ids[0], "../../x", 1),
         good.replacen(
@@ -682,4 +685,49 @@ fn sparse_changes_are_stored_as_deltas_and_every_snapshot_restores() {
         added[0]
     );
     check(&idx, &page_file, "nocache");
+}
+
+/// Read-ahead for restores: chunks come out in order whatever thread
+/// read them, and a bad one stops it with its name.
+#[test]
+fn chunks_read_ahead_come_in_order_and_a_bad_one_stops_them() {
+    let d = tempdir("ahead");
+    let (recipient, key) = keys(&d.0, "key.txt");
+    let opener = Opener::from_file(&key).unwrap();
+    let sealer = Sealer::new(&[recipient], 1).unwrap();
+    let repo = Repo::open(Store::local(&d.0.join("repo"))).unwrap();
+    let data = noise(6 << 20, 5);
+    let mut w = Writer::new(&repo, &sealer, "db", "files").unwrap();
+    let ids = w.stream(&data[..]).unwrap();
+    let idx = w.finish(serde_json::json!({})).unwrap();
+    assert!(ids.len() > 20, "{}", ids.len());
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let r = Reader::new(&repo, &opener, &idx);
+    let mut got = Vec::new();
+    r.each_chunk(&ids, |c| {
+        got.extend_from_slice(&c);
+        Ok(())
+    })
+    .unwrap();
+    assert!(got == data);
+    // The consumer's own error stops it too.
+    let mut n = 0;
+    let e = r
+        .each_chunk(&ids, |_| {
+            n += 1;
+            if n == 3 {
+                Err("tar stopped reading".into())
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert_eq!((e.as_str(), n), ("tar stopped reading", 3));
+    let bad = ids[ids.len() / 2];
+    let path = d.0.join("repo/chunks").join(&bad[..2]).join(bad);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let e = r.each_chunk(&ids, |_| Ok(())).unwrap_err();
+    assert!(e.contains(bad), "{e}");
 }
