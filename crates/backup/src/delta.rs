@@ -69,17 +69,20 @@ fn gear() -> &'static [u64; 256] {
 pub fn features(plain: &[u8]) -> Vec<u64> {
     let g = gear();
     let mut h = 0u64;
+    // The first 64 bytes only fill the hash.
+    let (head, rest) = plain.split_at(plain.len().min(64));
+    for b in head {
+        h = (h << 1).wrapping_add(g[*b as usize]);
+    }
+    // The FEATURES smallest distinct values, ascending; `worst` is the
+    // largest of them once there are enough (one compare per byte).
     let mut best: Vec<u64> = Vec::with_capacity(FEATURES + 1);
     let mut worst = u64::MAX;
-    for (i, b) in plain.iter().enumerate() {
+    for b in rest {
         h = (h << 1).wrapping_add(g[*b as usize]);
-        if i < 64 {
-            continue;
-        }
-        let v = h.wrapping_mul(0xff51_afd7_ed55_8ccd) | 1;
-        if v < worst || best.len() < FEATURES {
-            if let Err(at) = best.binary_search(&v) {
-                best.insert(at, v);
+        if h < worst {
+            if let Err(at) = best.binary_search(&h) {
+                best.insert(at, h);
                 best.truncate(FEATURES);
                 if best.len() == FEATURES {
                     worst = best[FEATURES - 1];
@@ -87,7 +90,10 @@ pub fn features(plain: &[u8]) -> Vec<u64> {
             }
         }
     }
-    best
+    // Mixed, so that a feature is not a small number; 0 means none.
+    best.iter()
+        .map(|v| v.wrapping_mul(0xff51_afd7_ed55_8ccd) | 1)
+        .collect()
 }
 
 /// One chunk in the cache: 32-byte id, offset, length, its base's id
@@ -269,7 +275,7 @@ impl CacheWriter {
     /// the lock. A failure only disables the cache (logged once).
     /// `feats`: its features, when they were computed already.
     pub fn add(&self, id: &str, plain: &[u8], base: Option<&str>, feats: Option<Vec<u64>>) {
-        let Ok(packed) = zstd::bulk::compress(plain, 1) else {
+        let Ok(packed) = zstd(plain, 1, &[]) else {
             return;
         };
         let feats = feats.unwrap_or_else(|| features(plain));
@@ -357,11 +363,28 @@ fn hex32(id: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The size after zstd with `base` as the dictionary.
+/// zstd at `level` with `dict` (empty: none), through one compression
+/// context per thread (making one per chunk showed in profiles).
+pub(crate) fn zstd(plain: &[u8], level: i32, dict: &[u8]) -> Result<Vec<u8>> {
+    thread_local! {
+        static CCTX: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(level).map_err(|e| format!("zstd: {e}"))?);
+        }
+        let c = c.as_mut().ok_or("zstd: no compression context")?;
+        c.set_dictionary(level, dict)
+            .map_err(|e| format!("zstd: {e}"))?;
+        c.compress(plain).map_err(|e| format!("zstd: {e}"))
+    })
+}
+
+/// zstd with `base` as the dictionary.
 pub fn compress(plain: &[u8], base: &[u8], level: i32) -> Result<Vec<u8>> {
-    let mut c =
-        zstd::bulk::Compressor::with_dictionary(level, base).map_err(|e| format!("zstd: {e}"))?;
-    c.compress(plain).map_err(|e| format!("zstd: {e}"))
+    zstd(plain, level, base)
 }
 
 /// The inverse of [`compress`] (one decompression context per thread).

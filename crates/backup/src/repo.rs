@@ -292,8 +292,8 @@ impl Sealer {
     }
 
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>> {
-        let packed = zstd::bulk::compress(plain, self.level)
-            .map_err(|e| format!("zstd compression failed: {e}"))?;
+        let packed = crate::delta::zstd(plain, self.level, &[])
+            .map_err(|e| format!("compression failed: {e}"))?;
         self.encrypt(&packed)
     }
 
