@@ -12,7 +12,8 @@
 #   full backup: wall time, bytes stored, peak RSS
 #   incremental after `pgbench -T 20`: wall time, bytes stored
 #   restore (latest) and PITR restore (to a time inside the pgbench run):
-#     wall time from the restore command to a promoted server
+#     wall time from the restore command to a promoted server, the median
+#     of three
 #   wal-push ÷ archive-push: mean time per segment (the same segments)
 #
 # Bounded: one cluster on a loopback port and a Unix socket in the work
@@ -198,10 +199,18 @@ restore_run() { # name, then the restore command
 }
 echo "restores ..." >&2
 ident="$work/key"
-read -r c_rest c_rows < <(restore_run c-latest "$work/centinela" restore bench --latest --target "$work/r-c-latest" --identity "$ident" --config "$work/centinela.toml")
-read -r p_rest p_rows < <(restore_run p-latest pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --pg1-path="$work/r-p-latest" restore)
-read -r c_pitr c_prows < <(restore_run c-pitr "$work/centinela" restore bench --to "$target" --target "$work/r-c-pitr" --identity "$ident" --config "$work/centinela.toml")
-read -r p_pitr p_prows < <(restore_run p-pitr pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --pg1-path="$work/r-p-pitr" --type=time "--target=$(echo "$target" | sed 's/T/ /; s/Z$/+00/')" --target-action=promote restore)
+# Three of each, alternating, and the median: a restore's time is mostly
+# PostgreSQL's start and replay, which varies from one run to the next.
+median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
+cr=(); pr=(); cp=(); pp=()
+for _ in 1 2 3; do
+    read -r t c_rows < <(restore_run c-latest "$work/centinela" restore bench --latest --target "$work/r-c-latest" --identity "$ident" --config "$work/centinela.toml"); cr+=("$t")
+    read -r t p_rows < <(restore_run p-latest pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --pg1-path="$work/r-p-latest" restore); pr+=("$t")
+    read -r t c_prows < <(restore_run c-pitr "$work/centinela" restore bench --to "$target" --target "$work/r-c-pitr" --identity "$ident" --config "$work/centinela.toml"); cp+=("$t")
+    read -r t p_prows < <(restore_run p-pitr pgbackrest --config="$work/pgbackrest.conf" --stanza=bench --pg1-path="$work/r-p-pitr" --type=time "--target=$(echo "$target" | sed 's/T/ /; s/Z$/+00/')" --target-action=promote restore); pp+=("$t")
+done
+c_rest=$(median "${cr[@]}"); p_rest=$(median "${pr[@]}"); c_pitr=$(median "${cp[@]}"); p_pitr=$(median "${pp[@]}")
+echo "restore times: centinela ${cr[*]} / pgBackRest ${pr[*]}; PITR: centinela ${cp[*]} / pgBackRest ${pp[*]}" >&2
 for pair in "$c_rows $p_rows $final_rows latest" "$c_prows $p_prows $target_rows PITR"; do
     set -- $pair
     [ "$1" = "$3" ] && [ "$2" = "$3" ] || echo "warning: $4 restore rows: centinela $1, pgBackRest $2, expected $3" >&2
@@ -220,8 +229,8 @@ PostgreSQL $(postgres --version | awk '{print $3}'), a cluster of $(mib "$size")
 | full backup, bytes stored | $(mib "$c_full_b") MiB | $(mib "$p_full_b") MiB | $(ratio "$c_full_b" "$p_full_b")× |
 | incremental after pgbench -T 20, time | ${c_inc} s | ${p_inc} s | $(ratio "$c_inc" "$p_inc")× |
 | incremental, bytes stored | $(mib "$c_inc_b") MiB | $(mib "$p_inc_b") MiB | $(ratio "$c_inc_b" "$p_inc_b")× |
-| restore latest to a promoted server | ${c_rest} s | ${p_rest} s | $(ratio "$c_rest" "$p_rest")× |
-| PITR restore to a promoted server | ${c_pitr} s | ${p_pitr} s | $(ratio "$c_pitr" "$p_pitr")× |
+| restore latest to a promoted server (median of 3) | ${c_rest} s | ${p_rest} s | $(ratio "$c_rest" "$p_rest")× |
+| PITR restore to a promoted server (median of 3) | ${c_pitr} s | ${p_pitr} s | $(ratio "$c_pitr" "$p_pitr")× |
 | WAL segment push (mean of $n_push) | ${c_push} ms | ${p_push} ms | $(ratio "$c_push" "$p_push")× |
 | peak RSS, full backup | $((c_rss / 1024)) MiB | $((p_rss / 1024)) MiB | $(ratio "$c_rss" "$p_rss")× |
 EOF

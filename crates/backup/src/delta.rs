@@ -37,6 +37,11 @@ use crate::repo::Result;
 /// is always against a whole chunk.
 pub const MAX_DEPTH: u8 = 1;
 
+/// The lowest zstd level delta chunks are compressed at: from level 6 on
+/// (lazy matching) zstd finds the long matches around a page's few
+/// changed bytes, and a delta's input is small.
+pub const LEVEL: i32 = 8;
+
 /// How many features describe a chunk.
 const FEATURES: usize = 8;
 

@@ -298,8 +298,11 @@ impl Sealer {
     }
 
     /// A delta chunk: compressed with `base` as the dictionary.
+    /// At level [`crate::delta::LEVEL`] at least: measured on pgbench's
+    /// pages, a third smaller than at level 3 for 1.6 times the time.
     pub fn seal_delta(&self, plain: &[u8], base: &[u8]) -> Result<Vec<u8>> {
-        self.encrypt(&crate::delta::compress(plain, base, self.level)?)
+        let level = self.level.max(crate::delta::LEVEL);
+        self.encrypt(&crate::delta::compress(plain, base, level)?)
     }
 
     fn encrypt(&self, packed: &[u8]) -> Result<Vec<u8>> {
