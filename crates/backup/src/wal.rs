@@ -239,24 +239,31 @@ pub fn next_segment(name: &str, n: u64) -> Option<String> {
     Some(format!("{tli}{:08X}{:08X}", pos / 0x100, pos % 0x100))
 }
 
-/// `restore_command`: [`fetch`] with prefetch. Run in a data directory
-/// (PostgreSQL runs it there), segments are read ahead into
-/// `centinela-prefetch/` beside `pg_wal`, [`PREFETCH`] at a time in
-/// parallel, each checked like any fetch; a later call finds its segment
-/// there. At the end of the archive the directory is removed.
+/// Where [`fetch_with_prefetch`] keeps segments read ahead: beside
+/// `pg_wal` when run in a data directory (PostgreSQL runs its
+/// `restore_command` there).
+pub fn prefetch_dir() -> Option<std::path::PathBuf> {
+    std::env::current_dir()
+        .ok()
+        .filter(|d| d.join("PG_VERSION").is_file())
+        .map(|d| d.join("centinela-prefetch"))
+}
+
+/// `restore_command`: [`fetch`], from the read-ahead directory when an
+/// earlier call put the segment there. `Ok(Some(true))`: found, and the
+/// segments after it are not read ahead yet: the caller starts
+/// [`prefetch`] in the background (`wal-fetch --prefetch`, a detached
+/// process, so that PostgreSQL does not wait for it). At the end of the
+/// archive the directory is removed.
 pub fn fetch_with_prefetch(
     b: &Backup,
     all: &[RepoCfg],
     name: &str,
     dest: &Path,
     opener: &Opener,
-) -> Result<bool> {
-    let cwd = std::env::current_dir().ok();
-    let cache = cwd
-        .filter(|d| d.join("PG_VERSION").is_file())
-        .map(|d| d.join("centinela-prefetch"));
-    let Some(cache) = cache.filter(|_| next_segment(name, 1).is_some()) else {
-        return fetch(b, all, name, dest, opener);
+) -> Result<Option<bool>> {
+    let Some(cache) = prefetch_dir().filter(|_| next_segment(name, 1).is_some()) else {
+        return Ok(fetch(b, all, name, dest, opener)?.then_some(false));
     };
     let cached = cache.join(name);
     let found = if cached.is_file() {
@@ -273,7 +280,7 @@ pub fn fetch_with_prefetch(
     };
     if !found {
         let _ = std::fs::remove_dir_all(&cache);
-        return Ok(false);
+        return Ok(None);
     }
     // Segments before this one are not needed any more.
     for e in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
@@ -281,33 +288,45 @@ pub fn fetch_with_prefetch(
             let _ = std::fs::remove_file(e.path());
         }
     }
-    if !cache
+    let ahead = cache
         .join(next_segment(name, 1).unwrap_or_default())
-        .is_file()
-    {
+        .is_file();
+    if !ahead {
         std::fs::create_dir_all(&cache)
             .map_err(|e| format!("cannot create {}: {e}", cache.display()))?;
-        std::thread::scope(|s| {
-            for n in 1..=PREFETCH {
-                let Some(next) = next_segment(name, n) else {
-                    continue;
-                };
-                let path = cache.join(&next);
-                if path.is_file() {
-                    continue;
-                }
-                // A segment not archived yet is simply not there; an
-                // error is met again when the segment is asked for.
-                let file = opener.file().to_path_buf();
-                s.spawn(move || {
-                    if let Ok(opener) = Opener::from_file(&file) {
-                        let _ = fetch(b, all, &next, &path, &opener);
-                    }
-                });
-            }
-        });
     }
-    Ok(true)
+    Ok(Some(!ahead))
+}
+
+/// Reads the [`PREFETCH`] segments after `name` into the read-ahead
+/// directory, in parallel, each checked like any fetch. A segment not
+/// archived yet is simply not there; an error is met again when the
+/// segment is asked for. The directory must exist (removed meanwhile:
+/// the restore ended, and nothing is written).
+pub fn prefetch(b: &Backup, all: &[RepoCfg], name: &str, opener: &Opener) {
+    let Some(cache) = prefetch_dir().filter(|d| d.is_dir()) else {
+        return;
+    };
+    std::thread::scope(|s| {
+        for n in 1..=PREFETCH {
+            let Some(next) = next_segment(name, n) else {
+                continue;
+            };
+            let path = cache.join(&next);
+            if path.is_file() {
+                continue;
+            }
+            let file = opener.file().to_path_buf();
+            s.spawn(move || {
+                if let Ok(opener) = Opener::from_file(&file) {
+                    let _ = fetch(b, all, &next, &path, &opener);
+                }
+            });
+        }
+    });
+    // Nothing was there to read (past the archive's end): no directory
+    // is left in the data directory. Only an empty one goes.
+    let _ = std::fs::remove_dir(&cache);
 }
 
 /// Fetches every archived WAL file a recovery from a base backup that

@@ -574,6 +574,10 @@ pub(super) struct WalFetchCmd {
     identity: PathBuf,
     #[arg(long, short, default_value = "centinela.toml")]
     config: PathBuf,
+    /// Internal: read the segments after FILE ahead, then exit (started
+    /// in the background by wal-fetch itself).
+    #[arg(long, hide = true)]
+    prefetch: bool,
 }
 
 fn postgres_backup<'a>(cfg: &'a Config, name: &str) -> Result<&'a Backup, ExitCode> {
@@ -634,6 +638,10 @@ pub(super) fn wal_fetch(cmd: WalFetchCmd) -> ExitCode {
     let Ok(opener) = opener(&cmd.identity) else {
         return failed;
     };
+    if cmd.prefetch {
+        centinela_backup::wal::prefetch(b, &loaded.config.repos, &cmd.file, &opener);
+        return ExitCode::SUCCESS;
+    }
     match centinela_backup::wal::fetch_with_prefetch(
         b,
         &loaded.config.repos,
@@ -641,8 +649,29 @@ pub(super) fn wal_fetch(cmd: WalFetchCmd) -> ExitCode {
         &cmd.dest,
         &opener,
     ) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(Some(read_ahead)) => {
+            if read_ahead {
+                // In the background: PostgreSQL replays this segment
+                // meanwhile, and finds the next ones in place.
+                let spawned = std::env::current_exe().and_then(|exe| {
+                    std::process::Command::new(exe)
+                        .args(["wal-fetch", &cmd.name, &cmd.file, "-", "--prefetch"])
+                        .arg("--identity")
+                        .arg(&cmd.identity)
+                        .arg("--config")
+                        .arg(&cmd.config)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .spawn()
+                });
+                if let Err(e) = spawned {
+                    eprintln!("centinela wal-fetch {}: no read-ahead: {e}", cmd.name);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!(
                 "centinela wal-fetch {}: {e}; recovery stops here rather than end early",

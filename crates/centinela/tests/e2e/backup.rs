@@ -852,7 +852,13 @@ async fn point_in_time_recovery_with_wal_archived_by_wal_push() {
     };
     let out = fetch(&segs[0]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(fake.join("centinela-prefetch").join(&segs[1]).is_file());
+    // In the background: the call returned before the read-ahead ends.
+    let ahead = fake.join("centinela-prefetch").join(&segs[1]);
+    assert!(
+        eventually(Duration::from_secs(20), || async { ahead.is_file() }).await,
+        "{} was not read ahead",
+        segs[1]
+    );
     let out = fetch(&segs[1]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!fake.join("centinela-prefetch").join(&segs[1]).exists());
