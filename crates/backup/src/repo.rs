@@ -292,9 +292,14 @@ impl Sealer {
     }
 
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.seal_keep(plain)?.0)
+    }
+
+    /// Sealed bytes, and the zstd frame they encrypt.
+    fn seal_keep(&self, plain: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
         let packed = crate::delta::zstd(plain, self.level, &[])
             .map_err(|e| format!("compression failed: {e}"))?;
-        self.encrypt(&packed)
+        Ok((self.encrypt(&packed)?, packed))
     }
 
     /// A delta chunk: compressed with `base` as the dictionary.
@@ -477,24 +482,27 @@ struct Uploads {
 
 /// A chunk sealed as a delta against `base` when that is less than half
 /// the size of the chunk sealed whole; whether it is a delta.
+/// A chunk stored whole also gives its zstd frame (before encryption),
+/// which the delta cache keeps as it is instead of compressing it again.
 fn seal_chunk(
     sealer: &Sealer,
     plain: &[u8],
     base: Option<&(String, Vec<u8>)>,
-) -> Result<(Vec<u8>, bool)> {
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
     let Some((_, content)) = base else {
-        return Ok((sealer.seal(plain)?, false));
+        let (sealed, packed) = sealer.seal_keep(plain)?;
+        return Ok((sealed, Some(packed)));
     };
     let delta = sealer.seal_delta(plain, content)?;
     // Small next to the chunk itself: surely better than whole.
     if delta.len() < plain.len() / 16 {
-        return Ok((delta, true));
+        return Ok((delta, None));
     }
-    let whole = sealer.seal(plain)?;
+    let (whole, packed) = sealer.seal_keep(plain)?;
     Ok(if delta.len() * 2 < whole.len() {
-        (delta, true)
+        (delta, None)
     } else {
-        (whole, false)
+        (whole, Some(packed))
     })
 }
 
@@ -558,18 +566,33 @@ impl Uploads {
                         }
                     };
                     let r =
-                        seal_chunk(&sealer, &plain, base.as_ref()).and_then(|(sealed, delta)| {
+                        seal_chunk(&sealer, &plain, base.as_ref()).and_then(|(sealed, whole)| {
                             repo.put(&Repo::chunk_key(&id), &sealed)?;
-                            Ok(Stored {
-                                b3: b3(&sealed),
-                                size: sealed.len() as u64,
-                                base: base.as_ref().filter(|_| delta).map(|(b, _)| b.clone()),
-                            })
+                            Ok((
+                                Stored {
+                                    b3: b3(&sealed),
+                                    size: sealed.len() as u64,
+                                    base: base
+                                        .as_ref()
+                                        .filter(|_| whole.is_none())
+                                        .map(|(b, _)| b.clone()),
+                                },
+                                whole,
+                            ))
                         });
-                    if let (Some(c), Ok(s)) = (&cache, &r) {
-                        if c.wants(&id) {
-                            c.add(&id, &plain, s.base.as_deref(), feats);
+                    let r = r.map(|(s, whole)| {
+                        if let Some(c) = cache.as_ref().filter(|c| c.wants(&id)) {
+                            match whole {
+                                Some(packed) => {
+                                    let f = feats.unwrap_or_else(|| crate::delta::features(&plain));
+                                    c.add_packed(&id, &packed, None, &f);
+                                }
+                                None => c.add(&id, &plain, s.base.as_deref(), feats),
+                            }
                         }
+                        s
+                    });
+                    if let (Some(c), Ok(s)) = (&cache, &r) {
                         if let Some((b, content)) = base.as_ref().filter(|_| s.base.is_some()) {
                             if c.wants(b) {
                                 c.add(b, content, None, None);
