@@ -81,9 +81,10 @@ fn repos<'a>(b: &Backup, all: &'a [RepoCfg], only: Option<&str>) -> Result<Vec<&
 
 /// Takes a snapshot into every repo of the backup; each repo gets its own
 /// (a repo that fails does not stop the others, and is reported).
-/// `state_dir`: where PostgreSQL and SQLite backups keep the local cache
-/// that lets the next snapshot store changed chunks as deltas
-/// (`state_dir/delta/`, see [`crate::delta`]); `None`: no deltas.
+/// `state_dir`: where backups with `delta` (PostgreSQL's and SQLite's by
+/// default) keep the local cache that lets the next snapshot store
+/// changed chunks as deltas (`state_dir/delta/`, see [`crate::delta`]);
+/// `None`: no deltas.
 pub fn run(b: &Backup, all: &[RepoCfg], state_dir: Option<&Path>) -> Vec<(String, Result<Index>)> {
     let sealer = match Sealer::new(&b.encrypt_to, b.zstd_level) {
         Ok(s) => s,
@@ -97,7 +98,7 @@ pub fn run(b: &Backup, all: &[RepoCfg], state_dir: Option<&Path>) -> Vec<(String
         .into_iter()
         .map(|cfg| {
             let cache = state_dir
-                .filter(|_| matches!(b.source, Source::Postgres { .. } | Source::Sqlite { .. }))
+                .filter(|_| b.delta)
                 .map(|d| (d.join("delta"), format!("{}.{}", b.name, cfg.name)));
             let result = open(cfg).and_then(|repo| snapshot(b, &repo, &sealer, cache.as_ref()));
             (cfg.name.clone(), result)

@@ -49,6 +49,10 @@ pub struct Backup {
     /// read.
     pub encrypt_to: Vec<String>,
     pub zstd_level: i32,
+    /// Changed chunks stored as deltas against the previous snapshot's,
+    /// through a local cache in `state_dir/delta/` (default: postgres and
+    /// sqlite).
+    pub delta: bool,
     pub keep: Keep,
     pub restore_test: Option<RestoreTest>,
     /// Where `[backup.NAME]` is in the file.
@@ -399,6 +403,14 @@ fn backup(
         }
         None => 3,
     };
+    let delta = o.bool(
+        sink,
+        "delta",
+        matches!(
+            source,
+            Some(Source::Postgres { .. } | Source::Sqlite { .. })
+        ),
+    );
     let keep_span = o.get("keep").map(|k| k.span());
     let keep = match o.sub(sink, "keep") {
         Some(mut k) => {
@@ -452,6 +464,7 @@ fn backup(
             repos: repo_names,
             encrypt_to,
             zstd_level,
+            delta,
             keep,
             restore_test,
             at: sink.location(&span),

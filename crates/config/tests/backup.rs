@@ -120,6 +120,21 @@ keep = {{ daily = 7 }}
     );
     assert_eq!(files.when, When::Every(Duration::from_secs(6 * 3600)));
     assert_eq!((files.keep.last, files.keep.daily), (0, 7));
+    // Delta chunks: on for databases, off for files unless asked.
+    assert_eq!((pg.delta, lite.delta, files.delta), (true, true, false));
+    let flipped = src
+        .replace("kind = \"sqlite\"", "kind = \"sqlite\"\ndelta = false")
+        .replace("kind = \"files\"", "kind = \"files\"\ndelta = true");
+    let cfg = parse(&flipped, "/etc/centinela/centinela.toml")
+        .unwrap()
+        .config;
+    let d = |n: &str| cfg.backups.iter().find(|b| b.name == n).unwrap().delta;
+    assert_eq!((d("catalogue"), d("uploads")), (false, true));
+    let bad = src.replace("kind = \"files\"", "kind = \"files\"\ndelta = \"yes\"");
+    let e = parse(&bad, "/etc/centinela/centinela.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("backup.uploads.delta"), "{e}");
 }
 
 #[test]
