@@ -425,15 +425,8 @@ mod tests {
     fn a_chunk_with_sparse_changes_finds_its_old_self_and_compresses_to_little() {
         let dir = std::env::temp_dir().join(format!("centinela-delta-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut x = 7u64;
-        let old: Vec<u8> = (0..64 * 1024)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let old: Vec<u8> = (0..64 * 1024).map(|_| rng.u8(..)).collect();
         let other: Vec<u8> = old.iter().rev().copied().collect();
         let id = |b: &[u8]| blake3::hash(b).to_hex().to_string();
         let w = CacheWriter::create(&dir, "db").unwrap();

@@ -112,10 +112,6 @@ fn snapshot(
     sealer: &Sealer,
     cache: Option<&(std::path::PathBuf, String)>,
 ) -> Result<Index> {
-    // The previous snapshot's size is the progress bar's estimate.
-    if let Some(prev) = repo.indexes(&b.name)?.last() {
-        crate::progress::expect(prev.source_bytes);
-    }
     let mut w = Writer::new(repo, sealer, &b.name, b.source.kind())?;
     if let Some((dir, name)) = cache {
         w = w.delta_cache(dir, name);

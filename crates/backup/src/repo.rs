@@ -178,10 +178,18 @@ impl Repo {
 
     /// The chunks a new snapshot can use without writing them: present in
     /// the store and listed by a snapshot (which records their checksum).
-    fn known_chunks(&self) -> Result<HashMap<String, Stored>> {
+    /// Reading the indexes for it, the size of `backup`'s newest snapshot
+    /// goes to the progress bar as the estimate.
+    fn known_chunks(&self, backup: &str) -> Result<HashMap<String, Stored>> {
         let mut listed = HashMap::new();
         for b in self.backups()? {
-            for idx in self.indexes(&b)? {
+            let indexes = self.indexes(&b)?;
+            if b == backup {
+                if let Some(last) = indexes.last() {
+                    crate::progress::expect(last.source_bytes);
+                }
+            }
+            for idx in indexes {
                 listed.extend(idx.chunks);
             }
         }
@@ -698,7 +706,7 @@ impl<'a> Writer<'a> {
             kind: kind.to_string(),
             id: snapshot_id(now.as_millis()),
             started,
-            known: std::sync::Arc::new(repo.known_chunks()?),
+            known: std::sync::Arc::new(repo.known_chunks(backup)?),
             used: Vec::new(),
             used_ids: Default::default(),
             uploads: Uploads::start(repo, sealer, Default::default()),

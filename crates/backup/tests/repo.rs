@@ -550,6 +550,16 @@ fn prune_and_backups_wait_for_each_other_and_dead_locks_are_taken_over() {
     assert!(!d.0.join("repo/locks/backup-dead").exists());
 }
 
+/// 8 bytes changed in 60% of the 8 KiB pages, as a busy database's.
+fn touch_pages(file: &mut [u8], rng: &mut fastrand::Rng) {
+    for page in 0..file.len() / 8192 {
+        if rng.u8(..100) < 60 {
+            let at = page * 8192 + rng.usize(..8184);
+            file[at..at + 8].copy_from_slice(&rng.u64(..).to_le_bytes());
+        }
+    }
+}
+
 /// A file of "pages" changed by a few bytes in most of them, as a busy
 /// database's are between two backups: each snapshot stores its changed
 /// chunks as deltas against the previous snapshot's (found through the
@@ -572,13 +582,7 @@ fn sparse_changes_are_stored_as_deltas_and_every_snapshot_restores() {
     let mut added = Vec::new();
     for round in 0..5 {
         if round > 0 {
-            // 8 bytes in 60% of the 8 KiB pages.
-            for page in 0..page_file.len() / 8192 {
-                if rng.u8(..100) < 60 {
-                    let at = page * 8192 + rng.usize(..8184);
-                    page_file[at..at + 8].copy_from_slice(&rng.u64(..).to_le_bytes());
-                }
-            }
+            touch_pages(&mut page_file, &mut rng);
         }
         std::fs::write(src.join("base.1"), &page_file).unwrap();
         let mut w = Writer::new(&repo, &sealer, "db", "files")
@@ -666,12 +670,7 @@ fn sparse_changes_are_stored_as_deltas_and_every_snapshot_restores() {
     // Without the cache, changed chunks are stored whole: more bytes,
     // the same content.
     std::fs::remove_dir_all(&cache).unwrap();
-    for page in 0..page_file.len() / 8192 {
-        if rng.u8(..100) < 60 {
-            let at = page * 8192 + rng.usize(..8184);
-            page_file[at..at + 8].copy_from_slice(&rng.u64(..).to_le_bytes());
-        }
-    }
+    touch_pages(&mut page_file, &mut rng);
     std::fs::write(src.join("base.1"), &page_file).unwrap();
     let mut w = Writer::new(&repo, &sealer, "db", "files")
         .unwrap()

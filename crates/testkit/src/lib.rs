@@ -207,6 +207,20 @@ fn send_signal(pid: i32, sig: i32) -> i32 {
 /// range (services). Taken from 20000-32000, below Linux's ephemeral range
 /// (32768-60999), so that no outgoing connection of a concurrent test grabs
 /// one between this check and the moment the service binds it.
+/// `n` incompressible bytes (xorshift64 from `seed`): every chunk of them
+/// is new to a repository.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub fn free_port_range(n: u16) -> u16 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let seed = u64::from(std::process::id()).wrapping_mul(7919)

@@ -48,15 +48,7 @@ fn files_are_backed_up_listed_verified_and_restored_by_the_cli() {
     std::fs::create_dir_all(src.join("uploads")).unwrap();
     std::fs::write(src.join("portal.conf"), b"listen = 8080\n").unwrap();
     // Incompressible: xorshift64.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<u8> = (0..3_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = centinela_testkit::noise(3_000_000, 0x9e37_79b9_7f4a_7c15u64);
     std::fs::write(src.join("uploads/report.pdf"), &big).unwrap();
     let key = dir.path("backup.key");
     let recipient = keygen(&key);
@@ -1087,15 +1079,7 @@ fn long_operations_print_progress_lines_off_a_terminal() {
     let dir = TempDir::new("backup-progress");
     let src = dir.path("uploads");
     std::fs::create_dir_all(&src).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let big: Vec<u8> = (0..32_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = centinela_testkit::noise(32_000_000, 0x2545_f491_4f6c_dd1du64);
     std::fs::write(src.join("video.bin"), &big).unwrap();
     let key = dir.path("backup.key");
     let recipient = keygen(&key);

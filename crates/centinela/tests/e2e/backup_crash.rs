@@ -5,7 +5,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use centinela_testkit::{bin, TempDir};
+use centinela_testkit::{bin, noise, TempDir};
 use serde_json::Value;
 
 use super::backup::{keygen, PREAMBLE};
@@ -16,19 +16,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// `n` incompressible bytes (xorshift64), so that every chunk is new.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn config(dir: &TempDir, repo: &str, src: &std::path::Path, recipient: &str) -> String {

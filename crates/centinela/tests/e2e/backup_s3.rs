@@ -31,15 +31,7 @@ fn a_backup_to_local_and_s3_restores_from_either_and_a_refusing_s3_loses_nothing
     let dir = TempDir::new("backup-s3");
     let src = dir.path("portal");
     std::fs::create_dir_all(&src).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let big: Vec<u8> = (0..1_500_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big = centinela_testkit::noise(1_500_000, 0x2545_f491_4f6c_dd1du64);
     std::fs::write(src.join("uploads.bin"), &big).unwrap();
     std::fs::write(src.join("portal.conf"), b"listen = 8080\n").unwrap();
     let key = dir.path("backup.key");
