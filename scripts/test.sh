@@ -6,7 +6,8 @@
 # python3-aiosmtpd (a real SMTP server receives alert mail), and chromium
 # with chromium-driver (a headless browser drives the dashboard), and age
 # (the reference age tool reads what the backup repository encrypts), and
-# postgresql (throwaway servers that the backup tests back up and restore).
+# postgresql (throwaway servers that the backup tests back up and restore),
+# and sslscan (what a TLS listener offers, seen from outside).
 # From PyPI: moto[server] (a throwaway S3-compatible server for the offsite
 # repo tests).
 set -euo pipefail
@@ -19,6 +20,7 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(pro
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 command -v age >/dev/null && command -v age-keygen >/dev/null || need+=(age)
 ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1 || need+=(postgresql)
+command -v sslscan >/dev/null || need+=(sslscan)
 if [ ${#need[@]} -gt 0 ]; then
     echo "Installing ${need[*]} for the tests" >&2
     sudo_=""

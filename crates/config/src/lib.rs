@@ -31,7 +31,7 @@ use std::path::Path;
 pub use admin::Admin;
 pub use alert::{Alert, Alerting};
 pub use diag::{ConfigError, Diagnostic, Location};
-pub use listener::{Listener, PathNormalization};
+pub use listener::{CertFiles, Listener, PathNormalization, ServerSettings, HSTS_DEFAULT};
 pub use notify::Notifier;
 pub use probe::UptimeProbe;
 pub use route::Route;
@@ -42,6 +42,7 @@ pub use slo::Slo;
 pub use upstream::{
     default_breaker, default_limits, default_outlier, default_retry, default_timeouts, Balance,
     Breaker, HashKey, Health, Limits, Outlier, Retry, RetryOn, Server, Timeouts, Upstream,
+    UpstreamTls,
 };
 
 use toml::de::DeTable;
@@ -86,7 +87,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         known: Vec::new(),
     };
     let admin = admin::admin(sink, &mut top, base_dir);
-    let (listeners, listener_spans) = listener::listeners(sink, &mut top);
+    let (listeners, listener_spans) = listener::listeners(sink, &mut top, base_dir);
     let (routes, route_refs) = route::routes(sink, &mut top);
     // Services first: an upstream fed by a service needs no static servers.
     let mut services = Vec::new();
@@ -108,9 +109,14 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         for (k, v) in ups.table.iter() {
             let name: &str = k.get_ref().as_ref();
             let path = format!("upstream.{name}");
-            if let Some(u) =
-                upstream::upstream(sink, v, name, &path, fed.contains(&name.to_string()))
-            {
+            if let Some(u) = upstream::upstream(
+                sink,
+                v,
+                name,
+                &path,
+                fed.contains(&name.to_string()),
+                base_dir,
+            ) {
                 upstreams.push(u);
             }
         }

@@ -69,6 +69,14 @@ impl<'t, 'i> Obj<'t, 'i> {
             .map(|(_, v)| v)
     }
 
+    /// The value of `key`, if present, without reading it.
+    pub(crate) fn peek(&self, key: &str) -> Option<&'t SV<'i>> {
+        self.table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .map(|(_, v)| v)
+    }
+
     pub(crate) fn finish(self, sink: &mut Sink<'_>) {
         for (k, _) in self.table.iter() {
             let name: &str = k.get_ref().as_ref();

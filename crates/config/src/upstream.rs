@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use toml::de::DeValue;
@@ -82,6 +83,18 @@ pub struct Upstream {
     pub timeouts: Timeouts,
     /// A server returning to rotation ramps its share up linearly over this.
     pub slow_start: Duration,
+    /// `tls`: HTTPS to the servers (and their health checks).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[upstream.X] tls = true` or `{ ca, server_name, client_cert,
+/// client_key, insecure_skip_verify }`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    pub settings: centinela_tls::UpstreamSettings,
+    /// The name the server's certificate is checked for (and sent as SNI);
+    /// default: the server's IP address.
+    pub server_name: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -201,6 +214,7 @@ pub(crate) fn upstream(
     name: &str,
     path: &str,
     fed_by_service: bool,
+    base_dir: &Path,
 ) -> Option<Upstream> {
     let mut o = Obj::new(sink, v, path)?;
     let balance = match o.str(sink, "balance") {
@@ -500,6 +514,7 @@ pub(crate) fn upstream(
         None => default_timeouts(),
     };
     let slow_start = o.duration(sink, "slow_start", Duration::from_secs(5));
+    let tls = upstream_tls(sink, &mut o, base_dir);
     o.finish(sink);
 
     Some(Upstream {
@@ -514,6 +529,7 @@ pub(crate) fn upstream(
         limits,
         timeouts,
         slow_start,
+        tls,
     })
 }
 
@@ -578,4 +594,82 @@ pub fn default_timeouts() -> Timeouts {
         body_idle: Duration::from_secs(30),
         tunnel_idle: Duration::from_secs(3600),
     }
+}
+
+/// `tls = true` (the system's CAs) or a table. A certificate is verified
+/// unless `insecure_skip_verify = true`, which `check` warns about.
+fn upstream_tls(sink: &mut Sink<'_>, o: &mut Obj<'_, '_>, base_dir: &Path) -> Option<UpstreamTls> {
+    let v = o.peek("tls")?;
+    if let toml::de::DeValue::Boolean(b) = v.get_ref() {
+        o.get("tls");
+        return b.then(|| UpstreamTls {
+            settings: centinela_tls::UpstreamSettings {
+                ca: None,
+                client_cert: None,
+                insecure_skip_verify: false,
+            },
+            server_name: None,
+        });
+    }
+    let mut t = o.sub(sink, "tls")?;
+    let ca = crate::tls::ca_file(sink, &mut t, "ca", base_dir).map(|(p, _)| p);
+    let server_name = t.str(sink, "server_name").and_then(|(n, span)| {
+        if rustls_pki_types::ServerName::try_from(n.as_str()).is_err() {
+            sink.error(
+                &span,
+                &t.child_path("server_name"),
+                format!("{n:?} is not a valid DNS name or IP address"),
+            );
+            return None;
+        }
+        Some(n)
+    });
+    let cert = t.str(sink, "client_cert");
+    let key = t.str(sink, "client_key");
+    let client_cert = match (cert, key) {
+        (Some((c, cspan)), Some((k, _))) => {
+            let files = centinela_tls::server::CertFiles {
+                cert: base_dir.join(c),
+                key: base_dir.join(k),
+            };
+            let r = centinela_tls::server::inspect(&files, std::time::SystemTime::now(), 14);
+            for e in &r.errors {
+                sink.error(&cspan, &t.child_path("client_cert"), e.clone());
+            }
+            for w in r.warnings {
+                sink.warn(&cspan, &t.child_path("client_cert"), w);
+            }
+            r.errors.is_empty().then_some(files)
+        }
+        (Some((_, span)), None) | (None, Some((_, span))) => {
+            sink.error(&span, &t.path, "client_cert and client_key go together");
+            None
+        }
+        (None, None) => None,
+    };
+    let insecure_skip_verify = t.bool(sink, "insecure_skip_verify", false);
+    if insecure_skip_verify {
+        let span = t.peek("insecure_skip_verify").map_or(0..0, |v| v.span());
+        sink.warn(
+            &span,
+            &t.child_path("insecure_skip_verify"),
+            "the servers' certificates are not verified: anyone on the path can pose as them",
+        );
+        if ca.is_some() {
+            sink.warn(
+                &span,
+                &t.path,
+                "ca is unused with insecure_skip_verify = true",
+            );
+        }
+    }
+    t.finish(sink);
+    Some(UpstreamTls {
+        settings: centinela_tls::UpstreamSettings {
+            ca,
+            client_cert,
+            insecure_skip_verify,
+        },
+        server_name,
+    })
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod snapshot;
+pub mod tls;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ use crate::snapshot::Registry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -61,6 +64,9 @@ pub struct Gateway {
     admin_task: JoinHandle<()>,
     /// Closes idle pooled connections past their upstream's idle timeout.
     reaper: JoinHandle<()>,
+    /// The listeners' certificates, and the task that watches their files.
+    certs: Arc<tls::Certs>,
+    cert_watch: JoinHandle<()>,
 }
 
 /// How often idle pooled connections are looked at.
@@ -102,6 +108,10 @@ impl Gateway {
     /// serves. Must be called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let mut registry = Registry::default();
+        registry.set_tls(&config).map_err(StartError::Tls)?;
+        let tls_stats = Arc::new(tls::Stats::default());
+        let certs = Arc::new(tls::Certs::new(tls_stats.clone()).map_err(StartError::Tls)?);
+        let built = certs.build(&config.listeners).map_err(StartError::Tls)?;
         let admin_listener = bind(config.admin.listen, "admin").await?;
         let mut bound = Vec::new();
         for l in &config.listeners {
@@ -120,6 +130,8 @@ impl Gateway {
             health: ArcSwap::from_pointee(Vec::new()),
             draining: Mutex::new(HashMap::new()),
             started: std::time::Instant::now(),
+            tls: tls_stats,
+            https_port: Default::default(),
         });
         let admin_addr = admin_listener
             .local_addr()
@@ -130,6 +142,8 @@ impl Gateway {
             })?;
         let admin_task = tokio::spawn(admin::serve(admin_listener, shared.clone()));
         let reaper = tokio::spawn(reap_idle_connections(shared.clone()));
+        let cert_watch = tokio::spawn(tls::watch(certs.clone()));
+        let slots = certs.apply(built, &config_listeners(&shared));
         info!(addr = %admin_addr, "Admin API listening");
         let gw = Gateway {
             shared,
@@ -142,15 +156,24 @@ impl Gateway {
             admin_addr,
             admin_task,
             reaper,
+            certs,
+            cert_watch,
         };
         for (l, tcp) in bound {
-            gw.spawn_listener(&l, tcp);
+            let slot = slots.get(&l.name).cloned().unwrap_or_default();
+            gw.spawn_listener(&l, tcp, slot);
         }
+        gw.set_https_port();
         gw.restart_health_checks();
         Ok(gw)
     }
 
-    fn spawn_listener(&self, l: &centinela_config::Listener, tcp: TcpListener) {
+    fn spawn_listener(
+        &self,
+        l: &centinela_config::Listener,
+        tcp: TcpListener,
+        tls: Arc<listener::Tls>,
+    ) {
         let (name, configured) = (l.name.clone(), l.listen);
         let bound = tcp.local_addr().unwrap_or(configured);
         let (tx, rx) = oneshot::channel();
@@ -159,11 +182,13 @@ impl Gateway {
             name.as_str().into(),
             self.shared.clone(),
             l.max_connections,
+            tls,
             async {
                 let _ = rx.await;
             },
         ));
-        info!(listener = %name, addr = %bound, "Listening");
+        let https = if l.tls.is_some() { " (TLS)" } else { "" };
+        info!(listener = %name, addr = %bound, "Listening{https}");
         lock(&self.listeners).insert(
             name,
             RunningListener {
@@ -194,6 +219,22 @@ impl Gateway {
         }
     }
 
+    /// Where `redirect_https` sends clients when the listener names no
+    /// port: the first TLS listener's bound port.
+    fn set_https_port(&self) {
+        let snap = self.shared.snapshot.load();
+        let port = snap
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.tls.is_some())
+            .and_then(|l| self.listener_addr(&l.name))
+            .map_or(0, |a| a.port());
+        self.shared
+            .https_port
+            .store(port, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The address a listener is bound to (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         lock(&self.listeners).get(name).map(|l| l.bound)
@@ -211,6 +252,14 @@ impl Gateway {
     /// config they started with; server state carries over.
     pub async fn reload(&self, config: Config) -> Result<(), StartError> {
         let old = self.config();
+        // Certificates first: one that cannot be used changes nothing.
+        let built = self
+            .certs
+            .build(&config.listeners)
+            .map_err(StartError::Tls)?;
+        lock(&self.registry)
+            .set_tls(&config)
+            .map_err(StartError::Tls)?;
         if old.admin.listen != config.admin.listen {
             warn!(old = %old.admin.listen, new = %config.admin.listen, "Changing [admin] listen needs a restart; keeping the old address");
         }
@@ -240,6 +289,7 @@ impl Gateway {
         }
         *lock(&self.base) = config.clone();
         self.rebuild();
+        let slots = self.certs.apply(built, &config.listeners);
         // Stop listeners that are gone.
         {
             let mut running = lock(&self.listeners);
@@ -256,8 +306,10 @@ impl Gateway {
             }
         }
         for (l, tcp) in bound {
-            self.spawn_listener(&l, tcp);
+            let slot = slots.get(&l.name).cloned().unwrap_or_default();
+            self.spawn_listener(&l, tcp, slot);
         }
+        self.set_https_port();
         info!(
             upstreams = config.upstreams.len(),
             routes = config.routes.len(),
@@ -403,11 +455,16 @@ impl Gateway {
         }
         self.admin_task.abort();
         self.reaper.abort();
+        self.cert_watch.abort();
         // The last requests' access lines (a blocking write: off the
         // runtime's threads).
         let _ = tokio::task::spawn_blocking(access::flush).await;
         drained
     }
+}
+
+fn config_listeners(shared: &Shared) -> Vec<centinela_config::Listener> {
+    shared.snapshot.load().config.listeners.clone()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

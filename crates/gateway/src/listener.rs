@@ -10,9 +10,55 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::http::io::Stream;
 use crate::proxy::Shared;
+
+/// A listener's TLS settings, swapped when its certificates are reloaded
+/// (new connections get the new ones; established ones keep their
+/// session). Empty: plain HTTP.
+pub type Tls = arc_swap::ArcSwapOption<rustls::ServerConfig>;
+
+/// The TLS handshake of one client connection, within the listener's
+/// `header_timeout`; then HTTP/2 when ALPN chose it, else HTTP/1.1.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    peer: std::net::SocketAddr,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    draining: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let timeout = crate::http::h1::Settings::of(&shared, &name).header_timeout;
+    let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(stream);
+    let tls = match tokio::time::timeout(timeout, accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(listener = &*name, client = %peer, error = %e, "TLS handshake failed");
+            shared.tls.handshakes.count(&name, false);
+            return;
+        }
+        Err(_) => {
+            debug!(listener = &*name, client = %peer, "TLS handshake timed out");
+            shared.tls.handshakes.count(&name, false);
+            return;
+        }
+    };
+    shared.tls.handshakes.count(&name, true);
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    crate::http::h1::serve(
+        Stream::TlsServer(Box::new(tls)),
+        peer,
+        name,
+        shared,
+        draining,
+        permit,
+        h2,
+    )
+    .await;
+}
 
 /// hyper's server, for the admin API.
 pub fn builder() -> auto::Builder<TokioExecutor> {
@@ -33,6 +79,7 @@ pub async fn serve(
     name: Arc<str>,
     shared: Arc<Shared>,
     max_connections: u32,
+    tls: Arc<Tls>,
     stop: impl Future<Output = ()>,
 ) {
     // Every connection holds a receiver; the drain is over when the last
@@ -70,14 +117,30 @@ pub async fn serve(
                     full = true;
                     warn!(listener = &*name, max_connections, "At max_connections: accepts paused");
                 }
-                tokio::spawn(crate::http::h1::serve(
-                    stream,
-                    peer,
-                    name.clone(),
-                    shared.clone(),
-                    draining.clone(),
-                    permit,
-                ));
+                match tls.load_full() {
+                    None => {
+                        tokio::spawn(crate::http::h1::serve(
+                            Stream::Tcp(stream),
+                            peer,
+                            name.clone(),
+                            shared.clone(),
+                            draining.clone(),
+                            permit,
+                            false,
+                        ));
+                    }
+                    Some(cfg) => {
+                        tokio::spawn(handshake(
+                            stream,
+                            cfg,
+                            peer,
+                            name.clone(),
+                            shared.clone(),
+                            draining.clone(),
+                            permit,
+                        ));
+                    }
+                }
             }
             _ = &mut stop => break,
         }

@@ -167,6 +167,33 @@ impl Collect for Shared {
                 }
             }
         }
+        let handshakes = self.tls.handshakes.get();
+        out.family(
+            "centinela_tls_handshakes",
+            "TLS handshakes completed by clients of the listener.",
+            Kind::Counter,
+        );
+        for (l, [ok, _]) in &handshakes {
+            out.counter(&[("listener", l)], *ok);
+        }
+        out.family(
+            "centinela_tls_handshake_failures",
+            "TLS handshakes that failed or timed out (header_timeout), by listener.",
+            Kind::Counter,
+        );
+        for (l, [_, failed]) in &handshakes {
+            out.counter(&[("listener", l)], *failed);
+        }
+        let reloads = self.tls.reloads.get();
+        out.family(
+            "centinela_tls_certificate_reloads",
+            "Certificate reloads after their files changed, by listener and result (error: the certificates in use were kept).",
+            Kind::Counter,
+        );
+        for (l, [ok, failed]) in &reloads {
+            out.counter(&[("listener", l), ("result", "ok")], *ok);
+            out.counter(&[("listener", l), ("result", "error")], *failed);
+        }
         out.family(
             "centinela_access_log_dropped",
             "Access log lines dropped because the log's output could not keep up (never waited for).",

@@ -54,6 +54,11 @@ pub struct Shared {
     pub health: ArcSwap<Vec<(String, crate::admin::HealthFn)>>,
     /// When the gateway started (uptime).
     pub started: std::time::Instant,
+    /// TLS handshakes and certificate reloads by listener.
+    pub tls: Arc<crate::tls::Stats>,
+    /// The port `redirect_https` sends clients to when the listener names
+    /// none: the first TLS listener's (0: none, so 443).
+    pub https_port: std::sync::atomic::AtomicU16,
     /// Supervised servers removed from their upstream, while requests in
     /// flight may still hold them.
     pub draining: Mutex<std::collections::HashMap<(String, SocketAddr), std::sync::Weak<Server>>>,
@@ -113,6 +118,13 @@ pub async fn handle(
             e.into_response(rid)
         }
     };
+    let mut resp = resp;
+    if let Some(hsts) = table.and_then(|t| t.hsts.as_ref()) {
+        // A server's own policy is left as it is.
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
     let took = start.elapsed();
     if let Some(t) = table {
         t.record(log.group, resp.status().as_u16(), took);
@@ -289,6 +301,11 @@ async fn forward(
 ) -> Result<Response<RespBody>, ProxyError> {
     let table = table.ok_or(ProxyError::NoRoute)?;
     let target = check(&mut req, table.normalization)?;
+    if let Some(port) = table.redirect_https {
+        if !target.path().starts_with(ACME_CHALLENGE) {
+            return redirect_https(shared, &target, port, &ids.request);
+        }
+    }
     let route = table
         .find(target.host(), target.path())
         .ok_or(ProxyError::NoRoute)?;
@@ -309,7 +326,15 @@ async fn forward(
     let cfg = &group.cfg;
 
     let (parts, body) = req.into_parts();
-    let out = Outgoing::new(&parts, target, route, client, ids, upgrade.is_some(), cfg);
+    let out = Outgoing::new(
+        &parts,
+        target,
+        route,
+        (client, table.proto),
+        ids,
+        upgrade.is_some(),
+        cfg,
+    );
     // The deadline counts the gateway's waits on servers, not the time the
     // client takes to send its body (no clock read without a body).
     let reading = (!body.is_end_stream()).then(Instant::now);
@@ -375,6 +400,42 @@ async fn forward(
     Err(last_err.unwrap_or(ProxyError::NoHealthyServer))
 }
 
+/// Paths a plain listener with `redirect_https` still routes: ACME's
+/// HTTP-01 challenges, which must be answered over plain HTTP.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// Stage **redirect** of a listener with `redirect_https`: 308 (the method
+/// and body are kept) to the same host, path and query over https, on the
+/// listener's `https_port`, else the first TLS listener's port (443 is
+/// left out of the URL).
+fn redirect_https(
+    shared: &Shared,
+    target: &Target,
+    port: Option<u16>,
+    rid: &HeaderValue,
+) -> Result<Response<RespBody>, ProxyError> {
+    let host = target.host().ok_or(ProxyError::BadRequest(
+        "a Host is needed to redirect to https",
+    ))?;
+    let port = port.unwrap_or_else(|| shared.https_port.load(std::sync::atomic::Ordering::Relaxed));
+    let mut url = String::with_capacity(16 + host.len() + target.path_and_query.as_str().len());
+    url.push_str("https://");
+    url.push_str(host);
+    if port != 0 && port != 443 {
+        url.push(':');
+        url.push_str(&port.to_string());
+    }
+    url.push_str(target.path_and_query.as_str());
+    let location =
+        HeaderValue::from_str(&url).map_err(|_| ProxyError::BadRequest("invalid target"))?;
+    let mut resp = Response::new(RespBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(headers::X_REQUEST_ID, rid.clone());
+    Ok(resp)
+}
+
 /// Marks the `200` to a CONNECT: the client's connection becomes the
 /// tunnel once it is written (no body, no framing headers).
 #[derive(Clone, Copy, Debug)]
@@ -425,7 +486,11 @@ async fn tunnel(
         let server = &group.servers[idx];
         log.attempts = attempt;
         log.server = Some(server.label().clone());
-        match crate::http::client::Conn::connect(server.addr, group.cfg.timeouts.connect).await {
+        match server
+            .pool
+            .connect(server.addr, group.cfg.timeouts.connect)
+            .await
+        {
             Ok(conn) => {
                 group.record(idx, Outcome::Success);
                 in_flight.resolved();
@@ -604,7 +669,7 @@ impl<'a> Outgoing<'a> {
         parts: &'a http::request::Parts,
         target: Target,
         route: &CompiledRoute,
-        client: SocketAddr,
+        (client, proto): (SocketAddr, &'static str),
         ids: &'a Ids,
         upgrade: bool,
         cfg: &centinela_config::Upstream,
@@ -626,7 +691,7 @@ impl<'a> Outgoing<'a> {
             rewrite: Rewrite::request(
                 &parts.headers,
                 client.ip(),
-                "http",
+                proto,
                 &ids.request,
                 ids.trace.as_ref(),
                 upgrade,

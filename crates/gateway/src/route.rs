@@ -30,6 +30,12 @@ pub struct RouteTable {
     /// counts those with no upstream (no route, refused requests). `None`
     /// for groups no route of this listener leads to.
     pub stats: Box<[Option<Arc<RequestStats>>]>,
+    /// `X-Forwarded-Proto`: `https` on a TLS listener.
+    pub proto: &'static str,
+    /// `Strict-Transport-Security` added to responses (TLS listeners).
+    pub hsts: Option<http::HeaderValue>,
+    /// `redirect_https`: `Some(port named in the config, if any)`.
+    pub redirect_https: Option<Option<u16>>,
 }
 
 impl RouteTable {
@@ -73,6 +79,16 @@ impl RouteTable {
             routes,
             normalization: listener.path_normalization,
             stats: by_group.into(),
+            proto: if listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            hsts: listener
+                .hsts
+                .as_deref()
+                .and_then(|v| http::HeaderValue::from_str(v).ok()),
+            redirect_https: listener.redirect_https.then_some(listener.https_port),
         }
     }
 
@@ -149,6 +165,10 @@ mod tests {
             write_timeout: std::time::Duration::from_secs(30),
             h2_ping_interval: std::time::Duration::from_secs(20),
             h2_ping_timeout: std::time::Duration::from_secs(20),
+            tls: None,
+            hsts: None,
+            redirect_https: false,
+            https_port: None,
         }
     }
 

@@ -13,6 +13,7 @@ use centinela_observe::metrics::RequestStats;
 use crate::balance::budget::RetryBudget;
 use crate::balance::server::Server;
 use crate::balance::upstream::Group;
+use crate::http::client::Tls;
 use crate::route::RouteTable;
 
 #[derive(Debug)]
@@ -54,9 +55,40 @@ pub struct Registry {
     budgets: HashMap<String, Arc<RetryBudget>>,
     /// Response counters by (listener, upstream); `""` for no upstream.
     stats: HashMap<(String, String), Arc<RequestStats>>,
+    /// `[upstream.X] tls`, built by `set_tls`.
+    tls: HashMap<String, Arc<Tls>>,
 }
 
 impl Registry {
+    /// Reads the TLS settings of every upstream with `tls` (CA, client
+    /// certificate). Called on start and on every reload, before `build`:
+    /// an error changes nothing.
+    pub fn set_tls(&mut self, config: &Config) -> Result<(), String> {
+        let mut tls = HashMap::new();
+        for up in &config.upstreams {
+            if let Some(t) = &up.tls {
+                let cfg = centinela_tls::upstream_config(&t.settings)
+                    .map_err(|e| format!("upstream {}: {e}", up.name))?;
+                let name = match &t.server_name {
+                    Some(n) => Some(
+                        rustls_pki_types::ServerName::try_from(n.clone())
+                            .map_err(|_| format!("upstream {}: bad server_name {n:?}", up.name))?,
+                    ),
+                    None => None,
+                };
+                tls.insert(
+                    up.name.clone(),
+                    Arc::new(Tls {
+                        connector: tokio_rustls::TlsConnector::from(cfg),
+                        name,
+                    }),
+                );
+            }
+        }
+        self.tls = tls;
+        Ok(())
+    }
+
     pub fn build(&mut self, config: Config) -> Snapshot {
         let mut groups = Vec::new();
         let mut servers_keep = HashMap::new();
@@ -71,6 +103,7 @@ impl Registry {
                             Arc::new(Server::new(s.address, s.weight, &up.breaker))
                         });
                         server.set_weight(s.weight);
+                        server.pool.set_tls(self.tls.get(&up.name).cloned());
                         servers_keep.insert(key, server.clone());
                         server
                     })

@@ -316,6 +316,55 @@ impl Drop for TempDir {
     }
 }
 
+/// Serves one connection of a [`TestServer`].
+async fn serve_conn<IO>(io: IO, handler: Handler, hits: Arc<AtomicU64>, addr: SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let handler = handler.clone();
+        let hits = hits.clone();
+        async move {
+            hits.fetch_add(1, Ordering::Relaxed);
+            let reply = handler(&req);
+            let mut echo = Vec::new();
+            for (k, v) in req.headers() {
+                echo.push((format!("x-echo-{k}"), v.clone()));
+            }
+            let path = req.uri().to_string();
+            // Read the whole body so the connection stays reusable.
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            if !reply.delay.is_zero() {
+                tokio::time::sleep(reply.delay).await;
+            }
+            let mut resp = Response::new(Full::new(reply.body));
+            *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+            let h = resp.headers_mut();
+            h.insert("x-served-by", addr.to_string().parse().expect("header"));
+            h.insert("x-echo-path", path.parse().expect("header"));
+            h.insert(
+                "x-echo-body-len",
+                body.len().to_string().parse().expect("header"),
+            );
+            for (k, v) in echo {
+                if let Ok(name) = hyper::header::HeaderName::from_bytes(k.as_bytes()) {
+                    h.append(name, v);
+                }
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await;
+}
+
 /// What an in-process test server does with a request.
 pub type Handler = Arc<dyn Fn(&Request<Incoming>) -> Reply + Send + Sync>;
 
@@ -370,6 +419,16 @@ impl TestServer {
     }
 
     pub fn on(listener: TcpListener, handler: Handler) -> TestServer {
+        Self::serve(listener, handler, None)
+    }
+
+    /// The same server over TLS (`acceptor`: see [`tls::Leaf`]).
+    pub async fn start_tls(handler: Handler, acceptor: tls::TlsAcceptor) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, handler, Some(acceptor))
+    }
+
+    fn serve(listener: TcpListener, handler: Handler, tls: Option<tls::TlsAcceptor>) -> TestServer {
         let addr = listener.local_addr().expect("addr");
         let hits = Arc::new(AtomicU64::new(0));
         let conns = Arc::new(AtomicU64::new(0));
@@ -383,52 +442,16 @@ impl TestServer {
                 c2.fetch_add(1, Ordering::Relaxed);
                 let handler = handler.clone();
                 let hits = h2.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let handler = handler.clone();
-                        let hits = hits.clone();
-                        async move {
-                            hits.fetch_add(1, Ordering::Relaxed);
-                            let reply = handler(&req);
-                            let mut echo = Vec::new();
-                            for (k, v) in req.headers() {
-                                echo.push((format!("x-echo-{k}"), v.clone()));
+                    match tls {
+                        None => serve_conn(stream, handler, hits, addr).await,
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                serve_conn(s, handler, hits, addr).await
                             }
-                            let path = req.uri().to_string();
-                            // Read the whole body so the connection stays reusable.
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            if !reply.delay.is_zero() {
-                                tokio::time::sleep(reply.delay).await;
-                            }
-                            let mut resp = Response::new(Full::new(reply.body));
-                            *resp.status_mut() =
-                                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
-                            let h = resp.headers_mut();
-                            h.insert("x-served-by", addr.to_string().parse().expect("header"));
-                            h.insert("x-echo-path", path.parse().expect("header"));
-                            h.insert(
-                                "x-echo-body-len",
-                                body.len().to_string().parse().expect("header"),
-                            );
-                            for (k, v) in echo {
-                                if let Ok(name) =
-                                    hyper::header::HeaderName::from_bytes(k.as_bytes())
-                                {
-                                    h.append(name, v);
-                                }
-                            }
-                            Ok::<_, Infallible>(resp)
                         }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                    }
                 });
             }
         });

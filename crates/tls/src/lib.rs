@@ -1,8 +1,9 @@
-//! TLS for the connections centinela opens itself: uptime probes and
-//! notifications today, upstreams and listeners with the Shield work.
-//! rustls with the `ring` provider, TLS 1.2 and 1.3 only, and its safe
-//! cipher suites; certificates are verified against the system's roots or
-//! a CA file, never skipped.
+//! TLS for centinela: the connections it opens itself (uptime probes,
+//! notifications, upstreams with `[upstream.X] tls`) and its listeners
+//! (`server.rs`). rustls with the `ring` provider, TLS 1.2 and 1.3 only,
+//! and its safe cipher suites; certificates are verified against the
+//! system's roots or a CA file, skipped only where an upstream says
+//! `insecure_skip_verify = true`.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -13,6 +14,7 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 mod der;
+pub mod server;
 
 pub use der::{validity, Validity};
 pub use tokio_rustls::client::TlsStream;
@@ -33,20 +35,7 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
         }
         None => {
             static SYSTEM: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
-            SYSTEM
-                .get_or_init(|| {
-                    let found = rustls_native_certs::load_native_certs();
-                    let mut roots = RootCertStore::empty();
-                    let (added, _) = roots.add_parsable_certificates(found.certs);
-                    if added == 0 {
-                        return Err(
-                            "no CA certificates found on this system (install ca-certificates, or set ca = \"PATH\")"
-                                .to_string(),
-                        );
-                    }
-                    build(roots)
-                })
-                .clone()
+            SYSTEM.get_or_init(|| build(system_roots()?)).clone()
         }
     }
 }
@@ -60,6 +49,119 @@ fn build(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// How centinela speaks TLS to one upstream's servers.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamSettings {
+    /// The CA certificates to trust instead of the system's.
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate to present (mutual TLS).
+    pub client_cert: Option<server::CertFiles>,
+    /// Accept any certificate. For tests and trusted networks only.
+    pub insecure_skip_verify: bool,
+}
+
+/// The client settings for an upstream (ALPN `http/1.1`).
+pub fn upstream_config(s: &UpstreamSettings) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?;
+    let builder = if s.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+    } else {
+        let roots = match &s.ca {
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in load_certs(path)? {
+                    roots.add(cert).map_err(|e| {
+                        format!("{}: not a usable CA certificate: {e}", path.display())
+                    })?;
+                }
+                roots
+            }
+            None => system_roots()?,
+        };
+        builder.with_root_certificates(roots)
+    };
+    let mut cfg = match &s.client_cert {
+        Some(f) => {
+            let chain = load_certs(&f.cert)?;
+            let key = server::load_key(&f.key)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate {}: {e}", f.cert.display()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(
+            "no CA certificates found on this system (install ca-certificates, or set ca = \"PATH\")"
+                .to_string(),
+        );
+    }
+    Ok(roots)
+}
+
+/// `insecure_skip_verify`: any certificate is accepted, but the handshake's
+/// signatures are still checked (the peer holds the key it presents).
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Every certificate in a PEM file, in order.

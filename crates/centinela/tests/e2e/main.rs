@@ -12,6 +12,7 @@ mod dashboard;
 mod hardening;
 mod health;
 mod http1;
+mod https;
 mod lifecycle;
 mod metrics;
 mod proxy;

@@ -11,6 +11,9 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::http::client::Tls;
+use crate::http::io::Stream;
+
 use crate::balance::server::Server;
 
 /// Up/down with the streak counters that move between them.
@@ -64,7 +67,7 @@ pub async fn run(upstream: Arc<str>, server: Arc<Server>, cfg: Config) {
     let first = cfg.interval.mul_f64(fastrand::f64() * 0.1);
     tokio::time::sleep(first).await;
     loop {
-        match check(server.addr, &cfg).await {
+        match check(server.addr, &cfg, server.pool.tls().as_deref()).await {
             // Out of file descriptors or buffers here: says nothing of the
             // server.
             Err(Failed::Local(e)) => {
@@ -111,14 +114,14 @@ impl From<String> for Failed {
 
 /// One check: a fresh connection and `GET path`, expecting a status in
 /// `expect_status`, all within `timeout`.
-pub async fn check(addr: SocketAddr, cfg: &Config) -> Result<(), Failed> {
-    match tokio::time::timeout(cfg.timeout, check_inner(addr, cfg)).await {
+pub async fn check(addr: SocketAddr, cfg: &Config, tls: Option<&Tls>) -> Result<(), Failed> {
+    match tokio::time::timeout(cfg.timeout, check_inner(addr, cfg, tls)).await {
         Ok(r) => r,
         Err(_) => Err(Failed::Server(format!("timed out after {:?}", cfg.timeout))),
     }
 }
 
-async fn check_inner(addr: SocketAddr, cfg: &Config) -> Result<(), Failed> {
+async fn check_inner(addr: SocketAddr, cfg: &Config, tls: Option<&Tls>) -> Result<(), Failed> {
     let stream = TcpStream::connect(addr).await.map_err(|e| {
         if crate::http::client::is_local_error(&e) {
             Failed::Local(format!("connect: {e}"))
@@ -127,6 +130,16 @@ async fn check_inner(addr: SocketAddr, cfg: &Config) -> Result<(), Failed> {
         }
     })?;
     let _ = stream.set_nodelay(true);
+    let stream = match tls {
+        None => Stream::Tcp(stream),
+        Some(tls) => {
+            let name = tls.name.clone().unwrap_or_else(|| addr.ip().into());
+            match tls.connector.connect(name, stream).await {
+                Ok(s) => Stream::TlsClient(Box::new(s)),
+                Err(e) => return Err(Failed::Server(format!("TLS: {e}"))),
+            }
+        }
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;

@@ -30,6 +30,8 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::http::io::Stream;
+
 use crate::http::body::ReqBody;
 use crate::http::codec::{self, BodyError, Decoder, InBuf, Spans, MAX_HEAD, MIN_READ};
 use crate::http::headers::Rewrite;
@@ -107,7 +109,7 @@ impl From<BodyError> for Error {
 /// A keep-alive connection to one server.
 #[derive(Debug)]
 pub struct Conn {
-    io: TcpStream,
+    io: Stream,
     /// Read but not yet consumed; empty between exchanges.
     buf: InBuf,
     /// The request head being written; kept to reuse its allocation.
@@ -139,11 +141,18 @@ enum State {
 
 impl Conn {
     /// The socket alone (a CONNECT tunnel: nothing was read from it).
-    pub fn into_io(self) -> TcpStream {
+    pub fn into_io(self) -> Stream {
         self.io
     }
 
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
+    /// Opens a connection to `addr` (with TLS when `tls` is given), the
+    /// handshake included in `timeout`.
+    pub async fn connect(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<&Tls>,
+    ) -> Result<Conn, ConnectError> {
+        let start = tokio::time::Instant::now();
         let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -160,6 +169,30 @@ impl Conn {
             }
         };
         let _ = io.set_nodelay(true);
+        let io = match tls {
+            None => Stream::Tcp(io),
+            Some(tls) => {
+                let name = tls.name.clone().unwrap_or_else(|| addr.ip().into());
+                let handshake = tls.connector.connect(name, io);
+                match tokio::time::timeout_at(start + timeout, handshake).await {
+                    Ok(Ok(s)) => Stream::TlsClient(Box::new(s)),
+                    Ok(Err(e)) => {
+                        return Err(ConnectError {
+                            message: format!("TLS to {addr}: {}", tls_error(&e)),
+                            local: false,
+                        })
+                    }
+                    Err(_) => {
+                        return Err(ConnectError {
+                            message: format!(
+                                "TLS to {addr}: handshake timed out after {timeout:?}"
+                            ),
+                            local: false,
+                        })
+                    }
+                }
+            }
+        };
         Ok(Conn {
             io,
             buf: InBuf::default(),
@@ -171,12 +204,15 @@ impl Conn {
     /// it readable (end of file), as would any byte it sent unasked.
     pub fn is_usable(&self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
+        // Under TLS too: a close_notify, like any record, makes the socket
+        // readable.
+        let tcp = self.io.tcp();
+        match tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             // Maybe stale readiness: only "would block" proves it idle.
             Poll::Ready(Ok(())) => matches!(
-                self.io.try_read(&mut [0u8; 1]),
+                tcp.try_read(&mut [0u8; 1]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock
             ),
         }
@@ -308,11 +344,18 @@ impl Conn {
                         .await
                         .map_err(stalled)??;
                 }
-            }
-            if chunked {
-                tokio::time::timeout(body_idle, wr.write_all(b"0\r\n\r\n"))
+                // Out of TLS's buffer before the next wait on the client.
+                tokio::time::timeout(body_idle, wr.flush())
                     .await
                     .map_err(stalled)??;
+            }
+            if chunked {
+                tokio::time::timeout(body_idle, async {
+                    wr.write_all(b"0\r\n\r\n").await?;
+                    wr.flush().await
+                })
+                .await
+                .map_err(stalled)??;
             }
             Ok::<(), Error>(())
         });
@@ -347,12 +390,42 @@ impl Conn {
     }
 }
 
-async fn write(io: &mut TcpStream, bytes: &[u8]) -> Result<(), Error> {
+async fn write(io: &mut Stream, bytes: &[u8]) -> Result<(), Error> {
     // Nothing of a failed first write reached the server.
-    io.write_all(bytes).await.map_err(|e| match e.kind() {
+    let closed = |e: io::Error| match e.kind() {
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Closed(e.to_string()),
         _ => Error::Io(e),
-    })
+    };
+    io.write_all(bytes).await.map_err(closed)?;
+    if io.is_tls() {
+        io.flush().await.map_err(closed)?;
+    }
+    Ok(())
+}
+
+/// How a connection to one upstream's servers speaks TLS.
+pub struct Tls {
+    pub connector: tokio_rustls::TlsConnector,
+    /// The name checked in certificates and sent as SNI; `None`: the
+    /// server's IP address.
+    pub name: Option<rustls_pki_types::ServerName<'static>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish()
+    }
+}
+
+/// A handshake failure in words: rustls's reason when it has one.
+fn tls_error(e: &io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => tls.to_string(),
+        None => e.to_string(),
+    }
 }
 
 fn encode_head(w: &mut Vec<u8>, head: &RequestHead<'_>, length: Option<u64>, chunked: bool) {
@@ -522,7 +595,7 @@ pub struct UpBody {
 /// The connection of a `101 Switching Protocols` response, with the bytes
 /// the server already sent past the response head.
 pub struct Upgraded {
-    pub io: TcpStream,
+    pub io: Stream,
     pub read: Bytes,
 }
 
@@ -696,7 +769,9 @@ mod tests {
         };
         let conn = match pool.checkout(Duration::from_secs(60)) {
             Some(c) => c,
-            None => Conn::connect(addr, Duration::from_secs(1)).await.unwrap(),
+            None => Conn::connect(addr, Duration::from_secs(1), None)
+                .await
+                .unwrap(),
         };
         let t = Timeouts {
             connect: Duration::from_secs(1),

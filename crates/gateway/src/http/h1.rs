@@ -41,7 +41,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
@@ -51,6 +50,7 @@ use crate::http::body::{ClientBody, RespBody};
 use crate::http::client::Upgraded;
 use crate::http::codec::{self, BodyError, Decoder, InBuf, Spans, MAX_HEAD};
 use crate::http::idle::IdleTimer;
+use crate::http::io::Stream as ByteStream;
 use crate::http::target;
 use crate::proxy::{self, Shared};
 
@@ -73,7 +73,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// heads and writes responses, and the body of the request in progress.
 /// Never locked across an await.
 struct Conn {
-    io: TcpStream,
+    io: ByteStream,
     /// Read but not yet consumed.
     buf: InBuf,
     /// The body of the request in progress.
@@ -119,6 +119,11 @@ impl Body for RequestBody {
                 Ok(n) if n > 0 => c.continue_left -= n,
                 Ok(_) => return Poll::Ready(Some(Err(BodyError::Incomplete))),
                 Err(e) => return Poll::Ready(Some(Err(e.into()))),
+            }
+            if c.continue_left == 0 {
+                if let Err(e) = ready!(Pin::new(&mut c.io).poll_flush(cx)) {
+                    return Poll::Ready(Some(Err(e.into())));
+                }
             }
         }
         let c = &mut *c;
@@ -178,13 +183,14 @@ enum After {
 /// Serves one client connection until it closes, times out, or `stop`
 /// changes (drain).
 pub async fn serve(
-    stream: TcpStream,
+    stream: ByteStream,
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     // The connection's place under the listener's max_connections.
     _place: tokio::sync::OwnedSemaphorePermit,
+    h2: bool,
 ) {
     let io: Io = Arc::new(Mutex::new(Conn {
         io: stream,
@@ -193,7 +199,12 @@ pub async fn serve(
         continue_left: 0,
         scanned: 0,
     }));
-    let end = serve_h1(&io, peer, &listener, &shared, &mut stop).await;
+    // ALPN chose HTTP/2 on a TLS connection: no HTTP/1 request comes.
+    let end = if h2 {
+        End::H2
+    } else {
+        serve_h1(&io, peer, &listener, &shared, &mut stop).await
+    };
     let Ok(conn) = Arc::try_unwrap(io).map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
     else {
         return; // a request body outlived its request: just close
@@ -678,6 +689,18 @@ async fn write_all(
         b = &b[n - from_a..];
     }
     wbuf.clear();
+    // TLS keeps what the socket did not take until flushed (a no-op, and
+    // not even a call, on TCP).
+    if lock(io).io.is_tls() {
+        poll_fn(|cx| {
+            let mut c = lock(io);
+            match Pin::new(&mut c.io).poll_flush(cx) {
+                Poll::Pending => write_wait(writing, cx).map_ok(|_| ()),
+                done => done,
+            }
+        })
+        .await?;
+    }
     Ok(())
 }
 
@@ -808,7 +831,7 @@ async fn relay(conn: Conn, up: Upgraded, idle: Duration, mut stop: watch::Receiv
 
 /// A stream that notes when it last read something.
 struct Tracked {
-    io: TcpStream,
+    io: ByteStream,
     base: Instant,
     /// Milliseconds since `base`.
     last: Arc<AtomicU64>,
@@ -1087,7 +1110,7 @@ impl Body for H2Body {
 /// A stream that first yields bytes already read from it.
 struct Rewind {
     pre: Bytes,
-    io: TcpStream,
+    io: ByteStream,
 }
 
 impl AsyncRead for Rewind {

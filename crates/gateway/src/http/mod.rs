@@ -11,6 +11,7 @@
 //!   once, so that routing and forwarding read the same values.
 //! - `headers`: hop-by-hop removal, X-Forwarded-*, X-Request-Id.
 //! - `body`: the body types that flow through the proxy.
+//! - `io`: a connection's bytes, plain TCP or TLS.
 
 pub mod body;
 pub mod client;
@@ -18,5 +19,6 @@ pub mod codec;
 pub mod h1;
 pub mod headers;
 pub mod idle;
+pub mod io;
 pub mod pool;
 pub mod target;

@@ -16,7 +16,7 @@ use http::Response;
 use tokio::time::Instant;
 
 use crate::http::body::ReqBody;
-use crate::http::client::{Conn, ConnectError, Error, RequestHead, Timeouts, UpBody};
+use crate::http::client::{Conn, ConnectError, Error, RequestHead, Timeouts, Tls, UpBody};
 
 /// Idle connections kept per server at most.
 const MAX_IDLE: usize = 1024;
@@ -26,6 +26,8 @@ pub struct Pool {
     idle: Mutex<Vec<(Conn, Instant)>>,
     /// The upstream's idle timeout, as last used by `send`, in ms.
     idle_ms: AtomicU64,
+    /// `[upstream.X] tls`: how new connections speak TLS.
+    tls: arc_swap::ArcSwapOption<Tls>,
 }
 
 /// Why a request could not be sent.
@@ -71,6 +73,32 @@ impl Pool {
         }
     }
 
+    /// Sets how new connections speak TLS; idle connections made the old
+    /// way are closed when it changes.
+    pub fn set_tls(&self, tls: Option<Arc<Tls>>) {
+        let old = self.tls.load();
+        let same = match (&*old, &tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if !same {
+            self.tls.store(tls);
+            self.lock().clear();
+        }
+    }
+
+    /// How new connections speak TLS, if they do.
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.load_full()
+    }
+
+    /// Opens a new connection to `addr`, with TLS when the upstream has it.
+    pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
+        let tls = self.tls.load_full();
+        Conn::connect(addr, timeout, tls.as_deref()).await
+    }
+
     /// Idle connections kept.
     pub fn idle_count(&self) -> usize {
         self.lock().len()
@@ -108,7 +136,7 @@ impl Pool {
             let (conn, again) = match self.checkout(t.pool_idle) {
                 Some(c) => (c, replay.then(|| body.try_clone()).flatten()),
                 None => (
-                    Conn::connect(addr, t.connect)
+                    self.connect(addr, t.connect)
                         .await
                         .map_err(SendError::Connect)?,
                     None,
