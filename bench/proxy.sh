@@ -20,6 +20,11 @@
 # the same time, so that the machine's noise falls on both: one CPU ratio
 # per round); then RSS with 1,000 idle keep-alive client connections, and
 # centinela's peak RSS while 1 GiB is uploaded and downloaded through it.
+# Then HTTPS (TLS=0 skips it): centinela (rustls) and nginx (OpenSSL)
+# terminating TLS with the same ECDSA P-256 certificate in front of the
+# same origin, paired: CPU per request on keep-alive connections (wrk), and
+# full handshakes (openssl s_time -new, TLS 1.3): handshakes per second and
+# CPU per handshake.
 # Not a test: it never runs in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +39,7 @@ ROUNDS=${ROUNDS:-3}
 PAIRED=${PAIRED:-5}
 PAIRED_DUR=${PAIRED_DUR:-5}
 LOGS=${LOGS:-0}
+TLS=${TLS:-1}
 
 need=()
 for t in haproxy:haproxy nginx:nginx wrk:wrk curl:curl; do
@@ -74,6 +80,10 @@ else
     NGX_ACCESS=""; HAP_GLOBAL_LOG=""; HAP_LOG=""; CEN_ACCESS=false
 fi
 ORIGIN=$(port); CEN=$(port); CEN_ADMIN=$(port); HAP=$(port); NGX=$(port); BIG=$(port); UP=$(port)
+CENS=$(port); NGXS=$(port)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+chmod 644 "$work/tls.key"
 mkdir -p "$work/tmp" "$work/www"
 truncate -s 1G "$work/www/big"
 chmod 755 "$work" "$work/www"; chmod 644 "$work/www/big"
@@ -101,7 +111,13 @@ nginx_conf nginx "$NGX" "upstream origin { server 127.0.0.1:$ORIGIN; keepalive 5
     server { listen 127.0.0.1:$NGX; $NGX_ACCESS
         location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Request-Id \$request_id;
-            add_header X-Request-Id \$request_id; } }"
+            add_header X-Request-Id \$request_id; } }
+    server { listen 127.0.0.1:$NGXS ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on; $NGX_ACCESS
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Request-Id \$request_id; add_header X-Request-Id \$request_id;
+            add_header Strict-Transport-Security max-age=31536000; } }"
 cat >"$work/haproxy.cfg" <<CONF
 global
     nbthread 1
@@ -131,6 +147,10 @@ listen = "127.0.0.1:$CEN_ADMIN"
 [[listener]]
 name = "web"
 listen = "127.0.0.1:$CEN"
+[[listener]]
+name = "secure"
+listen = "127.0.0.1:$CENS"
+tls = { cert = "$work/tls.crt", key = "$work/tls.key" }
 [[route]]
 path_prefix = "/upload"
 upstream = "upload"
@@ -186,7 +206,7 @@ fi
 "${PROXYCPU[@]}" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!); HAP_PID=$!
 RUST_LOG=warn "${PROXYCPU[@]}" target/release/centinela run --config "$work/centinela.toml" 2>"$work/centinela.log" & pids+=($!); CEN_PID=$!
 python3 "$work/sink.py" "$UP" & pids+=($!)
-for p in $ORIGIN $NGX $HAP $CEN $BIG $UP; do wait_port "$p"; done
+for p in $ORIGIN $NGX $HAP $CEN $BIG $UP $CENS $NGXS; do wait_port "$p"; done
 
 # The processes whose CPU and memory count for a target.
 proc_pids() {
@@ -267,6 +287,40 @@ for c in $CONNS; do
     done
   done
 done
+
+# HTTPS, paired: keep-alive requests (wrk), then full handshakes (s_time).
+tls_paired="$work/tls.tsv"
+: >"$tls_paired"
+if [ "$TLS" = 1 ]; then
+    for target in centinela nginx; do
+        p=$CENS; [ $target = nginx ] && p=$NGXS
+        "${LOADCPU[@]}" wrk -t1 -c32 -d2s "https://127.0.0.1:$p/" >/dev/null
+    done
+    for c in $CONNS; do
+        for round in $(seq 1 "$PAIRED"); do
+            a_ps=$(proc_pids centinela); b_ps=$(proc_pids nginx)
+            a0=$(cpu_ticks $a_ps); b0=$(cpu_ticks $b_ps)
+            "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${PAIRED_DUR}s" "https://127.0.0.1:$CENS/" >"$work/pa.out" & wa=$!
+            "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${PAIRED_DUR}s" "https://127.0.0.1:$NGXS/" >"$work/pb.out" & wb=$!
+            wait $wa $wb
+            a1=$(cpu_ticks $a_ps); b1=$(cpu_ticks $b_ps)
+            na=$(grep -o '[0-9]* requests in' "$work/pa.out" | cut -d' ' -f1)
+            nb=$(grep -o '[0-9]* requests in' "$work/pb.out" | cut -d' ' -f1)
+            printf 'keepalive\t%s\t%s\t%s\t%s\t%s\n' "$c" $((a1 - a0)) "$na" $((b1 - b0)) "$nb" >>"$tls_paired"
+        done
+    done
+    for round in $(seq 1 "$PAIRED"); do
+        a_ps=$(proc_pids centinela); b_ps=$(proc_pids nginx)
+        a0=$(cpu_ticks $a_ps); b0=$(cpu_ticks $b_ps)
+        "${LOADCPU[@]}" openssl s_time -connect "127.0.0.1:$CENS" -new -time "$PAIRED_DUR" >"$work/sa.out" 2>&1 & wa=$!
+        "${LOADCPU[@]}" openssl s_time -connect "127.0.0.1:$NGXS" -new -time "$PAIRED_DUR" >"$work/sb.out" 2>&1 & wb=$!
+        wait $wa $wb
+        a1=$(cpu_ticks $a_ps); b1=$(cpu_ticks $b_ps)
+        na=$(grep -o '^[0-9]* connections in' "$work/sa.out" | head -1 | cut -d' ' -f1)
+        nb=$(grep -o '^[0-9]* connections in' "$work/sb.out" | head -1 | cut -d' ' -f1)
+        printf 'handshake\t1\t%s\t%s\t%s\t%s\n' $((a1 - a0)) "${na:-0}" $((b1 - b0)) "${nb:-0}" >>"$tls_paired"
+    done
+fi
 
 # RSS with 1,000 idle keep-alive client connections.
 idle_rss() {
@@ -362,6 +416,29 @@ for c in sorted({r[0] for r in rows}, key=int):
         oth = statistics.median(us(r[4], r[5]) for r in rs)
         print(f"  {c:>4} conns vs {other:<7}: {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]  (centinela {cen:.1f} µs, {other} {oth:.1f} µs)")
 PY
+if [ "$TLS" = 1 ]; then
+python3 - "$tls_paired" "$HZ" "$PAIRED_DUR" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+hz = int(sys.argv[2]); dur = float(sys.argv[3])
+print()
+print(f"HTTPS, paired with nginx (OpenSSL) ({sys.argv[3]}s each, same certificate, same origin, same CPU):")
+us = lambda t, n: int(t) * 1e6 / hz / max(int(n), 1)
+for kind in ("keepalive", "handshake"):
+    for c in sorted({r[1] for r in rows if r[0] == kind}, key=int):
+        rs = [r for r in rows if r[0] == kind and r[1] == c]
+        ratios = [us(r[2], r[3]) / us(r[4], r[5]) for r in rs if int(r[3]) and int(r[5])]
+        if not ratios:
+            continue
+        cen = statistics.median(us(r[2], r[3]) for r in rs)
+        ngx = statistics.median(us(r[4], r[5]) for r in rs)
+        if kind == "keepalive":
+            print(f"  keep-alive, {c:>4} conns: CPU µs/request {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]  (centinela {cen:.1f} µs, nginx {ngx:.1f} µs)")
+        else:
+            ca = statistics.median(int(r[3]) / dur for r in rs); na = statistics.median(int(r[5]) / dur for r in rs)
+            print(f"  full handshakes (TLS 1.3, s_time -new): CPU µs/handshake {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]  (centinela {cen:.0f} µs, nginx {ngx:.0f} µs); handshakes/s {ca/na:.2f}x (centinela {ca:.0f}/s, nginx {na:.0f}/s)")
+PY
+fi
 echo
 echo "RSS with 1,000 idle keep-alive connections: centinela $((IDLE[centinela]/1024)) MiB, haproxy $((IDLE[haproxy]/1024)) MiB, nginx $((IDLE[nginx]/1024)) MiB"
 echo "centinela peak RSS after a 1 GiB download and a 1 GiB upload through it: $((STREAM_HWM/1024)) MiB (upload sink counted $up bytes)"

@@ -11,11 +11,15 @@
 mod admin;
 pub mod alert;
 pub mod backup;
+pub mod cidr;
+mod client_ip;
 pub mod cron;
 mod diag;
+pub mod ip_lists;
 mod listener;
 pub mod notify;
 pub mod probe;
+mod rate_limit;
 mod read;
 mod route;
 mod runtime;
@@ -30,11 +34,15 @@ use std::path::Path;
 
 pub use admin::Admin;
 pub use alert::{Alert, Alerting};
+pub use cidr::Cidr;
+pub use client_ip::ClientIp;
 pub use diag::{ConfigError, Diagnostic, Location};
+pub use ip_lists::IpList;
 pub use listener::{CertFiles, Listener, PathNormalization, ServerSettings, HSTS_DEFAULT};
 pub use notify::Notifier;
 pub use probe::UptimeProbe;
-pub use route::Route;
+pub use rate_limit::{RateKey, RateLimit};
+pub use route::{IpRule, Route};
 pub use runtime::{LogFormat, Runtime};
 pub use secret::Secret;
 pub use service::{GiveUp, Logs, Probe, ProbeKind, Restart, Service, ServiceBackoff, Signal, Stop};
@@ -71,6 +79,12 @@ pub struct Config {
     pub repos: Vec<backup::Repo>,
     /// `[backup.NAME]`: what is backed up.
     pub backups: Vec<backup::Backup>,
+    /// `[[rate_limit]]`.
+    pub rate_limits: Vec<RateLimit>,
+    /// `[ip_lists.NAME]`.
+    pub ip_lists: Vec<IpList>,
+    /// `[client_ip]`.
+    pub client_ip: ClientIp,
 }
 
 impl Config {
@@ -129,6 +143,9 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let (slos, slo_refs) = slo::slos(sink, &mut top);
     let repos = backup::repos(sink, &mut top, base_dir);
     let (backups, backup_refs) = backup::backups(sink, &mut top, base_dir);
+    let (rate_limits, _) = rate_limit::rate_limits(sink, &mut top);
+    let ip_lists = ip_lists::ip_lists(sink, &mut top, base_dir);
+    let client_ip = client_ip::client_ip(sink, &mut top);
     top.finish(sink);
     backup::check(sink, &backup_refs, &repos);
 
@@ -136,7 +153,15 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.clone()).collect();
     service::cross_check(sink, &services, &upstream_names);
     listener::check(sink, &listeners, &listener_spans);
-    route::check(sink, &routes, &route_refs, &upstreams, &listeners);
+    route::check(
+        sink,
+        &routes,
+        &route_refs,
+        &upstreams,
+        &listeners,
+        &rate_limits,
+        &ip_lists,
+    );
     let service_names: Vec<String> = services.iter().map(|p| p.service.name.clone()).collect();
     let notifier_names: Vec<String> = notifiers.iter().map(|n| n.name.clone()).collect();
     let probe_names: Vec<String> = probes.iter().map(|p| p.name.clone()).collect();
@@ -181,6 +206,9 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         slos,
         repos,
         backups,
+        rate_limits,
+        ip_lists,
+        client_ip,
     }
 }
 

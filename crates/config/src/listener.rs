@@ -37,6 +37,9 @@ pub struct Listener {
     pub redirect_https: bool,
     /// The port the redirect names; default: the first TLS listener's.
     pub https_port: Option<u16>,
+    /// Connections from `[client_ip] trusted_proxies` start with a PROXY
+    /// protocol header (v1 or v2) naming the client.
+    pub proxy_protocol: bool,
 }
 
 pub use centinela_tls::server::{CertFiles, ServerSettings};
@@ -151,6 +154,7 @@ pub(crate) fn listeners(
                 .get("https_port")
                 .is_some()
                 .then(|| o.int(sink, "https_port", 443, 1, 65_535) as u16);
+            let proxy_protocol = o.bool(sink, "proxy_protocol", false);
             if name.is_none() {
                 missing(sink, &item.span(), &path, "name");
             }
@@ -181,6 +185,7 @@ pub(crate) fn listeners(
                     hsts,
                     redirect_https,
                     https_port,
+                    proxy_protocol,
                 });
             }
         }

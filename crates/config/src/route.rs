@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use toml::de::DeValue;
 
+use crate::cidr::Cidr;
 use crate::diag::Sink;
 use crate::listener::Listener;
 use crate::read::{array_items, is_token, missing, type_name, Obj};
@@ -24,10 +25,28 @@ pub struct Route {
     /// `CONNECT host:port` opens a TCP tunnel to one of the upstream's
     /// servers (HTTP/1.1); without it CONNECT gets 405.
     pub connect: bool,
+    /// The route's name in metrics and logs; default `HOST/PREFIX`.
+    pub name: String,
+    /// `[[rate_limit]]` names, applied in order.
+    pub rate_limit: Vec<String>,
+    /// Only clients in these networks are served (empty: everyone).
+    pub allow: Vec<IpRule>,
+    /// Clients in these networks get 403.
+    pub deny: Vec<IpRule>,
+}
+
+/// An entry of `allow` or `deny`: a network, or `@NAME` of an
+/// `[ip_lists.NAME]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpRule {
+    Net(Cidr),
+    List(String),
 }
 
 pub(crate) struct RouteRef {
     upstream: (String, Range<usize>),
+    rate_limits: Vec<(String, Range<usize>)>,
+    lists: Vec<(String, Range<usize>)>,
     listener: Option<(String, Range<usize>)>,
     span: Range<usize>,
     path: String,
@@ -95,6 +114,39 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
                     v
                 }
             };
+            let name = o.str(sink, "name").map(|(n, span)| {
+                if !crate::read::is_name(&n.replace('/', "")) {
+                    sink.error(&span, &o.child_path("name"), format!("{n:?} is not a valid route name: use letters, digits, '-', '_', '.' and '/'"));
+                }
+                n
+            });
+            let (rl, rl_spans) = o.str_list(sink, "rate_limit");
+            let mut lists = Vec::new();
+            let mut rules = |key: &'static str, o: &mut Obj<'_, '_>| {
+                let (items, spans) = o.str_list(sink, key);
+                let path = o.child_path(key);
+                let mut out = Vec::new();
+                for (i, (s, span)) in items.iter().zip(&spans).enumerate() {
+                    if let Some(list) = s.strip_prefix('@') {
+                        lists.push((list.to_string(), span.clone()));
+                        out.push(IpRule::List(list.to_string()));
+                    } else {
+                        out.extend(
+                            crate::client_ip::cidrs(
+                                sink,
+                                std::slice::from_ref(s),
+                                std::slice::from_ref(span),
+                                &format!("{path}[{i}]"),
+                            )
+                            .into_iter()
+                            .map(IpRule::Net),
+                        );
+                    }
+                }
+                out
+            };
+            let allow = rules("allow", &mut o);
+            let deny = rules("deny", &mut o);
             let upstream = o.str(sink, "upstream");
             if upstream.is_none()
                 && o.table
@@ -107,11 +159,19 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
             if let Some(up) = upstream {
                 route_refs.push(RouteRef {
                     upstream: up.clone(),
+                    rate_limits: rl.iter().cloned().zip(rl_spans).collect(),
+                    lists,
                     listener: listener.clone(),
                     span: item.span(),
                     path: path.clone(),
                 });
+                let name = name
+                    .unwrap_or_else(|| format!("{}{}", host.as_deref().unwrap_or(""), path_prefix));
                 routes.push(Route {
+                    name,
+                    rate_limit: rl,
+                    allow,
+                    deny,
                     listener: listener.map(|l| l.0),
                     host,
                     path_prefix,
@@ -133,6 +193,8 @@ pub(crate) fn check(
     route_refs: &[RouteRef],
     upstreams: &[Upstream],
     listeners: &[Listener],
+    rate_limits: &[crate::rate_limit::RateLimit],
+    ip_lists: &[crate::ip_lists::IpList],
 ) {
     let mut seen_routes: HashMap<(Option<&str>, Option<&str>, &str), &str> = HashMap::new();
     for (r, rr) in routes.iter().zip(route_refs) {
@@ -151,6 +213,26 @@ pub(crate) fn check(
                     }
                 ),
             );
+        }
+        for (n, span) in &rr.rate_limits {
+            if rate_limits.iter().all(|r| &r.name != n) {
+                sink.error(
+                    span,
+                    &format!("{}.rate_limit", rr.path),
+                    format!(
+                        "unknown rate limit {n:?} (define it with [[rate_limit]] name = {n:?})"
+                    ),
+                );
+            }
+        }
+        for (n, span) in &rr.lists {
+            if ip_lists.iter().all(|l| &l.name != n) {
+                sink.error(
+                    span,
+                    &rr.path,
+                    format!("unknown IP list @{n} (define it with [ip_lists.{n}] file = \"…\")"),
+                );
+            }
         }
         if let Some((l, span)) = &rr.listener {
             if listeners.iter().all(|x| &x.name != l) {

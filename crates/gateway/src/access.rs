@@ -43,6 +43,11 @@ pub struct Line<'a> {
     pub duration: Duration,
     pub request_id: &'a [u8],
     pub trace_id: &'a str,
+    /// The real client (see `[client_ip]`).
+    pub client: std::net::IpAddr,
+    /// Why the gateway refused the request itself (`ip_denied`,
+    /// `rate_limited`); written only when it did.
+    pub refused: Option<&'a str>,
 }
 
 struct Writer {
@@ -251,6 +256,8 @@ fn text(out: &mut Vec<u8>, now: Duration, l: &Line<'_>) {
     out.extend_from_slice(l.method.as_bytes());
     out.extend_from_slice(b" path=");
     quoted(out, l.path.as_bytes());
+    out.extend_from_slice(b" client=");
+    crate::http::headers::push_ip(out, l.client);
     out.extend_from_slice(b" status=");
     int(out, u64::from(l.status));
     out.extend_from_slice(b" upstream=");
@@ -265,6 +272,10 @@ fn text(out: &mut Vec<u8>, now: Duration, l: &Line<'_>) {
     quoted(out, l.request_id);
     out.extend_from_slice(b" trace_id=");
     quoted(out, l.trace_id.as_bytes());
+    if let Some(r) = l.refused {
+        out.extend_from_slice(b" refused=");
+        out.extend_from_slice(r.as_bytes());
+    }
     out.push(b'\n');
 }
 
@@ -275,6 +286,9 @@ fn json(out: &mut Vec<u8>, now: Duration, l: &Line<'_>) {
     json_str(out, l.method.as_bytes());
     out.extend_from_slice(b",\"path\":");
     json_str(out, l.path.as_bytes());
+    out.extend_from_slice(b",\"client\":\"");
+    crate::http::headers::push_ip(out, l.client);
+    out.push(b'"');
     out.extend_from_slice(b",\"status\":");
     int(out, u64::from(l.status));
     out.extend_from_slice(b",\"upstream\":");
@@ -289,6 +303,10 @@ fn json(out: &mut Vec<u8>, now: Duration, l: &Line<'_>) {
     json_str(out, l.request_id);
     out.extend_from_slice(b",\"trace_id\":");
     json_str(out, l.trace_id.as_bytes());
+    if let Some(r) = l.refused {
+        out.extend_from_slice(b",\"refused\":");
+        json_str(out, r.as_bytes());
+    }
     out.extend_from_slice(b",\"target\":\"access\"}\n");
 }
 
@@ -307,6 +325,8 @@ mod tests {
             duration: Duration::from_micros(12_345),
             request_id: rid,
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+            client: "203.0.113.7".parse().unwrap(),
+            refused: None,
         }
     }
 
@@ -317,7 +337,7 @@ mod tests {
         text(&mut out, now, &line("/a\"b\\c\u{1}", b"rid-1"));
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "2026-12-02T14:20:35.123456Z  INFO access: request method=GET path=\"/a\\\"b\\\\c\\u{1}\" status=200 upstream=\"app\" server=\"127.0.0.1:8080\" attempts=1 duration_ms=12.345 request_id=\"rid-1\" trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"
+            "2026-12-02T14:20:35.123456Z  INFO access: request method=GET path=\"/a\\\"b\\\\c\\u{1}\" client=203.0.113.7 status=200 upstream=\"app\" server=\"127.0.0.1:8080\" attempts=1 duration_ms=12.345 request_id=\"rid-1\" trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"\n"
         );
         let mut out = Vec::new();
         let mut l = line("/", b"r");
@@ -326,6 +346,19 @@ mod tests {
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("1970-01-01T00:00:00.000000Z  INFO"), "{s}");
         assert!(s.contains(" duration_ms=0.007 "), "{s}");
+        // A refusal says why, at the end.
+        let mut out = Vec::new();
+        l.refused = Some("rate_limited");
+        text(&mut out, Duration::from_secs(0), &l);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.ends_with(" refused=rate_limited\n"), "{s}");
+        let mut out = Vec::new();
+        json(&mut out, Duration::from_secs(0), &l);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["client"].as_str(), v["refused"].as_str()),
+            (Some("203.0.113.7"), Some("rate_limited"))
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use http::{HeaderValue, Response, StatusCode};
 
+use centinela_shield::Refusal;
+
 use crate::http::body::RespBody;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,9 @@ pub enum ProxyError {
     /// not the server's fault.
     #[error("out of local resources: {0}")]
     LocalResources(String),
+    /// The shield stage said no (an IP list, a rate limit).
+    #[error("refused: {}", .0.reason())]
+    Refused(centinela_shield::Refusal),
 }
 
 impl ProxyError {
@@ -56,6 +61,8 @@ impl ProxyError {
             | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Reset(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout | ProxyError::Deadline => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Refused(Refusal::IpDenied) => StatusCode::FORBIDDEN,
+            ProxyError::Refused(Refusal::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -77,6 +84,8 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "could not read request body",
             ProxyError::ClientTimeout => "request body timed out",
             ProxyError::LocalResources(_) => "gateway out of resources",
+            ProxyError::Refused(Refusal::IpDenied) => "forbidden",
+            ProxyError::Refused(Refusal::RateLimited { .. }) => "rate limit exceeded",
         }
     }
 
@@ -95,6 +104,20 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(crate::http::headers::X_REQUEST_ID, request_id.clone());
+        if let ProxyError::Refused(Refusal::RateLimited {
+            retry_after,
+            policy,
+            state,
+            ..
+        }) = &self
+        {
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs()),
+            );
+            h.insert("ratelimit-policy", policy.clone());
+            h.insert("ratelimit", state.clone());
+        }
         if matches!(
             self,
             ProxyError::BadRequest(_)

@@ -75,11 +75,20 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 async fn reap_idle_connections(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(REAP_EVERY).await;
-        let snap = shared.snapshot.load();
+        let snap = shared.snapshot.load_full();
         for g in &snap.groups {
             for s in &g.servers {
                 s.pool.reap();
             }
+        }
+        // IP list files that changed, rate-limit keys whose window ended:
+        // file reads and map walks, off the runtime's threads.
+        if let Some(shield) = snap.shield.clone() {
+            let _ = tokio::task::spawn_blocking(move || {
+                shield.look();
+                shield.sweep(std::time::Instant::now());
+            })
+            .await;
         }
     }
 }
@@ -109,6 +118,7 @@ impl Gateway {
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
         let mut registry = Registry::default();
         registry.set_tls(&config).map_err(StartError::Tls)?;
+        registry.set_shield(&config);
         let tls_stats = Arc::new(tls::Stats::default());
         let certs = Arc::new(tls::Certs::new(tls_stats.clone()).map_err(StartError::Tls)?);
         let built = certs.build(&config.listeners).map_err(StartError::Tls)?;
@@ -183,6 +193,7 @@ impl Gateway {
             self.shared.clone(),
             l.max_connections,
             tls,
+            l.proxy_protocol,
             async {
                 let _ = rx.await;
             },
@@ -257,9 +268,11 @@ impl Gateway {
             .certs
             .build(&config.listeners)
             .map_err(StartError::Tls)?;
-        lock(&self.registry)
-            .set_tls(&config)
-            .map_err(StartError::Tls)?;
+        {
+            let mut registry = lock(&self.registry);
+            registry.set_tls(&config).map_err(StartError::Tls)?;
+            registry.set_shield(&config);
+        }
         if old.admin.listen != config.admin.listen {
             warn!(old = %old.admin.listen, new = %config.admin.listen, "Changing [admin] listen needs a restart; keeping the old address");
         }

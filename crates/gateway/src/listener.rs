@@ -20,6 +20,86 @@ use crate::proxy::Shared;
 /// session). Empty: plain HTTP.
 pub type Tls = arc_swap::ArcSwapOption<rustls::ServerConfig>;
 
+/// A connection from a trusted proxy on a listener with
+/// `proxy_protocol = true`: its PROXY header (v1 or v2) names the client,
+/// within the listener's `header_timeout`; a connection without a valid one
+/// is closed. Then TLS or HTTP as on any connection.
+async fn proxied(
+    mut stream: tokio::net::TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    peer: std::net::SocketAddr,
+    name: Arc<str>,
+    shared: Arc<Shared>,
+    draining: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let timeout = crate::http::h1::Settings::of(&shared, &name).header_timeout;
+    let client = match tokio::time::timeout(timeout, proxy_header(&mut stream)).await {
+        Ok(Ok(Some(client))) => client,
+        Ok(Ok(None)) => peer,
+        Ok(Err(e)) => {
+            debug!(listener = &*name, peer = %peer, error = e, "Bad PROXY protocol header; closing");
+            return;
+        }
+        Err(_) => {
+            debug!(listener = &*name, peer = %peer, "No PROXY protocol header in time; closing");
+            return;
+        }
+    };
+    match tls {
+        None => {
+            crate::http::h1::serve(
+                Stream::Tcp(stream),
+                client,
+                name,
+                shared,
+                draining,
+                permit,
+                false,
+            )
+            .await
+        }
+        Some(cfg) => handshake(stream, cfg, client, name, shared, draining, permit).await,
+    }
+}
+
+/// Reads a PROXY protocol header off the stream, and nothing past it: the
+/// client's address, or `None` for a LOCAL or UNKNOWN one (the peer
+/// stands).
+async fn proxy_header(
+    stream: &mut tokio::net::TcpStream,
+) -> Result<Option<std::net::SocketAddr>, &'static str> {
+    use centinela_shield::proxy_protocol::{parse, Header};
+    use tokio::io::AsyncReadExt;
+    // The longest v2 header with IPv6 addresses and room for TLVs.
+    let mut buf = [0u8; 536];
+    loop {
+        stream.readable().await.map_err(|_| "connection failed")?;
+        let n = stream
+            .peek(&mut buf)
+            .await
+            .map_err(|_| "connection failed")?;
+        if n == 0 {
+            return Err("connection closed before its PROXY header");
+        }
+        match parse(&buf[..n])? {
+            Some((h, len)) => {
+                stream
+                    .read_exact(&mut buf[..len])
+                    .await
+                    .map_err(|_| "connection failed")?;
+                return Ok(match h {
+                    Header::Proxied(a) => Some(a),
+                    Header::Local => None,
+                });
+            }
+            // Part of it has come: the rest is on its way.
+            None if n < buf.len() => tokio::time::sleep(Duration::from_millis(2)).await,
+            None => return Err("PROXY header too long"),
+        }
+    }
+}
+
 /// The TLS handshake of one client connection, within the listener's
 /// `header_timeout`; then HTTP/2 when ALPN chose it, else HTTP/1.1.
 async fn handshake(
@@ -80,6 +160,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     max_connections: u32,
     tls: Arc<Tls>,
+    proxy_protocol: bool,
     stop: impl Future<Output = ()>,
 ) {
     // Every connection holds a receiver; the drain is over when the last
@@ -117,7 +198,20 @@ pub async fn serve(
                     full = true;
                     warn!(listener = &*name, max_connections, "At max_connections: accepts paused");
                 }
-                match tls.load_full() {
+                let tls = tls.load_full();
+                if proxy_protocol && shared.snapshot.load().trusted.contains(peer.ip()) {
+                    tokio::spawn(proxied(
+                        stream,
+                        tls,
+                        peer,
+                        name.clone(),
+                        shared.clone(),
+                        draining.clone(),
+                        permit,
+                    ));
+                    continue;
+                }
+                match tls {
                     None => {
                         tokio::spawn(crate::http::h1::serve(
                             Stream::Tcp(stream),

@@ -167,6 +167,48 @@ impl Collect for Shared {
                 }
             }
         }
+        if let Some(shield) = &snap.shield {
+            let (limited, ip) = shield.refusals();
+            out.family(
+                "centinela_rate_limited",
+                "Requests refused with 429 by a rate limit, by limit and route.",
+                Kind::Counter,
+            );
+            for (l, r, n) in &limited {
+                out.counter(&[("limit", l), ("route", r)], *n);
+            }
+            out.family(
+                "centinela_refused",
+                "Requests the shield refused, by route and reason (ip_denied: 403 by allow/deny; rate_limited: 429).",
+                Kind::Counter,
+            );
+            for (r, n) in &ip {
+                out.counter(&[("route", r), ("reason", "ip_denied")], *n);
+            }
+            let mut by_route: std::collections::BTreeMap<&str, u64> = Default::default();
+            for (_, r, n) in &limited {
+                *by_route.entry(r).or_default() += n;
+            }
+            for (r, n) in by_route {
+                out.counter(&[("route", r), ("reason", "rate_limited")], n);
+            }
+            out.family(
+                "centinela_rate_limit_keys",
+                "Keys a rate limit tracks now (bounded by its max_keys).",
+                Kind::Gauge,
+            );
+            for (l, n) in shield.keys() {
+                out.gauge(&[("limit", &l)], n as f64);
+            }
+            out.family(
+                "centinela_ip_list_networks",
+                "Networks in an [ip_lists.NAME] file, as last read.",
+                Kind::Gauge,
+            );
+            for (l, n) in shield.list_sizes() {
+                out.gauge(&[("list", &l)], n as f64);
+            }
+        }
         let handshakes = self.tls.handshakes.get();
         out.family(
             "centinela_tls_handshakes",

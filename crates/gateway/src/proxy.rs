@@ -71,6 +71,10 @@ struct Log {
     group: Option<usize>,
     server: Option<Arc<str>>,
     attempts: u32,
+    /// The real client, once known.
+    client: Option<std::net::IpAddr>,
+    /// Why the shield refused the request.
+    refused: Option<&'static str>,
 }
 
 /// The ids a request carries upstream: its `X-Request-Id`, and its
@@ -106,6 +110,8 @@ pub async fn handle(
         group: None,
         server: None,
         attempts: 0,
+        client: None,
+        refused: None,
     };
     // Boxed, and by a plain function: the future is large (a few KiB), and
     // the connection's task would otherwise keep a slot that size, idle or
@@ -115,6 +121,9 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             debug!(request_id = rid.to_str().unwrap_or(""), error = %e, "Request failed");
+            if let ProxyError::Refused(r) = &e {
+                log.refused = Some(r.reason());
+            }
             e.into_response(rid)
         }
     };
@@ -142,6 +151,8 @@ pub async fn handle(
                 duration: took,
                 request_id: rid.as_bytes(),
                 trace_id: ids.trace.as_ref().map_or("-", headers::Trace::id),
+                client: log.client.unwrap_or(client.ip()),
+                refused: log.refused,
             },
         );
     }
@@ -247,7 +258,7 @@ async fn prepare(mut body: ClientBody, limit: u64, idle: Duration) -> Result<Pre
     }
 }
 
-fn hash_key(key: &HashKey, h: &http::HeaderMap, client: SocketAddr) -> Option<u64> {
+fn hash_key(key: &HashKey, h: &http::HeaderMap, client: std::net::IpAddr) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     match key {
         HashKey::Header(name) => h.get(name.as_str())?.as_bytes().hash(&mut hasher),
@@ -263,7 +274,7 @@ fn hash_key(key: &HashKey, h: &http::HeaderMap, client: SocketAddr) -> Option<u6
                 })?;
             v.hash(&mut hasher)
         }
-        HashKey::ClientIp => client.ip().hash(&mut hasher),
+        HashKey::ClientIp => client.hash(&mut hasher),
     }
     Some(hasher.finish())
 }
@@ -309,6 +320,12 @@ async fn forward(
     let route = table
         .find(target.host(), target.path())
         .ok_or(ProxyError::NoRoute)?;
+    // Counted under the route's upstream from here, refused or not.
+    log.upstream = Some(snap.groups[route.group].name.clone());
+    log.group = Some(route.group);
+    let client_ip = client_ip(snap, client, req.headers());
+    log.client = Some(client_ip);
+    shield(route, client_ip, req.headers(), start)?;
     if req.method() == http::Method::CONNECT {
         if !route.connect {
             return Err(ProxyError::MethodNotAllowed("CONNECT is not allowed"));
@@ -317,8 +334,6 @@ async fn forward(
     }
     let upgrade = upgrade(&mut req, route)?;
     let group: Arc<Group> = snap.groups[route.group].clone();
-    log.upstream = Some(group.name.clone());
-    log.group = Some(route.group);
     group.budget.record_request();
 
     // Limit: the slot is held until the response body ends.
@@ -330,7 +345,12 @@ async fn forward(
         &parts,
         target,
         route,
-        (client, table.proto),
+        Peer {
+            addr: client,
+            ip: client_ip,
+            trusted: snap.trusted.contains(client.ip()),
+            proto: table.proto,
+        },
         ids,
         upgrade.is_some(),
         cfg,
@@ -400,6 +420,47 @@ async fn forward(
     Err(last_err.unwrap_or(ProxyError::NoHealthyServer))
 }
 
+/// Who sent a request: the connection's peer, and the client it speaks
+/// for (the same, unless the peer is a trusted proxy).
+struct Peer {
+    addr: SocketAddr,
+    /// The real client.
+    ip: std::net::IpAddr,
+    /// The peer is in `[client_ip] trusted_proxies`.
+    trusted: bool,
+    /// `X-Forwarded-Proto` by default.
+    proto: &'static str,
+}
+
+/// Stage **client IP**: the real client of a request, named by a trusted
+/// proxy's `X-Forwarded-For` (`[client_ip] trusted_proxies`), else the
+/// connection's peer.
+fn client_ip(snap: &Snapshot, peer: SocketAddr, h: &http::HeaderMap) -> std::net::IpAddr {
+    if snap.trusted.is_empty() {
+        return peer.ip();
+    }
+    centinela_shield::client_ip::resolve(peer.ip(), h, &snap.trusted)
+}
+
+/// Stage **shield**: the route's IP lists, then its rate limits.
+fn shield(
+    route: &CompiledRoute,
+    ip: std::net::IpAddr,
+    headers: &http::HeaderMap,
+    now: Instant,
+) -> Result<(), ProxyError> {
+    match &route.guard {
+        None => Ok(()),
+        Some(g) => g
+            .admit(&centinela_shield::Facts {
+                ip,
+                headers,
+                now: now.into_std(),
+            })
+            .map_err(ProxyError::Refused),
+    }
+}
+
 /// Paths a plain listener with `redirect_https` still routes: ACME's
 /// HTTP-01 challenges, which must be answered over plain HTTP.
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
@@ -466,8 +527,6 @@ async fn tunnel(
         return Err(ProxyError::BadRequest("a CONNECT request has no body"));
     }
     let group: Arc<Group> = snap.groups[route.group].clone();
-    log.upstream = Some(group.name.clone());
-    log.group = Some(route.group);
     group.budget.record_request();
     let _permit = group.limiter.acquire().await?;
     let attempts = group.cfg.retry.attempts;
@@ -669,7 +728,7 @@ impl<'a> Outgoing<'a> {
         parts: &'a http::request::Parts,
         target: Target,
         route: &CompiledRoute,
-        (client, proto): (SocketAddr, &'static str),
+        peer: Peer,
         ids: &'a Ids,
         upgrade: bool,
         cfg: &centinela_config::Upstream,
@@ -690,15 +749,16 @@ impl<'a> Outgoing<'a> {
             authority,
             rewrite: Rewrite::request(
                 &parts.headers,
-                client.ip(),
-                proto,
+                peer.addr.ip(),
+                peer.trusted,
+                peer.proto,
                 &ids.request,
                 ids.trace.as_ref(),
                 upgrade,
             ),
             idempotent: headers::is_idempotent(&parts.method, &parts.headers),
             hash: match (&cfg.hash_key, cfg.balance) {
-                (Some(k), centinela_config::Balance::Hash) => hash_key(k, &parts.headers, client),
+                (Some(k), centinela_config::Balance::Hash) => hash_key(k, &parts.headers, peer.ip),
                 _ => None,
             },
         }

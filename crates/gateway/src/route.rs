@@ -7,7 +7,7 @@ use std::time::Duration;
 use centinela_config::{Listener, PathNormalization, Route};
 use centinela_observe::metrics::RequestStats;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CompiledRoute {
     pub host: Option<String>,
     pub prefix: String,
@@ -19,6 +19,20 @@ pub struct CompiledRoute {
     pub upgrade: Vec<String>,
     /// CONNECT opens a tunnel to a server of the upstream.
     pub connect: bool,
+    /// The route's name in metrics and logs.
+    pub name: std::sync::Arc<str>,
+    /// The shield stage: IP lists and rate limits (`None`: nothing to check).
+    pub guard: Option<std::sync::Arc<centinela_shield::Guard>>,
+}
+
+impl std::fmt::Debug for CompiledRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledRoute")
+            .field("name", &self.name)
+            .field("upstream", &self.upstream)
+            .field("guarded", &self.guard.is_some())
+            .finish()
+    }
 }
 
 /// One listener's routes and the request rules they are matched under.
@@ -48,11 +62,15 @@ impl RouteTable {
         group_index: impl Fn(&str) -> usize,
         groups: usize,
         mut stats: impl FnMut(Option<usize>) -> Arc<RequestStats>,
+        guard: impl Fn(&Route, usize) -> Option<Arc<centinela_shield::Guard>>,
     ) -> Self {
         let mut routes: Vec<CompiledRoute> = routes
             .iter()
-            .filter(|r| r.listener.as_deref().is_none_or(|l| l == listener.name))
-            .map(|r| CompiledRoute {
+            .enumerate()
+            .filter(|(_, r)| r.listener.as_deref().is_none_or(|l| l == listener.name))
+            .map(|(i, r)| CompiledRoute {
+                name: r.name.as_str().into(),
+                guard: guard(r, i),
                 host: r.host.clone(),
                 prefix: r.path_prefix.clone(),
                 strip_prefix: r.strip_prefix,
@@ -152,6 +170,10 @@ mod tests {
             upstream: up.into(),
             upgrade: vec!["websocket".into()],
             connect: false,
+            name: prefix.into(),
+            rate_limit: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
     }
 
@@ -169,6 +191,7 @@ mod tests {
             hsts: None,
             redirect_https: false,
             https_port: None,
+            proxy_protocol: false,
         }
     }
 
@@ -182,7 +205,8 @@ mod tests {
             r(Some("other"), None, "/api/v2/x", "other"),
         ];
         let web = listener("web");
-        let t = RouteTable::for_listener(&web, &routes, |_| 0, 1, |_| Default::default());
+        let t =
+            RouteTable::for_listener(&web, &routes, |_| 0, 1, |_| Default::default(), |_, _| None);
         let up = |h: Option<&str>, p: &str| t.find(h, p).map(|r| r.upstream.clone());
         assert_eq!(up(None, "/api/v2/items").as_deref(), Some("v2"));
         assert_eq!(up(None, "/api/x").as_deref(), Some("api"));
@@ -194,8 +218,14 @@ mod tests {
         );
         // Routes of another listener are not used.
         assert_eq!(up(None, "/api/v2/x").as_deref(), Some("v2"));
-        let only_api =
-            RouteTable::for_listener(&web, &routes[1..2], |_| 0, 1, |_| Default::default());
+        let only_api = RouteTable::for_listener(
+            &web,
+            &routes[1..2],
+            |_| 0,
+            1,
+            |_| Default::default(),
+            |_, _| None,
+        );
         assert!(only_api.find(None, "/other").is_none());
     }
 

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use centinela_config::Config;
 use centinela_observe::metrics::RequestStats;
+use centinela_shield::iptree::IpSet;
+use centinela_shield::Shield;
 
 use crate::balance::budget::RetryBudget;
 use crate::balance::server::Server;
@@ -21,6 +23,10 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub groups: Vec<Arc<Group>>,
     pub routes: HashMap<String, RouteTable>,
+    /// The shield of this config (IP lists, rate limits), for metrics.
+    pub shield: Option<Arc<Shield>>,
+    /// `[client_ip] trusted_proxies`.
+    pub trusted: Arc<IpSet>,
 }
 
 impl Snapshot {
@@ -57,6 +63,9 @@ pub struct Registry {
     stats: HashMap<(String, String), Arc<RequestStats>>,
     /// `[upstream.X] tls`, built by `set_tls`.
     tls: HashMap<String, Arc<Tls>>,
+    /// Rate-limit counts and IP lists, built by `set_shield`.
+    shield: Option<Arc<Shield>>,
+    trusted: Arc<IpSet>,
 }
 
 impl Registry {
@@ -87,6 +96,13 @@ impl Registry {
         }
         self.tls = tls;
         Ok(())
+    }
+
+    /// Builds the shield of a new config (on start and reload): limits
+    /// that did not change keep their counts.
+    pub fn set_shield(&mut self, config: &Config) {
+        self.shield = Some(Arc::new(Shield::build(config, self.shield.as_deref())));
+        self.trusted = Arc::new(IpSet::new(&config.client_ip.trusted_proxies));
     }
 
     pub fn build(&mut self, config: Config) -> Snapshot {
@@ -133,9 +149,12 @@ impl Registry {
                     stats_keep.insert(key, s.clone());
                     s
                 };
+                let guard = |r: &centinela_config::Route, i: usize| {
+                    self.shield.as_ref().and_then(|s| s.guard(r, i))
+                };
                 (
                     l.name.clone(),
-                    RouteTable::for_listener(l, &config.routes, index, groups.len(), stats),
+                    RouteTable::for_listener(l, &config.routes, index, groups.len(), stats, guard),
                 )
             })
             .collect();
@@ -144,6 +163,8 @@ impl Registry {
             config: Arc::new(config),
             groups,
             routes,
+            shield: self.shield.clone(),
+            trusted: self.trusted.clone(),
         }
     }
 }

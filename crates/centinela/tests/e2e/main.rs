@@ -19,6 +19,7 @@ mod proxy;
 mod retries;
 mod rolling;
 mod runbook;
+mod shield;
 mod slo;
 mod tls;
 mod trace;

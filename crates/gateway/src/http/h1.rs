@@ -661,9 +661,12 @@ async fn write_all(
     writing: &mut IdleTimer,
 ) -> io::Result<()> {
     let (mut a, mut b) = (&wbuf[..], more);
+    // Whether the connection is TLS, learnt under the lock the writes take.
+    let mut tls = false;
     while !a.is_empty() || !b.is_empty() {
         let n = poll_fn(|cx| {
             let mut c = lock(io);
+            tls = c.io.is_tls();
             let w = Pin::new(&mut c.io);
             // One buffer: `send`, which costs less in the kernel than
             // `writev` for the small writes of most responses.
@@ -689,9 +692,9 @@ async fn write_all(
         b = &b[n - from_a..];
     }
     wbuf.clear();
-    // TLS keeps what the socket did not take until flushed (a no-op, and
-    // not even a call, on TCP).
-    if lock(io).io.is_tls() {
+    // TLS keeps what the socket did not take until flushed (nothing to
+    // do, and no call, on TCP).
+    if tls {
         poll_fn(|cx| {
             let mut c = lock(io);
             match Pin::new(&mut c.io).poll_flush(cx) {

@@ -137,6 +137,9 @@ pub struct Rewrite<'a> {
 struct Added<'a> {
     client: IpAddr,
     proto: &'static str,
+    /// The peer is a trusted proxy: the `X-Forwarded-For` it sent goes on,
+    /// with the peer added, and its `X-Forwarded-Proto` is kept.
+    trusted: Option<&'a HeaderMap>,
     request_id: &'a HeaderValue,
     /// Replaces the client's `traceparent`.
     trace: Option<&'a Trace>,
@@ -146,8 +149,9 @@ impl<'a> Rewrite<'a> {
     /// `trace`: the `traceparent` to send (the client's, checked, or a new
     /// one), which replaces the client's; `None` forwards theirs untouched.
     pub fn request(
-        h: &HeaderMap,
+        h: &'a HeaderMap,
         client: IpAddr,
+        trusted: bool,
         proto: &'static str,
         request_id: &'a HeaderValue,
         trace: Option<&'a Trace>,
@@ -164,6 +168,7 @@ impl<'a> Rewrite<'a> {
             added: Some(Added {
                 client,
                 proto,
+                trusted: trusted.then_some(h),
                 request_id,
                 trace,
             }),
@@ -174,9 +179,20 @@ impl<'a> Rewrite<'a> {
     pub fn write_lines(&self, w: &mut Vec<u8>) {
         if let Some(a) = &self.added {
             w.extend_from_slice(b"x-forwarded-for: ");
+            if let Some(h) = a.trusted {
+                for v in h.get_all("x-forwarded-for") {
+                    w.extend_from_slice(v.as_bytes());
+                    w.extend_from_slice(b", ");
+                }
+            }
             push_ip(w, a.client);
             w.extend_from_slice(b"\r\nx-forwarded-proto: ");
-            w.extend_from_slice(a.proto.as_bytes());
+            let proto = a
+                .trusted
+                .and_then(|h| h.get("x-forwarded-proto"))
+                .filter(|p| matches!(p.as_bytes(), b"http" | b"https"))
+                .map_or(a.proto.as_bytes(), |p| p.as_bytes());
+            w.extend_from_slice(proto);
             w.extend_from_slice(b"\r\nx-request-id: ");
             w.extend_from_slice(a.request_id.as_bytes());
             w.extend_from_slice(b"\r\n");
@@ -209,7 +225,7 @@ impl<'a> Rewrite<'a> {
 
 /// Writes an address as text; IPv4 without the formatting machinery (once
 /// per request).
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -464,7 +480,7 @@ mod tests {
         ]);
         let rid = HeaderValue::from_static("abc");
         let client = "127.0.0.1".parse().unwrap();
-        let r = Rewrite::request(&h, client, "http", &rid, None, false);
+        let r = Rewrite::request(&h, client, false, "http", &rid, None, false);
         let kept: Vec<&str> = h
             .keys()
             .filter(|n| r.keeps(n))
@@ -475,6 +491,19 @@ mod tests {
             lines(&r),
             "x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nx-request-id: abc\r\n"
         );
+        // From a trusted proxy: its X-Forwarded-For goes on with the peer
+        // added, and its X-Forwarded-Proto is kept (http or https only).
+        let mut h2 = h.clone();
+        h2.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h2.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        let r = Rewrite::request(&h2, client, true, "http", &rid, None, false);
+        assert_eq!(
+            lines(&r),
+            "x-forwarded-for: 10.0.0.1, 198.51.100.7, 127.0.0.1\r\nx-forwarded-proto: https\r\nx-request-id: abc\r\n"
+        );
+        h2.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+        let r = Rewrite::request(&h2, client, true, "http", &rid, None, false);
+        assert!(lines(&r).contains("x-forwarded-proto: http\r\n"));
         assert_eq!(connection_named(&h), [HeaderName::from_static("x-secret")]);
         for name in [
             "connection",
@@ -497,12 +526,12 @@ mod tests {
 
         let up = hm(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade(&up));
-        let r = Rewrite::request(&up, client, "http", &rid, None, true);
+        let r = Rewrite::request(&up, client, false, "http", &rid, None, true);
         assert!(r.keeps(&header::UPGRADE));
         assert!(!r.keeps(&header::CONNECTION));
         assert!(lines(&r).ends_with("connection: upgrade\r\n"));
         let t = new_traceparent();
-        let r = Rewrite::request(&up, client, "http", &rid, Some(&t), false);
+        let r = Rewrite::request(&up, client, false, "http", &rid, Some(&t), false);
         assert!(!r.keeps(&TRACEPARENT));
         let want = format!("traceparent: {}\r\n", t.id());
         assert!(!lines(&r).contains(&want), "the id alone is not the field");
