@@ -42,7 +42,7 @@ pub use listener::{CertFiles, Listener, PathNormalization, ServerSettings, HSTS_
 pub use notify::Notifier;
 pub use probe::UptimeProbe;
 pub use rate_limit::{RateKey, RateLimit};
-pub use route::{IpRule, Route};
+pub use route::{Cors, IpRule, Route, SECURITY_HEADERS};
 pub use runtime::{LogFormat, Runtime};
 pub use secret::Secret;
 pub use service::{GiveUp, Logs, Probe, ProbeKind, Restart, Service, ServiceBackoff, Signal, Stop};

@@ -33,7 +33,48 @@ pub struct Route {
     pub allow: Vec<IpRule>,
     /// Clients in these networks get 403.
     pub deny: Vec<IpRule>,
+    /// Request bodies larger than this get 413.
+    pub max_body: u64,
+    /// Request targets (path and query) longer than this get 414.
+    pub max_uri: u64,
+    /// A client body that moves no byte for this long gets 408; `None`:
+    /// the upstream's `timeouts.body_idle`.
+    pub body_timeout: Option<std::time::Duration>,
+    /// Headers added to responses that lack them (`security_headers`).
+    pub security_headers: Vec<(String, String)>,
+    /// Keep the server's `Server` and `X-Powered-By` headers.
+    pub keep_server_header: bool,
+    /// Cross-origin requests answered at the edge.
+    pub cors: Option<Cors>,
 }
+
+/// `cors = { origins, methods, headers, max_age, credentials }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins (`scheme://host[:port]`, lower-case), or `*`.
+    pub origins: Vec<String>,
+    pub methods: Vec<String>,
+    /// Request headers a preflight may ask for (lower-case).
+    pub headers: Vec<String>,
+    pub max_age: std::time::Duration,
+    pub credentials: bool,
+}
+
+/// The security headers added by default, and their `security_headers`
+/// keys.
+pub const SECURITY_HEADERS: [(&str, &str, &str); 3] = [
+    (
+        "x_content_type_options",
+        "x-content-type-options",
+        "nosniff",
+    ),
+    ("x_frame_options", "x-frame-options", "DENY"),
+    (
+        "referrer_policy",
+        "referrer-policy",
+        "strict-origin-when-cross-origin",
+    ),
+];
 
 /// An entry of `allow` or `deny`: a network, or `@NAME` of an
 /// `[ip_lists.NAME]`.
@@ -147,6 +188,19 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
             };
             let allow = rules("allow", &mut o);
             let deny = rules("deny", &mut o);
+            let max_body = o.size(sink, "max_body", 10 * 1024 * 1024);
+            let max_uri = o.size(sink, "max_uri", 8 * 1024);
+            let body_timeout = o.peek("body_timeout").is_some().then(|| {
+                o.duration_min(
+                    sink,
+                    "body_timeout",
+                    std::time::Duration::from_secs(30),
+                    std::time::Duration::from_millis(1),
+                )
+            });
+            let security_headers = security_headers(sink, &mut o);
+            let keep_server_header = o.bool(sink, "keep_server_header", false);
+            let cors = o.sub(sink, "cors").and_then(|c| cors(sink, c));
             let upstream = o.str(sink, "upstream");
             if upstream.is_none()
                 && o.table
@@ -172,6 +226,12 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
                     rate_limit: rl,
                     allow,
                     deny,
+                    max_body,
+                    max_uri,
+                    body_timeout,
+                    security_headers,
+                    keep_server_header,
+                    cors,
                     listener: listener.map(|l| l.0),
                     host,
                     path_prefix,
@@ -184,6 +244,131 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
         }
     }
     (routes, route_refs)
+}
+
+/// `security_headers`: `false` (none), or a table whose keys
+/// (`x_content_type_options`, `x_frame_options`, `referrer_policy`) each
+/// take a value or `false`; missing keys keep their default.
+fn security_headers(sink: &mut Sink<'_>, o: &mut Obj<'_, '_>) -> Vec<(String, String)> {
+    let defaults = || {
+        SECURITY_HEADERS
+            .iter()
+            .map(|(_, n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    let Some(v) = o.peek("security_headers") else {
+        return defaults();
+    };
+    match v.get_ref() {
+        DeValue::Boolean(b) => {
+            o.get("security_headers");
+            if *b {
+                defaults()
+            } else {
+                Vec::new()
+            }
+        }
+        _ => {
+            let Some(mut t) = o.sub(sink, "security_headers") else {
+                return defaults();
+            };
+            let mut out = Vec::new();
+            for (key, name, default) in SECURITY_HEADERS {
+                match t.peek(key).map(|v| v.get_ref()) {
+                    None => out.push((name.to_string(), default.to_string())),
+                    Some(DeValue::Boolean(false)) => {
+                        t.get(key);
+                    }
+                    Some(_) => {
+                        if let Some((v, span)) = t.str(sink, key) {
+                            if http_value_ok(&v) {
+                                out.push((name.to_string(), v));
+                            } else {
+                                sink.error(&span, &t.child_path(key), "not a valid header value");
+                            }
+                        }
+                    }
+                }
+            }
+            t.finish(sink);
+            out
+        }
+    }
+}
+
+fn http_value_ok(v: &str) -> bool {
+    !v.is_empty() && v.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+fn cors(sink: &mut Sink<'_>, mut c: Obj<'_, '_>) -> Option<Cors> {
+    let (origins, ospans) = c.str_list(sink, "origins");
+    let opath = c.child_path("origins");
+    let mut clean = Vec::new();
+    for (i, (o, span)) in origins.iter().zip(&ospans).enumerate() {
+        let lower = o.to_ascii_lowercase();
+        let rest = lower
+            .strip_prefix("https://")
+            .or_else(|| lower.strip_prefix("http://"));
+        let valid = lower == "*"
+            || rest.is_some_and(|r| !r.is_empty() && !r.contains(['/', '?', '#', ' ']));
+        if !valid {
+            sink.error(
+                span,
+                &format!("{opath}[{i}]"),
+                format!("{o:?} is not an origin such as \"https://shop.example\" (scheme and host, no path), or \"*\""),
+            );
+            continue;
+        }
+        clean.push(lower);
+    }
+    if origins.is_empty() {
+        let span = c.table.iter().next().map_or(0..0, |(k, _)| k.span());
+        sink.error(&span, &opath, "cors needs origins");
+    }
+    let (methods, mspans) = c.str_list(sink, "methods");
+    for (i, (m, span)) in methods.iter().zip(&mspans).enumerate() {
+        if !is_token(m) {
+            sink.error(
+                span,
+                &format!("{}[{i}]", c.child_path("methods")),
+                format!("{m:?} is not a method"),
+            );
+        }
+    }
+    let methods = if methods.is_empty() {
+        vec!["GET".into(), "HEAD".into(), "POST".into()]
+    } else {
+        methods.iter().map(|m| m.to_ascii_uppercase()).collect()
+    };
+    let (headers, hspans) = c.str_list(sink, "headers");
+    for (i, (h, span)) in headers.iter().zip(&hspans).enumerate() {
+        if !is_token(h) {
+            sink.error(
+                span,
+                &format!("{}[{i}]", c.child_path("headers")),
+                format!("{h:?} is not a header name"),
+            );
+        }
+    }
+    let headers = headers.iter().map(|h| h.to_ascii_lowercase()).collect();
+    let max_age = c.duration(sink, "max_age", std::time::Duration::from_secs(600));
+    let credentials = c.bool(sink, "credentials", false);
+    if credentials && clean.iter().any(|o| o == "*") {
+        let span = c.peek("credentials").map_or(0..0, |v| v.span());
+        sink.error(
+            &span,
+            &c.child_path("credentials"),
+            "credentials cannot go with origins = [\"*\"] (browsers refuse it): list the origins",
+        );
+    }
+    c.finish(sink);
+    Some(Cors {
+        origins: clean,
+        methods,
+        headers,
+        max_age,
+        credentials,
+    })
 }
 
 /// Routes point at known upstreams and listeners, and none is defined twice.

@@ -41,6 +41,10 @@ pub enum ProxyError {
     /// not the server's fault.
     #[error("out of local resources: {0}")]
     LocalResources(String),
+    #[error("request body larger than the route's max_body")]
+    BodyTooLarge,
+    #[error("request target longer than the route's max_uri")]
+    UriTooLong,
     /// The shield stage said no (an IP list, a rate limit).
     #[error("refused: {}", .0.reason())]
     Refused(centinela_shield::Refusal),
@@ -61,6 +65,8 @@ impl ProxyError {
             | ProxyError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Reset(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout | ProxyError::Deadline => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Refused(Refusal::IpDenied) => StatusCode::FORBIDDEN,
             ProxyError::Refused(Refusal::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -84,6 +90,8 @@ impl ProxyError {
             ProxyError::ClientBody(_) => "could not read request body",
             ProxyError::ClientTimeout => "request body timed out",
             ProxyError::LocalResources(_) => "gateway out of resources",
+            ProxyError::BodyTooLarge => "request body too large",
+            ProxyError::UriTooLong => "request target too long",
             ProxyError::Refused(Refusal::IpDenied) => "forbidden",
             ProxyError::Refused(Refusal::RateLimited { .. }) => "rate limit exceeded",
         }

@@ -177,6 +177,8 @@ enum Prepared {
         slot: Arc<Mutex<Option<ClientBody>>>,
         size: SizeHint,
         idle: Duration,
+        /// Bytes still allowed after the prefix (`max_body`).
+        left: u64,
     },
 }
 
@@ -191,6 +193,7 @@ impl Prepared {
                 slot,
                 size,
                 idle,
+                left,
             } => {
                 let unused = slot.lock().unwrap_or_else(|p| p.into_inner()).is_some();
                 unused.then(|| ReqBody::Stream {
@@ -199,6 +202,7 @@ impl Prepared {
                     taken: None,
                     size: *size,
                     idle: IdleTimer::new(*idle),
+                    left: *left,
                 })
             }
         }
@@ -208,17 +212,27 @@ impl Prepared {
 /// Stage **prepare**: a small body is read whole, to be sent again on a
 /// retry; a larger one is streamed once. A client that stops sending for
 /// `body_idle` gets 408.
-async fn prepare(mut body: ClientBody, limit: u64, idle: Duration) -> Result<Prepared, ProxyError> {
+async fn prepare(
+    mut body: ClientBody,
+    limit: u64,
+    idle: Duration,
+    max_body: u64,
+) -> Result<Prepared, ProxyError> {
     if body.is_end_stream() {
         return Ok(Prepared::Replayable(None));
     }
     let hint = body.size_hint();
+    // A length over max_body is refused before a byte is read.
+    if hint.lower() > max_body {
+        return Err(ProxyError::BodyTooLarge);
+    }
     if hint.lower() > limit {
         return Ok(Prepared::Stream {
             prefix: None,
             slot: Arc::new(Mutex::new(Some(body))),
             size: hint,
             idle,
+            left: max_body,
         });
     }
     let mut buf = BytesMut::new();
@@ -238,11 +252,16 @@ async fn prepare(mut body: ClientBody, limit: u64, idle: Duration) -> Result<Pre
                 if let Ok(data) = frame.into_data() {
                     buf.extend_from_slice(&data);
                 }
+                if buf.len() as u64 > max_body {
+                    return Err(ProxyError::BodyTooLarge);
+                }
                 // Trailers of small bodies are dropped.
                 if buf.len() as u64 > limit {
                     let remaining = SizeHint::default();
+                    let left = max_body - buf.len() as u64;
                     return Ok(Prepared::Stream {
                         prefix: Some(buf.freeze()),
+                        left,
                         slot: Arc::new(Mutex::new(Some(body))),
                         size: if hint.exact().is_some() {
                             hint
@@ -326,6 +345,16 @@ async fn forward(
     let client_ip = client_ip(snap, client, req.headers());
     log.client = Some(client_ip);
     shield(route, client_ip, req.headers(), start)?;
+    limits(route, &req)?;
+    // CORS: a preflight is answered here; an allowed origin is echoed on
+    // the response.
+    let origin = match &route.cors {
+        Some(c) => match cors(c, &req) {
+            Cors::Preflight(resp) => return Ok(*resp),
+            Cors::Origin(o) => o,
+        },
+        None => None,
+    };
     if req.method() == http::Method::CONNECT {
         if !route.connect {
             return Err(ProxyError::MethodNotAllowed("CONNECT is not allowed"));
@@ -358,7 +387,8 @@ async fn forward(
     // The deadline counts the gateway's waits on servers, not the time the
     // client takes to send its body (no clock read without a body).
     let reading = (!body.is_end_stream()).then(Instant::now);
-    let body = prepare(body, cfg.retry.buffer_body, cfg.timeouts.body_idle).await?;
+    let idle = route.body_timeout.unwrap_or(cfg.timeouts.body_idle);
+    let body = prepare(body, cfg.retry.buffer_body, idle, route.max_body).await?;
     let deadline = start + cfg.timeouts.request + reading.map_or(Duration::ZERO, |t| t.elapsed());
 
     // Stages pick → send → classify → record → retry, over retry.attempts.
@@ -409,7 +439,10 @@ async fn forward(
             Err(e) => this.on_failure(e, in_flight),
         };
         match tried {
-            Tried::Done(resp) => return Ok(resp),
+            Tried::Done(mut resp) => {
+                decorate(route, origin.as_ref(), &mut resp);
+                return Ok(resp);
+            }
             Tried::Fail(e) => return Err(e),
             Tried::Again(e) => {
                 last_err = e.or(last_err);
@@ -458,6 +491,117 @@ fn shield(
                 now: now.into_std(),
             })
             .map_err(ProxyError::Refused),
+    }
+}
+
+/// Stage **limits**: the route's `max_uri` (414); `max_body` is checked
+/// as the body is read (`prepare`).
+fn limits(route: &CompiledRoute, req: &Request<ClientBody>) -> Result<(), ProxyError> {
+    let len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if len as u64 > route.max_uri {
+        return Err(ProxyError::UriTooLong);
+    }
+    Ok(())
+}
+
+enum Cors {
+    /// The answer to a preflight (boxed: rare, and large).
+    Preflight(Box<Response<RespBody>>),
+    /// An allowed `Origin`, to echo on the response.
+    Origin(Option<HeaderValue>),
+}
+
+/// Stage **CORS** of a route with `cors`: a preflight (`OPTIONS` with
+/// `Origin` and `Access-Control-Request-Method`) is answered at the edge,
+/// 204 with the allowed methods and headers when its origin, method and
+/// headers are allowed, 403 otherwise; other requests go on, their origin
+/// noted if allowed.
+fn cors(c: &crate::route::CorsPolicy, req: &Request<ClientBody>) -> Cors {
+    let h = req.headers();
+    let Some(origin) = h.get(header::ORIGIN) else {
+        return Cors::Origin(None);
+    };
+    let allowed = c.allows(origin.as_bytes());
+    let asked = h.get(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let (true, Some(asked)) = (req.method() == http::Method::OPTIONS, asked) else {
+        return Cors::Origin(allowed.then(|| origin.clone()));
+    };
+    let method_ok = c
+        .method_list
+        .iter()
+        .any(|m| m.as_bytes() == asked.as_bytes());
+    let headers_ok = h
+        .get_all(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| !n.is_empty())
+        .all(|n| {
+            c.header_list
+                .iter()
+                .any(|x| x.as_bytes().eq_ignore_ascii_case(n))
+        });
+    let mut resp = Response::new(RespBody::empty());
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Origin"));
+    if !(allowed && method_ok && headers_ok) {
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        return Cors::Preflight(Box::new(resp));
+    }
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let rh = resp.headers_mut();
+    rh.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        if c.origins.is_none() {
+            HeaderValue::from_static("*")
+        } else {
+            origin.clone()
+        },
+    );
+    rh.insert(header::ACCESS_CONTROL_ALLOW_METHODS, c.methods.clone());
+    if let Some(hs) = &c.headers {
+        rh.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, hs.clone());
+    }
+    rh.insert(header::ACCESS_CONTROL_MAX_AGE, c.max_age.clone());
+    if c.credentials {
+        rh.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
+    Cors::Preflight(Box::new(resp))
+}
+
+/// Stage **respond**, the route's part: security headers the server did
+/// not set, its `Server` and `X-Powered-By` dropped, CORS for an allowed
+/// origin.
+fn decorate(route: &CompiledRoute, origin: Option<&HeaderValue>, resp: &mut Response<RespBody>) {
+    let h = resp.headers_mut();
+    if route.strip_server {
+        h.remove(header::SERVER);
+        h.remove("x-powered-by");
+    }
+    for (n, v) in route.response_headers.iter() {
+        if !h.contains_key(n) {
+            h.insert(n.clone(), v.clone());
+        }
+    }
+    if let (Some(c), Some(o)) = (&route.cors, origin) {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            if c.origins.is_none() {
+                HeaderValue::from_static("*")
+            } else {
+                o.clone()
+            },
+        );
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+        if c.credentials {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
 }
 
@@ -821,6 +965,9 @@ impl Try<'_> {
             }
             SendError::Failed(ClientError::ClientIdle) => {
                 return Tried::Fail(ProxyError::ClientTimeout)
+            }
+            SendError::Failed(ClientError::ClientTooLarge) => {
+                return Tried::Fail(ProxyError::BodyTooLarge)
             }
             SendError::Failed(ClientError::Timeout(_)) if self.deadline_bound => {
                 (Outcome::Timeout, ProxyError::Deadline)

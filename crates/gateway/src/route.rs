@@ -23,6 +23,56 @@ pub struct CompiledRoute {
     pub name: std::sync::Arc<str>,
     /// The shield stage: IP lists and rate limits (`None`: nothing to check).
     pub guard: Option<std::sync::Arc<centinela_shield::Guard>>,
+    /// Request bodies over this get 413.
+    pub max_body: u64,
+    /// Request targets longer than this get 414.
+    pub max_uri: u64,
+    /// The client body's idle timeout, if the route sets one.
+    pub body_timeout: Option<Duration>,
+    /// Added to responses that lack them (security headers).
+    pub response_headers: Box<[(http::HeaderName, http::HeaderValue)]>,
+    /// Drop the server's `Server` and `X-Powered-By`.
+    pub strip_server: bool,
+    pub cors: Option<Arc<CorsPolicy>>,
+}
+
+/// A route's `cors`, ready to answer with.
+#[derive(Debug)]
+pub struct CorsPolicy {
+    /// `None`: any origin (`*`).
+    pub origins: Option<Vec<String>>,
+    pub methods: http::HeaderValue,
+    /// Methods as listed, upper-case, to check a preflight's.
+    pub method_list: Vec<String>,
+    pub headers: Option<http::HeaderValue>,
+    pub header_list: Vec<String>,
+    pub max_age: http::HeaderValue,
+    pub credentials: bool,
+}
+
+impl CorsPolicy {
+    fn new(c: &centinela_config::Cors) -> CorsPolicy {
+        let join = |v: &[String]| http::HeaderValue::from_str(&v.join(", ")).ok();
+        CorsPolicy {
+            origins: (!c.origins.iter().any(|o| o == "*")).then(|| c.origins.clone()),
+            methods: join(&c.methods).unwrap_or(http::HeaderValue::from_static("GET")),
+            method_list: c.methods.clone(),
+            headers: (!c.headers.is_empty()).then(|| join(&c.headers)).flatten(),
+            header_list: c.headers.clone(),
+            max_age: http::HeaderValue::from(c.max_age.as_secs()),
+            credentials: c.credentials,
+        }
+    }
+
+    /// Is a request from `origin` allowed?
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        match &self.origins {
+            None => true,
+            Some(list) => list
+                .iter()
+                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin)),
+        }
+    }
 }
 
 impl std::fmt::Debug for CompiledRoute {
@@ -71,6 +121,21 @@ impl RouteTable {
             .map(|(i, r)| CompiledRoute {
                 name: r.name.as_str().into(),
                 guard: guard(r, i),
+                max_body: r.max_body,
+                max_uri: r.max_uri,
+                body_timeout: r.body_timeout,
+                response_headers: r
+                    .security_headers
+                    .iter()
+                    .filter_map(|(n, v)| {
+                        Some((
+                            http::HeaderName::from_bytes(n.as_bytes()).ok()?,
+                            http::HeaderValue::from_str(v).ok()?,
+                        ))
+                    })
+                    .collect(),
+                strip_server: !r.keep_server_header,
+                cors: r.cors.as_ref().map(|c| Arc::new(CorsPolicy::new(c))),
                 host: r.host.clone(),
                 prefix: r.path_prefix.clone(),
                 strip_prefix: r.strip_prefix,
@@ -174,6 +239,12 @@ mod tests {
             rate_limit: Vec::new(),
             allow: Vec::new(),
             deny: Vec::new(),
+            max_body: 1 << 20,
+            max_uri: 8192,
+            body_timeout: None,
+            security_headers: Vec::new(),
+            keep_server_header: false,
+            cors: None,
         }
     }
 

@@ -16,6 +16,7 @@ mod https;
 mod lifecycle;
 mod metrics;
 mod proxy;
+mod request_limits;
 mod retries;
 mod rolling;
 mod runbook;

@@ -30,7 +30,26 @@ pub enum ReqBody {
         size: SizeHint,
         /// `timeouts.body_idle`: a client that stops sending is cut off.
         idle: IdleTimer,
+        /// Bytes still allowed after the prefix (the route's `max_body`).
+        left: u64,
     },
+}
+
+/// A client body over the route's `max_body`.
+#[derive(Debug)]
+pub struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body is larger than max_body")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// Is this the error of a body over `max_body`?
+pub fn is_too_large(e: &BoxError) -> bool {
+    e.downcast_ref::<TooLarge>().is_some()
 }
 
 /// The error of a client's body that stopped moving.
@@ -119,6 +138,7 @@ impl Body for ReqBody {
                 slot,
                 taken,
                 idle,
+                left,
                 ..
             } => {
                 if taken.is_none() {
@@ -133,6 +153,15 @@ impl Body for ReqBody {
                             Poll::Ready(()) => Poll::Ready(Some(Err(client_idle()))),
                             Poll::Pending => Poll::Pending,
                         },
+                        Poll::Ready(Some(Ok(frame))) => {
+                            idle.progress();
+                            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+                            if n > *left {
+                                return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                            }
+                            *left -= n;
+                            Poll::Ready(Some(Ok(frame)))
+                        }
                         ready => {
                             idle.progress();
                             ready

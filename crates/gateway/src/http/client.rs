@@ -60,6 +60,9 @@ pub enum Error {
     /// The client stopped sending its body for `timeouts.body_idle`.
     #[error("the client stopped sending its body")]
     ClientIdle,
+    /// The client's body went over the route's `max_body`.
+    #[error("the request body is larger than max_body")]
+    ClientTooLarge,
     /// The server was too slow: no response head in time, or it stopped
     /// reading the request body or sending the response body.
     #[error("{0}")]
@@ -322,6 +325,8 @@ impl Conn {
                 let frame = frame.map_err(|e| {
                     if crate::http::body::is_client_idle(&e) {
                         Error::ClientIdle
+                    } else if crate::http::body::is_too_large(&e) {
+                        Error::ClientTooLarge
                     } else {
                         Error::ClientBody(e.to_string())
                     }
@@ -366,7 +371,12 @@ impl Conn {
                 biased;
                 done = &mut sending => return match done {
                     Ok(()) => Ok(None),
-                    Err(e @ (Error::ClientBody(_) | Error::ClientIdle | Error::Timeout(_))) => Err(e),
+                    Err(
+                        e @ (Error::ClientBody(_)
+                        | Error::ClientIdle
+                        | Error::ClientTooLarge
+                        | Error::Timeout(_)),
+                    ) => Err(e),
                     // The server stopped reading: look for its answer.
                     Err(_) => Ok(Some(Early::Stopped)),
                 },
