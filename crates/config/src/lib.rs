@@ -16,6 +16,7 @@ mod client_ip;
 pub mod cron;
 mod diag;
 pub mod ip_lists;
+pub mod jwt;
 mod listener;
 pub mod notify;
 pub mod probe;
@@ -38,6 +39,7 @@ pub use cidr::Cidr;
 pub use client_ip::ClientIp;
 pub use diag::{ConfigError, Diagnostic, Location};
 pub use ip_lists::IpList;
+pub use jwt::{Jwt, JwtKeys};
 pub use listener::{CertFiles, Listener, PathNormalization, ServerSettings, HSTS_DEFAULT};
 pub use notify::Notifier;
 pub use probe::UptimeProbe;
@@ -85,6 +87,8 @@ pub struct Config {
     pub ip_lists: Vec<IpList>,
     /// `[client_ip]`.
     pub client_ip: ClientIp,
+    /// `[jwt.NAME]`.
+    pub jwts: Vec<Jwt>,
 }
 
 impl Config {
@@ -146,6 +150,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let (rate_limits, _) = rate_limit::rate_limits(sink, &mut top);
     let ip_lists = ip_lists::ip_lists(sink, &mut top, base_dir);
     let client_ip = client_ip::client_ip(sink, &mut top);
+    let jwts = jwt::jwts(sink, &mut top, base_dir);
     top.finish(sink);
     backup::check(sink, &backup_refs, &repos);
 
@@ -161,6 +166,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         &listeners,
         &rate_limits,
         &ip_lists,
+        &jwts,
     );
     let service_names: Vec<String> = services.iter().map(|p| p.service.name.clone()).collect();
     let notifier_names: Vec<String> = notifiers.iter().map(|n| n.name.clone()).collect();
@@ -209,6 +215,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         rate_limits,
         ip_lists,
         client_ip,
+        jwts,
     }
 }
 

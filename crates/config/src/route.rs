@@ -46,6 +46,8 @@ pub struct Route {
     pub keep_server_header: bool,
     /// Cross-origin requests answered at the edge.
     pub cors: Option<Cors>,
+    /// `auth = "NAME"`: requests need a token `[jwt.NAME]` verifies.
+    pub auth: Option<String>,
 }
 
 /// `cors = { origins, methods, headers, max_age, credentials }`.
@@ -88,6 +90,7 @@ pub(crate) struct RouteRef {
     upstream: (String, Range<usize>),
     rate_limits: Vec<(String, Range<usize>)>,
     lists: Vec<(String, Range<usize>)>,
+    auth: Option<(String, Range<usize>)>,
     listener: Option<(String, Range<usize>)>,
     span: Range<usize>,
     path: String,
@@ -201,6 +204,7 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
             let security_headers = security_headers(sink, &mut o);
             let keep_server_header = o.bool(sink, "keep_server_header", false);
             let cors = o.sub(sink, "cors").and_then(|c| cors(sink, c));
+            let auth = o.str(sink, "auth");
             let upstream = o.str(sink, "upstream");
             if upstream.is_none()
                 && o.table
@@ -215,6 +219,7 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
                     upstream: up.clone(),
                     rate_limits: rl.iter().cloned().zip(rl_spans).collect(),
                     lists,
+                    auth: auth.clone(),
                     listener: listener.clone(),
                     span: item.span(),
                     path: path.clone(),
@@ -232,6 +237,7 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
                     security_headers,
                     keep_server_header,
                     cors,
+                    auth: auth.map(|a| a.0),
                     listener: listener.map(|l| l.0),
                     host,
                     path_prefix,
@@ -380,6 +386,7 @@ pub(crate) fn check(
     listeners: &[Listener],
     rate_limits: &[crate::rate_limit::RateLimit],
     ip_lists: &[crate::ip_lists::IpList],
+    jwts: &[crate::jwt::Jwt],
 ) {
     let mut seen_routes: HashMap<(Option<&str>, Option<&str>, &str), &str> = HashMap::new();
     for (r, rr) in routes.iter().zip(route_refs) {
@@ -407,6 +414,27 @@ pub(crate) fn check(
                     format!(
                         "unknown rate limit {n:?} (define it with [[rate_limit]] name = {n:?})"
                     ),
+                );
+            }
+        }
+        if let Some((a, span)) = &rr.auth {
+            if jwts.iter().all(|j| &j.name != a) {
+                sink.error(
+                    span,
+                    &format!("{}.auth", rr.path),
+                    format!("unknown [jwt.{a}]"),
+                );
+            }
+        }
+        for (n, span) in &rr.rate_limits {
+            let jwt_keyed = rate_limits
+                .iter()
+                .any(|r| &r.name == n && matches!(r.key, crate::rate_limit::RateKey::Jwt(_)));
+            if jwt_keyed && rr.auth.is_none() {
+                sink.error(
+                    span,
+                    &format!("{}.rate_limit", rr.path),
+                    format!("rate limit {n:?} counts by a JWT claim: the route needs auth"),
                 );
             }
         }

@@ -1,6 +1,9 @@
 //! Secret values: a password, a token, a URL with a token in it. The file
-//! may hold one as `env:NAME` (an environment variable) or `file:PATH` (the
-//! file's content, trailing newline removed), or literally.
+//! may hold one as `env:NAME` (an environment variable), `file:PATH` (the
+//! file's content, trailing newline removed), `systemd-creds:NAME` (the
+//! credential `NAME` systemd passes in `$CREDENTIALS_DIRECTORY`, from
+//! `LoadCredential=` or `LoadCredentialEncrypted=`), or literally (which
+//! `check` warns about).
 //!
 //! References are resolved when the config is read, so a missing variable
 //! or file is a `check` error that names the key and the reference, never
@@ -54,6 +57,35 @@ impl Secret {
                 }),
                 Ok(_) => Err(format!("environment variable {name} is empty")),
                 Err(_) => Err(format!("environment variable {name} is not set")),
+            };
+        }
+        if let Some(name) = text.strip_prefix("systemd-creds:") {
+            if name.is_empty() || name.contains('/') {
+                return Err(
+                    "`systemd-creds:` needs a credential name, e.g. \"systemd-creds:jwt-secret\""
+                        .into(),
+                );
+            }
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                format!("systemd-creds:{name}: $CREDENTIALS_DIRECTORY is not set (run under systemd with LoadCredential={name}:…)")
+            })?;
+            let path = Path::new(&dir).join(name);
+            return match std::fs::read_to_string(&path) {
+                Ok(v) => {
+                    let v = v.strip_suffix('\n').unwrap_or(&v);
+                    if v.is_empty() {
+                        Err(format!("credential {name} is empty"))
+                    } else {
+                        Ok(Secret {
+                            value: v.to_string(),
+                            origin: text.to_string(),
+                        })
+                    }
+                }
+                Err(e) => Err(format!(
+                    "cannot read credential {name} in $CREDENTIALS_DIRECTORY: {}",
+                    e.kind()
+                )),
             };
         }
         if let Some(p) = text.strip_prefix("file:") {
@@ -113,13 +145,47 @@ impl Obj<'_, '_> {
     ) -> Option<Secret> {
         let (text, span) = self.str(sink, key)?;
         match Secret::resolve(&text, base_dir) {
-            Ok(s) => Some(s),
+            Ok(s) => {
+                if s.origin == "literal" && looks_secret(key) {
+                    sink.warn(
+                        &span,
+                        &self.child_path(key),
+                        format!("{key} holds its value in the config file: use \"env:NAME\", \"file:PATH\" or \"systemd-creds:NAME\""),
+                    );
+                }
+                if let Some(p) = text.strip_prefix("file:") {
+                    if let Some(w) = readable_by_others(&base_dir.join(p)) {
+                        sink.warn(&span, &self.child_path(key), w);
+                    }
+                }
+                Some(s)
+            }
             Err(e) => {
                 sink.error(&span, &self.child_path(key), e);
                 None
             }
         }
     }
+}
+
+/// Is a key named like a secret (`secret`, `password`, `token`, `key`)?
+fn looks_secret(key: &str) -> bool {
+    ["secret", "password", "token", "key"]
+        .iter()
+        .any(|w| key.contains(w))
+}
+
+/// A warning when a secret file can be read by its group or others.
+pub(crate) fn readable_by_others(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o044 != 0).then(|| {
+        format!(
+            "{} is readable by its group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    })
 }
 
 #[cfg(test)]
@@ -143,6 +209,17 @@ mod tests {
         );
         let err = Secret::resolve("file:missing", &dir).unwrap_err();
         assert!(err.contains("cannot read secret file"), "{err}");
+        // systemd credentials, from $CREDENTIALS_DIRECTORY.
+        std::fs::write(dir.join("jwt-key"), "from-systemd\n").unwrap();
+        std::env::set_var("CREDENTIALS_DIRECTORY", &dir);
+        let s = Secret::resolve("systemd-creds:jwt-key", &dir).unwrap();
+        assert_eq!(
+            (s.expose(), s.origin()),
+            ("from-systemd", "systemd-creds:jwt-key")
+        );
+        let err = Secret::resolve("systemd-creds:nope", &dir).unwrap_err();
+        assert!(err.contains("cannot read credential nope"), "{err}");
+        assert!(Secret::resolve("systemd-creds:../x", &dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

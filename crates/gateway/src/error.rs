@@ -68,6 +68,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::Refused(Refusal::IpDenied) => StatusCode::FORBIDDEN,
+            ProxyError::Refused(Refusal::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
             ProxyError::Refused(Refusal::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -93,6 +94,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::UriTooLong => "request target too long",
             ProxyError::Refused(Refusal::IpDenied) => "forbidden",
+            ProxyError::Refused(Refusal::Unauthorized(f)) => f.as_str(),
             ProxyError::Refused(Refusal::RateLimited { .. }) => "rate limit exceeded",
         }
     }
@@ -112,6 +114,17 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(crate::http::headers::X_REQUEST_ID, request_id.clone());
+        if let ProxyError::Refused(Refusal::Unauthorized(f)) = &self {
+            // RFC 6750 §3.1: no error code when no token came.
+            h.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(if *f == centinela_shield::jwt::Failure::Missing {
+                    "Bearer"
+                } else {
+                    "Bearer error=\"invalid_token\""
+                }),
+            );
+        }
         if let ProxyError::Refused(Refusal::RateLimited {
             retry_after,
             policy,

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod balance;
 pub mod error;
 pub mod http;
+mod jwks;
 mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -67,6 +68,8 @@ pub struct Gateway {
     /// The listeners' certificates, and the task that watches their files.
     certs: Arc<tls::Certs>,
     cert_watch: JoinHandle<()>,
+    /// One task per `[jwt.NAME] jwks_url`.
+    jwks_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// How often idle pooled connections are looked at.
@@ -168,7 +171,9 @@ impl Gateway {
             reaper,
             certs,
             cert_watch,
+            jwks_tasks: Mutex::new(Vec::new()),
         };
+        gw.restart_jwks();
         for (l, tcp) in bound {
             let slot = slots.get(&l.name).cloned().unwrap_or_default();
             gw.spawn_listener(&l, tcp, slot);
@@ -209,6 +214,19 @@ impl Gateway {
                 task,
             },
         );
+    }
+
+    /// (Re)starts the fetchers of the JWK sets the config names.
+    fn restart_jwks(&self) {
+        let mut tasks = lock(&self.jwks_tasks);
+        for t in tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(shield) = self.shared.snapshot.load().shield.clone() {
+            for (auth, url, every) in shield.jwks_urls() {
+                tasks.push(tokio::spawn(jwks::run(auth, url, every)));
+            }
+        }
     }
 
     fn restart_health_checks(&self) {
@@ -323,6 +341,7 @@ impl Gateway {
             self.spawn_listener(&l, tcp, slot);
         }
         self.set_https_port();
+        self.restart_jwks();
         info!(
             upstreams = config.upstreams.len(),
             routes = config.routes.len(),
@@ -469,6 +488,9 @@ impl Gateway {
         self.admin_task.abort();
         self.reaper.abort();
         self.cert_watch.abort();
+        for t in lock(&self.jwks_tasks).drain(..) {
+            t.abort();
+        }
         // The last requests' access lines (a blocking write: off the
         // runtime's threads).
         let _ = tokio::task::spawn_blocking(access::flush).await;

@@ -185,6 +185,9 @@ impl Collect for Shared {
             for (r, n) in &ip {
                 out.counter(&[("route", r), ("reason", "ip_denied")], *n);
             }
+            for (r, n) in shield.unauthorized() {
+                out.counter(&[("route", &r), ("reason", "unauthorized")], n);
+            }
             let mut by_route: std::collections::BTreeMap<&str, u64> = Default::default();
             for (_, r, n) in &limited {
                 *by_route.entry(r).or_default() += n;
@@ -199,6 +202,31 @@ impl Collect for Shared {
             );
             for (l, n) in shield.keys() {
                 out.gauge(&[("limit", &l)], n as f64);
+            }
+            let auths = shield.auth_counts();
+            out.family(
+                "centinela_jwt_verified",
+                "Tokens a [jwt.NAME] verified.",
+                Kind::Counter,
+            );
+            for (j, ok, _, _) in &auths {
+                out.counter(&[("jwt", j)], *ok);
+            }
+            out.family(
+                "centinela_jwt_refused",
+                "Requests a [jwt.NAME] refused (no token, or one that did not verify).",
+                Kind::Counter,
+            );
+            for (j, _, bad, _) in &auths {
+                out.counter(&[("jwt", j)], *bad);
+            }
+            out.family(
+                "centinela_jwt_keys",
+                "Keys a [jwt.NAME] holds now.",
+                Kind::Gauge,
+            );
+            for (j, _, _, keys) in &auths {
+                out.gauge(&[("jwt", j)], *keys as f64);
             }
             out.family(
                 "centinela_ip_list_networks",

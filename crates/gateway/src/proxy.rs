@@ -345,16 +345,17 @@ async fn forward(
     let client_ip = client_ip(snap, client, req.headers());
     log.client = Some(client_ip);
     shield(route, client_ip, req.headers(), start)?;
+    let claims = auth(route, req.headers(), start)?;
+    forward_claims(route, claims, req.headers_mut());
     limits(route, &req)?;
     // CORS: a preflight is answered here; an allowed origin is echoed on
-    // the response.
-    let origin = match &route.cors {
-        Some(c) => match cors(c, &req) {
-            Cors::Preflight(resp) => return Ok(*resp),
-            Cors::Origin(o) => o,
-        },
-        None => None,
-    };
+    // the response (read again from the request's headers then: nothing
+    // kept across the waits below).
+    if let Some(c) = &route.cors {
+        if let Some(resp) = cors(c, &req) {
+            return Ok(*resp);
+        }
+    }
     if req.method() == http::Method::CONNECT {
         if !route.connect {
             return Err(ProxyError::MethodNotAllowed("CONNECT is not allowed"));
@@ -440,7 +441,7 @@ async fn forward(
         };
         match tried {
             Tried::Done(mut resp) => {
-                decorate(route, origin.as_ref(), &mut resp);
+                decorate(route, out.headers, &mut resp);
                 return Ok(resp);
             }
             Tried::Fail(e) => return Err(e),
@@ -494,6 +495,46 @@ fn shield(
     }
 }
 
+/// Stage **auth** of a route with `auth = "NAME"`: the token verified by
+/// `[jwt.NAME]` (401 otherwise), then the limits keyed by its claims.
+fn auth(
+    route: &CompiledRoute,
+    headers: &http::HeaderMap,
+    now: Instant,
+) -> Result<Option<centinela_shield::jwt::Claims>, ProxyError> {
+    let Some(g) = route.guard.as_ref().filter(|g| g.auth.is_some()) else {
+        return Ok(None);
+    };
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    g.authenticate(headers, unix, now.into_std())
+        .map_err(ProxyError::Refused)
+}
+
+/// The claims a route's `[jwt.NAME] forward_claims` names, as headers to
+/// the server; the client's own headers of those names are always
+/// removed first, so that none can be forged.
+fn forward_claims(
+    route: &CompiledRoute,
+    claims: Option<centinela_shield::jwt::Claims>,
+    h: &mut http::HeaderMap,
+) {
+    let Some(auth) = route.guard.as_ref().and_then(|g| g.auth.as_ref()) else {
+        return;
+    };
+    for (claim, name) in &auth.forward {
+        h.remove(name);
+        if let Some(v) = claims
+            .as_ref()
+            .and_then(|c| c.get(claim))
+            .and_then(centinela_shield::jwt::claim_header)
+        {
+            h.insert(name.clone(), v);
+        }
+    }
+}
+
 /// Stage **limits**: the route's `max_uri` (414); `max_body` is checked
 /// as the body is read (`prepare`).
 fn limits(route: &CompiledRoute, req: &Request<ClientBody>) -> Result<(), ProxyError> {
@@ -504,27 +545,21 @@ fn limits(route: &CompiledRoute, req: &Request<ClientBody>) -> Result<(), ProxyE
     Ok(())
 }
 
-enum Cors {
-    /// The answer to a preflight (boxed: rare, and large).
-    Preflight(Box<Response<RespBody>>),
-    /// An allowed `Origin`, to echo on the response.
-    Origin(Option<HeaderValue>),
-}
-
 /// Stage **CORS** of a route with `cors`: a preflight (`OPTIONS` with
 /// `Origin` and `Access-Control-Request-Method`) is answered at the edge,
 /// 204 with the allowed methods and headers when its origin, method and
-/// headers are allowed, 403 otherwise; other requests go on, their origin
-/// noted if allowed.
-fn cors(c: &crate::route::CorsPolicy, req: &Request<ClientBody>) -> Cors {
+/// headers are allowed, 403 otherwise (boxed: rare, and large). Other
+/// requests go on.
+fn cors(
+    c: &crate::route::CorsPolicy,
+    req: &Request<ClientBody>,
+) -> Option<Box<Response<RespBody>>> {
     let h = req.headers();
-    let Some(origin) = h.get(header::ORIGIN) else {
-        return Cors::Origin(None);
-    };
+    let origin = h.get(header::ORIGIN)?;
     let allowed = c.allows(origin.as_bytes());
     let asked = h.get(header::ACCESS_CONTROL_REQUEST_METHOD);
     let (true, Some(asked)) = (req.method() == http::Method::OPTIONS, asked) else {
-        return Cors::Origin(allowed.then(|| origin.clone()));
+        return None;
     };
     let method_ok = c
         .method_list
@@ -546,7 +581,7 @@ fn cors(c: &crate::route::CorsPolicy, req: &Request<ClientBody>) -> Cors {
         .insert(header::VARY, HeaderValue::from_static("Origin"));
     if !(allowed && method_ok && headers_ok) {
         *resp.status_mut() = StatusCode::FORBIDDEN;
-        return Cors::Preflight(Box::new(resp));
+        return Some(Box::new(resp));
     }
     *resp.status_mut() = StatusCode::NO_CONTENT;
     let rh = resp.headers_mut();
@@ -569,24 +604,22 @@ fn cors(c: &crate::route::CorsPolicy, req: &Request<ClientBody>) -> Cors {
             HeaderValue::from_static("true"),
         );
     }
-    Cors::Preflight(Box::new(resp))
+    Some(Box::new(resp))
 }
 
 /// Stage **respond**, the route's part: security headers the server did
 /// not set, its `Server` and `X-Powered-By` dropped, CORS for an allowed
-/// origin.
-fn decorate(route: &CompiledRoute, origin: Option<&HeaderValue>, resp: &mut Response<RespBody>) {
+/// origin (`req`: the request's headers).
+fn decorate(route: &CompiledRoute, req: &http::HeaderMap, resp: &mut Response<RespBody>) {
+    if let RespBody::Upstream { edge, .. } = resp.body_mut() {
+        edge.clone_from(&route.edge);
+    }
+    let Some(c) = &route.cors else {
+        return;
+    };
+    let origin = req.get(header::ORIGIN).filter(|o| c.allows(o.as_bytes()));
     let h = resp.headers_mut();
-    if route.strip_server {
-        h.remove(header::SERVER);
-        h.remove("x-powered-by");
-    }
-    for (n, v) in route.response_headers.iter() {
-        if !h.contains_key(n) {
-            h.insert(n.clone(), v.clone());
-        }
-    }
-    if let (Some(c), Some(o)) = (&route.cors, origin) {
+    if let Some(o) = origin {
         h.insert(
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
             if c.origins.is_none() {
@@ -1061,6 +1094,7 @@ impl Try<'_> {
             RespBody::Upstream {
                 inner,
                 _guards: guards,
+                edge: None,
             },
         ))
     }
@@ -1138,6 +1172,61 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The future of one request is boxed per request: its size is what
+    /// each request allocates and copies.
+    #[tokio::test]
+    async fn the_request_future_stays_small() {
+        let cfg = centinela_config::parse(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"a\"\n[upstream.a]\nservers = [\"127.0.0.1:9\"]\n",
+            "t.toml",
+        )
+        .unwrap()
+        .config;
+        let mut reg = crate::snapshot::Registry::default();
+        reg.set_shield(&cfg);
+        let snap = reg.build(cfg);
+        let shared = Shared {
+            snapshot: ArcSwap::from_pointee(reg.build((*snap.config).clone())),
+            status: ArcSwap::from_pointee(Vec::new()),
+            actions: ArcSwap::from_pointee(Vec::new()),
+            collectors: ArcSwap::from_pointee(Vec::new()),
+            health: ArcSwap::from_pointee(Vec::new()),
+            started: std::time::Instant::now(),
+            draining: Mutex::new(Default::default()),
+            tls: Default::default(),
+            https_port: Default::default(),
+        };
+        let ids = Ids {
+            request: HeaderValue::from_static("r"),
+            trace: None,
+        };
+        let mut log = Log {
+            upstream: None,
+            group: None,
+            server: None,
+            attempts: 0,
+            client: None,
+            refused: None,
+        };
+        let req = Request::new(ClientBody::Empty);
+        let fut = boxed_forward(
+            &shared,
+            &snap,
+            snap.routes.get("web"),
+            "127.0.0.1:1".parse().unwrap(),
+            req,
+            &ids,
+            &mut log,
+            Instant::now(),
+        );
+        let size = std::mem::size_of_val(&*fut);
+        println!("request future: {size} bytes");
+        // A debug build's size (release's is smaller): 3,632 bytes when
+        // written. A rare path's state belongs in a box of its own (as the
+        // TLS handshake to a server is), not in every request's future.
+        assert!(size <= 4096, "{size}");
+    }
 
     #[test]
     fn backoff_is_full_jitter_and_capped() {

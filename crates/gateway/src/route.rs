@@ -29,10 +29,9 @@ pub struct CompiledRoute {
     pub max_uri: u64,
     /// The client body's idle timeout, if the route sets one.
     pub body_timeout: Option<Duration>,
-    /// Added to responses that lack them (security headers).
-    pub response_headers: Box<[(http::HeaderName, http::HeaderValue)]>,
-    /// Drop the server's `Server` and `X-Powered-By`.
-    pub strip_server: bool,
+    /// Security headers added to responses that lack them, and the
+    /// server's `Server` and `X-Powered-By` dropped.
+    pub edge: Option<Arc<crate::http::headers::EdgeHeaders>>,
     pub cors: Option<Arc<CorsPolicy>>,
 }
 
@@ -124,17 +123,19 @@ impl RouteTable {
                 max_body: r.max_body,
                 max_uri: r.max_uri,
                 body_timeout: r.body_timeout,
-                response_headers: r
-                    .security_headers
-                    .iter()
-                    .filter_map(|(n, v)| {
-                        Some((
-                            http::HeaderName::from_bytes(n.as_bytes()).ok()?,
-                            http::HeaderValue::from_str(v).ok()?,
-                        ))
-                    })
-                    .collect(),
-                strip_server: !r.keep_server_header,
+                edge: crate::http::headers::EdgeHeaders::new(
+                    r.security_headers
+                        .iter()
+                        .filter_map(|(n, v)| {
+                            Some((
+                                http::HeaderName::from_bytes(n.as_bytes()).ok()?,
+                                http::HeaderValue::from_str(v).ok()?,
+                            ))
+                        })
+                        .collect(),
+                    !r.keep_server_header,
+                )
+                .map(Arc::new),
                 cors: r.cors.as_ref().map(|c| Arc::new(CorsPolicy::new(c))),
                 host: r.host.clone(),
                 prefix: r.path_prefix.clone(),
@@ -245,6 +246,7 @@ mod tests {
             security_headers: Vec::new(),
             keep_server_header: false,
             cors: None,
+            auth: None,
         }
     }
 

@@ -23,7 +23,69 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+fn b64(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = c.iter().fold(0u32, |a, &x| a << 8 | u32::from(x)) << (8 * (3 - c.len()));
+        for i in 0..=c.len() {
+            s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    s
+}
+
+/// A whole `Auth::verify` of an ES256 token (parse, signature, claims).
+fn jwt_es256() {
+    use centinela_shield::jwt::{Alg, Auth, KeySet, TokenFrom};
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let p = key.public_key().as_ref();
+    let jwk = format!(
+        r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k1","x":"{}","y":"{}"}}]}}"#,
+        b64(&p[1..33]),
+        b64(&p[33..65])
+    );
+    let (set, _) = KeySet::from_json(jwk.as_bytes()).unwrap();
+    let now = 1_800_000_000i64;
+    let msg = format!(
+        "{}.{}",
+        b64(br#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#),
+        b64(format!(
+            r#"{{"iss":"https://auth","aud":"api","sub":"user-42","role":"admin","exp":{}}}"#,
+            now + 600
+        )
+        .as_bytes())
+    );
+    let sig = key.sign(&rng, msg.as_bytes()).unwrap();
+    let token = format!("{msg}.{}", b64(sig.as_ref()));
+    let auth = Auth::new(
+        "bench",
+        vec![Alg::ES256],
+        Some("https://auth".into()),
+        Some("api".into()),
+        Duration::from_secs(30),
+        true,
+        TokenFrom::Bearer,
+        Vec::new(),
+        set,
+    );
+    let mut h = http::HeaderMap::new();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let n = 20_000;
+    let t = Instant::now();
+    for _ in 0..n {
+        black_box(auth.verify(&h, now).unwrap());
+    }
+    let per = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    println!("jwt_verify_es256: {per:.1} µs (parse, signature, claims)");
+}
+
 fn main() {
+    jwt_es256();
     let mut rng = fastrand::Rng::with_seed(42);
 
     // Rate limit: 1 million distinct client addresses, then checks of

@@ -10,8 +10,10 @@
 //! change, [`Shield::sweep`] forgets rate-limit keys whose window is over.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod client_ip;
 pub mod iptree;
+pub mod jwt;
 pub mod proxy_protocol;
 pub mod rate;
 
@@ -36,6 +38,8 @@ use crate::rate::{Local, Shape, Store, Verdict};
 pub enum Refusal {
     /// The client's address is denied, or not allowed (403).
     IpDenied,
+    /// No valid token on a route with `auth` (401).
+    Unauthorized(jwt::Failure),
     /// Over a rate limit (429).
     RateLimited {
         limit: Arc<str>,
@@ -52,6 +56,7 @@ impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::IpDenied => "ip_denied",
+            Refusal::Unauthorized(_) => "unauthorized",
             Refusal::RateLimited { .. } => "rate_limited",
         }
     }
@@ -186,6 +191,9 @@ pub struct Guard {
     allow: Option<Rules>,
     limits: Vec<RouteLimit>,
     ip_refused: Arc<AtomicU64>,
+    /// `auth`: the route's token verifier.
+    pub auth: Option<Arc<jwt::Auth>>,
+    auth_refused: Arc<AtomicU64>,
 }
 
 impl Guard {
@@ -201,6 +209,8 @@ impl Guard {
         for l in &self.limits {
             let lim = &l.limiter;
             let key = match &lim.cfg.key {
+                // Counted once the token is verified (`authenticate`).
+                RateKey::Jwt(_) => continue,
                 RateKey::ClientIp => ip,
                 RateKey::Route => l.route_key,
                 RateKey::Header(name) => match f.headers.get(name.as_str()) {
@@ -208,24 +218,111 @@ impl Guard {
                     // Requests without the header share one count.
                     None => 0,
                 },
-                // Counted once the token is verified (the auth stage).
-                RateKey::Jwt(_) => continue,
             };
-            let now = f.now.saturating_duration_since(lim.epoch);
-            if let Verdict::Deny { retry_after } = lim.store.hit(key, now) {
-                l.refused.fetch_add(1, Ordering::Relaxed);
-                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                let state = format!("\"{}\";r=0;t={secs}", lim.name);
-                return Err(Refusal::RateLimited {
-                    limit: lim.name.clone(),
-                    retry_after: Duration::from_secs(secs),
-                    policy: lim.policy.clone(),
-                    state: HeaderValue::from_str(&state).unwrap_or(HeaderValue::from_static("")),
-                });
-            }
+            l.hit(key, f.now)?;
         }
         Ok(())
     }
+
+    /// Stage **auth** of a route with `auth`: the token verified (`now`:
+    /// Unix seconds), then the limits keyed by one of its claims. The
+    /// claims, for the headers to forward.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        unix_now: i64,
+        now: Instant,
+    ) -> Result<Option<jwt::Claims>, Refusal> {
+        let Some(auth) = &self.auth else {
+            return Ok(None);
+        };
+        let claims = auth.verify(headers, unix_now).map_err(|e| {
+            self.auth_refused.fetch_add(1, Ordering::Relaxed);
+            Refusal::Unauthorized(e)
+        })?;
+        for l in &self.limits {
+            if let RateKey::Jwt(claim) = &l.limiter.cfg.key {
+                let key = match claims.get(claim) {
+                    Some(v) => u128::from(l.limiter.hasher.hash_one(v.to_string())) | 1 << 64,
+                    None => 0,
+                };
+                l.hit(key, now)?;
+            }
+        }
+        Ok(Some(claims))
+    }
+}
+
+impl RouteLimit {
+    fn hit(&self, key: u128, now: Instant) -> Result<(), Refusal> {
+        let lim = &self.limiter;
+        let now = now.saturating_duration_since(lim.epoch);
+        if let Verdict::Deny { retry_after } = lim.store.hit(key, now) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            let state = format!("\"{}\";r=0;t={secs}", lim.name);
+            return Err(Refusal::RateLimited {
+                limit: lim.name.clone(),
+                retry_after: Duration::from_secs(secs),
+                policy: lim.policy.clone(),
+                state: HeaderValue::from_str(&state).unwrap_or(HeaderValue::from_static("")),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A `[jwt.NAME]`'s verifier. Keys: `kept` (a reload that did not change
+/// where they come from), else the secret, the file, or none yet (a URL:
+/// the gateway fetches it).
+fn build_auth(j: &centinela_config::Jwt, kept: Option<Arc<jwt::KeySet>>) -> jwt::Auth {
+    use centinela_config::JwtKeys;
+    let keys = match (&j.keys, kept) {
+        (JwtKeys::Secret(s), _) => jwt::KeySet::new(vec![jwt::Key::secret(s.expose().as_bytes())]),
+        (JwtKeys::File(f), _) => match std::fs::read(f)
+            .map_err(|e| e.to_string())
+            .and_then(|b| jwt::KeySet::from_json(&b))
+        {
+            Ok((set, skipped)) => {
+                for s in skipped {
+                    warn!(jwt = %j.name, key = %s, "JWK left out");
+                }
+                set
+            }
+            Err(e) => {
+                warn!(jwt = %j.name, file = %f.display(), error = %e, "JWK set unusable; every token is refused");
+                jwt::KeySet::default()
+            }
+        },
+        (JwtKeys::Url(_), Some(k)) => (*k).clone(),
+        (JwtKeys::Url(_), None) => jwt::KeySet::default(),
+    };
+    jwt::Auth::new(
+        &j.name,
+        j.algorithms
+            .iter()
+            .filter_map(|a| jwt::Alg::parse(a))
+            .collect(),
+        j.issuer.clone(),
+        j.audience.clone(),
+        j.leeway,
+        j.require_exp,
+        match j
+            .token_from
+            .as_deref()
+            .and_then(|t| t.strip_prefix("cookie:"))
+        {
+            Some(c) => jwt::TokenFrom::Cookie(c.to_string()),
+            None => jwt::TokenFrom::Bearer,
+        },
+        j.forward_claims
+            .iter()
+            .filter_map(|(c, h)| {
+                Some((c.clone(), http::HeaderName::from_bytes(h.as_bytes()).ok()?))
+            })
+            .collect(),
+        keys,
+    )
 }
 
 /// The shield of one config: its limits and lists, and counters that
@@ -233,6 +330,10 @@ impl Guard {
 pub struct Shield {
     limiters: HashMap<String, Arc<Limiter>>,
     lists: HashMap<String, Arc<List>>,
+    /// `[jwt.NAME]`, with where their keys come from.
+    auths: HashMap<String, (Arc<jwt::Auth>, centinela_config::JwtKeys, Duration)>,
+    /// Refused tokens by route.
+    unauthorized: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Rate-limit refusals by (limit, route).
     limited: Mutex<HashMap<(String, String), Arc<AtomicU64>>>,
     /// IP refusals by route.
@@ -299,9 +400,37 @@ impl Shield {
             .unwrap_or_default()
         };
         let (limited, ip_denied) = counters(previous);
+        let unauthorized = previous
+            .map(|p| {
+                p.unauthorized
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+            })
+            .unwrap_or_default();
+        let auths = config
+            .jwts
+            .iter()
+            .map(|j| {
+                let kept = previous
+                    .and_then(|p| p.auths.get(&j.name))
+                    .filter(|(_, keys, _)| *keys == j.keys)
+                    .map(|(a, _, _)| a.keys());
+                (
+                    j.name.clone(),
+                    (
+                        Arc::new(build_auth(j, kept)),
+                        j.keys.clone(),
+                        j.jwks_refresh,
+                    ),
+                )
+            })
+            .collect();
         Shield {
             limiters,
             lists,
+            auths,
+            unauthorized: Mutex::new(unauthorized),
             limited: Mutex::new(limited),
             ip_denied: Mutex::new(ip_denied),
         }
@@ -333,6 +462,11 @@ impl Shield {
             })
         };
         let (deny, allow) = (rules(&route.deny), rules(&route.allow));
+        let auth = route
+            .auth
+            .as_ref()
+            .and_then(|a| self.auths.get(a))
+            .map(|(a, _, _)| a.clone());
         let limits: Vec<RouteLimit> = route
             .rate_limit
             .iter()
@@ -349,9 +483,16 @@ impl Shield {
                     .clone(),
             })
             .collect();
-        if deny.is_none() && allow.is_none() && limits.is_empty() {
+        if deny.is_none() && allow.is_none() && limits.is_empty() && auth.is_none() {
             return None;
         }
+        let auth_refused = self
+            .unauthorized
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(route.name.clone())
+            .or_default()
+            .clone();
         let ip_refused = self
             .ip_denied
             .lock()
@@ -364,6 +505,8 @@ impl Shield {
             allow,
             limits,
             ip_refused,
+            auth,
+            auth_refused,
         }))
     }
 
@@ -388,6 +531,52 @@ impl Shield {
             .limiters
             .iter()
             .map(|(n, l)| (n.clone(), l.keys()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The verifiers whose keys come from a URL: each with the URL and how
+    /// often to fetch it, for the gateway's fetcher.
+    pub fn jwks_urls(&self) -> Vec<(Arc<jwt::Auth>, String, Duration)> {
+        let mut v: Vec<_> = self
+            .auths
+            .values()
+            .filter_map(|(a, keys, every)| match keys {
+                centinela_config::JwtKeys::Url(u) => Some((a.clone(), u.clone(), *every)),
+                _ => None,
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        v
+    }
+
+    /// `(jwt, verified, refused, keys)` of every verifier.
+    pub fn auth_counts(&self) -> Vec<(String, u64, u64, usize)> {
+        let mut v: Vec<_> = self
+            .auths
+            .values()
+            .map(|(a, _, _)| {
+                (
+                    a.name.clone(),
+                    a.verified.load(Ordering::Relaxed),
+                    a.refused.load(Ordering::Relaxed),
+                    a.keys().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// `(route, refused tokens)`.
+    pub fn unauthorized(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = self
+            .unauthorized
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(r, n)| (r.clone(), n.load(Ordering::Relaxed)))
             .collect();
         v.sort();
         v

@@ -365,6 +365,29 @@ where
         .await;
 }
 
+/// A file of the public test suites kept beside the repository
+/// (`../shared/testdata/REL`; `CENTINELA_TESTDATA` names another root).
+/// Panics, naming where it looked, when it is not there: a test whose
+/// data is missing must fail, not pass.
+pub fn testdata(rel: &str) -> PathBuf {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(r) = std::env::var("CENTINELA_TESTDATA") {
+        roots.push(r.into());
+    }
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for a in here.ancestors() {
+        roots.push(a.join("shared/testdata"));
+    }
+    roots.push("/work/shared/testdata".into());
+    for r in &roots {
+        let p = r.join(rel);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("test data {rel} not found; looked in {roots:?} (set CENTINELA_TESTDATA)");
+}
+
 /// What an in-process test server does with a request.
 pub type Handler = Arc<dyn Fn(&Request<Incoming>) -> Reply + Send + Sync>;
 

@@ -9,6 +9,7 @@ use centinela_config::Loaded;
 use clap::{Parser, Subcommand};
 
 mod alerts;
+mod audit;
 mod backup;
 mod check;
 mod client;
@@ -90,6 +91,8 @@ enum Command {
     WalPush(backup::WalPushCmd),
     /// PostgreSQL's restore_command: fetch an archived WAL file.
     WalFetch(backup::WalFetchCmd),
+    /// The audit log of admin actions: `audit verify` checks its hash chain.
+    Audit(audit::Audit),
     /// Print a systemd unit (Type=notify, watchdog, Restart=always) for centinela.
     SystemdUnit {
         #[arg(long, short, default_value = "/etc/centinela/centinela.toml")]
@@ -124,6 +127,7 @@ pub fn main() -> ExitCode {
             json,
         } => status::status(admin, &config, json),
         Command::Alerts(a) => alerts::alerts(a),
+        Command::Audit(a) => audit::audit(a),
         Command::Backup(b) => backup::backup(b),
         Command::Restore(r) => backup::restore(r),
         Command::RestoreTest(r) => backup::restore_test(r),

@@ -104,6 +104,16 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The audit log of admin actions: a broken chain is reported, and
+    // actions are then only logged (never a reason not to serve).
+    let audit =
+        match centinela_shield::audit::AuditLog::open(&cfg.runtime.state_dir.join("audit.log")) {
+            Ok(a) => Some(Arc::new(a)),
+            Err(e) => {
+                error!(error = %e, "Audit log unusable; admin actions are only logged");
+                None
+            }
+        };
     let observe_cfg = cfg.clone();
     let gw = match Gateway::start(cfg).await {
         Ok(g) => Arc::new(g),
@@ -124,7 +134,10 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
         "services",
         Arc::new(move |_: &str| (http::StatusCode::OK, view.to_json())),
     );
-    gw.add_action("services", service_action(supervisor.clone()));
+    gw.add_action(
+        "services",
+        service_action(supervisor.clone(), audit.clone()),
+    );
     let observer = Observer::start(
         &observe_cfg,
         store,
@@ -160,7 +173,7 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
     );
     let obs = observer.clone();
     gw.add_status("history", Arc::new(move |q: &str| obs.history(q)));
-    gw.add_action("alerts", alerts_action(observer.clone()));
+    gw.add_action("alerts", alerts_action(observer.clone(), audit.clone()));
     info!(config = %path.display(), pid = std::process::id(), services = services.len(), "centinela started");
     crate::sdnotify::notify("READY=1");
     let trim = tokio::spawn(crate::memory::trim_periodically(
@@ -200,8 +213,10 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
                         let observe_cfg = l.config.clone();
                         if let Err(e) = gw.reload(l.config).await {
                             error!(error = %e, "Reload failed; keeping the running configuration");
+                            record(&audit, "SIGHUP", "reload", &path.display().to_string(), &e.to_string());
                             continue;
                         }
+                        record(&audit, "SIGHUP", "reload", &path.display().to_string(), "ok");
                         observer.reload(&observe_cfg);
                         backups.apply(&observe_cfg.backups, &observe_cfg.repos);
                         // Rolling restarts take a while: signals keep being
@@ -213,6 +228,7 @@ async fn serve(path: PathBuf, cfg: centinela_config::Config) -> ExitCode {
                         for d in &e.errors {
                             error!(error = %d, "Invalid configuration");
                         }
+                        record(&audit, "SIGHUP", "reload", &path.display().to_string(), "invalid configuration");
                         error!(errors = e.errors.len(), "Reload rejected; keeping the running configuration");
                     }
                 }
@@ -260,11 +276,30 @@ impl centinela_supervisor::Membership for Members {
 
 /// `POST /-/services/NAME/{restart,stop,start}`. The operation runs in its
 /// own task: a client that hangs up does not cut a rolling restart short.
-fn service_action(sup: Arc<Supervisor>) -> centinela_gateway::admin::ActionFn {
-    use centinela_supervisor::OpError;
+/// Appends an entry to the audit log, if it is usable.
+fn record(
+    audit: &Option<Arc<centinela_shield::audit::AuditLog>>,
+    actor: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+) {
+    info!(actor, action, target, outcome, "Admin action");
+    if let Some(a) = audit {
+        if let Err(e) = a.record(actor, action, target, outcome) {
+            error!(error = %e, "Audit log write failed");
+        }
+    }
+}
+
+fn service_action(
+    sup: Arc<Supervisor>,
+    audit: Option<Arc<centinela_shield::audit::AuditLog>>,
+) -> centinela_gateway::admin::ActionFn {
     use http::StatusCode;
     Arc::new(move |rest: String, _body| {
         let sup = sup.clone();
+        let audit = audit.clone();
         Box::pin(async move {
             let Some((name, op)) = rest.split_once('/') else {
                 return (
@@ -273,86 +308,116 @@ fn service_action(sup: Arc<Supervisor>) -> centinela_gateway::admin::ActionFn {
                 );
             };
             let (name, op) = (name.to_string(), op.to_string());
-            let task = tokio::spawn(async move {
-                match op.as_str() {
-                    "restart" => Some(sup.restart(&name).await),
-                    "stop" => Some(sup.stop_service(&name).await),
-                    "start" => Some(sup.start_service(&name).await),
-                    _ => None,
-                }
-            });
-            match task.await {
-                Ok(Some(Ok(done))) => (StatusCode::OK, serde_json::json!({ "result": done })),
-                Ok(Some(Err(e @ OpError::NotFound(_)))) => (
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": e.to_string()}),
-                ),
-                Ok(Some(Err(e))) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    serde_json::json!({"error": e.to_string()}),
-                ),
-                Ok(None) => (
-                    StatusCode::NOT_FOUND,
-                    serde_json::json!({"error": "unknown action; expected restart, stop or start"}),
-                ),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    serde_json::json!({"error": format!("the operation's task failed: {e}")}),
-                ),
+            let (status, answer) = service_op(sup, name.clone(), op.clone()).await;
+            if matches!(op.as_str(), "restart" | "stop" | "start") {
+                let outcome = answer["error"].as_str().unwrap_or("ok");
+                record(&audit, "admin-api", &op, &name, outcome);
             }
+            (status, answer)
         })
     })
 }
 
+/// Runs a service operation in its own task: a client that hangs up does
+/// not cut a rolling restart short.
+async fn service_op(
+    sup: Arc<Supervisor>,
+    name: String,
+    op: String,
+) -> (http::StatusCode, serde_json::Value) {
+    use centinela_supervisor::OpError;
+    use http::StatusCode;
+    let task = tokio::spawn(async move {
+        match op.as_str() {
+            "restart" => Some(sup.restart(&name).await),
+            "stop" => Some(sup.stop_service(&name).await),
+            "start" => Some(sup.start_service(&name).await),
+            _ => None,
+        }
+    });
+    match task.await {
+        Ok(Some(Ok(done))) => (StatusCode::OK, serde_json::json!({ "result": done })),
+        Ok(Some(Err(e @ OpError::NotFound(_)))) => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+        Ok(Some(Err(e))) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "unknown action; expected restart, stop or start"}),
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": format!("the operation's task failed: {e}")}),
+        ),
+    }
+}
+
 /// `POST /-/alerts/silence/NAME` with `{"for": "2h", "comment": "…"}`,
 /// `POST /-/alerts/unsilence/NAME`.
-fn alerts_action(obs: Observer) -> centinela_gateway::admin::ActionFn {
-    use http::StatusCode;
-    use serde_json::json;
+fn alerts_action(
+    obs: Observer,
+    audit: Option<Arc<centinela_shield::audit::AuditLog>>,
+) -> centinela_gateway::admin::ActionFn {
     Arc::new(move |rest: String, body| {
         let obs = obs.clone();
+        let audit = audit.clone();
         Box::pin(async move {
-            let bad = |msg: String| (StatusCode::BAD_REQUEST, json!({ "error": msg }));
-            match rest.split_once('/') {
-                Some(("silence", name)) => {
-                    let v: serde_json::Value = match serde_json::from_slice(&body) {
-                        Ok(v) => v,
-                        Err(e) => return bad(format!("the body is not JSON: {e}")),
-                    };
-                    let Some(text) = v["for"].as_str() else {
-                        return bad("`for` is required, e.g. {\"for\": \"2h\"}".into());
-                    };
-                    let dur = match centinela_config::units::parse_duration(text) {
-                        Ok(d) if !d.is_zero() => d,
-                        Ok(_) => return bad("`for` must be longer than 0s".into()),
-                        Err(e) => return bad(format!("`for`: {e}")),
-                    };
-                    let comment = v["comment"].as_str().unwrap_or("");
-                    match obs.silence(name, dur, comment) {
-                        Ok(until) => (
-                            StatusCode::OK,
-                            json!({
-                                "result": format!(
-                                    "{name} silenced until {}",
-                                    centinela_observe::notify::rfc3339(until)
-                                )
-                            }),
-                        ),
-                        Err(e) => (StatusCode::NOT_FOUND, json!({ "error": e.to_string() })),
-                    }
-                }
-                Some(("unsilence", name)) => match obs.unsilence(name) {
-                    Ok(()) => (
-                        StatusCode::OK,
-                        json!({ "result": format!("{name} unsilenced") }),
-                    ),
-                    Err(e) => (StatusCode::NOT_FOUND, json!({ "error": e.to_string() })),
-                },
-                _ => (
-                    StatusCode::NOT_FOUND,
-                    json!({"error": "expected /-/alerts/silence/NAME or /-/alerts/unsilence/NAME"}),
-                ),
+            let (status, answer) = alerts_op(&obs, &rest, &body);
+            if let Some((op @ ("silence" | "unsilence"), name)) = rest.split_once('/') {
+                let outcome = answer["error"].as_str().unwrap_or("ok");
+                record(&audit, "admin-api", op, name, outcome);
             }
+            (status, answer)
         })
     })
+}
+
+fn alerts_op(obs: &Observer, rest: &str, body: &[u8]) -> (http::StatusCode, serde_json::Value) {
+    use http::StatusCode;
+    use serde_json::json;
+    let bad = |msg: String| (StatusCode::BAD_REQUEST, json!({ "error": msg }));
+    match rest.split_once('/') {
+        Some(("silence", name)) => {
+            let v: serde_json::Value = match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return bad(format!("the body is not JSON: {e}")),
+            };
+            let Some(text) = v["for"].as_str() else {
+                return bad("`for` is required, e.g. {\"for\": \"2h\"}".into());
+            };
+            let dur = match centinela_config::units::parse_duration(text) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => return bad("`for` must be longer than 0s".into()),
+                Err(e) => return bad(format!("`for`: {e}")),
+            };
+            let comment = v["comment"].as_str().unwrap_or("");
+            match obs.silence(name, dur, comment) {
+                Ok(until) => (
+                    StatusCode::OK,
+                    json!({
+                        "result": format!(
+                            "{name} silenced until {}",
+                            centinela_observe::notify::rfc3339(until)
+                        )
+                    }),
+                ),
+                Err(e) => (StatusCode::NOT_FOUND, json!({ "error": e.to_string() })),
+            }
+        }
+        Some(("unsilence", name)) => match obs.unsilence(name) {
+            Ok(()) => (
+                StatusCode::OK,
+                json!({ "result": format!("{name} unsilenced") }),
+            ),
+            Err(e) => (StatusCode::NOT_FOUND, json!({ "error": e.to_string() })),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            json!({"error": "expected /-/alerts/silence/NAME or /-/alerts/unsilence/NAME"}),
+        ),
+    }
 }

@@ -13,6 +13,7 @@ mod hardening;
 mod health;
 mod http1;
 mod https;
+mod jwt;
 mod lifecycle;
 mod metrics;
 mod proxy;

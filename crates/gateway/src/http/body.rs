@@ -201,11 +201,24 @@ pub struct Guards {
 /// The body sent to a client.
 #[derive(Debug)]
 pub enum RespBody {
-    Upstream { inner: UpBody, _guards: Guards },
+    Upstream {
+        inner: UpBody,
+        _guards: Guards,
+        /// The route's response headers, written with the head.
+        edge: Option<Arc<crate::http::headers::EdgeHeaders>>,
+    },
     Full(Option<Bytes>),
 }
 
 impl RespBody {
+    /// Takes the route's response headers (no reference count touched).
+    pub fn take_edge(&mut self) -> Option<Arc<crate::http::headers::EdgeHeaders>> {
+        match self {
+            RespBody::Upstream { edge, .. } => edge.take(),
+            RespBody::Full(_) => None,
+        }
+    }
+
     pub fn full(b: impl Into<Bytes>) -> Self {
         RespBody::Full(Some(b.into()))
     }

@@ -153,7 +153,7 @@ impl Conn {
     pub async fn connect(
         addr: SocketAddr,
         timeout: Duration,
-        tls: Option<&Tls>,
+        tls: Option<Arc<Tls>>,
     ) -> Result<Conn, ConnectError> {
         let start = tokio::time::Instant::now();
         let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -174,27 +174,9 @@ impl Conn {
         let _ = io.set_nodelay(true);
         let io = match tls {
             None => Stream::Tcp(io),
-            Some(tls) => {
-                let name = tls.name.clone().unwrap_or_else(|| addr.ip().into());
-                let handshake = tls.connector.connect(name, io);
-                match tokio::time::timeout_at(start + timeout, handshake).await {
-                    Ok(Ok(s)) => Stream::TlsClient(Box::new(s)),
-                    Ok(Err(e)) => {
-                        return Err(ConnectError {
-                            message: format!("TLS to {addr}: {}", tls_error(&e)),
-                            local: false,
-                        })
-                    }
-                    Err(_) => {
-                        return Err(ConnectError {
-                            message: format!(
-                                "TLS to {addr}: handshake timed out after {timeout:?}"
-                            ),
-                            local: false,
-                        })
-                    }
-                }
-            }
+            // Boxed: the handshake's state is large, and would otherwise
+            // sit in every request's future, TLS or not.
+            Some(tls) => Box::pin(tls_connect(io, addr, tls, start + timeout, timeout)).await?,
         };
         Ok(Conn {
             io,
@@ -424,6 +406,29 @@ pub struct Tls {
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls").field("name", &self.name).finish()
+    }
+}
+
+/// The TLS handshake of a new connection to a server, by `deadline`.
+async fn tls_connect(
+    io: TcpStream,
+    addr: SocketAddr,
+    tls: Arc<Tls>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<Stream, ConnectError> {
+    let name = tls.name.clone().unwrap_or_else(|| addr.ip().into());
+    let handshake = tls.connector.connect(name, io);
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(s)) => Ok(Stream::TlsClient(Box::new(s))),
+        Ok(Err(e)) => Err(ConnectError {
+            message: format!("TLS to {addr}: {}", tls_error(&e)),
+            local: false,
+        }),
+        Err(_) => Err(ConnectError {
+            message: format!("TLS to {addr}: handshake timed out after {timeout:?}"),
+            local: false,
+        }),
     }
 }
 

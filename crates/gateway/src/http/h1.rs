@@ -555,6 +555,7 @@ async fn respond(
     mut keep_alive: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
+    let edge = body.take_edge();
     // Only waits of this response count.
     writing.progress();
     let code = parts.status.as_u16();
@@ -580,11 +581,12 @@ async fn respond(
         wbuf,
         &parts.status,
         &parts.headers,
-        out,
+        (out, edge.as_deref()),
         upgrade,
         keep_alive,
         version,
     );
+    drop(edge);
     if out == Out::None {
         drop(body);
         write_all(io, wbuf, &[], writing).await?;
@@ -722,11 +724,12 @@ fn encode_head(
     w: &mut Vec<u8>,
     status: &StatusCode,
     headers: &HeaderMap,
-    out: Out,
+    (out, edge): (Out, Option<&crate::http::headers::EdgeHeaders>),
     upgrade: bool,
     keep_alive: bool,
     version: Version,
 ) {
+    let mut present = 0u16;
     w.clear();
     w.extend_from_slice(b"HTTP/1.1 ");
     w.extend_from_slice(status.as_str().as_bytes());
@@ -742,11 +745,20 @@ fn encode_head(
         {
             continue;
         }
+        if let Some(e) = edge {
+            if e.drops(name) {
+                continue;
+            }
+            present |= e.bit(name);
+        }
         has_date |= *name == header::DATE;
         w.extend_from_slice(name.as_str().as_bytes());
         w.extend_from_slice(b": ");
         w.extend_from_slice(value.as_bytes());
         w.extend_from_slice(b"\r\n");
+    }
+    if let Some(e) = edge {
+        e.write_missing(present, w);
     }
     match out {
         Out::Length(n) => {
@@ -914,7 +926,10 @@ async fn serve_h2(
         let stream = Stream::open(&act);
         let handled = proxy::handle(shared.clone(), listener.clone(), peer, req);
         async move {
-            let resp = handled.await?;
+            let mut resp = handled.await?;
+            if let Some(e) = resp.body_mut().take_edge() {
+                e.apply(resp.headers_mut());
+            }
             Ok::<_, std::convert::Infallible>(resp.map(|body| H2Body::new(body, stream)))
         }
     });

@@ -223,6 +223,67 @@ impl<'a> Rewrite<'a> {
     }
 }
 
+/// What a route adds to and removes from its responses: security headers
+/// the server did not set, and the server's `Server` and `X-Powered-By`.
+/// HTTP/1 writes them as it encodes the head (one pass over the fields it
+/// walks anyway: no header map grown per response); HTTP/2 applies them
+/// to the map.
+#[derive(Debug)]
+pub struct EdgeHeaders {
+    /// Added when absent (at most 16).
+    add: Vec<(HeaderName, HeaderValue)>,
+    /// Remove `Server` and `X-Powered-By`.
+    strip: bool,
+}
+
+impl EdgeHeaders {
+    /// `None` when there is nothing to do.
+    pub fn new(mut add: Vec<(HeaderName, HeaderValue)>, strip: bool) -> Option<EdgeHeaders> {
+        add.truncate(16);
+        (!add.is_empty() || strip).then_some(EdgeHeaders { add, strip })
+    }
+
+    /// Is this field left out of the response?
+    #[inline]
+    pub fn drops(&self, name: &HeaderName) -> bool {
+        self.strip && (*name == header::SERVER || name.as_str() == "x-powered-by")
+    }
+
+    /// The bit of `name` among the added headers, if it is one.
+    #[inline]
+    pub fn bit(&self, name: &HeaderName) -> u16 {
+        self.add
+            .iter()
+            .position(|(n, _)| n == name)
+            .map_or(0, |i| 1 << i)
+    }
+
+    /// Writes the added headers whose bit is not in `present`.
+    pub fn write_missing(&self, present: u16, w: &mut Vec<u8>) {
+        for (i, (n, v)) in self.add.iter().enumerate() {
+            if present & (1 << i) == 0 {
+                w.extend_from_slice(n.as_str().as_bytes());
+                w.extend_from_slice(b": ");
+                w.extend_from_slice(v.as_bytes());
+                w.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+
+    /// The same on a header map (HTTP/2).
+    pub fn apply(&self, h: &mut HeaderMap) {
+        if self.strip {
+            h.remove(header::SERVER);
+            h.remove("x-powered-by");
+        }
+        for (n, v) in &self.add {
+            if !h.contains_key(n) {
+                h.insert(n.clone(), v.clone());
+            }
+        }
+    }
+}
+
 /// Writes an address as text; IPv4 without the formatting machinery (once
 /// per request).
 pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {

@@ -94,9 +94,12 @@ impl Pool {
     }
 
     /// Opens a new connection to `addr`, with TLS when the upstream has it.
-    pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> Result<Conn, ConnectError> {
-        let tls = self.tls.load_full();
-        Conn::connect(addr, timeout, tls.as_deref()).await
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Conn, ConnectError>> + Send + 'static {
+        Conn::connect(addr, timeout, self.tls.load_full())
     }
 
     /// Idle connections kept.
