@@ -164,9 +164,11 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         &route_refs,
         &upstreams,
         &listeners,
-        &rate_limits,
-        &ip_lists,
-        &jwts,
+        route::Named {
+            rate_limits: &rate_limits,
+            ip_lists: &ip_lists,
+            jwts: &jwts,
+        },
     );
     let service_names: Vec<String> = services.iter().map(|p| p.service.name.clone()).collect();
     let notifier_names: Vec<String> = notifiers.iter().map(|n| n.name.clone()).collect();

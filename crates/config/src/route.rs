@@ -377,6 +377,13 @@ fn cors(sink: &mut Sink<'_>, mut c: Obj<'_, '_>) -> Option<Cors> {
     })
 }
 
+/// What routes may name from the shield's sections.
+pub(crate) struct Named<'a> {
+    pub rate_limits: &'a [crate::rate_limit::RateLimit],
+    pub ip_lists: &'a [crate::ip_lists::IpList],
+    pub jwts: &'a [crate::jwt::Jwt],
+}
+
 /// Routes point at known upstreams and listeners, and none is defined twice.
 pub(crate) fn check(
     sink: &mut Sink<'_>,
@@ -384,10 +391,13 @@ pub(crate) fn check(
     route_refs: &[RouteRef],
     upstreams: &[Upstream],
     listeners: &[Listener],
-    rate_limits: &[crate::rate_limit::RateLimit],
-    ip_lists: &[crate::ip_lists::IpList],
-    jwts: &[crate::jwt::Jwt],
+    shield: Named<'_>,
 ) {
+    let Named {
+        rate_limits,
+        ip_lists,
+        jwts,
+    } = shield;
     let mut seen_routes: HashMap<(Option<&str>, Option<&str>, &str), &str> = HashMap::new();
     for (r, rr) in routes.iter().zip(route_refs) {
         if upstreams.iter().all(|u| u.name != rr.upstream.0) {
