@@ -11,6 +11,8 @@
 #   side; OLD_RUNTIME for the other: the same binary with a setting on/off)
 #   ACCESS_LOG=true ...   (both sides log every request, into files;
 #   NEW_ACCESS_LOG / OLD_ACCESS_LOG for one side)
+#   NEW_ROUTE='security_headers = false' ... (extra [[route]] lines for the
+#   new side; OLD_ROUTE for the other)
 #
 # Bounded: ROUNDS × connection counts × SECONDS of wrk on loopback. Not a
 # test: it never runs in CI.
@@ -73,7 +75,7 @@ http {
     server { listen 127.0.0.1:$ORIGIN; location / { return 200 'hello from the origin\n'; } }
 }
 CONF
-conf() { # port admin runtime-lines access_log
+conf() { # port admin runtime-lines access_log route-lines
     cat <<CONF
 [admin]
 listen = "127.0.0.1:$2"
@@ -82,6 +84,7 @@ name = "web"
 listen = "127.0.0.1:$1"
 [[route]]
 upstream = "origin"
+$5
 [upstream.origin]
 servers = ["127.0.0.1:$ORIGIN"]
 limits = { max_in_flight = 100000, queue = 0 }
@@ -91,8 +94,8 @@ access_log = $4
 $3
 CONF
 }
-conf "$A" "$AA" "${NEW_RUNTIME:-}" "${NEW_ACCESS_LOG:-${ACCESS_LOG:-false}}" >"$work/new.toml"
-conf "$B" "$BA" "${OLD_RUNTIME:-}" "${OLD_ACCESS_LOG:-${ACCESS_LOG:-false}}" >"$work/old.toml"
+conf "$A" "$AA" "${NEW_RUNTIME:-}" "${NEW_ACCESS_LOG:-${ACCESS_LOG:-false}}" "${NEW_ROUTE:-}" >"$work/new.toml"
+conf "$B" "$BA" "${OLD_RUNTIME:-}" "${OLD_ACCESS_LOG:-${ACCESS_LOG:-false}}" "${OLD_ROUTE:-}" >"$work/old.toml"
 
 LOADCPU=(); PROXYCPU=()
 if command -v taskset >/dev/null 2>&1 && [ "$(nproc)" -ge 2 ]; then

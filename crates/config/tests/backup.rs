@@ -49,7 +49,11 @@ keep = {{ daily = 7 }}
     let loaded = parse(&src, "/etc/centinela/centinela.toml").unwrap();
     // What does not run yet is said.
     let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    // And a secret written in the file is warned about.
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings
+        .iter()
+        .any(|w| w.contains("secret_key holds its value in the config file")));
     assert!(
         warnings
             .iter()

@@ -216,12 +216,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].contains("\"action\":\"restart\"") && lines[0].contains("\"hash\":\""));
         // An edited line.
+        assert!(lines[0].contains("\"target\":\"products\""));
         std::fs::write(
             &path,
-            text.replace(
-                "\"target\":\"products\",\"outcome\":\"ok\",\"prev\":\"00",
-                "\"target\":\"billing\",\"outcome\":\"ok\",\"prev\":\"00",
-            ),
+            text.replacen("\"target\":\"products\"", "\"target\":\"billing\"", 1),
         )
         .unwrap();
         let e = verify(&path).unwrap_err();

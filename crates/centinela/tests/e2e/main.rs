@@ -14,6 +14,7 @@ mod health;
 mod http1;
 mod https;
 mod jwt;
+mod leaks;
 mod lifecycle;
 mod metrics;
 mod proxy;

@@ -337,7 +337,13 @@ async fn large_bodies_stream_both_ways() {
         }
     })
     .await;
-    let gw = start(&config(&[(up.addr, 1)], "")).await;
+    // Over the default max_body (10 MiB): the route allows 64 MiB.
+    let cfg = config(&[(up.addr, 1)], "").replace(
+        "[[route]]\nupstream = \"app\"",
+        "[[route]]\nupstream = \"app\"\nmax_body = \"64MiB\"",
+    );
+    assert!(cfg.contains("max_body"));
+    let gw = start(&cfg).await;
     let c = client();
     // Upload 32 MiB in 64 KiB chunks with no Content-Length (chunked).
     let body = Chunks {
