@@ -88,6 +88,10 @@ mkdir -p "$work/tmp" "$work/www"
 truncate -s 1G "$work/www/big"
 chmod 755 "$work" "$work/www"; chmod 644 "$work/www/big"
 
+# What centinela adds to responses by default (security headers, the
+# server's Server and X-Powered-By removed), done by the others too: equal
+# work.
+NGX_EDGE="add_header X-Content-Type-Options nosniff; add_header X-Frame-Options DENY; add_header Referrer-Policy strict-origin-when-cross-origin; proxy_hide_header X-Powered-By; proxy_hide_header Server;"
 nginx_conf() { # name port body
     cat >"$work/$1.conf" <<CONF
 worker_processes 1;
@@ -111,13 +115,13 @@ nginx_conf nginx "$NGX" "upstream origin { server 127.0.0.1:$ORIGIN; keepalive 5
     server { listen 127.0.0.1:$NGX; $NGX_ACCESS
         location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Request-Id \$request_id;
-            add_header X-Request-Id \$request_id; } }
+            add_header X-Request-Id \$request_id; $NGX_EDGE } }
     server { listen 127.0.0.1:$NGXS ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
         ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on; $NGX_ACCESS
         location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto https;
             proxy_set_header X-Request-Id \$request_id; add_header X-Request-Id \$request_id;
-            add_header Strict-Transport-Security max-age=31536000; } }"
+            add_header Strict-Transport-Security max-age=31536000; $NGX_EDGE } }"
 cat >"$work/haproxy.cfg" <<CONF
 global
     nbthread 1
@@ -136,6 +140,11 @@ frontend web
     unique-id-format %{+X}o%ci%cp%fp%Ts%rt%pid
     unique-id-header X-Request-Id
     http-after-response set-header X-Request-Id %[unique-id]
+    http-response set-header X-Content-Type-Options nosniff
+    http-response set-header X-Frame-Options DENY
+    http-response set-header Referrer-Policy strict-origin-when-cross-origin
+    http-response del-header X-Powered-By
+    http-response del-header Server
     default_backend origin
 backend origin
     http-reuse always
@@ -154,6 +163,7 @@ tls = { cert = "$work/tls.crt", key = "$work/tls.key" }
 [[route]]
 path_prefix = "/upload"
 upstream = "upload"
+max_body = "2GiB"
 [[route]]
 path_prefix = "/big"
 upstream = "big"

@@ -461,6 +461,10 @@ fn parse_jwk(k: &Value) -> Result<Key, String> {
     Ok(key)
 }
 
+/// Verified tokens remembered per `[jwt.NAME]` (about 3 MB with typical
+/// tokens); when full it is emptied and fills again.
+const VERIFIED_CACHE: usize = 10_000;
+
 /// Why a token was refused: logged (never the token), and answered as 401.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -512,6 +516,11 @@ pub struct Auth {
     /// removed from the client's request first.
     pub forward: Vec<(String, http::HeaderName)>,
     keys: ArcSwap<KeySet>,
+    /// Tokens whose signature verified, with their claims: a client sends
+    /// the same token for its whole life, and a signature check (ECDSA,
+    /// RSA) costs tens of microseconds. Only verified tokens go in; the
+    /// claims are checked again on every use; emptied when the keys change.
+    verified_cache: std::sync::Mutex<std::collections::HashMap<Box<[u8]>, Arc<Claims>>>,
     /// A token named a kid no key has: the JWKS wants fetching again.
     unknown_kid: AtomicBool,
     /// Tokens verified and refused.
@@ -545,6 +554,7 @@ impl Auth {
             token_from,
             forward,
             keys: ArcSwap::from_pointee(keys),
+            verified_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             unknown_kid: AtomicBool::new(false),
             verified: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -554,6 +564,15 @@ impl Auth {
     /// Replaces the keys (a JWKS fetched again).
     pub fn set_keys(&self, keys: KeySet) {
         self.keys.store(Arc::new(keys));
+        self.cache().clear();
+    }
+
+    fn cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<[u8]>, Arc<Claims>>> {
+        self.verified_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn keys(&self) -> Arc<KeySet> {
@@ -602,15 +621,34 @@ impl Auth {
             .token(h)
             .filter(|t| !t.is_empty())
             .ok_or(Failure::Missing)?;
-        let keys = self.keys.load();
-        let payload = match keys.verify_jws(token, &self.algorithms) {
-            Err(Failure::UnknownKey) => {
-                self.unknown_kid.store(true, Ordering::Relaxed);
-                return Err(Failure::UnknownKey);
+        let cached = self.cache().get(token).cloned();
+        let claims = match cached {
+            Some(c) => c,
+            None => {
+                let keys = self.keys.load();
+                let payload = match keys.verify_jws(token, &self.algorithms) {
+                    Err(Failure::UnknownKey) => {
+                        self.unknown_kid.store(true, Ordering::Relaxed);
+                        return Err(Failure::UnknownKey);
+                    }
+                    r => r?,
+                };
+                let claims: Arc<Claims> =
+                    Arc::new(serde_json::from_slice(&payload).map_err(|_| Failure::Malformed)?);
+                let mut cache = self.cache();
+                if cache.len() >= VERIFIED_CACHE {
+                    cache.clear();
+                }
+                cache.insert(token.into(), claims.clone());
+                claims
             }
-            r => r?,
         };
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| Failure::Malformed)?;
+        self.claims_ok(&claims, now)?;
+        Ok((*claims).clone())
+    }
+
+    /// The claims' times, issuer and audience.
+    fn claims_ok(&self, claims: &Claims, now: i64) -> Result<(), Failure> {
         let leeway = self.leeway.as_secs() as i64;
         let time = |name: &str| -> Result<Option<i64>, Failure> {
             match claims.get(name) {
@@ -647,7 +685,7 @@ impl Auth {
                 return Err(Failure::Audience);
             }
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// Would a fetch help: does the set lack this kid?
@@ -696,18 +734,7 @@ mod tests {
     }
 
     fn hmac_token(key: &[u8], header: &str, payload: &str) -> String {
-        let enc = |b: &[u8]| {
-            const T: &[u8; 64] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let mut s = String::new();
-            for c in b.chunks(3) {
-                let n = c.iter().fold(0u32, |a, &x| a << 8 | u32::from(x)) << (8 * (3 - c.len()));
-                for i in 0..=c.len() {
-                    s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-                }
-            }
-            s
-        };
+        let enc = centinela_testkit::b64url;
         let msg = format!("{}.{}", enc(header.as_bytes()), enc(payload.as_bytes()));
         let tag = ring::hmac::sign(
             &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key),
@@ -775,6 +802,28 @@ mod tests {
         let short = auth(KeySet::new(vec![Key::secret(&[7u8; 16])]));
         let st = hmac_token(&[7u8; 16], r#"{"alg":"HS256"}"#, ok);
         assert_eq!(short.verify(&bearer(&st), now), Err(Failure::UnknownKey));
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires_or_the_keys_change() {
+        let key = [9u8; 32];
+        let a = auth(KeySet::new(vec![Key::secret(&key)]));
+        let now = 1_800_000_000;
+        let t = hmac_token(
+            &key,
+            r#"{"alg":"HS256"}"#,
+            r#"{"iss":"https://auth","aud":"api","exp":1800000100}"#,
+        );
+        assert!(a.verify(&bearer(&t), now).is_ok());
+        assert_eq!(a.cache().len(), 1);
+        assert!(a.verify(&bearer(&t), now).is_ok());
+        // The claims are checked on every use.
+        assert_eq!(a.verify(&bearer(&t), now + 200), Err(Failure::Expired));
+        // New keys: the token no longer verifies.
+        a.set_keys(KeySet::new(vec![Key::secret(&[1u8; 32])]));
+        assert_eq!(a.verify(&bearer(&t), now), Err(Failure::Signature));
+        // Refused tokens are not remembered.
+        assert_eq!(a.cache().len(), 0);
     }
 
     #[test]

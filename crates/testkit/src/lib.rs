@@ -365,6 +365,19 @@ where
         .await;
 }
 
+/// Base64url without padding (RFC 7515 §2): how tests write JWTs and JWKs.
+pub fn b64url(b: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut s = String::new();
+    for c in b.chunks(3) {
+        let n = c.iter().fold(0u32, |a, &x| a << 8 | u32::from(x)) << (8 * (3 - c.len()));
+        for i in 0..=c.len() {
+            s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    s
+}
+
 /// A file of the public test suites kept beside the repository
 /// (`../shared/testdata/REL`; `CENTINELA_TESTDATA` names another root).
 /// Panics, naming where it looked, when it is not there: a test whose

@@ -15,17 +15,7 @@ use serde_json::{json, Value};
 
 use crate::util::{send, start};
 
-fn b64(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut s = String::new();
-    for c in b.chunks(3) {
-        let n = c.iter().fold(0u32, |a, &x| a << 8 | u32::from(x)) << (8 * (3 - c.len()));
-        for i in 0..=c.len() {
-            s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    s
-}
+use centinela_testkit::b64url as b64;
 
 /// An ES256 signing key and its JWK.
 struct Signer {

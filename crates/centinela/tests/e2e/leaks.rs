@@ -18,17 +18,7 @@ const SMTP_PASSWORD: &str = "smtp-Pa55w0rd-qwertyuiop";
 const S3_ACCESS: &str = "AKIALEAKTESTACCESS1234";
 const S3_SECRET: &str = "s3-S3cretKey-zxcvbnmasdfghjkl0987654321";
 
-fn b64(b: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut s = String::new();
-    for c in b.chunks(3) {
-        let n = c.iter().fold(0u32, |a, &x| a << 8 | u32::from(x)) << (8 * (3 - c.len()));
-        for i in 0..=c.len() {
-            s.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    s
-}
+use centinela_testkit::b64url as b64;
 
 fn hs256(claims: &str) -> String {
     let msg = format!("{}.{}", b64(br#"{"alg":"HS256"}"#), b64(claims.as_bytes()));
