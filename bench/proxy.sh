@@ -80,7 +80,30 @@ else
     NGX_ACCESS=""; HAP_GLOBAL_LOG=""; HAP_LOG=""; CEN_ACCESS=false
 fi
 ORIGIN=$(port); CEN=$(port); CEN_ADMIN=$(port); HAP=$(port); NGX=$(port); BIG=$(port); UP=$(port)
-CENS=$(port); NGXS=$(port)
+CENS=$(port); NGXS=$(port); CENSH=$(port); NGXSH=$(port)
+# The shield all on: 100,000 denied networks (none of them loopback), and
+# an HS256 token that the shielded listener verifies on every request.
+python3 - "$work" <<'PY'
+import random, sys, hmac, hashlib, base64, json, time
+w = sys.argv[1]; r = random.Random(7)
+nets = []
+for i in range(100000):
+    a = r.randrange(1 << 24, 0xdf000000)
+    if (a >> 24) == 127: a ^= 1 << 24
+    n = 32 if i % 10 else 24
+    a &= (0xffffffff << (32 - n)) & 0xffffffff
+    nets.append("%d.%d.%d.%d/%d" % (a >> 24, a >> 16 & 255, a >> 8 & 255, a & 255, n))
+open(w + "/blocked.txt", "w").write("\n".join(nets) + "\n")
+open(w + "/blocked.geo", "w").write("".join("%s 1;\n" % n for n in nets))
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+secret = b"bench-secret-0123456789abcdef0123456789"
+msg = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400}).encode())
+sig = b64(hmac.new(secret, msg.encode(), hashlib.sha256).digest())
+open(w + "/token", "w").write(msg + "." + sig)
+open(w + "/jwt.secret", "w").write(secret.decode())
+PY
+chmod 600 "$work/jwt.secret"
+TOKEN=$(cat "$work/token")
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
 chmod 644 "$work/tls.key"
@@ -118,6 +141,16 @@ nginx_conf nginx "$NGX" "upstream origin { server 127.0.0.1:$ORIGIN; keepalive 5
             add_header X-Request-Id \$request_id; $NGX_EDGE } }
     server { listen 127.0.0.1:$NGXS ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
         ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on; $NGX_ACCESS
+        location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto https;
+            proxy_set_header X-Request-Id \$request_id; add_header X-Request-Id \$request_id;
+            add_header Strict-Transport-Security max-age=31536000; $NGX_EDGE } }
+    limit_req_zone \$binary_remote_addr zone=perip:10m rate=100000000r/s;
+    geo \$blocked { default 0; include $work/blocked.geo; }
+    server { listen 127.0.0.1:$NGXSH ssl; ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
+        ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; ssl_session_tickets on; $NGX_ACCESS
+        limit_req zone=perip burst=1000000 nodelay;
+        if (\$blocked) { return 403; }
         location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection '';
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto https;
             proxy_set_header X-Request-Id \$request_id; add_header X-Request-Id \$request_id;
@@ -160,6 +193,26 @@ listen = "127.0.0.1:$CEN"
 name = "secure"
 listen = "127.0.0.1:$CENS"
 tls = { cert = "$work/tls.crt", key = "$work/tls.key" }
+[[listener]]
+name = "shielded"
+listen = "127.0.0.1:$CENSH"
+tls = { cert = "$work/tls.crt", key = "$work/tls.key" }
+[[rate_limit]]
+name = "per-ip"
+key = "client_ip"
+limit = 100000000
+window = "1m"
+[ip_lists.blocked]
+file = "$work/blocked.txt"
+[jwt.bench]
+algorithms = ["HS256"]
+secret = "file:$work/jwt.secret"
+[[route]]
+listener = "shielded"
+upstream = "origin"
+rate_limit = ["per-ip"]
+deny = ["@blocked"]
+auth = "bench"
 [[route]]
 path_prefix = "/upload"
 upstream = "upload"
@@ -216,7 +269,7 @@ fi
 "${PROXYCPU[@]}" haproxy -f "$work/haproxy.cfg" -db >"$work/haproxy.log" 2>&1 & pids+=($!); HAP_PID=$!
 RUST_LOG=warn "${PROXYCPU[@]}" target/release/centinela run --config "$work/centinela.toml" 2>"$work/centinela.log" & pids+=($!); CEN_PID=$!
 python3 "$work/sink.py" "$UP" & pids+=($!)
-for p in $ORIGIN $NGX $HAP $CEN $BIG $UP $CENS $NGXS; do wait_port "$p"; done
+for p in $ORIGIN $NGX $HAP $CEN $BIG $UP $CENS $NGXS $CENSH $NGXSH; do wait_port "$p"; done
 
 # The processes whose CPU and memory count for a target.
 proc_pids() {
@@ -330,6 +383,35 @@ if [ "$TLS" = 1 ]; then
         nb=$(grep -o '^[0-9]* connections in' "$work/sb.out" | head -1 | cut -d' ' -f1)
         printf 'handshake\t1\t%s\t%s\t%s\t%s\n' $((a1 - a0)) "${na:-0}" $((b1 - b0)) "${nb:-0}" >>"$tls_paired"
     done
+    # The shield all on, paired with nginx doing TLS, limit_req and a geo
+    # deny list of the same networks (nginx has no JWT); then the same
+    # centinela alone, its shielded listener against its plain TLS one.
+    auth=(-H "Authorization: Bearer $TOKEN")
+    got=$(curl -sk -o /dev/null -w '%{http_code}' "${auth[@]}" "https://127.0.0.1:$CENSH/")
+    [ "$got" = 200 ] || { echo "the shielded listener answered $got" >&2; exit 1; }
+    for c in 32 128; do
+        for round in $(seq 1 "$PAIRED"); do
+            a_ps=$(proc_pids centinela); b_ps=$(proc_pids nginx)
+            a0=$(cpu_ticks $a_ps); b0=$(cpu_ticks $b_ps)
+            "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${PAIRED_DUR}s" "${auth[@]}" "https://127.0.0.1:$CENSH/" >"$work/pa.out" & wa=$!
+            "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${PAIRED_DUR}s" "https://127.0.0.1:$NGXSH/" >"$work/pb.out" & wb=$!
+            wait $wa $wb
+            a1=$(cpu_ticks $a_ps); b1=$(cpu_ticks $b_ps)
+            na=$(grep -o '[0-9]* requests in' "$work/pa.out" | cut -d' ' -f1)
+            nb=$(grep -o '[0-9]* requests in' "$work/pb.out" | cut -d' ' -f1)
+            ! grep -q "Non-2xx" "$work/pa.out" "$work/pb.out" || { echo "refusals in the shield run" >&2; cat "$work/pa.out" "$work/pb.out" >&2; exit 1; }
+            printf 'shield\t%s\t%s\t%s\t%s\t%s\n' "$c" $((a1 - a0)) "$na" $((b1 - b0)) "$nb" >>"$tls_paired"
+            ps=$(proc_pids centinela)
+            t0=$(cpu_ticks $ps)
+            "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${PAIRED_DUR}s" "${auth[@]}" "https://127.0.0.1:$CENSH/" >"$work/pa.out"
+            t1=$(cpu_ticks $ps)
+            "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${PAIRED_DUR}s" "https://127.0.0.1:$CENS/" >"$work/pb.out"
+            t2=$(cpu_ticks $ps)
+            na=$(grep -o '[0-9]* requests in' "$work/pa.out" | cut -d' ' -f1)
+            nb=$(grep -o '[0-9]* requests in' "$work/pb.out" | cut -d' ' -f1)
+            printf 'shieldcost\t%s\t%s\t%s\t%s\t%s\n' "$c" $((t1 - t0)) "$na" $((t2 - t1)) "$nb" >>"$tls_paired"
+        done
+    done
 fi
 
 # RSS with 1,000 idle keep-alive client connections.
@@ -434,7 +516,7 @@ hz = int(sys.argv[2]); dur = float(sys.argv[3])
 print()
 print(f"HTTPS, paired with nginx (OpenSSL) ({sys.argv[3]}s each, same certificate, same origin, same CPU):")
 us = lambda t, n: int(t) * 1e6 / hz / max(int(n), 1)
-for kind in ("keepalive", "handshake"):
+for kind in ("keepalive", "handshake", "shield", "shieldcost"):
     for c in sorted({r[1] for r in rows if r[0] == kind}, key=int):
         rs = [r for r in rows if r[0] == kind and r[1] == c]
         ratios = [us(r[2], r[3]) / us(r[4], r[5]) for r in rs if int(r[3]) and int(r[5])]
@@ -444,6 +526,10 @@ for kind in ("keepalive", "handshake"):
         ngx = statistics.median(us(r[4], r[5]) for r in rs)
         if kind == "keepalive":
             print(f"  keep-alive, {c:>4} conns: CPU µs/request {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]  (centinela {cen:.1f} µs, nginx {ngx:.1f} µs)")
+        elif kind == "shield":
+            print(f"  shield on (TLS + rate limit + 100k-network deny list + JWT), {c:>4} conns, vs nginx (TLS + limit_req + geo deny list): CPU µs/request {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]  (centinela {cen:.1f} µs, nginx {ngx:.1f} µs)")
+        elif kind == "shieldcost":
+            print(f"  shield on ÷ plain TLS, same centinela, {c:>4} conns (alternating runs): {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]  ({cen:.1f} µs vs {ngx:.1f} µs: +{cen - ngx:.1f} µs)")
         else:
             ca = statistics.median(int(r[3]) / dur for r in rs); na = statistics.median(int(r[5]) / dur for r in rs)
             print(f"  full handshakes (TLS 1.3, s_time -new): CPU µs/handshake {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]  (centinela {cen:.0f} µs, nginx {ngx:.0f} µs); handshakes/s {ca/na:.2f}x (centinela {ca:.0f}/s, nginx {na:.0f}/s)")
