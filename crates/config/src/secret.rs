@@ -154,7 +154,7 @@ impl Obj<'_, '_> {
                     );
                 }
                 if let Some(p) = text.strip_prefix("file:") {
-                    if let Some(w) = readable_by_others(&base_dir.join(p)) {
+                    if let Some(w) = centinela_tls::server::readable_by_others(&base_dir.join(p)) {
                         sink.warn(&span, &self.child_path(key), w);
                     }
                 }
@@ -173,19 +173,6 @@ fn looks_secret(key: &str) -> bool {
     ["secret", "password", "token", "key"]
         .iter()
         .any(|w| key.contains(w))
-}
-
-/// A warning when a secret file can be read by its group or others.
-pub(crate) fn readable_by_others(path: &Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o044 != 0).then(|| {
-        format!(
-            "{} is readable by its group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            mode & 0o777
-        )
-    })
 }
 
 #[cfg(test)]

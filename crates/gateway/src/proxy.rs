@@ -378,7 +378,7 @@ async fn forward(
         Peer {
             addr: client,
             ip: client_ip,
-            trusted: snap.trusted.contains(client.ip()),
+            trusted: !snap.trusted.is_empty() && snap.trusted.contains(client.ip()),
             proto: table.proto,
         },
         ids,

@@ -13,7 +13,7 @@ use centinela_gateway::Gateway;
 use centinela_testkit::tls::{Https, TestCa};
 use centinela_testkit::{eventually, Reply, TempDir, TestServer};
 
-use crate::util::start;
+use crate::util::{check, metric, start};
 
 fn tls_config(
     backend: SocketAddr,
@@ -54,24 +54,6 @@ fn pair(leaf: &centinela_testkit::tls::Leaf) -> String {
 
 fn web(gw: &Gateway) -> SocketAddr {
     gw.listener_addr("web").expect("web listener")
-}
-
-async fn metrics(gw: &Gateway) -> String {
-    centinela_testkit::get(
-        &centinela_testkit::client(),
-        &format!("http://{}/metrics", gw.admin_addr()),
-    )
-    .await
-    .expect("metrics")
-    .text()
-}
-
-fn metric(text: &str, prefix: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,16 +107,18 @@ async fn https_serves_http1_and_h2_with_hsts_and_forwarded_proto() {
     )
     .await;
     assert!(plain.is_err(), "{plain:?}");
-    let m = metrics(&gw).await;
+    let m = crate::util::gateway_metrics(&gw).await;
     assert!(
-        metric(&m, "centinela_tls_handshakes_total{listener=\"web\"}") >= 4,
+        metric(&m, "centinela_tls_handshakes_total{listener=\"web\"}").unwrap_or(0) >= 4,
         "{m}"
     );
     assert!(
         metric(
             &m,
             "centinela_tls_handshake_failures_total{listener=\"web\"}"
-        ) >= 1,
+        )
+        .unwrap_or(0)
+            >= 1,
         "{m}"
     );
     gw.shutdown(Duration::from_secs(2)).await;
@@ -382,9 +366,11 @@ async fn certificates_reload_when_their_files_change_and_under_load_nothing_fail
     assert!(
         eventually(Duration::from_secs(15), || async {
             metric(
-                &metrics(&gw).await,
+                &crate::util::gateway_metrics(&gw).await,
                 "centinela_tls_certificate_reloads_total{listener=\"web\",result=\"error\"}",
-            ) >= 1
+            )
+            .unwrap_or(0)
+                >= 1
         })
         .await,
         "the bad key is noticed"
@@ -546,19 +532,6 @@ async fn upstream_tls_verifies_the_server_and_presents_a_client_certificate() {
     let got = crate::util::get(&c, &gw, "/x").await;
     assert_eq!(got.status, 200);
     gw.shutdown(Duration::from_secs(2)).await;
-}
-
-fn check(cfg: &std::path::Path) -> (Option<i32>, String) {
-    let out = std::process::Command::new(centinela_testkit::bin("centinela"))
-        .args(["check", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,12 +6,11 @@
 
 use std::time::Duration;
 
-use centinela_gateway::Gateway;
 use centinela_testkit::{eventually, TempDir, TestServer};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::util::{send, start};
+use crate::util::{metric, send, start};
 
 fn config(backend: std::net::SocketAddr, top: &str, route: &str, listener: &str) -> String {
     format!(
@@ -41,23 +40,6 @@ servers = ["{backend}"]
 access_log = false
 "#
     )
-}
-
-async fn metrics(gw: &Gateway) -> String {
-    centinela_testkit::get(
-        &centinela_testkit::client(),
-        &format!("http://{}/metrics", gw.admin_addr()),
-    )
-    .await
-    .unwrap()
-    .text()
-}
-
-fn metric(text: &str, line_prefix: &str) -> Option<u64> {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,7 +86,7 @@ burst = 1"#,
     // A route without the limit is not limited.
     assert_eq!(send(&c, &gw, "GET", "/other", &[], "").await.status, 200);
 
-    let m = metrics(&gw).await;
+    let m = crate::util::gateway_metrics(&gw).await;
     assert_eq!(
         metric(
             &m,
@@ -322,7 +304,7 @@ async fn allow_and_deny_lists_refuse_with_403_and_list_files_reload() {
     assert_eq!(backend.hits(), 0);
     // Other routes are not behind the list.
     assert_eq!(send(&c, &gw, "GET", "/x", &[], "").await.status, 200);
-    let m = metrics(&gw).await;
+    let m = crate::util::gateway_metrics(&gw).await;
     assert_eq!(
         metric(&m, "centinela_ip_list_networks{list=\"blocked\"}"),
         Some(3),

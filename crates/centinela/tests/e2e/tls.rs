@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::alerts::{admin_json, metrics, stop};
 use crate::lifecycle::run_gateway;
+use crate::util::check;
 
 fn base(backend: std::net::SocketAddr) -> String {
     format!(
@@ -33,19 +34,6 @@ access_log = false
 shutdown_timeout = "2s"
 "#
     )
-}
-
-fn check(cfg: &std::path::Path) -> (Option<i32>, String) {
-    let out = std::process::Command::new(centinela_testkit::bin("centinela"))
-        .args(["check", "--config", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
 }
 
 /// Alert names in every webhook delivery so far.

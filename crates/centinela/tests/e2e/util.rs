@@ -114,3 +114,36 @@ pub fn server_state(state: &serde_json::Value, addr: SocketAddr) -> serde_json::
         .cloned()
         .unwrap_or_else(|| panic!("{addr} not in {state}"))
 }
+
+/// `centinela check --config CFG`: its exit code and all it printed.
+pub fn check(cfg: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(centinela_testkit::bin("centinela"))
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// `GET /metrics` of an in-process gateway's admin API.
+pub async fn gateway_metrics(gw: &Gateway) -> String {
+    centinela_testkit::get(
+        &centinela_testkit::client(),
+        &format!("http://{}/metrics", gw.admin_addr()),
+    )
+    .await
+    .expect("metrics")
+    .text()
+}
+
+/// The value of the first metric line starting with `prefix`.
+pub fn metric(text: &str, prefix: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
