@@ -483,8 +483,12 @@ async fn upstream_tls_verifies_the_server_and_presents_a_client_certificate() {
         let got = crate::util::get(&c, &gw, "/x").await;
         assert_eq!((got.status, got.text().as_str()), (200, "over mTLS"));
     }
-    // Health checks speak TLS too: after several, the server is still up.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Health checks speak TLS too: after three of them (each a request the
+    // server counts), the server is still up.
+    assert!(
+        eventually(Duration::from_secs(10), || async { upstream.hits() >= 8 }).await,
+        "health checks reached the server"
+    );
     let state = crate::util::upstream_state(&c, &gw).await;
     let s = crate::util::server_state(&state, upstream.addr);
     assert_eq!(s["healthy"], true, "{state}");

@@ -328,9 +328,13 @@ async fn allow_and_deny_lists_refuse_with_403_and_list_files_reload() {
         "the list file is read again"
     );
     // A file that becomes unreadable keeps the networks read last.
+    // Watched for longer than the files are looked at (every 5 s).
     std::fs::remove_file(&list).unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(send(&c, &gw, "GET", "/api/x", &[], "").await.status, 200);
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(send(&c, &gw, "GET", "/api/x", &[], "").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     gw.shutdown(Duration::from_secs(2)).await;
 
     // allow: only its networks are served.
