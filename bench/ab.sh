@@ -13,6 +13,8 @@
 #   NEW_ACCESS_LOG / OLD_ACCESS_LOG for one side)
 #   NEW_ROUTE='security_headers = false' ... (extra [[route]] lines for the
 #   new side; OLD_ROUTE for the other)
+#   PERF=/tmp/prof ... (one more round, profiled with perf: the top
+#   symbols of each side in /tmp/prof.new.txt and /tmp/prof.old.txt)
 #
 # Bounded: ROUNDS × connection counts × SECONDS of wrk on loopback. Not a
 # test: it never runs in CI.
@@ -127,6 +129,35 @@ for c in $CONNS; do
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" $((a1 - a0)) "$na" $((b1 - b0)) "$nb" "$pa" "$pb" >>"$out"
     done
 done
+if [ -n "${PERF:-}" ]; then
+    # One more paired round at the last connection count, profiled: where
+    # the two builds spend their cycles, symbol by symbol.
+    c=${CONNS##* }
+    perf record -q -F 999 -p "$NEW_PID" -o "$work/new.data" -- sleep "$DUR" 2>/dev/null & pa=$!
+    perf record -q -F 999 -p "$OLD_PID" -o "$work/old.data" -- sleep "$DUR" 2>/dev/null & pb=$!
+    "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$A/" >/dev/null & wa=$!
+    "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$B/" >/dev/null & wb=$!
+    wait $wa $wb $pa $pb
+    # And counted: instructions and cycles per request, user and kernel.
+    for side in new old; do
+        pid=$NEW_PID; [ $side = old ] && pid=$OLD_PID
+        perf stat -x, -e instructions:u,instructions:k,cycles:u,cycles:k -p "$pid" -o "$work/$side.stat" -- sleep "$DUR" & eval "s_$side=\$!"
+    done
+    "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$A/" >"$work/a.out" & wa=$!
+    "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$B/" >"$work/b.out" & wb=$!
+    wait $wa $wb $s_new $s_old
+    na=$(grep -o '[0-9]* requests in' "$work/a.out" | cut -d' ' -f1)
+    nb=$(grep -o '[0-9]* requests in' "$work/b.out" | cut -d' ' -f1)
+    for side in new old; do
+        n=$na; [ $side = old ] && n=$nb
+        awk -F, -v n="$n" -v side=$side '/instructions|cycles/ { printf "%s %s per request: %.0f\n", side, $3, $1 / n }' "$work/$side.stat"
+    done | tee "$PERF.stat.txt"
+    for side in new old; do
+        perf report -q -i "$work/$side.data" --no-children --percent-limit 0.3 --sort symbol \
+            >"$PERF.$side.txt" 2>/dev/null || true
+    done
+    echo "profiles: $PERF.new.txt $PERF.old.txt"
+fi
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "This tree ($(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes')) ÷ baseline $rev, $ROUNDS paired rounds of ${DUR}s, wrk -t1:"
 python3 - "$out" "$HZ" <<'PY'

@@ -45,9 +45,11 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("request target longer than the route's max_uri")]
     UriTooLong,
-    /// The shield stage said no (an IP list, a rate limit).
+    /// The shield stage said no (an IP list, a rate limit). Boxed: a
+    /// refusal is large (a rate limit's headers), and every stage's
+    /// `Result` would otherwise be that large and copied at that size.
     #[error("refused: {}", .0.reason())]
-    Refused(centinela_shield::Refusal),
+    Refused(Box<centinela_shield::Refusal>),
 }
 
 impl ProxyError {
@@ -67,9 +69,11 @@ impl ProxyError {
             ProxyError::Timeout | ProxyError::Deadline => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::Refused(Refusal::IpDenied) => StatusCode::FORBIDDEN,
-            ProxyError::Refused(Refusal::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
-            ProxyError::Refused(Refusal::RateLimited { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Refused(r) => match **r {
+                Refusal::IpDenied => StatusCode::FORBIDDEN,
+                Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            },
         }
     }
 
@@ -93,9 +97,11 @@ impl ProxyError {
             ProxyError::LocalResources(_) => "gateway out of resources",
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::UriTooLong => "request target too long",
-            ProxyError::Refused(Refusal::IpDenied) => "forbidden",
-            ProxyError::Refused(Refusal::Unauthorized(f)) => f.as_str(),
-            ProxyError::Refused(Refusal::RateLimited { .. }) => "rate limit exceeded",
+            ProxyError::Refused(r) => match &**r {
+                Refusal::IpDenied => "forbidden",
+                Refusal::Unauthorized(f) => f.as_str(),
+                Refusal::RateLimited { .. } => "rate limit exceeded",
+            },
         }
     }
 
@@ -114,7 +120,11 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(crate::http::headers::X_REQUEST_ID, request_id.clone());
-        if let ProxyError::Refused(Refusal::Unauthorized(f)) = &self {
+        let refusal = match &self {
+            ProxyError::Refused(r) => Some(&**r),
+            _ => None,
+        };
+        if let Some(Refusal::Unauthorized(f)) = refusal {
             // RFC 6750 §3.1: no error code when no token came.
             h.insert(
                 http::header::WWW_AUTHENTICATE,
@@ -125,12 +135,12 @@ impl ProxyError {
                 }),
             );
         }
-        if let ProxyError::Refused(Refusal::RateLimited {
+        if let Some(Refusal::RateLimited {
             retry_after,
             policy,
             state,
             ..
-        }) = &self
+        }) = refusal
         {
             h.insert(
                 http::header::RETRY_AFTER,

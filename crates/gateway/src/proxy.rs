@@ -117,7 +117,9 @@ pub async fn handle(
     // the connection's task would otherwise keep a slot that size, idle or
     // not (a future built in this body would take room here too).
     let result = boxed_forward(&shared, &snap, table, client, req, &ids, &mut log, start).await;
-    let resp = match result {
+    // One binding, mutable: a second would copy the response (hundreds
+    // of bytes) once more per request.
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             debug!(request_id = rid.to_str().unwrap_or(""), error = %e, "Request failed");
@@ -127,7 +129,6 @@ pub async fn handle(
             e.into_response(rid)
         }
     };
-    let mut resp = resp;
     if let Some(hsts) = table.and_then(|t| t.hsts.as_ref()) {
         // A server's own policy is left as it is.
         resp.headers_mut()
@@ -196,13 +197,15 @@ impl Prepared {
                 left,
             } => {
                 let unused = slot.lock().unwrap_or_else(|p| p.into_inner()).is_some();
-                unused.then(|| ReqBody::Stream {
-                    prefix: prefix.clone(),
-                    slot: slot.clone(),
-                    taken: None,
-                    size: *size,
-                    idle: IdleTimer::new(*idle),
-                    left: *left,
+                unused.then(|| {
+                    ReqBody::Stream(Box::new(crate::http::body::Streamed {
+                        prefix: prefix.clone(),
+                        slot: slot.clone(),
+                        taken: None,
+                        size: *size,
+                        idle: IdleTimer::new(*idle),
+                        left: *left,
+                    }))
                 })
             }
         }
@@ -344,9 +347,7 @@ async fn forward(
     log.group = Some(route.group);
     let client_ip = client_ip(snap, client, req.headers());
     log.client = Some(client_ip);
-    shield(route, client_ip, req.headers(), start)?;
-    let claims = auth(route, req.headers(), start)?;
-    forward_claims(route, claims, req.headers_mut());
+    guard(route, client_ip, req.headers_mut(), start)?;
     limits(route, &req)?;
     // CORS: a preflight is answered here; an allowed origin is echoed on
     // the response (read again from the request's headers then: nothing
@@ -429,6 +430,7 @@ async fn forward(
             .await;
         let this = Try {
             group: &group,
+            route,
             idx,
             attempt,
             out: &out,
@@ -440,10 +442,9 @@ async fn forward(
             Err(e) => this.on_failure(e, in_flight),
         };
         match tried {
-            Tried::Done(mut resp) => {
-                decorate(route, out.headers, &mut resp);
-                return Ok(resp);
-            }
+            // Decorated as it was built (on_response): moved, not copied
+            // once more to be changed here.
+            Tried::Done(resp) => return Ok(resp),
             Tried::Fail(e) => return Err(e),
             Tried::Again(e) => {
                 last_err = e.or(last_err);
@@ -476,54 +477,59 @@ fn client_ip(snap: &Snapshot, peer: SocketAddr, h: &http::HeaderMap) -> std::net
     centinela_shield::client_ip::resolve(peer.ip(), h, &snap.trusted)
 }
 
-/// Stage **shield**: the route's IP lists, then its rate limits.
-fn shield(
+/// Stages **shield** and **auth** of a route with any of `allow`, `deny`,
+/// `rate_limit` or `auth`: nothing to do (one branch) for a route with
+/// none.
+#[inline]
+fn guard(
     route: &CompiledRoute,
     ip: std::net::IpAddr,
-    headers: &http::HeaderMap,
+    headers: &mut http::HeaderMap,
     now: Instant,
 ) -> Result<(), ProxyError> {
     match &route.guard {
         None => Ok(()),
-        Some(g) => g
-            .admit(&centinela_shield::Facts {
-                ip,
-                headers,
-                now: now.into_std(),
-            })
-            .map_err(ProxyError::Refused),
+        Some(g) => guarded(g, ip, headers, now),
     }
 }
 
-/// Stage **auth** of a route with `auth = "NAME"`: the token verified by
-/// `[jwt.NAME]` (401 otherwise), then the limits keyed by its claims.
-fn auth(
-    route: &CompiledRoute,
-    headers: &http::HeaderMap,
+fn guarded(
+    g: &centinela_shield::Guard,
+    ip: std::net::IpAddr,
+    headers: &mut http::HeaderMap,
     now: Instant,
-) -> Result<Option<centinela_shield::jwt::Claims>, ProxyError> {
-    let Some(g) = route.guard.as_ref().filter(|g| g.auth.is_some()) else {
-        return Ok(None);
+) -> Result<(), ProxyError> {
+    // Shield: the route's IP lists, then its rate limits.
+    g.admit(&centinela_shield::Facts {
+        ip,
+        headers,
+        now: now.into_std(),
+    })
+    .map_err(|r| ProxyError::Refused(Box::new(r)))?;
+    let Some(auth) = &g.auth else {
+        return Ok(());
     };
+    // Auth: the token verified by `[jwt.NAME]` (401 otherwise), then the
+    // limits keyed by its claims.
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    g.authenticate(headers, unix, now.into_std())
-        .map_err(ProxyError::Refused)
+    let claims = g
+        .authenticate(headers, unix, now.into_std())
+        .map_err(|r| ProxyError::Refused(Box::new(r)))?;
+    forward_claims(&auth.forward, claims, headers);
+    Ok(())
 }
 
 /// The claims a route's `[jwt.NAME] forward_claims` names, as headers to
 /// the server; the client's own headers of those names are always
 /// removed first, so that none can be forged.
 fn forward_claims(
-    route: &CompiledRoute,
+    forward: &[(String, http::HeaderName)],
     claims: Option<centinela_shield::jwt::Claims>,
     h: &mut http::HeaderMap,
 ) {
-    let Some(auth) = route.guard.as_ref().and_then(|g| g.auth.as_ref()) else {
-        return;
-    };
-    for (claim, name) in &auth.forward {
+    for (claim, name) in forward {
         h.remove(name);
         if let Some(v) = claims
             .as_ref()
@@ -607,18 +613,16 @@ fn cors(
     Some(Box::new(resp))
 }
 
-/// Stage **respond**, the route's part: security headers the server did
-/// not set, its `Server` and `X-Powered-By` dropped, CORS for an allowed
-/// origin (`req`: the request's headers).
-fn decorate(route: &CompiledRoute, req: &http::HeaderMap, resp: &mut Response<RespBody>) {
-    if let RespBody::Upstream { edge, .. } = resp.body_mut() {
-        edge.clone_from(&route.edge);
-    }
+/// Stage **respond**, the route's part, as the server's response is taken
+/// (`Try::on_response`): CORS for an allowed origin (`req`: the request's
+/// headers). The route's security headers and the dropping of `Server`
+/// and `X-Powered-By` travel with the body (`RespBody::Upstream::edge`)
+/// and are written with the head.
+fn decorate(route: &CompiledRoute, req: &http::HeaderMap, h: &mut http::HeaderMap) {
     let Some(c) = &route.cors else {
         return;
     };
     let origin = req.get(header::ORIGIN).filter(|o| c.allows(o.as_bytes()));
-    let h = resp.headers_mut();
     if let Some(o) = origin {
         h.insert(
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -959,6 +963,7 @@ enum Tried {
 /// One try: what the stages after **send** need to know of it.
 struct Try<'a> {
     group: &'a Group,
+    route: &'a CompiledRoute,
     idx: usize,
     attempt: u32,
     out: &'a Outgoing<'a>,
@@ -1081,6 +1086,7 @@ impl Try<'_> {
             // `Connection: upgrade` goes with it.
             p.headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            decorate(self.route, self.out.headers, &mut p.headers);
             return Tried::Done(Response::from_parts(p, RespBody::empty()));
         }
         // Hop-by-hop headers were left out when the head was read.
@@ -1089,12 +1095,13 @@ impl Try<'_> {
             in_flight: Some(in_flight),
             permit: permit.take(),
         };
+        decorate(self.route, self.out.headers, &mut p.headers);
         Tried::Done(Response::from_parts(
             p,
             RespBody::Upstream {
                 inner,
                 _guards: guards,
-                edge: None,
+                edge: self.route.edge.clone(),
             },
         ))
     }

@@ -20,19 +20,24 @@ pub enum ReqBody {
     Empty,
     /// A buffered body; cloned cheaply for each attempt.
     Full(Option<Bytes>),
-    /// A streamed body: the already-read prefix, then the rest of the client's
-    /// body, taken from `slot` on the first poll. Until it is polled the slot
-    /// still holds it, so an attempt that failed to connect can hand it on.
-    Stream {
-        prefix: Option<Bytes>,
-        slot: Arc<Mutex<Option<ClientBody>>>,
-        taken: Option<ClientBody>,
-        size: SizeHint,
-        /// `timeouts.body_idle`: a client that stops sending is cut off.
-        idle: IdleTimer,
-        /// Bytes still allowed after the prefix (the route's `max_body`).
-        left: u64,
-    },
+    /// A streamed body (boxed: rare, and large; a request's body is moved
+    /// several times on its way out, and a small enum moves in registers).
+    Stream(Box<Streamed>),
+}
+
+/// A streamed body: the already-read prefix, then the rest of the client's
+/// body, taken from `slot` on the first poll. Until it is polled the slot
+/// still holds it, so an attempt that failed to connect can hand it on.
+#[derive(Debug)]
+pub struct Streamed {
+    pub prefix: Option<Bytes>,
+    pub slot: Arc<Mutex<Option<ClientBody>>>,
+    pub taken: Option<ClientBody>,
+    pub size: SizeHint,
+    /// `timeouts.body_idle`: a client that stops sending is cut off.
+    pub idle: IdleTimer,
+    /// Bytes still allowed after the prefix (the route's `max_body`).
+    pub left: u64,
 }
 
 /// A client body over the route's `max_body`.
@@ -72,7 +77,7 @@ impl ReqBody {
         match self {
             ReqBody::Empty => Some(ReqBody::Empty),
             ReqBody::Full(b) => Some(ReqBody::Full(b.clone())),
-            ReqBody::Stream { .. } => None,
+            ReqBody::Stream(_) => None,
         }
     }
 }
@@ -133,14 +138,15 @@ impl Body for ReqBody {
         match self.get_mut() {
             ReqBody::Empty => Poll::Ready(None),
             ReqBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ReqBody::Stream {
-                prefix,
-                slot,
-                taken,
-                idle,
-                left,
-                ..
-            } => {
+            ReqBody::Stream(s) => {
+                let Streamed {
+                    prefix,
+                    slot,
+                    taken,
+                    idle,
+                    left,
+                    ..
+                } = &mut **s;
                 if taken.is_none() {
                     *taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
                 }
@@ -177,7 +183,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => true,
             ReqBody::Full(b) => b.is_none(),
-            ReqBody::Stream { .. } => false,
+            ReqBody::Stream(_) => false,
         }
     }
 
@@ -185,7 +191,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ReqBody::Stream { size, .. } => *size,
+            ReqBody::Stream(s) => s.size,
         }
     }
 }

@@ -223,9 +223,9 @@ impl Conn {
         let length = match &body {
             ReqBody::Empty | ReqBody::Full(None) => None,
             ReqBody::Full(Some(b)) => Some(b.len() as u64),
-            ReqBody::Stream { size, .. } => size.exact(),
+            ReqBody::Stream(s) => s.size.exact(),
         };
-        let streamed = matches!(body, ReqBody::Stream { .. });
+        let streamed = matches!(body, ReqBody::Stream(_));
         let chunked = streamed && length.is_none();
         encode_head(&mut self.wbuf, head, length, chunked);
         let is_head = head.method == Method::HEAD;

@@ -289,12 +289,26 @@ impl EdgeHeaders {
 pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Into a buffer on the stack, then one copy: at most 15 bytes.
+            let mut buf = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    buf[n] = b'.';
+                    n += 1;
                 }
-                out.extend_from_slice(crate::http::codec::itoa(u64::from(octet), &mut [0u8; 20]));
+                if octet >= 100 {
+                    buf[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    buf[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + octet % 10;
+                n += 1;
             }
+            out.extend_from_slice(&buf[..n]);
         }
         IpAddr::V6(v6) => {
             use std::io::Write;
@@ -617,6 +631,8 @@ mod tests {
             "0.0.0.0",
             "255.255.255.255",
             "10.20.3.4",
+            "100.0.99.209",
+            "9.10.199.200",
             "::1",
             "2001:db8::5",
         ] {

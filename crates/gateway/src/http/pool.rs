@@ -124,6 +124,10 @@ impl Pool {
     /// A pooled connection that the server closed just as it was taken
     /// (nothing at all came back) is not counted as a failure: a request
     /// whose body can be sent again (`replay`) goes out on a new connection.
+    // Inline: the future is then built in place in the request's own, not
+    // built apart and copied into it (measured: a few hundred bytes of
+    // copies per request).
+    #[inline]
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
