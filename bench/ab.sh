@@ -138,20 +138,6 @@ if [ -n "${PERF:-}" ]; then
     "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$A/" >/dev/null & wa=$!
     "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$B/" >/dev/null & wb=$!
     wait $wa $wb $pa $pb
-    # And counted: instructions and cycles per request, user and kernel.
-    for side in new old; do
-        pid=$NEW_PID; [ $side = old ] && pid=$OLD_PID
-        perf stat -x, -e instructions:u,instructions:k,cycles:u,cycles:k -p "$pid" -o "$work/$side.stat" -- sleep "$DUR" & eval "s_$side=\$!"
-    done
-    "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$A/" >"$work/a.out" & wa=$!
-    "${LOADCPU[@]}" wrk -t1 -c"$c" -d"${DUR}s" "http://127.0.0.1:$B/" >"$work/b.out" & wb=$!
-    wait $wa $wb $s_new $s_old
-    na=$(grep -o '[0-9]* requests in' "$work/a.out" | cut -d' ' -f1)
-    nb=$(grep -o '[0-9]* requests in' "$work/b.out" | cut -d' ' -f1)
-    for side in new old; do
-        n=$na; [ $side = old ] && n=$nb
-        awk -F, -v n="$n" -v side=$side '/instructions|cycles/ { printf "%s %s per request: %.0f\n", side, $3, $1 / n }' "$work/$side.stat"
-    done | tee "$PERF.stat.txt"
     for side in new old; do
         perf report -q -i "$work/$side.data" --no-children --percent-limit 0.3 --sort symbol \
             >"$PERF.$side.txt" 2>/dev/null || true
