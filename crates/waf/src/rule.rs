@@ -1258,23 +1258,6 @@ mod tests {
         p
     }
 
-    fn tmp() -> PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "centinela-waf-{}-{}",
-            std::process::id(),
-            fastrand_u64()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn fastrand_u64() -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u8(0);
-        h.finish()
-    }
-
     #[test]
     fn targets() {
         let t = parse_targets(
@@ -1309,30 +1292,31 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_the_line_and_the_rule() {
-        let d = tmp();
+        let dir = centinela_testkit::TempDir::new("waf-errors");
+        let d = dir.0.as_path();
         let f = write(
-            &d,
+            d,
             "own.conf",
             "SecRule ARGS \"@rx a\" \"id:1,phase:2,pass\"\n\n# ok so far\nSecRule ARGS \\\n  \"@frobnicate x\" \"id:2,phase:2,pass\"\n",
         );
-        let e = load(&[f.clone()]).unwrap_err();
+        let e = load(&[f]).unwrap_err();
         assert_eq!((e.line, e.rule), (4, Some(2)));
         assert!(
             e.to_string()
                 .contains("own.conf:4: rule 2: operator @frobnicate is not supported"),
             "{e}"
         );
-        let f = write(&d, "t.conf", "SecRule ARGS \"@rx a\" \"id:3,t:rot13\"\n");
+        let f = write(d, "t.conf", "SecRule ARGS \"@rx a\" \"id:3,t:rot13\"\n");
         assert!(load(&[f]).unwrap_err().message.contains("t:rot13"));
-        let f = write(&d, "a.conf", "SecRule ARGS \"@rx a\" \"id:3,frob\"\n");
+        let f = write(d, "a.conf", "SecRule ARGS \"@rx a\" \"id:3,frob\"\n");
         assert!(load(&[f]).unwrap_err().message.contains("\"frob\""));
-        let f = write(&d, "d.conf", "SecFrobnicate On\n");
+        let f = write(d, "d.conf", "SecFrobnicate On\n");
         assert!(load(&[f]).unwrap_err().message.contains("SecFrobnicate"));
-        let f = write(&d, "x.conf", "SecRule ARGS \"@rx (\" \"id:4\"\n");
+        let f = write(d, "x.conf", "SecRule ARGS \"@rx (\" \"id:4\"\n");
         assert_eq!(load(&[f]).unwrap_err().rule, Some(4));
-        let f = write(&d, "c.conf", "SecRule ARGS \"@rx a\" \"id:5,chain\"\n");
+        let f = write(d, "c.conf", "SecRule ARGS \"@rx a\" \"id:5,chain\"\n");
         assert!(load(&[f]).unwrap_err().message.contains("chain"));
-        let f = write(&d, "dup.conf", "SecAction \"id:6\"\nSecAction \"id:6\"\n");
+        let f = write(d, "dup.conf", "SecAction \"id:6\"\nSecAction \"id:6\"\n");
         assert!(load(&[f]).unwrap_err().message.contains("already used"));
         // No-ops are read and ignored.
         let f = write(
@@ -1341,14 +1325,14 @@ mod tests {
             "SecAuditEngine RelevantOnly\nSecResponseBodyAccess On\n",
         );
         assert!(load(&[f]).unwrap().entries.is_empty());
-        std::fs::remove_dir_all(d).unwrap();
     }
 
     #[test]
     fn chains_defaults_and_updates() {
-        let d = tmp();
+        let dir = centinela_testkit::TempDir::new("waf-chains");
+        let d = dir.0.as_path();
         let f = write(
-            &d,
+            d,
             "r.conf",
             r#"SecDefaultAction "phase:2,log,auditlog,pass,t:lowercase"
 SecRule ARGS "@rx a" "id:10,phase:2,block,t:urlDecodeUni,chain"
@@ -1375,6 +1359,5 @@ SecRuleUpdateTargetById 10 "!ARGS:z"
         assert!(rules[1].operator.negated);
         assert!(!rules[1].log);
         assert!(matches!(set.entries[2], Entry::Marker(ref m) if m == "END"));
-        std::fs::remove_dir_all(d).unwrap();
     }
 }
