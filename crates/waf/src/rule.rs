@@ -1320,7 +1320,7 @@ mod tests {
         assert!(load(&[f]).unwrap_err().message.contains("already used"));
         // No-ops are read and ignored.
         let f = write(
-            &d,
+            d,
             "n.conf",
             "SecAuditEngine RelevantOnly\nSecResponseBodyAccess On\n",
         );
