@@ -6,14 +6,25 @@
 //!   transformations, actions), with `file:line` and the rule's id on
 //!   every error.
 //! - [`transform`]: the transformations, with ModSecurity's semantics.
+//! - [`request`]: a request's variables (arguments, headers, cookies,
+//!   bodies by processor: URL-encoded, JSON, multipart, XML).
+//! - [`engine`]: the phases run over a request, to an [`Outcome`].
+//! - [`detect`]: libinjection's SQLi and XSS detection.
 //!
 //! What SecLang this engine reads, and where it differs from ModSecurity,
 //! is in `docs/waf.md`.
 
+pub mod detect;
+pub mod engine;
+mod multipart;
 pub mod parse;
+pub mod request;
 pub mod rule;
 pub mod transform;
+mod xml;
 
+pub use engine::{Matched, Outcome, Settings, Waf};
+pub use request::Request;
 pub use rule::{load, RuleSet};
 
 /// Why rules could not be loaded: the file, the line, the rule's id when

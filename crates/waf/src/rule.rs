@@ -354,12 +354,19 @@ pub enum Disruptive {
     AllowRequest,
 }
 
+/// `setvar`: on `tx`, a name (which may hold macros) and what to do.
 #[derive(Debug, Clone, PartialEq)]
-pub enum SetVar {
-    Set(String, Expand),
-    Add(String, Expand),
-    Sub(String, Expand),
-    Unset(String),
+pub struct SetVar {
+    pub name: Expand,
+    pub op: SetOp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SetOp {
+    Set(Expand),
+    Add(Expand),
+    Sub(Expand),
+    Unset,
 }
 
 /// A range of rule ids, as `ctl:ruleRemoveById` and friends take them.
@@ -1038,27 +1045,32 @@ fn on_off(v: Option<&str>) -> Result<bool, String> {
 fn parse_setvar(v: &str) -> Result<SetVar, String> {
     let v = v.trim();
     if let Some(name) = v.strip_prefix('!') {
-        return Ok(SetVar::Unset(tx_name(name)?));
+        return Ok(SetVar {
+            name: tx_name(name)?,
+            op: SetOp::Unset,
+        });
     }
     let (name, value) = v.split_once('=').unwrap_or((v, ""));
     let name = tx_name(name)?;
-    Ok(if let Some(x) = value.strip_prefix('+') {
-        SetVar::Add(name, Expand::parse(x)?)
+    let op = if let Some(x) = value.strip_prefix('+') {
+        SetOp::Add(Expand::parse(x)?)
     } else if let Some(x) = value.strip_prefix('-') {
-        SetVar::Sub(name, Expand::parse(x)?)
+        SetOp::Sub(Expand::parse(x)?)
     } else {
-        SetVar::Set(name, Expand::parse(value)?)
-    })
+        SetOp::Set(Expand::parse(value)?)
+    };
+    Ok(SetVar { name, op })
 }
 
 /// `tx.NAME` (the only collection rules write here; `ip.` and `global.`
-/// have no store, see `docs/waf.md`), lowercased as ModSecurity keys it.
-fn tx_name(n: &str) -> Result<String, String> {
+/// have no store, see `docs/waf.md`); the name may hold macros, and is
+/// lowercased when expanded, as ModSecurity keys it.
+fn tx_name(n: &str) -> Result<Expand, String> {
     let (col, key) = n
         .split_once('.')
         .ok_or_else(|| format!("setvar:{n} names no collection"))?;
     match col.to_ascii_lowercase().as_str() {
-        "tx" => Ok(key.to_ascii_lowercase()),
+        "tx" => Expand::parse(key),
         c => Err(format!(
             "setvar on collection {c:?} is not supported (only tx)"
         )),

@@ -68,3 +68,116 @@ fn the_core_rule_set_loads_whole() {
         .count();
     assert!(pm >= 20, "{pm}");
 }
+
+fn crs(settings: centinela_waf::Settings) -> centinela_waf::Waf {
+    let set = centinela_waf::load(&crs_files()).unwrap_or_else(|e| panic!("{e}"));
+    centinela_waf::Waf::new(set, settings)
+}
+
+fn get<'a>(target: &'a str, headers: Vec<(&'a [u8], &'a [u8])>) -> centinela_waf::Request<'a> {
+    centinela_waf::Request {
+        method: b"GET",
+        target: target.as_bytes(),
+        protocol: b"HTTP/1.1",
+        headers,
+        body: b"",
+        body_truncated: false,
+        remote_addr: "127.0.0.1".parse().unwrap(),
+        unique_id: "test",
+    }
+}
+
+const BROWSER: [(&[u8], &[u8]); 3] = [
+    (b"Host", b"localhost"),
+    (
+        b"User-Agent",
+        b"Mozilla/5.0 (X11; Linux x86_64) Firefox/120.0",
+    ),
+    (b"Accept", b"text/html,application/json"),
+];
+
+#[test]
+fn attacks_are_blocked_and_plain_requests_pass() {
+    let waf = crs(Default::default());
+    let ok = waf.inspect(&get("/products?q=red+shoes&page=2", BROWSER.to_vec()));
+    assert_eq!(ok.block, None, "{:?}", ok.matched);
+    assert_eq!(ok.score, 0, "{:?}", ok.matched);
+
+    let sqli = waf.inspect(&get(
+        "/products?q=1%27%20OR%20%271%27%3D%271",
+        BROWSER.to_vec(),
+    ));
+    assert_eq!(sqli.block, Some(403), "{:?}", sqli.matched);
+    assert_eq!(sqli.disruptive_rule, Some(949110));
+    assert!(
+        sqli.matched.iter().any(|m| m.id == 942100),
+        "{:?}",
+        sqli.matched
+    );
+    assert!(sqli.score >= 5);
+    let m = sqli.matched.iter().find(|m| m.id == 942100).unwrap();
+    assert_eq!(m.var, "ARGS:q");
+
+    let xss = waf.inspect(&get(
+        "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+        BROWSER.to_vec(),
+    ));
+    assert_eq!(xss.block, Some(403), "{:?}", xss.matched);
+    assert!(xss.matched.iter().any(|m| (941000..942000).contains(&m.id)));
+
+    // A scanner's User-Agent (913100) and a path traversal (930100).
+    let mut scanner = BROWSER.to_vec();
+    scanner[1] = (b"User-Agent", b"sqlmap/1.7");
+    assert_eq!(waf.inspect(&get("/", scanner)).block, Some(403));
+    let lfi = waf.inspect(&get(
+        "/files?name=..%2f..%2f..%2fetc%2fpasswd",
+        BROWSER.to_vec(),
+    ));
+    assert_eq!(lfi.block, Some(403), "{:?}", lfi.matched);
+}
+
+#[test]
+fn detect_mode_blocks_nothing_and_reports_everything() {
+    let waf = crs(centinela_waf::Settings {
+        detect_only: true,
+        ..Default::default()
+    });
+    let o = waf.inspect(&get(
+        "/products?q=1%27%20OR%20%271%27%3D%271",
+        BROWSER.to_vec(),
+    ));
+    assert_eq!(o.block, None);
+    assert_eq!(o.disruptive_rule, Some(949110));
+    assert!(o.matched.iter().any(|m| m.id == 942100));
+}
+
+#[test]
+fn json_bodies_are_inspected() {
+    let waf = crs(Default::default());
+    let mut headers = BROWSER.to_vec();
+    headers.push((b"Content-Type", b"application/json"));
+    let body = br#"{"product":{"name":"x","filter":"1' UNION SELECT password FROM users--"}}"#;
+    let req = centinela_waf::Request {
+        method: b"POST",
+        body,
+        ..get("/api/products", headers.clone())
+    };
+    let o = waf.inspect(&req);
+    assert_eq!(o.block, Some(403), "{:?}", o.matched);
+    assert!(
+        o.matched
+            .iter()
+            .any(|m| m.var == "ARGS:json.product.filter"),
+        "{:?}",
+        o.matched
+    );
+    let benign =
+        r#"{"product":{"name":"Camiseta \"clásica\" de algodón","price":12.5}}"#.as_bytes();
+    let req = centinela_waf::Request {
+        method: b"POST",
+        body: benign,
+        ..get("/api/products", headers)
+    };
+    let o = waf.inspect(&req);
+    assert_eq!(o.block, None, "{:?}", o.matched);
+}

@@ -1,0 +1,850 @@
+//! Running the rules over one request, as ModSecurity runs them: phase 1
+//! (the head), then the body is read by its processor, then phase 2; rules
+//! in load order, `skip`/`skipAfter` jumps, chains, `capture` into
+//! `TX:0`–`TX:9`, `setvar` once per matched variable, `ctl` for the rest
+//! of the request, and the first disruptive action (`deny`, `drop`) ends
+//! it. Response phases (3 and 4) and logging (5) are not run: see
+//! `docs/waf.md`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::request::{processor_for, Pair, Parsed, Request};
+use crate::rule::{
+    Collection, Ctl, Disruptive, Engine, Entry, Expand, IdRange, OpKind, Operator, Part, Rule,
+    RuleSet, Selector, SetOp, Target,
+};
+use crate::transform::Transform;
+
+/// How the engine is run (from `[waf]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `detect`: nothing is blocked, every match is reported.
+    pub detect_only: bool,
+    /// `tx.blocking_paranoia_level` and `tx.detection_paranoia_level`.
+    pub paranoia: u8,
+    /// `tx.inbound_anomaly_score_threshold`.
+    pub anomaly_threshold: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            detect_only: false,
+            paranoia: 1,
+            anomaly_threshold: 5,
+        }
+    }
+}
+
+/// A compiled rule set, ready for requests.
+pub struct Waf {
+    /// Phases 1 and 2, each in load order.
+    phases: [Vec<Step>; 2],
+    engine: Engine,
+    body_access: bool,
+    settings: Settings,
+}
+
+enum Step {
+    Rule(Arc<Rule>),
+    Marker(String),
+}
+
+/// One rule that matched.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    pub id: u32,
+    /// The variable that matched, e.g. `ARGS:q`.
+    pub var: String,
+    pub msg: String,
+    pub data: String,
+    pub severity: Option<u8>,
+}
+
+/// What the engine decided for a request.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `Some(status)`: the request is refused (not in detect mode).
+    pub block: Option<u16>,
+    /// The rule whose action refused it (or would have, in detect mode).
+    pub disruptive_rule: Option<u32>,
+    /// Every rule that matched and logs.
+    pub matched: Vec<Matched>,
+    /// `tx.blocking_inbound_anomaly_score` at the end.
+    pub score: i64,
+}
+
+impl Waf {
+    pub fn new(set: RuleSet, settings: Settings) -> Waf {
+        let mut phases: [Vec<Step>; 2] = [Vec::new(), Vec::new()];
+        for e in set.entries {
+            match e {
+                Entry::Rule(r) => {
+                    if r.phase == 1 || r.phase == 2 {
+                        phases[usize::from(r.phase - 1)].push(Step::Rule(Arc::new(*r)));
+                    }
+                }
+                Entry::Marker(m) => {
+                    // A marker is a place in every phase.
+                    phases[0].push(Step::Marker(m.clone()));
+                    phases[1].push(Step::Marker(m));
+                }
+            }
+        }
+        Waf {
+            phases,
+            engine: set.engine,
+            body_access: set.request_body_access,
+            settings,
+        }
+    }
+
+    /// Inspects a request.
+    pub fn inspect(&self, req: &Request<'_>) -> Outcome {
+        let mut tx = Tx::new(req, &self.settings);
+        if self.engine == Engine::Off {
+            return tx.outcome(None, None);
+        }
+        let content_type = req
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
+            .map(|(_, v)| *v)
+            .unwrap_or(b"");
+        for phase in 0..2 {
+            if phase == 1 && self.body_access && tx.body_access {
+                let processor = tx.forced_processor.or_else(|| processor_for(content_type));
+                tx.data.body(processor, req.body, content_type);
+                if processor.is_none() && tx.force_body_variable {
+                    tx.request_body = true;
+                }
+            }
+            match self.run(&mut tx, phase) {
+                Flow::Continue | Flow::EndPhase => {}
+                Flow::Stop => break,
+                Flow::Disrupt(id, status) => {
+                    let detect = self.settings.detect_only || tx.engine == Engine::DetectionOnly;
+                    if !detect {
+                        return tx.outcome(Some(status), Some(id));
+                    }
+                    return tx.outcome(None, Some(id));
+                }
+            }
+        }
+        tx.outcome(None, None)
+    }
+
+    fn run(&self, tx: &mut Tx<'_>, phase: usize) -> Flow {
+        let steps = &self.phases[phase];
+        let mut i = 0;
+        while i < steps.len() {
+            let Step::Rule(rule) = &steps[i] else {
+                i += 1;
+                continue;
+            };
+            i += 1;
+            if tx.engine == Engine::Off {
+                return Flow::Stop;
+            }
+            if tx.removed(rule) {
+                continue;
+            }
+            if !tx.rule_matches(rule) {
+                continue;
+            }
+            // Disruptive, then flow.
+            let disruptive = match rule.disruptive {
+                Disruptive::Block => tx.block_default(rule.phase),
+                d => d,
+            };
+            match disruptive {
+                Disruptive::Deny | Disruptive::Drop | Disruptive::Redirect => {
+                    return Flow::Disrupt(rule.id, rule.status.unwrap_or(403));
+                }
+                Disruptive::Allow | Disruptive::AllowRequest => return Flow::Stop,
+                Disruptive::AllowPhase => return Flow::EndPhase,
+                Disruptive::Pass | Disruptive::Block => {}
+            }
+            if let Some(m) = &rule.skip_after {
+                match steps[i..]
+                    .iter()
+                    .position(|s| matches!(s, Step::Marker(n) if n == m))
+                {
+                    Some(p) => i += p + 1,
+                    // ModSecurity: a missing marker skips the rest.
+                    None => i = steps.len(),
+                }
+            } else if rule.skip > 0 {
+                let mut left = rule.skip;
+                while left > 0 && i < steps.len() {
+                    if matches!(steps[i], Step::Rule(_)) {
+                        left -= 1;
+                    }
+                    i += 1;
+                }
+            }
+        }
+        Flow::Continue
+    }
+}
+
+enum Flow {
+    Continue,
+    EndPhase,
+    Stop,
+    Disrupt(u32, u16),
+}
+
+/// One request's state.
+struct Tx<'r> {
+    req: &'r Request<'r>,
+    data: Parsed,
+    tx: HashMap<String, (String, Vec<u8>)>,
+    matched_var: Option<(String, Vec<u8>)>,
+    matched_vars: Vec<(String, Vec<u8>)>,
+    removed_ids: Vec<IdRange>,
+    removed_tags: Vec<String>,
+    removed_targets: Vec<(Removal, Target)>,
+    engine: Engine,
+    forced_processor: Option<&'static str>,
+    body_access: bool,
+    force_body_variable: bool,
+    /// `REQUEST_BODY` is set (URL-encoded bodies, or forced).
+    request_body: bool,
+    matched: Vec<Matched>,
+    started: Instant,
+}
+
+enum Removal {
+    Id(Vec<IdRange>),
+    Tag(String),
+}
+
+impl<'r> Tx<'r> {
+    fn new(req: &'r Request<'r>, s: &Settings) -> Tx<'r> {
+        let mut tx = Tx {
+            req,
+            data: Parsed::head(req),
+            tx: HashMap::new(),
+            matched_var: None,
+            matched_vars: Vec::new(),
+            removed_ids: Vec::new(),
+            removed_tags: Vec::new(),
+            removed_targets: Vec::new(),
+            engine: Engine::On,
+            forced_processor: None,
+            body_access: true,
+            force_body_variable: false,
+            request_body: false,
+            matched: Vec::new(),
+            started: Instant::now(),
+        };
+        let pl = s.paranoia.to_string();
+        tx.set_tx("blocking_paranoia_level", pl.clone().into_bytes());
+        tx.set_tx("detection_paranoia_level", pl.into_bytes());
+        tx.set_tx(
+            "inbound_anomaly_score_threshold",
+            s.anomaly_threshold.to_string().into_bytes(),
+        );
+        tx
+    }
+
+    fn outcome(self, block: Option<u16>, rule: Option<u32>) -> Outcome {
+        let score = self
+            .tx
+            .get("blocking_inbound_anomaly_score")
+            .map_or(0, |(_, v)| atoi(v));
+        Outcome {
+            block,
+            disruptive_rule: rule,
+            matched: self.matched,
+            score,
+        }
+    }
+
+    fn set_tx(&mut self, name: &str, v: Vec<u8>) {
+        self.tx
+            .insert(name.to_ascii_lowercase(), (name.to_string(), v));
+    }
+
+    fn block_default(&self, _phase: u8) -> Disruptive {
+        // CRS's setup says `pass` for every phase's default: detection
+        // rules add to the score, 949110 decides.
+        Disruptive::Pass
+    }
+
+    fn removed(&self, r: &Rule) -> bool {
+        self.removed_ids.iter().any(|x| x.contains(r.id))
+            || self
+                .removed_tags
+                .iter()
+                .any(|t| r.tags.iter().any(|rt| rt == t))
+    }
+
+    /// Does a rule (and its chain) match? Runs its actions when it does.
+    fn rule_matches(&mut self, rule: &Rule) -> bool {
+        self.matched_vars.clear();
+        self.matched_var = None;
+        let mut links: Vec<&Rule> = Vec::new();
+        let mut link = Some(rule);
+        let mut per_link_matches: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+        while let Some(r) = link {
+            let m = self.eval(rule.id, r);
+            if m.is_empty() {
+                return false;
+            }
+            self.matched_vars = m.clone();
+            self.matched_var = m.last().cloned();
+            per_link_matches.push(m);
+            links.push(r);
+            link = r.chain.as_deref();
+        }
+        // The whole chain matched: each link's actions, once per matched
+        // variable of a lone rule, once for a chain.
+        let lone = links.len() == 1;
+        for (r, matches) in links.iter().zip(&per_link_matches) {
+            let runs: Vec<&(String, Vec<u8>)> = if lone {
+                matches.iter().collect()
+            } else {
+                matches.last().into_iter().collect()
+            };
+            for m in runs {
+                self.matched_var = Some(m.clone());
+                self.actions(r);
+            }
+        }
+        if rule.log {
+            let (var, _) = self.matched_var.clone().unwrap_or_default();
+            let msg = rule
+                .msg
+                .as_ref()
+                .map(|m| self.expand_str(m))
+                .unwrap_or_default();
+            let data = rule
+                .logdata
+                .as_ref()
+                .map(|m| self.expand_str(m))
+                .unwrap_or_default();
+            self.matched.push(Matched {
+                id: rule.id,
+                var,
+                msg,
+                data,
+                severity: rule.severity,
+            });
+        }
+        true
+    }
+
+    fn actions(&mut self, r: &Rule) {
+        for sv in &r.setvars {
+            let name = String::from_utf8_lossy(&self.expand(&sv.name)).to_ascii_lowercase();
+            match &sv.op {
+                SetOp::Unset => {
+                    self.tx.remove(&name);
+                }
+                SetOp::Set(v) => {
+                    let v = self.expand(v);
+                    self.set_tx(&name, v);
+                }
+                SetOp::Add(v) | SetOp::Sub(v) => {
+                    let d = atoi(&self.expand(v));
+                    let cur = self.tx.get(&name).map_or(0, |(_, v)| atoi(v));
+                    let n = if matches!(sv.op, SetOp::Add(_)) {
+                        cur.saturating_add(d)
+                    } else {
+                        cur.saturating_sub(d)
+                    };
+                    self.set_tx(&name, n.to_string().into_bytes());
+                }
+            }
+        }
+        for c in &r.ctls {
+            match c {
+                Ctl::RuleRemoveById(ids) => self.removed_ids.extend(ids.iter().copied()),
+                Ctl::RuleRemoveByTag(t) => self.removed_tags.push(t.clone()),
+                Ctl::RuleRemoveTargetById(ids, ts) => {
+                    for t in ts {
+                        self.removed_targets
+                            .push((Removal::Id(ids.clone()), t.clone()));
+                    }
+                }
+                Ctl::RuleRemoveTargetByTag(tag, ts) => {
+                    for t in ts {
+                        self.removed_targets
+                            .push((Removal::Tag(tag.clone()), t.clone()));
+                    }
+                }
+                Ctl::RuleEngine(e) => self.engine = *e,
+                Ctl::RequestBodyProcessor(p) => {
+                    self.forced_processor = match p.as_str() {
+                        "URLENCODED" => Some("URLENCODED"),
+                        "MULTIPART" => Some("MULTIPART"),
+                        "JSON" => Some("JSON"),
+                        _ => Some("XML"),
+                    }
+                }
+                Ctl::RequestBodyAccess(on) => self.body_access = *on,
+                Ctl::ForceRequestBodyVariable(on) => self.force_body_variable = *on,
+                Ctl::NoOp => {}
+            }
+        }
+    }
+
+    /// The variables of a rule link that its operator matches.
+    fn eval(&mut self, head_id: u32, r: &Rule) -> Vec<(String, Vec<u8>)> {
+        if r.targets.is_empty() {
+            // SecAction: matches, once.
+            return vec![(String::new(), Vec::new())];
+        }
+        let values = self.values(head_id, r);
+        let mut out = Vec::new();
+        for (name, value) in &values {
+            let mut hit = None;
+            if r.multi_match {
+                if let Some(c) = self.op(&r.operator, value) {
+                    hit = Some((value.to_vec(), c));
+                }
+                let mut cur = value.to_vec();
+                for t in &r.transforms {
+                    let next = t.apply(&cur).into_owned();
+                    if next != cur {
+                        cur = next;
+                        if hit.is_none() {
+                            if let Some(c) = self.op(&r.operator, &cur) {
+                                hit = Some((cur.clone(), c));
+                            }
+                        }
+                    }
+                }
+            } else {
+                let v = transformed(value, &r.transforms);
+                if let Some(c) = self.op(&r.operator, &v) {
+                    hit = Some((v.into_owned(), c));
+                }
+            }
+            if let Some((v, captures)) = hit {
+                if r.capture {
+                    if let Some(caps) = captures {
+                        for (i, c) in caps.into_iter().enumerate().take(10) {
+                            self.set_tx(&i.to_string(), c);
+                        }
+                    }
+                }
+                out.push((name.clone(), v));
+            }
+        }
+        out
+    }
+
+    /// Runs an operator: `Some(captures)` when it matches (captures only
+    /// for `@rx`, when asked).
+    fn op(&mut self, op: &Operator, v: &[u8]) -> Option<Option<Vec<Vec<u8>>>> {
+        let (m, caps) = match &op.kind {
+            OpKind::Rx(re) => match re.captures(v) {
+                Some(c) => (
+                    true,
+                    Some(
+                        c.iter()
+                            .map(|m| m.map_or(Vec::new(), |m| m.as_bytes().to_vec()))
+                            .collect(),
+                    ),
+                ),
+                None => (false, None),
+            },
+            OpKind::Pm(ac) => match ac.find(v) {
+                Some(m) => (true, Some(vec![v[m.start()..m.end()].to_vec()])),
+                None => (false, None),
+            },
+            OpKind::StrEq(e) => (self.expand(e) == v, None),
+            OpKind::BeginsWith(e) => (v.starts_with(&self.expand(e)), None),
+            OpKind::EndsWith(e) => (v.ends_with(&self.expand(e)), None),
+            OpKind::Contains(e) => {
+                let p = self.expand(e);
+                (
+                    p.is_empty() || v.windows(p.len()).any(|w| w == p.as_slice()),
+                    None,
+                )
+            }
+            OpKind::ContainsWord(e) => (contains_word(v, &self.expand(e)), None),
+            OpKind::Within(e) => {
+                let p = self.expand(e);
+                (v.is_empty() || p.windows(v.len()).any(|w| w == v), None)
+            }
+            OpKind::Eq(e) => (atoi(v) == atoi(&self.expand(e)), None),
+            OpKind::Ge(e) => (atoi(v) >= atoi(&self.expand(e)), None),
+            OpKind::Gt(e) => (atoi(v) > atoi(&self.expand(e)), None),
+            OpKind::Le(e) => (atoi(v) <= atoi(&self.expand(e)), None),
+            OpKind::Lt(e) => (atoi(v) < atoi(&self.expand(e)), None),
+            OpKind::IpMatch(nets) => {
+                let ip = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<IpAddr>().ok());
+                (
+                    ip.is_some_and(|ip| nets.iter().any(|n| in_net(ip, *n))),
+                    None,
+                )
+            }
+            OpKind::ValidateByteRange(ok) => (v.iter().any(|&c| !ok[usize::from(c)]), None),
+            OpKind::ValidateUrlEncoding => (!valid_url_encoding(v), None),
+            OpKind::ValidateUtf8Encoding => (std::str::from_utf8(v).is_err(), None),
+            OpKind::UnconditionalMatch => (true, None),
+            OpKind::NoMatch => (false, None),
+            OpKind::DetectSqli => (crate::detect::sqli(v), None),
+            OpKind::DetectXss => (crate::detect::xss(v), None),
+        };
+        (m != op.negated).then_some(if op.negated { None } else { caps })
+    }
+
+    fn expand(&self, e: &Expand) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in &e.parts {
+            match p {
+                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Part::Var(c, key) => {
+                    let t = Target {
+                        collection: *c,
+                        selector: key.clone().map_or(Selector::All, Selector::Key),
+                        count: false,
+                        exclude: false,
+                    };
+                    if let Some((_, v)) = self.collect(&t).into_iter().next() {
+                        out.extend_from_slice(&v);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn expand_str(&self, e: &Expand) -> String {
+        String::from_utf8_lossy(&self.expand(e)).into_owned()
+    }
+
+    /// The values a rule link reads, after its exclusions and the
+    /// request's `ctl:ruleRemoveTarget*`.
+    fn values(&self, head_id: u32, r: &Rule) -> Vec<(String, Vec<u8>)> {
+        let excluded: Vec<&Target> = r
+            .targets
+            .iter()
+            .filter(|t| t.exclude)
+            .chain(self.removed_targets.iter().filter_map(|(w, t)| {
+                let applies = match w {
+                    Removal::Id(ids) => ids.iter().any(|x| x.contains(head_id)),
+                    Removal::Tag(tag) => r.tags.iter().any(|rt| rt == tag),
+                };
+                applies.then_some(t)
+            }))
+            .collect();
+        let mut out = Vec::new();
+        for t in r.targets.iter().filter(|t| !t.exclude) {
+            let vals = self.collect(t);
+            if t.count {
+                out.push((
+                    collection_name(t.collection).to_string(),
+                    vals.len().to_string().into_bytes(),
+                ));
+                continue;
+            }
+            for (name, v) in vals {
+                let key = name.split_once(':').map_or("", |(_, k)| k);
+                let gone = excluded.iter().any(|x| {
+                    same_source(x.collection, t.collection)
+                        && match &x.selector {
+                            Selector::All => true,
+                            Selector::Key(k) => key.eq_ignore_ascii_case(k),
+                            Selector::Regex(re) => re.is_match(key.as_bytes()),
+                            Selector::XPath(_) => false,
+                        }
+                });
+                if !gone {
+                    out.push((name, v));
+                }
+            }
+        }
+        out
+    }
+
+    /// A target's members: `(NAME:key, value)`.
+    fn collect(&self, t: &Target) -> Vec<(String, Vec<u8>)> {
+        use Collection::*;
+        let d = &self.data;
+        let keyed = |name: &str, pairs: &[&[Pair]], names: bool| -> Vec<(String, Vec<u8>)> {
+            let mut out = Vec::new();
+            for ps in pairs {
+                for (k, v) in ps.iter() {
+                    let ks = String::from_utf8_lossy(k);
+                    let ok = match &t.selector {
+                        Selector::All => true,
+                        Selector::Key(sel) => ks.eq_ignore_ascii_case(sel),
+                        Selector::Regex(re) => re.is_match(k),
+                        Selector::XPath(_) => true,
+                    };
+                    if ok {
+                        out.push((
+                            format!("{name}:{ks}"),
+                            if names { k.clone() } else { v.clone() },
+                        ));
+                    }
+                }
+            }
+            out
+        };
+        let scalar = |name: &str, v: &[u8]| vec![(name.to_string(), v.to_vec())];
+        match t.collection {
+            Args => keyed("ARGS", &[&d.args_get, &d.args_post], false),
+            ArgsGet => keyed("ARGS_GET", &[&d.args_get], false),
+            ArgsPost => keyed("ARGS_POST", &[&d.args_post], false),
+            ArgsNames => keyed("ARGS_NAMES", &[&d.args_get, &d.args_post], true),
+            ArgsGetNames => keyed("ARGS_GET_NAMES", &[&d.args_get], true),
+            ArgsPostNames => keyed("ARGS_POST_NAMES", &[&d.args_post], true),
+            ArgsCombinedSize => {
+                let n: usize = d
+                    .args_get
+                    .iter()
+                    .chain(&d.args_post)
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum();
+                scalar("ARGS_COMBINED_SIZE", n.to_string().as_bytes())
+            }
+            RequestHeaders => keyed("REQUEST_HEADERS", &[&d.headers], false),
+            RequestHeadersNames => keyed("REQUEST_HEADERS_NAMES", &[&d.headers], true),
+            RequestCookies => keyed("REQUEST_COOKIES", &[&d.cookies], false),
+            RequestCookiesNames => keyed("REQUEST_COOKIES_NAMES", &[&d.cookies], true),
+            RequestFilename => scalar("REQUEST_FILENAME", &d.filename),
+            RequestBasename => scalar("REQUEST_BASENAME", &d.basename),
+            RequestUri => scalar("REQUEST_URI", &d.uri),
+            RequestUriRaw => scalar("REQUEST_URI_RAW", self.req.target),
+            RequestLine => scalar("REQUEST_LINE", &d.line),
+            RequestMethod => scalar("REQUEST_METHOD", self.req.method),
+            RequestProtocol => scalar("REQUEST_PROTOCOL", self.req.protocol),
+            QueryString => scalar("QUERY_STRING", &d.query),
+            RequestBody => {
+                if d.processor == Some("URLENCODED") || self.request_body {
+                    scalar("REQUEST_BODY", self.req.body)
+                } else {
+                    Vec::new()
+                }
+            }
+            RequestBodyLength => scalar(
+                "REQUEST_BODY_LENGTH",
+                self.req.body.len().to_string().as_bytes(),
+            ),
+            ReqbodyError => scalar("REQBODY_ERROR", if d.reqbody_error { b"1" } else { b"0" }),
+            ReqbodyErrorMsg => scalar("REQBODY_ERROR_MSG", d.reqbody_error_msg.as_bytes()),
+            ReqbodyProcessor => match d.processor {
+                Some(p) => scalar("REQBODY_PROCESSOR", p.as_bytes()),
+                None => Vec::new(),
+            },
+            Files => keyed("FILES", &[&d.files], false),
+            FilesNames => keyed("FILES_NAMES", &[&d.files], true),
+            FilesCombinedSize | FilesSizes => scalar("FILES_COMBINED_SIZE", b"0"),
+            MultipartPartHeaders => keyed(
+                "MULTIPART_PART_HEADERS",
+                &[&d.multipart_part_headers],
+                false,
+            ),
+            MultipartStrictError => scalar(
+                "MULTIPART_STRICT_ERROR",
+                if d.multipart_strict_error { b"1" } else { b"0" },
+            ),
+            MultipartUnmatchedBoundary => scalar(
+                "MULTIPART_UNMATCHED_BOUNDARY",
+                if d.multipart_unmatched_boundary {
+                    b"1"
+                } else {
+                    b"0"
+                },
+            ),
+            MultipartBoundaryQuoted
+            | MultipartBoundaryWhitespace
+            | MultipartDataAfter
+            | MultipartDataBefore
+            | MultipartHeaderFolding
+            | MultipartInvalidHeaderFolding
+            | MultipartInvalidPart
+            | MultipartInvalidQuoting
+            | MultipartLfLine
+            | MultipartMissingSemicolon
+            | MultipartCrlfLfLines => scalar(collection_name(t.collection), b"0"),
+            MultipartFilename | MultipartName => Vec::new(),
+            Xml => d
+                .xml
+                .iter()
+                .map(|v| ("XML".to_string(), v.clone()))
+                .collect(),
+            Tx => {
+                let mut out = Vec::new();
+                for (k, (orig, v)) in &self.tx {
+                    let ok = match &t.selector {
+                        Selector::All => true,
+                        Selector::Key(sel) => k == sel,
+                        Selector::Regex(re) => re.is_match(k.as_bytes()),
+                        Selector::XPath(_) => false,
+                    };
+                    if ok {
+                        out.push((format!("TX:{orig}"), v.clone()));
+                    }
+                }
+                out.sort();
+                out
+            }
+            Env | FullRequest | FullRequestLength | RemotePort => Vec::new(),
+            MatchedVar => self
+                .matched_var
+                .as_ref()
+                .map(|(_, v)| vec![("MATCHED_VAR".to_string(), v.clone())])
+                .unwrap_or_default(),
+            MatchedVarName => self
+                .matched_var
+                .as_ref()
+                .map(|(n, _)| vec![("MATCHED_VAR_NAME".to_string(), n.clone().into_bytes())])
+                .unwrap_or_default(),
+            MatchedVars => self
+                .matched_vars
+                .iter()
+                .map(|(n, v)| (format!("MATCHED_VARS:{n}"), v.clone()))
+                .collect(),
+            MatchedVarsNames => self
+                .matched_vars
+                .iter()
+                .map(|(n, _)| (format!("MATCHED_VARS_NAMES:{n}"), n.clone().into_bytes()))
+                .collect(),
+            RemoteAddr => scalar("REMOTE_ADDR", self.req.remote_addr.to_string().as_bytes()),
+            UniqueId => scalar("UNIQUE_ID", self.req.unique_id.as_bytes()),
+            Duration => scalar(
+                "DURATION",
+                self.started.elapsed().as_micros().to_string().as_bytes(),
+            ),
+            ResponseBody
+            | ResponseHeaders
+            | ResponseHeadersNames
+            | ResponseStatus
+            | ResponseProtocol
+            | ResponseContentType
+            | ResponseContentLength => Vec::new(),
+        }
+    }
+}
+
+fn transformed<'v>(value: &'v [u8], ts: &[Transform]) -> Cow<'v, [u8]> {
+    let mut cur: Cow<'v, [u8]> = Cow::Borrowed(value);
+    for t in ts {
+        cur = match cur {
+            Cow::Borrowed(b) => t.apply(b),
+            Cow::Owned(o) => Cow::Owned(t.apply(&o).into_owned()),
+        };
+    }
+    cur
+}
+
+/// `ARGS` and its parts are one source for exclusions.
+fn same_source(a: Collection, b: Collection) -> bool {
+    use Collection::*;
+    a == b
+        || matches!(
+            (a, b),
+            (Args, ArgsGet | ArgsPost) | (ArgsNames, ArgsGetNames | ArgsPostNames)
+        )
+}
+
+fn collection_name(c: Collection) -> &'static str {
+    use Collection::*;
+    match c {
+        Args => "ARGS",
+        ArgsGet => "ARGS_GET",
+        ArgsPost => "ARGS_POST",
+        ArgsNames => "ARGS_NAMES",
+        RequestHeaders => "REQUEST_HEADERS",
+        RequestCookies => "REQUEST_COOKIES",
+        Files => "FILES",
+        Tx => "TX",
+        Xml => "XML",
+        MultipartBoundaryQuoted => "MULTIPART_BOUNDARY_QUOTED",
+        MultipartBoundaryWhitespace => "MULTIPART_BOUNDARY_WHITESPACE",
+        MultipartDataAfter => "MULTIPART_DATA_AFTER",
+        MultipartDataBefore => "MULTIPART_DATA_BEFORE",
+        MultipartHeaderFolding => "MULTIPART_HEADER_FOLDING",
+        MultipartInvalidHeaderFolding => "MULTIPART_INVALID_HEADER_FOLDING",
+        MultipartInvalidPart => "MULTIPART_INVALID_PART",
+        MultipartInvalidQuoting => "MULTIPART_INVALID_QUOTING",
+        MultipartLfLine => "MULTIPART_LF_LINE",
+        MultipartMissingSemicolon => "MULTIPART_MISSING_SEMICOLON",
+        MultipartCrlfLfLines => "MULTIPART_CRLF_LF_LINES",
+        _ => "VAR",
+    }
+}
+
+/// C's `atoi`: optional sign, leading digits, else 0.
+fn atoi(v: &[u8]) -> i64 {
+    let s = v.trim_ascii_start();
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut n: i64 = 0;
+    for &c in digits.iter().take_while(|c| c.is_ascii_digit()) {
+        n = n.saturating_mul(10).saturating_add(i64::from(c - b'0'));
+    }
+    if neg {
+        -n
+    } else {
+        n
+    }
+}
+
+fn contains_word(v: &[u8], w: &[u8]) -> bool {
+    if w.is_empty() {
+        return true;
+    }
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut i = 0;
+    while i + w.len() <= v.len() {
+        if &v[i..i + w.len()] == w
+            && (i == 0 || !word(v[i - 1]))
+            && (i + w.len() == v.len() || !word(v[i + w.len()]))
+        {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+fn valid_url_encoding(v: &[u8]) -> bool {
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'%' {
+            if i + 2 >= v.len() || !v[i + 1].is_ascii_hexdigit() || !v[i + 2].is_ascii_hexdigit() {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+fn in_net(ip: IpAddr, (net, len): (IpAddr, u8)) -> bool {
+    let (a, b, bits) = match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (
+            u128::from(u32::from(a)) << 96,
+            u128::from(u32::from(b)) << 96,
+            len,
+        ),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), len),
+        (IpAddr::V4(a), IpAddr::V6(b)) => (u128::from(a.to_ipv6_mapped()), u128::from(b), len),
+        (IpAddr::V6(a), IpAddr::V4(b)) => (u128::from(a), u128::from(b.to_ipv6_mapped()), len + 96),
+    };
+    if bits == 0 {
+        return true;
+    }
+    let mask = u128::MAX << (128 - u32::from(bits.min(128)));
+    a & mask == b & mask
+}
