@@ -30,6 +30,7 @@ pub mod slo;
 mod tls;
 pub mod units;
 mod upstream;
+pub mod waf;
 
 use std::path::Path;
 
@@ -89,6 +90,8 @@ pub struct Config {
     pub client_ip: ClientIp,
     /// `[jwt.NAME]`.
     pub jwts: Vec<Jwt>,
+    /// `[waf]`.
+    pub waf: Option<waf::Waf>,
 }
 
 impl Config {
@@ -151,6 +154,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
     let ip_lists = ip_lists::ip_lists(sink, &mut top, base_dir);
     let client_ip = client_ip::client_ip(sink, &mut top);
     let jwts = jwt::jwts(sink, &mut top, base_dir);
+    let waf = waf::waf(sink, &mut top, base_dir);
     top.finish(sink);
     backup::check(sink, &backup_refs, &repos);
 
@@ -218,6 +222,7 @@ fn build(sink: &mut diag::Sink<'_>, root: &Spanned<DeTable<'_>>, base_dir: &Path
         ip_lists,
         client_ip,
         jwts,
+        waf,
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Route {
     pub cors: Option<Cors>,
     /// `auth = "NAME"`: requests need a token `[jwt.NAME]` verifies.
     pub auth: Option<String>,
+    /// `waf = false`: the route skips `[waf]` (default on when `[waf]`
+    /// exists).
+    pub waf: bool,
 }
 
 /// `cors = { origins, methods, headers, max_age, credentials }`.
@@ -205,6 +208,7 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
             let keep_server_header = o.bool(sink, "keep_server_header", false);
             let cors = o.sub(sink, "cors").and_then(|c| cors(sink, c));
             let auth = o.str(sink, "auth");
+            let waf = o.bool(sink, "waf", true);
             let upstream = o.str(sink, "upstream");
             if upstream.is_none()
                 && o.table
@@ -238,6 +242,7 @@ pub(crate) fn routes(sink: &mut Sink<'_>, top: &mut Obj<'_, '_>) -> (Vec<Route>,
                     keep_server_header,
                     cors,
                     auth: auth.map(|a| a.0),
+                    waf,
                     listener: listener.map(|l| l.0),
                     host,
                     path_prefix,

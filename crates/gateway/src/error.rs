@@ -50,6 +50,9 @@ pub enum ProxyError {
     /// `Result` would otherwise be that large and copied at that size.
     #[error("refused: {}", .0.reason())]
     Refused(Box<centinela_shield::Refusal>),
+    /// `[waf]`'s rules refused the request (403, or a rule's `status`).
+    #[error("blocked by the WAF")]
+    Waf(u16),
 }
 
 impl ProxyError {
@@ -69,6 +72,7 @@ impl ProxyError {
             ProxyError::Timeout | ProxyError::Deadline => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::Waf(s) => StatusCode::from_u16(*s).unwrap_or(StatusCode::FORBIDDEN),
             ProxyError::Refused(r) => match **r {
                 Refusal::IpDenied => StatusCode::FORBIDDEN,
                 Refusal::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -97,6 +101,7 @@ impl ProxyError {
             ProxyError::LocalResources(_) => "gateway out of resources",
             ProxyError::BodyTooLarge => "request body too large",
             ProxyError::UriTooLong => "request target too long",
+            ProxyError::Waf(_) => "request blocked by the web application firewall",
             ProxyError::Refused(r) => match &**r {
                 Refusal::IpDenied => "forbidden",
                 Refusal::Unauthorized(f) => f.as_str(),

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod route;
 pub mod snapshot;
 pub mod tls;
+pub mod waf;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ use crate::snapshot::Registry;
 pub enum StartError {
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("WAF: {0}")]
+    Waf(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         addr: SocketAddr,
@@ -122,6 +125,7 @@ impl Gateway {
         let mut registry = Registry::default();
         registry.set_tls(&config).map_err(StartError::Tls)?;
         registry.set_shield(&config);
+        registry.set_waf(&config).map_err(StartError::Waf)?;
         let tls_stats = Arc::new(tls::Stats::default());
         let certs = Arc::new(tls::Certs::new(tls_stats.clone()).map_err(StartError::Tls)?);
         let built = certs.build(&config.listeners).map_err(StartError::Tls)?;
@@ -289,6 +293,9 @@ impl Gateway {
         {
             let mut registry = lock(&self.registry);
             registry.set_tls(&config).map_err(StartError::Tls)?;
+            // Rules that do not load keep the running set (and the rest
+            // of the old config with them).
+            registry.set_waf(&config).map_err(StartError::Waf)?;
             registry.set_shield(&config);
         }
         if old.admin.listen != config.admin.listen {

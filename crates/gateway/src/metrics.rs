@@ -237,6 +237,30 @@ impl Collect for Shared {
                 out.gauge(&[("list", &l)], n as f64);
             }
         }
+        if let Some(w) = &snap.waf {
+            out.family(
+                "centinela_waf_requests",
+                "Requests the WAF inspected, by action (pass; block: refused; detect: would have been refused, in detect mode).",
+                Kind::Counter,
+            );
+            for (a, n) in w.requests() {
+                out.counter(&[("action", a)], n);
+            }
+            out.family(
+                "centinela_waf_rule_matches",
+                "Times a WAF rule matched (and logged), by rule id.",
+                Kind::Counter,
+            );
+            for (r, n) in w.rule_matches() {
+                out.counter(&[("rule", &r.to_string())], n);
+            }
+            out.family(
+                "centinela_waf_body_truncated",
+                "Request bodies longer than [waf] inspect_body: only their start was inspected.",
+                Kind::Counter,
+            );
+            out.counter(&[], w.truncated());
+        }
         let handshakes = self.tls.handshakes.get();
         out.family(
             "centinela_tls_handshakes",

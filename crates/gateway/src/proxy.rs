@@ -123,8 +123,10 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             debug!(request_id = rid.to_str().unwrap_or(""), error = %e, "Request failed");
-            if let ProxyError::Refused(r) = &e {
-                log.refused = Some(r.reason());
+            match &e {
+                ProxyError::Refused(r) => log.refused = Some(r.reason()),
+                ProxyError::Waf(_) => log.refused = Some("waf"),
+                _ => {}
             }
             e.into_response(rid)
         }
@@ -390,7 +392,16 @@ async fn forward(
     // client takes to send its body (no clock read without a body).
     let reading = (!body.is_end_stream()).then(Instant::now);
     let idle = route.body_timeout.unwrap_or(cfg.timeouts.body_idle);
-    let body = prepare(body, cfg.retry.buffer_body, idle, route.max_body).await?;
+    let waf = if route.waf { snap.waf.as_deref() } else { None };
+    // With the WAF on, at least `inspect_body` bytes are read before the
+    // request goes anywhere.
+    let read_first = waf.map_or(cfg.retry.buffer_body, |w| {
+        cfg.retry.buffer_body.max(w.inspect_body)
+    });
+    let body = prepare(body, read_first, idle, route.max_body).await?;
+    if let Some(w) = waf {
+        waf_stage(w, &parts, &body, client_ip, &ids.request, &route.name)?;
+    }
     let deadline = start + cfg.timeouts.request + reading.map_or(Duration::ZERO, |t| t.elapsed());
 
     // Stages pick → send → classify → record → retry, over retry.attempts.
@@ -539,6 +550,40 @@ fn forward_claims(
             h.insert(name.clone(), v);
         }
     }
+}
+
+/// Stage **waf**: the request's head and the first `inspect_body` bytes of
+/// its body through `[waf]`'s rules.
+fn waf_stage(
+    w: &crate::waf::WafStage,
+    parts: &http::request::Parts,
+    body: &Prepared,
+    client: std::net::IpAddr,
+    request_id: &HeaderValue,
+    route: &str,
+) -> Result<(), ProxyError> {
+    let max = usize::try_from(w.inspect_body).unwrap_or(usize::MAX);
+    let (bytes, truncated): (&[u8], bool) = match body {
+        Prepared::Replayable(None) => (b"", false),
+        Prepared::Replayable(Some(b)) => (&b[..b.len().min(max)], b.len() > max),
+        Prepared::Stream { prefix, .. } => {
+            let p = prefix.as_deref().unwrap_or(b"");
+            (&p[..p.len().min(max)], true)
+        }
+    };
+    // The target as the client sent it: origin form, or absolute form
+    // over HTTP/1 (HTTP/2's scheme and authority are pseudo-headers).
+    let full;
+    let target: &[u8] = if parts.uri.scheme().is_some() && parts.version != http::Version::HTTP_2 {
+        full = parts.uri.to_string();
+        full.as_bytes()
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .map_or(b"/", |p| p.as_str().as_bytes())
+    };
+    w.check(parts, target, bytes, truncated, client, request_id, route)
 }
 
 /// Stage **limits**: the route's `max_uri` (414); `max_body` is checked

@@ -33,6 +33,8 @@ pub struct CompiledRoute {
     /// server's `Server` and `X-Powered-By` dropped.
     pub edge: Option<Arc<crate::http::headers::EdgeHeaders>>,
     pub cors: Option<Arc<CorsPolicy>>,
+    /// `[waf]` inspects this route's requests (unless `waf = false`).
+    pub waf: bool,
 }
 
 /// A route's `cors`, ready to answer with.
@@ -122,6 +124,7 @@ impl RouteTable {
                 guard: guard(r, i),
                 max_body: r.max_body,
                 max_uri: r.max_uri,
+                waf: r.waf,
                 body_timeout: r.body_timeout,
                 edge: crate::http::headers::EdgeHeaders::new(
                     r.security_headers
@@ -247,6 +250,7 @@ mod tests {
             keep_server_header: false,
             cors: None,
             auth: None,
+            waf: true,
         }
     }
 

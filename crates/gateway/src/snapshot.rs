@@ -27,6 +27,8 @@ pub struct Snapshot {
     pub shield: Option<Arc<Shield>>,
     /// `[client_ip] trusted_proxies`.
     pub trusted: Arc<IpSet>,
+    /// `[waf]`, compiled.
+    pub waf: Option<Arc<crate::waf::WafStage>>,
 }
 
 impl Snapshot {
@@ -66,6 +68,8 @@ pub struct Registry {
     /// Rate-limit counts and IP lists, built by `set_shield`.
     shield: Option<Arc<Shield>>,
     trusted: Arc<IpSet>,
+    /// `[waf]`, built by `set_waf`.
+    waf: Option<Arc<crate::waf::WafStage>>,
 }
 
 impl Registry {
@@ -103,6 +107,17 @@ impl Registry {
     pub fn set_shield(&mut self, config: &Config) {
         self.shield = Some(Arc::new(Shield::build(config, self.shield.as_deref())));
         self.trusted = Arc::new(IpSet::new(&config.client_ip.trusted_proxies));
+    }
+
+    /// Loads and compiles `[waf]`'s rules (on start and every reload: the
+    /// files may have changed though the config did not); an error
+    /// changes nothing.
+    pub fn set_waf(&mut self, config: &Config) -> Result<(), String> {
+        self.waf = match &config.waf {
+            None => None,
+            Some(c) => Some(Arc::new(crate::waf::WafStage::build(c)?)),
+        };
+        Ok(())
     }
 
     pub fn build(&mut self, config: Config) -> Snapshot {
@@ -165,6 +180,7 @@ impl Registry {
             routes,
             shield: self.shield.clone(),
             trusted: self.trusted.clone(),
+            waf: self.waf.clone(),
         }
     }
 }

@@ -28,6 +28,16 @@ pub struct Settings {
     pub paranoia: u8,
     /// `tx.inbound_anomaly_score_threshold`.
     pub anomaly_threshold: u32,
+    /// `[[waf.exclusion]]`: rules, or one of their targets, off for paths.
+    pub exclusions: Vec<Exclusion>,
+}
+
+/// A rule (or one target of it) off for requests under a path.
+#[derive(Debug, Clone)]
+pub struct Exclusion {
+    pub rule: u32,
+    pub path_prefix: Option<String>,
+    pub target: Option<Target>,
 }
 
 impl Default for Settings {
@@ -36,6 +46,7 @@ impl Default for Settings {
             detect_only: false,
             paranoia: 1,
             anomaly_threshold: 5,
+            exclusions: Vec::new(),
         }
     }
 }
@@ -250,6 +261,20 @@ impl<'r> Tx<'r> {
             "inbound_anomaly_score_threshold",
             s.anomaly_threshold.to_string().into_bytes(),
         );
+        for x in &s.exclusions {
+            let applies = x
+                .path_prefix
+                .as_ref()
+                .is_none_or(|p| tx.data.filename.starts_with(p.as_bytes()));
+            if !applies {
+                continue;
+            }
+            let ids = vec![IdRange(x.rule, x.rule)];
+            match &x.target {
+                Some(t) => tx.removed_targets.push((Removal::Id(ids), t.clone())),
+                None => tx.removed_ids.extend(ids),
+            }
+        }
         tx
     }
 

@@ -27,3 +27,4 @@ mod slo;
 mod tls;
 mod trace;
 mod util;
+mod waf;
