@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::request::{processor_for, Pair, Parsed, Request};
+use crate::request::{Pair, Parsed, Request};
 use crate::rule::{
     Collection, Ctl, Disruptive, Engine, Entry, Expand, IdRange, OpKind, Operator, Part, Rule,
     RuleSet, Selector, SetOp, Target,
@@ -128,7 +128,7 @@ impl Waf {
             .unwrap_or(b"");
         for phase in 0..2 {
             if phase == 1 && self.body_access && tx.body_access {
-                let processor = tx.forced_processor.or_else(|| processor_for(content_type));
+                let processor = tx.data.processor;
                 tx.data.body(processor, req.body, content_type);
                 if processor.is_none() && tx.force_body_variable {
                     tx.request_body = true;
@@ -221,7 +221,6 @@ struct Tx<'r> {
     removed_tags: Vec<String>,
     removed_targets: Vec<(Removal, Target)>,
     engine: Engine,
-    forced_processor: Option<&'static str>,
     body_access: bool,
     force_body_variable: bool,
     /// `REQUEST_BODY` is set (URL-encoded bodies, or forced).
@@ -247,7 +246,6 @@ impl<'r> Tx<'r> {
             removed_tags: Vec::new(),
             removed_targets: Vec::new(),
             engine: Engine::On,
-            forced_processor: None,
             body_access: true,
             force_body_variable: false,
             request_body: false,
@@ -406,7 +404,7 @@ impl<'r> Tx<'r> {
                 }
                 Ctl::RuleEngine(e) => self.engine = *e,
                 Ctl::RequestBodyProcessor(p) => {
-                    self.forced_processor = match p.as_str() {
+                    self.data.processor = match p.as_str() {
                         "URLENCODED" => Some("URLENCODED"),
                         "MULTIPART" => Some("MULTIPART"),
                         "JSON" => Some("JSON"),
@@ -661,10 +659,9 @@ impl<'r> Tx<'r> {
             ),
             ReqbodyError => scalar("REQBODY_ERROR", if d.reqbody_error { b"1" } else { b"0" }),
             ReqbodyErrorMsg => scalar("REQBODY_ERROR_MSG", d.reqbody_error_msg.as_bytes()),
-            ReqbodyProcessor => match d.processor {
-                Some(p) => scalar("REQBODY_PROCESSOR", p.as_bytes()),
-                None => Vec::new(),
-            },
+            // Empty, not absent, without a processor: CRS's 901340 tests it
+            // with a negated operator.
+            ReqbodyProcessor => scalar("REQBODY_PROCESSOR", d.processor.unwrap_or("").as_bytes()),
             Files => keyed("FILES", &[&d.files], false),
             FilesNames => keyed("FILES_NAMES", &[&d.files], true),
             FilesCombinedSize | FilesSizes => scalar("FILES_COMBINED_SIZE", b"0"),
@@ -732,7 +729,7 @@ impl<'r> Tx<'r> {
             MatchedVars => self
                 .matched_vars
                 .iter()
-                .map(|(n, v)| (format!("MATCHED_VARS:{n}"), v.clone()))
+                .map(|(n, v)| (n.clone(), v.clone()))
                 .collect(),
             MatchedVarsNames => self
                 .matched_vars

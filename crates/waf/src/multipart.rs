@@ -51,6 +51,14 @@ fn param(header: &[u8], name: &str) -> Option<Vec<u8>> {
     None
 }
 
+/// The end of the line starting at `at` (the index after its `\n`), and
+/// the line without its `\r\n` or `\n`.
+fn line(body: &[u8], at: usize) -> Option<(usize, &[u8])> {
+    let nl = find(body, b"\n", at)?;
+    let l = &body[at..nl];
+    Some((nl + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+}
+
 pub fn parse(p: &mut Parsed, body: &[u8], content_type: &[u8]) {
     let Some(b) = boundary(content_type) else {
         p.multipart_strict_error = true;
@@ -59,7 +67,15 @@ pub fn parse(p: &mut Parsed, body: &[u8], content_type: &[u8]) {
     };
     let mut delim = b"--".to_vec();
     delim.extend_from_slice(&b);
-    let Some(first) = find(body, &delim, 0) else {
+    // Lines may end in CRLF or, leniently, LF (as ModSecurity reads them).
+    let mut next_delim = b"\n".to_vec();
+    next_delim.extend_from_slice(&delim);
+    let first = if body.starts_with(&delim) {
+        Some(0)
+    } else {
+        find(body, &next_delim, 0).map(|i| i + 1)
+    };
+    let Some(first) = first else {
         p.multipart_strict_error = true;
         p.multipart_unmatched_boundary = true;
         p.fail("multipart: the boundary never appears".into());
@@ -70,45 +86,44 @@ pub fn parse(p: &mut Parsed, body: &[u8], content_type: &[u8]) {
         if body[at..].starts_with(b"--") {
             return;
         }
-        let Some(nl) = find(body, b"\n", at) else {
+        // The rest of the boundary line.
+        let Some((mut pos, _)) = line(body, at) else {
             break;
         };
-        let head_start = nl + 1;
-        let Some(head_end) = find(body, b"\r\n\r\n", head_start)
-            .map(|e| (e, 4))
-            .or_else(|| find(body, b"\n\n", head_start).map(|e| (e, 2)))
-        else {
-            break;
-        };
-        let headers = &body[head_start..head_end.0];
-        let data_start = head_end.0 + head_end.1;
-        let mut next_delim = b"\r\n".to_vec();
-        next_delim.extend_from_slice(&delim);
-        let Some(data_end) = find(body, &next_delim, data_start) else {
-            break;
-        };
-        let data = &body[data_start..data_end];
         let mut name = None;
         let mut filename = None;
-        for line in headers.split(|&c| c == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&c| c == b':') else {
+        let mut ended = false;
+        while let Some((next, l)) = line(body, pos) {
+            pos = next;
+            if l.is_empty() {
+                ended = true;
+                break;
+            }
+            let Some(colon) = l.iter().position(|&c| c == b':') else {
                 p.multipart_strict_error = true;
                 continue;
             };
-            let (hn, hv) = (&line[..colon], &line[colon + 1..]);
-            p.multipart_part_headers.push((hn.to_vec(), line.to_vec()));
+            let (hn, hv) = (&l[..colon], &l[colon + 1..]);
+            p.multipart_part_headers.push((hn.to_vec(), l.to_vec()));
             if hn.eq_ignore_ascii_case(b"content-disposition") {
                 name = param(hv, "name");
                 filename = param(hv, "filename");
             }
         }
+        if !ended {
+            break;
+        }
+        let Some(end) = find(body, &next_delim, pos) else {
+            break;
+        };
+        let data = &body[pos..end];
+        let data = data.strip_suffix(b"\r").unwrap_or(data);
         let name = name.unwrap_or_default();
         match filename {
             Some(f) => p.files.push((name, f)),
             None => p.args_post.push((name, data.to_vec())),
         }
-        at = data_end + next_delim.len();
+        at = end + next_delim.len();
     }
     p.multipart_strict_error = true;
     p.fail("multipart: a part is malformed or the body ends early".into());
@@ -127,6 +142,14 @@ mod tests {
         assert_eq!(p.args_post, [(b"a".to_vec(), b"1 OR 1=1".to_vec())]);
         assert_eq!(p.files, [(b"f".to_vec(), b"x.php".to_vec())]);
         assert_eq!(p.multipart_part_headers.len(), 3);
+        // LF-only lines are read too.
+        let mut p = Parsed::default();
+        parse(
+            &mut p,
+            b"--XX\nContent-Disposition: form-data; name=\"a\"\n\nv\n--XX--\n",
+            b"multipart/form-data; boundary=XX",
+        );
+        assert_eq!(p.args_post, [(b"a".to_vec(), b"v".to_vec())]);
         let mut p = Parsed::default();
         parse(
             &mut p,

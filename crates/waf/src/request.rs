@@ -167,6 +167,14 @@ impl Parsed {
             Some(i) => filename[i + 1..].to_vec(),
             None => filename.clone(),
         };
+        // The processor is known from the head (REQBODY_PROCESSOR in
+        // phase 1), as ModSecurity's is; `ctl:requestBodyProcessor` may
+        // change it before the body is read.
+        let processor = req
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
+            .and_then(|(_, v)| processor_for(v));
         let mut line = req.method.to_vec();
         line.push(b' ');
         line.extend_from_slice(target);
@@ -185,6 +193,7 @@ impl Parsed {
             uri: uri_decode(target),
             query: query.to_vec(),
             line,
+            processor,
             ..Parsed::default()
         }
     }
