@@ -308,37 +308,26 @@ impl<'r> Tx<'r> {
                 .any(|t| r.tags.iter().any(|rt| rt == t))
     }
 
-    /// Does a rule (and its chain) match? Runs its actions when it does.
+    /// Does a rule (and its chain) match? Each link's non-disruptive
+    /// actions (setvar, ctl) run as that link matches, once per matched
+    /// variable, as ModSecurity runs them: a chained rule reads what the
+    /// link before it set. The chain is logged when all of it matched.
     fn rule_matches(&mut self, rule: &Rule) -> bool {
         self.matched_vars.clear();
         self.matched_var = None;
-        let mut links: Vec<&Rule> = Vec::new();
         let mut link = Some(rule);
-        let mut per_link_matches: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
         while let Some(r) = link {
             let m = self.eval(rule.id, r);
             if m.is_empty() {
                 return false;
             }
-            self.matched_vars = m.clone();
-            self.matched_var = m.last().cloned();
-            per_link_matches.push(m);
-            links.push(r);
-            link = r.chain.as_deref();
-        }
-        // The whole chain matched: each link's actions, once per matched
-        // variable of a lone rule, once for a chain.
-        let lone = links.len() == 1;
-        for (r, matches) in links.iter().zip(&per_link_matches) {
-            let runs: Vec<&(String, Vec<u8>)> = if lone {
-                matches.iter().collect()
-            } else {
-                matches.last().into_iter().collect()
-            };
-            for m in runs {
-                self.matched_var = Some(m.clone());
+            for v in &m {
+                self.matched_var = Some(v.clone());
                 self.actions(r);
             }
+            self.matched_var = m.last().cloned();
+            self.matched_vars = m;
+            link = r.chain.as_deref();
         }
         if rule.log {
             let (var, _) = self.matched_var.clone().unwrap_or_default();
