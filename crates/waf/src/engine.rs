@@ -229,6 +229,10 @@ struct Tx<'r> {
     started: Instant,
 }
 
+/// A variable an operator matched: its name, its (transformed) value,
+/// and the operator's captures when the rule asks for them.
+type Hit = (String, Vec<u8>, Option<Vec<Vec<u8>>>);
+
 enum Removal {
     Id(Vec<IdRange>),
     Tag(String),
@@ -321,10 +325,17 @@ impl<'r> Tx<'r> {
             if m.is_empty() {
                 return false;
             }
-            for v in &m {
-                self.matched_var = Some(v.clone());
+            // Each match's captures are TX:0-9 while its actions run.
+            for (name, value, caps) in &m {
+                if let Some(caps) = caps {
+                    for (i, c) in caps.iter().enumerate().take(10) {
+                        self.set_tx(&i.to_string(), c.clone());
+                    }
+                }
+                self.matched_var = Some((name.clone(), value.clone()));
                 self.actions(r);
             }
+            let m: Vec<(String, Vec<u8>)> = m.into_iter().map(|(n, v, _)| (n, v)).collect();
             self.matched_var = m.last().cloned();
             self.matched_vars = m;
             link = r.chain.as_deref();
@@ -408,10 +419,10 @@ impl<'r> Tx<'r> {
     }
 
     /// The variables of a rule link that its operator matches.
-    fn eval(&mut self, head_id: u32, r: &Rule) -> Vec<(String, Vec<u8>)> {
+    fn eval(&mut self, head_id: u32, r: &Rule) -> Vec<Hit> {
         if r.targets.is_empty() {
             // SecAction: matches, once.
-            return vec![(String::new(), Vec::new())];
+            return vec![(String::new(), Vec::new(), None)];
         }
         let values = self.values(head_id, r);
         let mut out = Vec::new();
@@ -440,14 +451,7 @@ impl<'r> Tx<'r> {
                 }
             }
             if let Some((v, captures)) = hit {
-                if r.capture {
-                    if let Some(caps) = captures {
-                        for (i, c) in caps.into_iter().enumerate().take(10) {
-                            self.set_tx(&i.to_string(), c);
-                        }
-                    }
-                }
-                out.push((name.clone(), v));
+                out.push((name.clone(), v, captures.filter(|_| r.capture)));
             }
         }
         out

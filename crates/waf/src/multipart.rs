@@ -34,18 +34,58 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + from)
 }
 
-/// A `name="value"` parameter of a `Content-Disposition` header.
+/// A `name="value"` parameter of a `Content-Disposition` header. Quoted
+/// values may hold `;` and backslash escapes (`\"`, `\\`), as
+/// ModSecurity's multipart parser reads them.
 fn param(header: &[u8], name: &str) -> Option<Vec<u8>> {
-    let h = String::from_utf8_lossy(header);
-    for p in h.split(';').skip(1) {
-        let (k, v) = p.split_once('=')?;
-        if k.trim().eq_ignore_ascii_case(name) {
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .unwrap_or(v);
-            return Some(v.as_bytes().to_vec());
+    let mut i = 0;
+    let h = header;
+    // Past the disposition type (`form-data`).
+    while i < h.len() && h[i] != b';' {
+        i += 1;
+    }
+    while i < h.len() {
+        // At a `;`: the next parameter.
+        i += 1;
+        while i < h.len() && h[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        while i < h.len() && h[i] != b'=' && h[i] != b';' {
+            i += 1;
+        }
+        let key = h[start..i].trim_ascii();
+        if i >= h.len() || h[i] == b';' {
+            continue;
+        }
+        i += 1;
+        while i < h.len() && h[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let mut value = Vec::new();
+        if h.get(i) == Some(&b'"') {
+            i += 1;
+            while i < h.len() && h[i] != b'"' {
+                if h[i] == b'\\' && matches!(h.get(i + 1), Some(b'"') | Some(b'\\')) {
+                    i += 1;
+                }
+                value.push(h[i]);
+                i += 1;
+            }
+            // The closing quote, then anything up to the next `;`.
+            while i < h.len() && h[i] != b';' {
+                i += 1;
+            }
+        } else {
+            while i < h.len() && h[i] != b';' {
+                value.push(h[i]);
+                i += 1;
+            }
+            let t = value.trim_ascii().len();
+            value.truncate(t);
+        }
+        if key.eq_ignore_ascii_case(name.as_bytes()) {
+            return Some(value);
         }
     }
     None
@@ -142,6 +182,22 @@ mod tests {
         assert_eq!(p.args_post, [(b"a".to_vec(), b"1 OR 1=1".to_vec())]);
         assert_eq!(p.files, [(b"f".to_vec(), b"x.php".to_vec())]);
         assert_eq!(p.multipart_part_headers.len(), 3);
+        assert_eq!(
+            param(b"form-data; name=\"fi;le\"; filename=\"a\\\"b\"", "name").unwrap(),
+            b"fi;le"
+        );
+        assert_eq!(
+            param(
+                b"form-data; name=\"fi;le\"; filename=\"a\\\"b\"",
+                "filename"
+            )
+            .unwrap(),
+            b"a\"b"
+        );
+        assert_eq!(
+            param(b"form-data; name=x ; filename=y", "name").unwrap(),
+            b"x"
+        );
         // LF-only lines are read too.
         let mut p = Parsed::default();
         parse(
