@@ -21,6 +21,7 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(pro
 command -v age >/dev/null && command -v age-keygen >/dev/null || need+=(age)
 ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1 || need+=(postgresql)
 command -v sslscan >/dev/null || need+=(sslscan)
+/usr/bin/python3 -c "import yaml" >/dev/null 2>&1 || need+=(python3-yaml)
 if [ ${#need[@]} -gt 0 ]; then
     echo "Installing ${need[*]} for the tests" >&2
     sudo_=""

@@ -191,3 +191,38 @@ fn check_names_the_file_the_line_and_the_rule_of_a_bad_rule() {
     let (code, out) = check(&cfg);
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// CRS's own regression tests, a fixed PL1 sample of 600 (every k-th of
+/// the 2,924), through a real centinela process: the pass rate the full
+/// run achieved (89.3%, README) minus 2 points.
+#[test]
+fn a_fixed_sample_of_the_crs_regression_suite_passes_as_the_full_run_did() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let data = centinela_testkit::testdata("waf-crs-regression");
+    let out = std::process::Command::new("python3")
+        .arg(root.join("bench/waf/crs-regression"))
+        .args([
+            "--paranoia",
+            "1",
+            "--sample",
+            "600",
+            "--min-pass",
+            "87.3",
+            "--bin",
+        ])
+        .arg(centinela_testkit::bin("centinela"))
+        .env("CENTINELA_TESTDATA", data.parent().unwrap())
+        .output()
+        .expect("python3 runs the CRS runner");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        text.contains("CRS regression through centinela at paranoia 1: 600 tests"),
+        "{text}"
+    );
+    assert!(out.status.success(), "{text}");
+}
