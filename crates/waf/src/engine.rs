@@ -7,8 +7,10 @@
 //! `docs/waf.md`.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -92,9 +94,18 @@ pub struct Outcome {
 impl Waf {
     pub fn new(set: RuleSet, settings: Settings) -> Waf {
         let mut phases: [Vec<Step>; 2] = [Vec::new(), Vec::new()];
+        let mut chains: HashMap<Vec<Transform>, u32> = HashMap::new();
         for e in set.entries {
             match e {
-                Entry::Rule(r) => {
+                Entry::Rule(mut r) => {
+                    // Rules with the same transformations share cached
+                    // results: their chains get one id.
+                    let mut link: Option<&mut Rule> = Some(&mut r);
+                    while let Some(l) = link {
+                        let n = chains.len() as u32;
+                        l.transform_id = *chains.entry(l.transforms.clone()).or_insert(n);
+                        link = l.chain.as_deref_mut();
+                    }
                     if r.phase == 1 || r.phase == 2 {
                         phases[usize::from(r.phase - 1)].push(Step::Rule(Arc::new(*r)));
                     }
@@ -227,6 +238,45 @@ struct Tx<'r> {
     request_body: bool,
     matched: Vec<Matched>,
     started: Instant,
+    /// Transformed request values: (value's address, length, the rule's
+    /// transformation chain) → the result, for the request.
+    cache: RefCell<TransformCache>,
+}
+
+type TransformCache = HashMap<(usize, usize, u32), Rc<[u8]>, BuildKeyHasher>;
+
+/// The cache's keys are three integers made by this process: a
+/// multiply-rotate hash is enough (no attacker chooses them).
+#[derive(Default, Clone, Copy)]
+struct BuildKeyHasher;
+
+impl std::hash::BuildHasher for BuildKeyHasher {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(0)
+    }
+}
+
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
 }
 
 /// A variable an operator matched: its name, its (transformed) value,
@@ -255,6 +305,7 @@ impl<'r> Tx<'r> {
             request_body: false,
             matched: Vec::new(),
             started: Instant::now(),
+            cache: RefCell::new(HashMap::with_hasher(BuildKeyHasher)),
         };
         let pl = s.paranoia.to_string();
         tx.set_tx("blocking_paranoia_level", pl.clone().into_bytes());
@@ -418,18 +469,21 @@ impl<'r> Tx<'r> {
         }
     }
 
-    /// The variables of a rule link that its operator matches.
+    /// The variables of a rule link that its operator matches. Values are
+    /// borrowed from the request; only matches are copied.
     fn eval(&mut self, head_id: u32, r: &Rule) -> Vec<Hit> {
         if r.targets.is_empty() {
             // SecAction: matches, once.
             return vec![(String::new(), Vec::new(), None)];
         }
+        let want = r.capture;
         let values = self.values(head_id, r);
         let mut out = Vec::new();
-        for (name, value) in &values {
+        for v in &values {
+            let value: &[u8] = &v.value;
             let mut hit = None;
             if r.multi_match {
-                if let Some(c) = self.op(&r.operator, value) {
+                if let Some(c) = self.op(&r.operator, value, want) {
                     hit = Some((value.to_vec(), c));
                 }
                 let mut cur = value.to_vec();
@@ -438,29 +492,51 @@ impl<'r> Tx<'r> {
                     if next != cur {
                         cur = next;
                         if hit.is_none() {
-                            if let Some(c) = self.op(&r.operator, &cur) {
+                            if let Some(c) = self.op(&r.operator, &cur, want) {
                                 hit = Some((cur.clone(), c));
                             }
                         }
                     }
                 }
+            } else if r.transforms.is_empty() {
+                if let Some(c) = self.op(&r.operator, value, want) {
+                    hit = Some((value.to_vec(), c));
+                }
+            } else if v.stable {
+                // The request's own values: each transformation chain is
+                // computed once per value and request.
+                let key = (value.as_ptr() as usize, value.len(), r.transform_id);
+                let cached = self.cache.borrow().get(&key).cloned();
+                let t = match cached {
+                    Some(t) => t,
+                    None => {
+                        let t: Rc<[u8]> = Rc::from(&*transformed(value, &r.transforms));
+                        self.cache.borrow_mut().insert(key, t.clone());
+                        t
+                    }
+                };
+                if let Some(c) = self.op(&r.operator, &t, want) {
+                    hit = Some((t.to_vec(), c));
+                }
             } else {
-                let v = transformed(value, &r.transforms);
-                if let Some(c) = self.op(&r.operator, &v) {
-                    hit = Some((v.into_owned(), c));
+                let t = transformed(value, &r.transforms);
+                if let Some(c) = self.op(&r.operator, &t, want) {
+                    hit = Some((t.into_owned(), c));
                 }
             }
-            if let Some((v, captures)) = hit {
-                out.push((name.clone(), v, captures.filter(|_| r.capture)));
+            if let Some((val, captures)) = hit {
+                out.push((v.name(), val, captures));
             }
         }
+        drop(values);
         out
     }
 
-    /// Runs an operator: `Some(captures)` when it matches (captures only
-    /// for `@rx`, when asked).
-    fn op(&mut self, op: &Operator, v: &[u8]) -> Option<Option<Vec<Vec<u8>>>> {
+    /// Runs an operator: `Some(captures)` when it matches (the captures of
+    /// `@rx` and `@pm` only when `want`).
+    fn op(&self, op: &Operator, v: &[u8], want: bool) -> Option<Option<Vec<Vec<u8>>>> {
         let (m, caps) = match &op.kind {
+            OpKind::Rx(re) if !want => (re.is_match(v), None),
             OpKind::Rx(re) => match re.captures(v) {
                 Some(c) => (
                     true,
@@ -473,7 +549,7 @@ impl<'r> Tx<'r> {
                 None => (false, None),
             },
             OpKind::Pm(ac) => match ac.find(v) {
-                Some(m) => (true, Some(vec![v[m.start()..m.end()].to_vec()])),
+                Some(m) => (true, want.then(|| vec![v[m.start()..m.end()].to_vec()])),
                 None => (false, None),
             },
             OpKind::StrEq(e) => (self.expand(e) == v, None),
@@ -481,15 +557,12 @@ impl<'r> Tx<'r> {
             OpKind::EndsWith(e) => (v.ends_with(&self.expand(e)), None),
             OpKind::Contains(e) => {
                 let p = self.expand(e);
-                (
-                    p.is_empty() || v.windows(p.len()).any(|w| w == p.as_slice()),
-                    None,
-                )
+                (p.is_empty() || memchr::memmem::find(v, &p).is_some(), None)
             }
             OpKind::ContainsWord(e) => (contains_word(v, &self.expand(e)), None),
             OpKind::Within(e) => {
                 let p = self.expand(e);
-                (v.is_empty() || p.windows(v.len()).any(|w| w == v), None)
+                (v.is_empty() || memchr::memmem::find(&p, v).is_some(), None)
             }
             OpKind::Eq(e) => (atoi(v) == atoi(&self.expand(e)), None),
             OpKind::Ge(e) => (atoi(v) >= atoi(&self.expand(e)), None),
@@ -528,8 +601,8 @@ impl<'r> Tx<'r> {
                         count: false,
                         exclude: false,
                     };
-                    if let Some((_, v)) = self.collect(&t).into_iter().next() {
-                        out.extend_from_slice(&v);
+                    if let Some(v) = self.collect(&t).first() {
+                        out.extend_from_slice(&v.value);
                     }
                 }
             }
@@ -543,7 +616,7 @@ impl<'r> Tx<'r> {
 
     /// The values a rule link reads, after its exclusions and the
     /// request's `ctl:ruleRemoveTarget*`.
-    fn values(&self, head_id: u32, r: &Rule) -> Vec<(String, Vec<u8>)> {
+    fn values(&self, head_id: u32, r: &Rule) -> Vec<Var<'_>> {
         let excluded: Vec<&Target> = r
             .targets
             .iter()
@@ -560,64 +633,95 @@ impl<'r> Tx<'r> {
         for t in r.targets.iter().filter(|t| !t.exclude) {
             let vals = self.collect(t);
             if t.count {
-                out.push((
-                    collection_name(t.collection).to_string(),
-                    vals.len().to_string().into_bytes(),
-                ));
+                out.push(Var {
+                    col: collection_name(t.collection),
+                    key: None,
+                    value: Cow::Owned(vals.len().to_string().into_bytes()),
+                    stable: false,
+                });
                 continue;
             }
-            for (name, v) in vals {
-                let key = name.split_once(':').map_or("", |(_, k)| k);
-                let gone = excluded.iter().any(|x| {
-                    same_source(x.collection, t.collection)
-                        && match &x.selector {
-                            Selector::All => true,
-                            Selector::Key(k) => key.eq_ignore_ascii_case(k),
-                            Selector::Regex(re) => re.is_match(key.as_bytes()),
-                            Selector::XPath(_) => false,
-                        }
-                });
+            for v in vals {
+                let key = v.key.unwrap_or(b"");
+                let gone = !excluded.is_empty()
+                    && excluded.iter().any(|x| {
+                        same_source(x.collection, t.collection)
+                            && match &x.selector {
+                                Selector::All => true,
+                                Selector::Key(k) => key.eq_ignore_ascii_case(k.as_bytes()),
+                                Selector::Regex(re) => re.is_match(key),
+                                Selector::XPath(_) => false,
+                            }
+                    });
                 if !gone {
-                    out.push((name, v));
+                    out.push(v);
                 }
             }
         }
         out
     }
 
-    /// A target's members: `(NAME:key, value)`.
-    fn collect(&self, t: &Target) -> Vec<(String, Vec<u8>)> {
+    /// A target's members, borrowed from the request where they can be.
+    fn collect(&self, t: &Target) -> Vec<Var<'_>> {
         use Collection::*;
         let d = &self.data;
-        let keyed = |name: &str, pairs: &[&[Pair]], names: bool| -> Vec<(String, Vec<u8>)> {
+        fn keyed<'a>(
+            t: &Target,
+            col: &'static str,
+            pairs: &[&'a [Pair]],
+            names: bool,
+        ) -> Vec<Var<'a>> {
             let mut out = Vec::new();
             for ps in pairs {
                 for (k, v) in ps.iter() {
-                    let ks = String::from_utf8_lossy(k);
                     let ok = match &t.selector {
-                        Selector::All => true,
-                        Selector::Key(sel) => ks.eq_ignore_ascii_case(sel),
+                        Selector::All | Selector::XPath(_) => true,
+                        Selector::Key(sel) => k.eq_ignore_ascii_case(sel.as_bytes()),
                         Selector::Regex(re) => re.is_match(k),
-                        Selector::XPath(_) => true,
                     };
                     if ok {
-                        out.push((
-                            format!("{name}:{ks}"),
-                            if names { k.clone() } else { v.clone() },
-                        ));
+                        out.push(Var {
+                            col,
+                            key: Some(k),
+                            value: Cow::Borrowed(if names { k } else { v }),
+                            stable: true,
+                        });
                     }
                 }
             }
             out
+        }
+        fn scalar<'a>(col: &'static str, v: &'a [u8]) -> Vec<Var<'a>> {
+            vec![Var {
+                col,
+                key: None,
+                value: Cow::Borrowed(v),
+                stable: true,
+            }]
+        }
+        let owned = |col: &'static str, v: Vec<u8>| {
+            vec![Var {
+                col,
+                key: None,
+                value: Cow::Owned(v),
+                stable: false,
+            }]
         };
-        let scalar = |name: &str, v: &[u8]| vec![(name.to_string(), v.to_vec())];
+        let flag = |col: &'static str, on: bool| {
+            vec![Var {
+                col,
+                key: None,
+                value: Cow::Borrowed(if on { &b"1"[..] } else { &b"0"[..] }),
+                stable: false,
+            }]
+        };
         match t.collection {
-            Args => keyed("ARGS", &[&d.args_get, &d.args_post], false),
-            ArgsGet => keyed("ARGS_GET", &[&d.args_get], false),
-            ArgsPost => keyed("ARGS_POST", &[&d.args_post], false),
-            ArgsNames => keyed("ARGS_NAMES", &[&d.args_get, &d.args_post], true),
-            ArgsGetNames => keyed("ARGS_GET_NAMES", &[&d.args_get], true),
-            ArgsPostNames => keyed("ARGS_POST_NAMES", &[&d.args_post], true),
+            Args => keyed(t, "ARGS", &[&d.args_get, &d.args_post], false),
+            ArgsGet => keyed(t, "ARGS_GET", &[&d.args_get], false),
+            ArgsPost => keyed(t, "ARGS_POST", &[&d.args_post], false),
+            ArgsNames => keyed(t, "ARGS_NAMES", &[&d.args_get, &d.args_post], true),
+            ArgsGetNames => keyed(t, "ARGS_GET_NAMES", &[&d.args_get], true),
+            ArgsPostNames => keyed(t, "ARGS_POST_NAMES", &[&d.args_post], true),
             ArgsCombinedSize => {
                 let n: usize = d
                     .args_get
@@ -625,12 +729,12 @@ impl<'r> Tx<'r> {
                     .chain(&d.args_post)
                     .map(|(k, v)| k.len() + v.len())
                     .sum();
-                scalar("ARGS_COMBINED_SIZE", n.to_string().as_bytes())
+                owned("ARGS_COMBINED_SIZE", n.to_string().into_bytes())
             }
-            RequestHeaders => keyed("REQUEST_HEADERS", &[&d.headers], false),
-            RequestHeadersNames => keyed("REQUEST_HEADERS_NAMES", &[&d.headers], true),
-            RequestCookies => keyed("REQUEST_COOKIES", &[&d.cookies], false),
-            RequestCookiesNames => keyed("REQUEST_COOKIES_NAMES", &[&d.cookies], true),
+            RequestHeaders => keyed(t, "REQUEST_HEADERS", &[&d.headers], false),
+            RequestHeadersNames => keyed(t, "REQUEST_HEADERS_NAMES", &[&d.headers], true),
+            RequestCookies => keyed(t, "REQUEST_COOKIES", &[&d.cookies], false),
+            RequestCookiesNames => keyed(t, "REQUEST_COOKIES_NAMES", &[&d.cookies], true),
             RequestFilename => scalar("REQUEST_FILENAME", &d.filename),
             RequestBasename => scalar("REQUEST_BASENAME", &d.basename),
             RequestUri => scalar("REQUEST_URI", &d.uri),
@@ -646,34 +750,31 @@ impl<'r> Tx<'r> {
                     Vec::new()
                 }
             }
-            RequestBodyLength => scalar(
+            RequestBodyLength => owned(
                 "REQUEST_BODY_LENGTH",
-                self.req.body.len().to_string().as_bytes(),
+                self.req.body.len().to_string().into_bytes(),
             ),
-            ReqbodyError => scalar("REQBODY_ERROR", if d.reqbody_error { b"1" } else { b"0" }),
+            ReqbodyError => flag("REQBODY_ERROR", d.reqbody_error),
             ReqbodyErrorMsg => scalar("REQBODY_ERROR_MSG", d.reqbody_error_msg.as_bytes()),
             // Empty, not absent, without a processor: CRS's 901340 tests it
             // with a negated operator.
-            ReqbodyProcessor => scalar("REQBODY_PROCESSOR", d.processor.unwrap_or("").as_bytes()),
-            Files => keyed("FILES", &[&d.files], false),
-            FilesNames => keyed("FILES_NAMES", &[&d.files], true),
-            FilesCombinedSize | FilesSizes => scalar("FILES_COMBINED_SIZE", b"0"),
+            ReqbodyProcessor => owned(
+                "REQBODY_PROCESSOR",
+                d.processor.unwrap_or("").as_bytes().to_vec(),
+            ),
+            Files => keyed(t, "FILES", &[&d.files], false),
+            FilesNames => keyed(t, "FILES_NAMES", &[&d.files], true),
+            FilesCombinedSize | FilesSizes => flag("FILES_COMBINED_SIZE", false),
             MultipartPartHeaders => keyed(
+                t,
                 "MULTIPART_PART_HEADERS",
                 &[&d.multipart_part_headers],
                 false,
             ),
-            MultipartStrictError => scalar(
-                "MULTIPART_STRICT_ERROR",
-                if d.multipart_strict_error { b"1" } else { b"0" },
-            ),
-            MultipartUnmatchedBoundary => scalar(
+            MultipartStrictError => flag("MULTIPART_STRICT_ERROR", d.multipart_strict_error),
+            MultipartUnmatchedBoundary => flag(
                 "MULTIPART_UNMATCHED_BOUNDARY",
-                if d.multipart_unmatched_boundary {
-                    b"1"
-                } else {
-                    b"0"
-                },
+                d.multipart_unmatched_boundary,
             ),
             MultipartBoundaryQuoted
             | MultipartBoundaryWhitespace
@@ -685,55 +786,96 @@ impl<'r> Tx<'r> {
             | MultipartInvalidQuoting
             | MultipartLfLine
             | MultipartMissingSemicolon
-            | MultipartCrlfLfLines => scalar(collection_name(t.collection), b"0"),
+            | MultipartCrlfLfLines => flag(collection_name(t.collection), false),
             MultipartFilename | MultipartName => Vec::new(),
             Xml => d
                 .xml
                 .iter()
-                .map(|v| ("XML".to_string(), v.clone()))
+                .map(|v| Var {
+                    col: "XML",
+                    key: None,
+                    value: Cow::Borrowed(v.as_slice()),
+                    stable: true,
+                })
                 .collect(),
             Tx => {
-                let mut out = Vec::new();
-                for (k, (orig, v)) in &self.tx {
-                    let ok = match &t.selector {
-                        Selector::All => true,
-                        Selector::Key(sel) => k == sel,
-                        Selector::Regex(re) => re.is_match(k.as_bytes()),
-                        Selector::XPath(_) => false,
-                    };
-                    if ok {
-                        out.push((format!("TX:{orig}"), v.clone()));
+                fn var((orig, v): &(String, Vec<u8>)) -> Var<'_> {
+                    Var {
+                        col: "TX",
+                        key: Some(orig.as_bytes()),
+                        value: Cow::Borrowed(v.as_slice()),
+                        // TX changes as rules run: never cached.
+                        stable: false,
                     }
                 }
-                out.sort();
-                out
+                match &t.selector {
+                    Selector::Key(sel) => self.tx.get(sel.as_str()).map(var).into_iter().collect(),
+                    Selector::All | Selector::XPath(_) => {
+                        let mut out: Vec<Var<'_>> = self.tx.values().map(var).collect();
+                        out.sort_by(|a, b| a.key.cmp(&b.key));
+                        out
+                    }
+                    Selector::Regex(re) => {
+                        let mut out: Vec<Var<'_>> = self
+                            .tx
+                            .iter()
+                            .filter(|(k, _)| re.is_match(k.as_bytes()))
+                            .map(|(_, e)| var(e))
+                            .collect();
+                        out.sort_by(|a, b| a.key.cmp(&b.key));
+                        out
+                    }
+                }
             }
             Env | FullRequest | FullRequestLength | RemotePort => Vec::new(),
             MatchedVar => self
                 .matched_var
                 .as_ref()
-                .map(|(_, v)| vec![("MATCHED_VAR".to_string(), v.clone())])
-                .unwrap_or_default(),
+                .map(|(_, v)| Var {
+                    col: "MATCHED_VAR",
+                    key: None,
+                    value: Cow::Borrowed(v.as_slice()),
+                    stable: false,
+                })
+                .into_iter()
+                .collect(),
             MatchedVarName => self
                 .matched_var
                 .as_ref()
-                .map(|(n, _)| vec![("MATCHED_VAR_NAME".to_string(), n.clone().into_bytes())])
-                .unwrap_or_default(),
+                .map(|(n, _)| Var {
+                    col: "MATCHED_VAR_NAME",
+                    key: None,
+                    value: Cow::Borrowed(n.as_bytes()),
+                    stable: false,
+                })
+                .into_iter()
+                .collect(),
+            // Named as the variables they hold.
             MatchedVars => self
                 .matched_vars
                 .iter()
-                .map(|(n, v)| (n.clone(), v.clone()))
+                .map(|(n, v)| Var {
+                    col: "",
+                    key: Some(n.as_bytes()),
+                    value: Cow::Borrowed(v.as_slice()),
+                    stable: false,
+                })
                 .collect(),
             MatchedVarsNames => self
                 .matched_vars
                 .iter()
-                .map(|(n, _)| (format!("MATCHED_VARS_NAMES:{n}"), n.clone().into_bytes()))
+                .map(|(n, _)| Var {
+                    col: "",
+                    key: Some(n.as_bytes()),
+                    value: Cow::Borrowed(n.as_bytes()),
+                    stable: false,
+                })
                 .collect(),
-            RemoteAddr => scalar("REMOTE_ADDR", self.req.remote_addr.to_string().as_bytes()),
+            RemoteAddr => owned("REMOTE_ADDR", self.req.remote_addr.to_string().into_bytes()),
             UniqueId => scalar("UNIQUE_ID", self.req.unique_id.as_bytes()),
-            Duration => scalar(
+            Duration => owned(
                 "DURATION",
-                self.started.elapsed().as_micros().to_string().as_bytes(),
+                self.started.elapsed().as_micros().to_string().into_bytes(),
             ),
             ResponseBody
             | ResponseHeaders
@@ -742,6 +884,30 @@ impl<'r> Tx<'r> {
             | ResponseProtocol
             | ResponseContentType
             | ResponseContentLength => Vec::new(),
+        }
+    }
+}
+
+/// A variable as a rule reads it.
+struct Var<'a> {
+    /// The collection's name (empty for `MATCHED_VARS`, whose keys are
+    /// whole names).
+    col: &'static str,
+    key: Option<&'a [u8]>,
+    value: Cow<'a, [u8]>,
+    /// Part of the request (not `TX` or `MATCHED_*`, which change as rules
+    /// run): its transformations may be cached for the request.
+    stable: bool,
+}
+
+impl Var<'_> {
+    /// `ARGS:q`, `REQUEST_URI`.
+    fn name(&self) -> String {
+        let key = self.key.map(String::from_utf8_lossy);
+        match (self.col, key) {
+            ("", Some(k)) => k.into_owned(),
+            (c, Some(k)) => format!("{c}:{k}"),
+            (c, None) => c.to_string(),
         }
     }
 }

@@ -410,6 +410,9 @@ pub struct Rule {
     pub targets: Vec<Target>,
     pub operator: Operator,
     pub transforms: Vec<Transform>,
+    /// The same for every rule with the same `transforms` (set by the
+    /// engine, for its cache of transformed values).
+    pub transform_id: u32,
     pub disruptive: Disruptive,
     pub status: Option<u16>,
     pub capture: bool,
@@ -769,6 +772,7 @@ impl Loader {
             targets,
             operator,
             transforms: def.transforms.clone(),
+            transform_id: 0,
             disruptive: def.disruptive,
             status: def.status,
             capture: false,

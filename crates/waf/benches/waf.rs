@@ -1,0 +1,92 @@
+//! The engine's cost per request at PL1 with the real CRS, alone (release,
+//! one thread): a typical API GET (path, 3 query arguments, 10 headers) and
+//! a 2 KB JSON POST. `bench/waf.sh` measures the same through the proxy.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+fn main() {
+    let dir = centinela_testkit::testdata("waf-crs-rules");
+    let files =
+        centinela_waf::files(&[dir.join("crs-setup.conf.example"), dir.join("rules/*.conf")])
+            .expect("CRS files");
+    let t = Instant::now();
+    let set = centinela_waf::load(&files).expect("CRS loads");
+    let waf = centinela_waf::Waf::new(set, Default::default());
+    println!(
+        "load_and_compile_crs: {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    let headers: Vec<(&[u8], &[u8])> = vec![
+        (b"Host", b"shop.example.com"),
+        (
+            b"User-Agent",
+            b"Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+        ),
+        (b"Accept", b"application/json, text/plain, */*"),
+        (b"Accept-Language", b"es-ES,es;q=0.9,en;q=0.8"),
+        (b"Accept-Encoding", b"gzip, deflate, br"),
+        (b"Referer", b"https://shop.example.com/catalogo?page=1"),
+        (
+            b"Cookie",
+            b"session=3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c; lang=es",
+        ),
+        (
+            b"Authorization",
+            b"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl",
+        ),
+        (b"X-Request-Id", b"4bf92f3577b34da6a3ce929d0e0e4736"),
+        (b"Connection", b"keep-alive"),
+    ];
+    let get = centinela_waf::Request {
+        method: b"GET",
+        target: b"/api/products?q=zapatillas%20de%20running&page=2&sort=price_asc",
+        protocol: b"HTTP/1.1",
+        headers: headers.clone(),
+        body: b"",
+        body_truncated: false,
+        remote_addr: "203.0.113.7".parse().unwrap(),
+        unique_id: "bench",
+    };
+    let mut json = String::from("{\"items\":[");
+    let mut i = 0;
+    while json.len() < 1900 {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&format!(
+            "{{\"sku\":\"ZP-{i:04}\",\"name\":\"Zapatilla \\\"Trail\\\" talla {}\",\"description\":\"Suela de goma, malla transpirable; ideal para montaña.\",\"qty\":{}}}",
+            36 + i % 10,
+            1 + i % 3
+        ));
+        i += 1;
+    }
+    json.push_str("],\"coupon\":\"INVIERNO-10\"}");
+    let mut post_headers = headers.clone();
+    post_headers.push((b"Content-Type", b"application/json"));
+    let post = centinela_waf::Request {
+        method: b"POST",
+        target: b"/api/orders",
+        body: json.as_bytes(),
+        headers: post_headers,
+        ..get.clone()
+    };
+    for (name, req) in [("api_get", &get), ("json_post_2kb", &post)] {
+        let out = waf.inspect(req);
+        assert!(out.block.is_none(), "{name}: {:?}", out.matched);
+        for _ in 0..200 {
+            black_box(waf.inspect(req));
+        }
+        let n = 3_000;
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(waf.inspect(black_box(req)));
+        }
+        println!(
+            "waf_pl1_{name}: {:.1} µs a request (body {} bytes)",
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(n),
+            req.body.len()
+        );
+    }
+}
