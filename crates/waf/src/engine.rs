@@ -536,18 +536,22 @@ impl<'r> Tx<'r> {
     /// `@rx` and `@pm` only when `want`).
     fn op(&self, op: &Operator, v: &[u8], want: bool) -> Option<Option<Vec<Vec<u8>>>> {
         let (m, caps) = match &op.kind {
-            OpKind::Rx(re) if !want => (re.is_match(v), None),
-            OpKind::Rx(re) => match re.captures(v) {
-                Some(c) => (
-                    true,
-                    Some(
+            // The fast match first: captures only for a value that matches
+            // (most do not, and the capturing engine is the slow one).
+            OpKind::Rx(re) => {
+                if !re.is_match(v) {
+                    (false, None)
+                } else if !want {
+                    (true, None)
+                } else {
+                    let caps = re.captures(v).map(|c| {
                         c.iter()
                             .map(|m| m.map_or(Vec::new(), |m| m.as_bytes().to_vec()))
-                            .collect(),
-                    ),
-                ),
-                None => (false, None),
-            },
+                            .collect()
+                    });
+                    (caps.is_some(), caps)
+                }
+            }
             OpKind::Pm(ac) => match ac.find(v) {
                 Some(m) => (true, want.then(|| vec![v[m.start()..m.end()].to_vec()])),
                 None => (false, None),
