@@ -21,6 +21,10 @@ use crate::rule::{
 };
 use crate::transform::Transform;
 
+/// The id the engine's own refusal of an unreadable body is reported
+/// under (ModSecurity's recommended rule for it).
+pub const REQBODY_ERROR_RULE: u32 = 200002;
+
 /// How the engine is run (from `[waf]`).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -144,6 +148,24 @@ impl Waf {
                 if processor.is_none() && tx.force_body_variable {
                     tx.request_body = true;
                 }
+            }
+            // A body (or query) that could not be read whole is refused
+            // before its rules run, as ModSecurity's recommended rule 200002
+            // does: rules over a body read in part could be bypassed, and
+            // one of too many arguments costs every rule their number.
+            if phase == 1 && tx.data.reqbody_error && tx.engine != Engine::Off {
+                tx.matched.push(Matched {
+                    id: REQBODY_ERROR_RULE,
+                    var: "REQBODY_ERROR".into(),
+                    msg: format!(
+                        "Failed to parse request body: {}",
+                        tx.data.reqbody_error_msg
+                    ),
+                    data: String::new(),
+                    severity: Some(2),
+                });
+                let detect = self.settings.detect_only || tx.engine == Engine::DetectionOnly;
+                return tx.outcome((!detect).then_some(400), Some(REQBODY_ERROR_RULE));
             }
             match self.run(&mut tx, phase) {
                 Flow::Continue | Flow::EndPhase => {}

@@ -26,6 +26,11 @@ pub struct Request<'a> {
 /// A name and a value.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
+/// Arguments read at most (query and body together), as ModSecurity's
+/// `SecArgumentsLimit 1000`: past it the body is an error (`REQBODY_ERROR`,
+/// refused with 400), not a list that costs every rule its length.
+pub const MAX_ARGS: usize = 1000;
+
 /// The request's variables.
 #[derive(Debug, Default)]
 pub struct Parsed {
@@ -180,8 +185,11 @@ impl Parsed {
         line.extend_from_slice(target);
         line.push(b' ');
         line.extend_from_slice(req.protocol);
-        Parsed {
-            args_get: urlencoded(query),
+        let mut args_get = urlencoded(query);
+        let too_many = args_get.len() > MAX_ARGS;
+        args_get.truncate(MAX_ARGS);
+        let mut p = Parsed {
+            args_get,
             headers: req
                 .headers
                 .iter()
@@ -195,7 +203,11 @@ impl Parsed {
             line,
             processor,
             ..Parsed::default()
+        };
+        if too_many {
+            p.fail(format!("more than {MAX_ARGS} arguments"));
         }
+        p
     }
 
     /// Reads the body with a processor (phase 2's variables).
@@ -210,6 +222,11 @@ impl Parsed {
             Some("MULTIPART") => crate::multipart::parse(self, body, content_type),
             Some("XML") => crate::xml::parse(self, body),
             _ => {}
+        }
+        if self.args_get.len() + self.args_post.len() > MAX_ARGS {
+            self.args_post
+                .truncate(MAX_ARGS.saturating_sub(self.args_get.len()));
+            self.fail(format!("more than {MAX_ARGS} arguments"));
         }
     }
 
