@@ -226,3 +226,69 @@ fn a_fixed_sample_of_the_crs_regression_suite_passes_as_the_full_run_did() {
     );
     assert!(out.status.success(), "{text}");
 }
+
+/// A reload recompiles the rules; one whose files no longer load is
+/// refused and the running set keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_recompiles_the_rules_and_a_broken_file_keeps_the_running_set() {
+    let backend = TestServer::ok().await;
+    let dir = TempDir::new("waf-reload");
+    let rules = dir.path("own.conf");
+    std::fs::write(
+        &rules,
+        "SecRule ARGS \"@contains evil\" \"id:10001,phase:2,deny,status:403\"\n",
+    )
+    .unwrap();
+    let toml = format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+[waf]
+rules = [{rules:?}]
+[[route]]
+upstream = "app"
+[upstream.app]
+servers = ["{}"]
+[runtime]
+access_log = false
+"#,
+        backend.addr
+    );
+    let gw = start(&toml).await;
+    let c = centinela_testkit::client();
+    assert_eq!(send(&c, &gw, "GET", "/?q=evil", &[], "").await.status, 403);
+    assert_eq!(
+        send(&c, &gw, "GET", "/?q=wicked", &[], "").await.status,
+        200
+    );
+    let config = centinela_config::parse(&toml, "test.toml").unwrap().config;
+
+    // Broken on disk: the reload is refused, the old rules still run.
+    std::fs::write(
+        &rules,
+        "SecRule ARGS \"@frobnicate x\" \"id:10001,phase:2,deny\"\n",
+    )
+    .unwrap();
+    let err = gw.reload(config.clone()).await.unwrap_err().to_string();
+    assert!(
+        err.contains("own.conf:1: rule 10001: operator @frobnicate"),
+        "{err}"
+    );
+    assert_eq!(send(&c, &gw, "GET", "/?q=evil", &[], "").await.status, 403);
+
+    // Fixed with a new rule: the reload compiles it.
+    std::fs::write(
+        &rules,
+        "SecRule ARGS \"@contains wicked\" \"id:10002,phase:2,deny,status:403\"\n",
+    )
+    .unwrap();
+    gw.reload(config).await.unwrap();
+    assert_eq!(
+        send(&c, &gw, "GET", "/?q=wicked", &[], "").await.status,
+        403
+    );
+    assert_eq!(send(&c, &gw, "GET", "/?q=evil", &[], "").await.status, 200);
+    gw.shutdown(std::time::Duration::from_secs(5)).await;
+}
