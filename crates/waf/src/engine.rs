@@ -164,22 +164,24 @@ impl Waf {
                     data: String::new(),
                     severity: Some(2),
                 });
-                let detect = self.settings.detect_only || tx.engine == Engine::DetectionOnly;
-                return tx.outcome((!detect).then_some(400), Some(REQBODY_ERROR_RULE));
+                let block = !self.detecting(&tx);
+                return tx.outcome(block.then_some(400), Some(REQBODY_ERROR_RULE));
             }
             match self.run(&mut tx, phase) {
                 Flow::Continue | Flow::EndPhase => {}
                 Flow::Stop => break,
                 Flow::Disrupt(id, status) => {
-                    let detect = self.settings.detect_only || tx.engine == Engine::DetectionOnly;
-                    if !detect {
-                        return tx.outcome(Some(status), Some(id));
-                    }
-                    return tx.outcome(None, Some(id));
+                    let block = !self.detecting(&tx);
+                    return tx.outcome(block.then_some(status), Some(id));
                 }
             }
         }
         tx.outcome(None, None)
+    }
+
+    /// Detect mode, from `[waf] mode` or a rule's `ctl:ruleEngine`.
+    fn detecting(&self, tx: &Tx<'_>) -> bool {
+        self.settings.detect_only || tx.engine == Engine::DetectionOnly
     }
 
     fn run(&self, tx: &mut Tx<'_>, phase: usize) -> Flow {

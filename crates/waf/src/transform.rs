@@ -227,6 +227,27 @@ fn x2c(a: u8, b: u8) -> u8 {
     (hex_val(a).unwrap_or(0) << 4) | hex_val(b).unwrap_or(0)
 }
 
+/// A 16-bit code point's four hex digits as ModSecurity decodes them to
+/// one byte: the lower byte, and full-width ASCII (U+FF01–U+FF5E) as its
+/// ASCII.
+fn low_byte(h1: u8, h2: u8, h3: u8, h4: u8) -> u8 {
+    let d = x2c(h3, h4);
+    if d > 0 && d < 0x5f && matches!(h1, b'f' | b'F') && matches!(h2, b'f' | b'F') {
+        d + 0x20
+    } else {
+        d
+    }
+}
+
+/// Past an entity that ends at `j`: its `;` too, when there is one.
+fn past_entity(v: &[u8], j: usize) -> usize {
+    if v.get(j) == Some(&b';') {
+        j + 1
+    } else {
+        j
+    }
+}
+
 fn is_odigit(c: u8) -> bool {
     (b'0'..=b'7').contains(&c)
 }
@@ -240,17 +261,7 @@ fn url_decode(v: &[u8], uni: bool) -> Vec<u8> {
         if c == b'%' {
             if uni && i + 1 < n && (v[i + 1] == b'u' || v[i + 1] == b'U') {
                 if i + 5 < n && v[i + 2..i + 6].iter().all(|&c| is_hex(c)) {
-                    // The lower byte; full-width ASCII (U+FF01–U+FF5E)
-                    // as its ASCII.
-                    let mut d = x2c(v[i + 4], v[i + 5]);
-                    if d > 0
-                        && d < 0x5f
-                        && matches!(v[i + 2], b'f' | b'F')
-                        && matches!(v[i + 3], b'f' | b'F')
-                    {
-                        d += 0x20;
-                    }
-                    out.push(d);
+                    out.push(low_byte(v[i + 2], v[i + 3], v[i + 4], v[i + 5]));
                     i += 6;
                 } else {
                     // Invalid or too short: `%u` kept.
@@ -323,7 +334,7 @@ fn html_entity_decode(v: &[u8]) -> Vec<u8> {
                             }
                             if j > k {
                                 out.push(strtol_byte(&v[k..j], 16));
-                                i = if j < n && v[j] == b';' { j + 1 } else { j };
+                                i = past_entity(v, j);
                                 continue;
                             }
                         }
@@ -334,7 +345,7 @@ fn html_entity_decode(v: &[u8]) -> Vec<u8> {
                         }
                         if j > k {
                             out.push(strtol_byte(&v[k..j], 10));
-                            i = if j < n && v[j] == b';' { j + 1 } else { j };
+                            i = past_entity(v, j);
                             continue;
                         }
                     }
@@ -357,7 +368,7 @@ fn html_entity_decode(v: &[u8]) -> Vec<u8> {
                     match c {
                         Some(c) => {
                             out.push(c);
-                            i = if j < n && v[j] == b';' { j + 1 } else { j };
+                            i = past_entity(v, j);
                             continue;
                         }
                         None => copy = j - k + 1,
@@ -392,15 +403,7 @@ fn js_decode(v: &[u8]) -> Vec<u8> {
             continue;
         }
         if i + 5 < n && v[i + 1] == b'u' && v[i + 2..i + 6].iter().all(|&c| is_hex(c)) {
-            let mut d = x2c(v[i + 4], v[i + 5]);
-            if d > 0
-                && d < 0x5f
-                && matches!(v[i + 2], b'f' | b'F')
-                && matches!(v[i + 3], b'f' | b'F')
-            {
-                d += 0x20;
-            }
-            out.push(d);
+            out.push(low_byte(v[i + 2], v[i + 3], v[i + 4], v[i + 5]));
             i += 6;
         } else if i + 3 < n && v[i + 1] == b'x' && is_hex(v[i + 2]) && is_hex(v[i + 3]) {
             out.push(x2c(v[i + 2], v[i + 3]));
@@ -471,13 +474,8 @@ fn css_decode(v: &[u8]) -> Vec<u8> {
                     x2c(v[i + j - 2], v[i + j - 1])
                 }
             };
-            let d = if fullcheck
-                && d > 0
-                && d < 0x5f
-                && matches!(v[i + j - 3], b'f' | b'F')
-                && matches!(v[i + j - 4], b'f' | b'F')
-            {
-                d + 0x20
+            let d = if fullcheck {
+                low_byte(v[i + j - 4], v[i + j - 3], v[i + j - 2], v[i + j - 1])
             } else {
                 d
             };
