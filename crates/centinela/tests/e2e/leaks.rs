@@ -209,11 +209,26 @@ shutdown_timeout = "2s"
         seen.push_str(&got.text());
     }
     // The alert fires and both notifiers fail to deliver (logged, with
-    // their errors).
+    // their errors). The rate is measured between two samples of the
+    // evaluator, so traffic goes on until it has fired: requests sent
+    // before its first sample would not count.
+    let traffic = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for _ in 0..600 {
+                let r = hyper::Request::get(format!("http://{web}/x"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                let _ = centinela_testkit::send(&c, r).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     run.wait_line("notifier=hook", Duration::from_secs(30))
         .await;
     run.wait_line("notifier=mail", Duration::from_secs(30))
         .await;
+    traffic.abort();
     // A backup to an S3 that refuses, through the CLI.
     let out = std::process::Command::new(bin("centinela"))
         .args(["backup", "run", "files", "--config", cfg.to_str().unwrap()])
