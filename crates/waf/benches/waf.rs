@@ -72,13 +72,20 @@ fn main() {
         headers: post_headers,
         ..get.clone()
     };
+    let only = std::env::var("WAF_BENCH_ONLY").unwrap_or_default();
     for (name, req) in [("api_get", &get), ("json_post_2kb", &post)] {
+        if !only.is_empty() && only != name {
+            continue;
+        }
         let out = waf.inspect(req);
         assert!(out.block.is_none(), "{name}: {:?}", out.matched);
         for _ in 0..200 {
             black_box(waf.inspect(req));
         }
-        let n = 3_000;
+        let n: u32 = std::env::var("WAF_BENCH_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(3_000);
         let t = Instant::now();
         for _ in 0..n {
             black_box(waf.inspect(black_box(req)));

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::prefilter::{bytes_in, may_match, meets, Bits, ByteSet, Prefilter};
 use crate::request::{Pair, Parsed, Request};
 use crate::rule::{
     Collection, Ctl, Disruptive, Engine, Entry, Expand, IdRange, OpKind, Operator, Part, Rule,
@@ -64,7 +65,16 @@ pub struct Waf {
     engine: Engine,
     body_access: bool,
     settings: Settings,
+    /// Every prefiltered operator's literals, scanned once per value.
+    prefilter: Option<Prefilter>,
+    /// Per transformation chain (`Rule::transform_id`): the bytes without
+    /// which it leaves a value as it is; `None` if it may change any.
+    chains: Vec<Option<ByteSet>>,
 }
+
+/// The cache key of a value as the request holds it (no transformation
+/// changed it).
+const AS_IS: u32 = u32::MAX;
 
 enum Step {
     Rule(Arc<Rule>),
@@ -99,6 +109,7 @@ impl Waf {
     pub fn new(set: RuleSet, settings: Settings) -> Waf {
         let mut phases: [Vec<Step>; 2] = [Vec::new(), Vec::new()];
         let mut chains: HashMap<Vec<Transform>, u32> = HashMap::new();
+        let mut literals: Vec<Arc<Vec<Vec<u8>>>> = Vec::new();
         for e in set.entries {
             match e {
                 Entry::Rule(mut r) => {
@@ -108,6 +119,15 @@ impl Waf {
                     while let Some(l) = link {
                         let n = chains.len() as u32;
                         l.transform_id = *chains.entry(l.transforms.clone()).or_insert(n);
+                        // A negated operator matches where the literals
+                        // are absent; multiMatch runs it on values the
+                        // scan does not see.
+                        if let (Some(lits), false, false) =
+                            (&l.operator.literals, l.operator.negated, l.multi_match)
+                        {
+                            l.prefilter_id = Some(literals.len() as u32);
+                            literals.push(lits.clone());
+                        }
                         link = l.chain.as_deref_mut();
                     }
                     if r.phase == 1 || r.phase == 2 {
@@ -121,17 +141,33 @@ impl Waf {
                 }
             }
         }
+        let sets: Vec<&[Vec<u8>]> = literals.iter().map(|l| l.as_slice()).collect();
+        let mut by_id: Vec<Option<ByteSet>> = vec![None; chains.len()];
+        for (chain, id) in &chains {
+            let mut set = Some([0u64; 4]);
+            for t in chain {
+                set = match (set, t.triggers()) {
+                    (Some(a), Some(b)) => {
+                        Some([a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]])
+                    }
+                    _ => None,
+                };
+            }
+            by_id[*id as usize] = set;
+        }
         Waf {
+            chains: by_id,
             phases,
             engine: set.engine,
             body_access: set.request_body_access,
             settings,
+            prefilter: Prefilter::new(&sets),
         }
     }
 
     /// Inspects a request.
     pub fn inspect(&self, req: &Request<'_>) -> Outcome {
-        let mut tx = Tx::new(req, &self.settings);
+        let mut tx = Tx::new(req, &self.settings, self.prefilter.as_ref(), &self.chains);
         if self.engine == Engine::Off {
             return tx.outcome(None, None);
         }
@@ -145,6 +181,8 @@ impl Waf {
             if phase == 1 && self.body_access && tx.body_access {
                 let processor = tx.data.processor;
                 tx.data.body(processor, req.body, content_type);
+                // The body's arguments join their collections.
+                tx.unions.borrow_mut().clear();
                 if processor.is_none() && tx.force_body_variable {
                     tx.request_body = true;
                 }
@@ -248,6 +286,8 @@ enum Flow {
 /// One request's state.
 struct Tx<'r> {
     req: &'r Request<'r>,
+    prefilter: Option<&'r Prefilter>,
+    chains: &'r [Option<ByteSet>],
     data: Parsed,
     tx: HashMap<String, (String, Vec<u8>)>,
     matched_var: Option<(String, Vec<u8>)>,
@@ -263,11 +303,35 @@ struct Tx<'r> {
     matched: Vec<Matched>,
     started: Instant,
     /// Transformed request values: (value's address, length, the rule's
-    /// transformation chain) → the result, for the request.
+    /// transformation chain) → the result and its prefilter scan, for the
+    /// request.
     cache: RefCell<TransformCache>,
+    /// What a whole collection's values hold under a transformation
+    /// chain: (collection, chain) → their bytes and literal scans, so that
+    /// a rule none of whose targets can match is passed over whole.
+    unions: RefCell<HashMap<(Collection, u32), Union>>,
 }
 
-type TransformCache = HashMap<(usize, usize, u32), Rc<[u8]>, BuildKeyHasher>;
+/// The prefilter's view of every value of a collection, together.
+#[derive(Clone, Default)]
+struct Union {
+    present: ByteSet,
+    /// The literal scans, OR-ed, once a rule has asked.
+    bits: Option<Rc<Bits>>,
+}
+
+type TransformCache = HashMap<(usize, usize, u32), Prepared, BuildKeyHasher>;
+
+/// A request value under one transformation chain.
+#[derive(Clone, Default)]
+struct Prepared {
+    /// `None`: the chain left it as it was.
+    changed: Option<Rc<[u8]>>,
+    /// The bytes it holds.
+    present: ByteSet,
+    /// The prefilter's scan of it, once a rule has asked.
+    bits: Option<Rc<Bits>>,
+}
 
 /// The cache's keys are three integers made by this process: a
 /// multiply-rotate hash is enough (no attacker chooses them).
@@ -313,9 +377,16 @@ enum Removal {
 }
 
 impl<'r> Tx<'r> {
-    fn new(req: &'r Request<'r>, s: &Settings) -> Tx<'r> {
+    fn new(
+        req: &'r Request<'r>,
+        s: &Settings,
+        prefilter: Option<&'r Prefilter>,
+        chains: &'r [Option<ByteSet>],
+    ) -> Tx<'r> {
         let mut tx = Tx {
             req,
+            prefilter,
+            chains,
             data: Parsed::head(req),
             tx: HashMap::new(),
             matched_var: None,
@@ -330,6 +401,7 @@ impl<'r> Tx<'r> {
             matched: Vec::new(),
             started: Instant::now(),
             cache: RefCell::new(HashMap::with_hasher(BuildKeyHasher)),
+            unions: RefCell::new(HashMap::new()),
         };
         let pl = s.paranoia.to_string();
         tx.set_tx("blocking_paranoia_level", pl.clone().into_bytes());
@@ -501,6 +573,9 @@ impl<'r> Tx<'r> {
             return vec![(String::new(), Vec::new(), None)];
         }
         let want = r.capture;
+        if self.cannot_match(r) {
+            return Vec::new();
+        }
         let values = self.values(head_id, r);
         let mut out = Vec::new();
         for v in &values {
@@ -522,25 +597,25 @@ impl<'r> Tx<'r> {
                         }
                     }
                 }
+            } else if v.stable
+                && (r.prefilter_id.is_some()
+                    || r.operator.bytes.is_some()
+                    || !r.transforms.is_empty())
+            {
+                // The request's own values: each transformation chain is
+                // computed and scanned once per value and request.
+                let Some(p) = self.prepare(value, r) else {
+                    continue;
+                };
+                let t = p.changed.as_deref().unwrap_or(value);
+                {
+                    if let Some(c) = self.op(&r.operator, t, want) {
+                        hit = Some((t.to_vec(), c));
+                    }
+                }
             } else if r.transforms.is_empty() {
                 if let Some(c) = self.op(&r.operator, value, want) {
                     hit = Some((value.to_vec(), c));
-                }
-            } else if v.stable {
-                // The request's own values: each transformation chain is
-                // computed once per value and request.
-                let key = (value.as_ptr() as usize, value.len(), r.transform_id);
-                let cached = self.cache.borrow().get(&key).cloned();
-                let t = match cached {
-                    Some(t) => t,
-                    None => {
-                        let t: Rc<[u8]> = Rc::from(&*transformed(value, &r.transforms));
-                        self.cache.borrow_mut().insert(key, t.clone());
-                        t
-                    }
-                };
-                if let Some(c) = self.op(&r.operator, &t, want) {
-                    hit = Some((t.to_vec(), c));
                 }
             } else {
                 let t = transformed(value, &r.transforms);
@@ -554,6 +629,162 @@ impl<'r> Tx<'r> {
         }
         drop(values);
         out
+    }
+
+    /// A request value under a rule's transformations, each chain once
+    /// per value and request; `None` when the prefilter shows that the
+    /// rule's operator cannot match it (its bytes first, then its
+    /// literals, scanned once per value the first time a rule asks).
+    fn prepare(&self, value: &[u8], r: &Rule) -> Option<Prepared> {
+        let (key, mut p) = self.transform(value, r);
+        if let Some(need) = &r.operator.bytes {
+            if !r.operator.negated && !meets(need, &p.present) {
+                return None;
+            }
+        }
+        if let Some(id) = r.prefilter_id {
+            let bits = self.scan(key, &mut p, value);
+            if !may_match(&bits, id) {
+                return None;
+            }
+        }
+        Some(p)
+    }
+
+    /// A request value under a rule's transformations (cached).
+    /// A value that holds none of the bytes a chain acts on is shared, as
+    /// it is, by every such chain (with its scan).
+    fn transform(&self, value: &[u8], r: &Rule) -> ((usize, usize, u32), Prepared) {
+        let as_is = (value.as_ptr() as usize, value.len(), AS_IS);
+        let base = self.cache.borrow().get(&as_is).cloned();
+        let base = base.unwrap_or_else(|| {
+            let p = Prepared {
+                present: bytes_in(value),
+                changed: None,
+                bits: None,
+            };
+            self.cache.borrow_mut().insert(as_is, p.clone());
+            p
+        });
+        let acts = match self.chains.get(r.transform_id as usize) {
+            Some(Some(triggers)) => meets(triggers, &base.present),
+            _ => true,
+        };
+        if !acts {
+            return (as_is, base);
+        }
+        let key = (value.as_ptr() as usize, value.len(), r.transform_id);
+        if let Some(p) = self.cache.borrow().get(&key) {
+            return (key, p.clone());
+        }
+        let p = match transformed(value, &r.transforms) {
+            Cow::Borrowed(t) if t.len() == value.len() => base,
+            t => Prepared {
+                present: bytes_in(&t),
+                changed: Some(Rc::from(t.into_owned())),
+                bits: None,
+            },
+        };
+        self.cache.borrow_mut().insert(key, p.clone());
+        (key, p)
+    }
+
+    /// The prefilter's literal scan of a prepared value (cached).
+    fn scan(&self, key: (usize, usize, u32), p: &mut Prepared, value: &[u8]) -> Rc<Bits> {
+        if let Some(b) = &p.bits {
+            return b.clone();
+        }
+        let bits = Rc::new(match self.prefilter {
+            Some(pf) => pf.scan(p.changed.as_deref().unwrap_or(value)),
+            None => Bits::default(),
+        });
+        p.bits = Some(bits.clone());
+        self.cache.borrow_mut().insert(key, p.clone());
+        bits
+    }
+
+    /// Whether the prefilter shows that no target of a rule link can
+    /// match, from what each target's whole collection holds (a superset
+    /// of the values the rule reads).
+    fn cannot_match(&self, r: &Rule) -> bool {
+        let op = &r.operator;
+        if op.negated || r.multi_match || (op.bytes.is_none() && r.prefilter_id.is_none()) {
+            return false;
+        }
+        let targets = || r.targets.iter().filter(|t| !t.exclude);
+        if targets().any(|t| t.count || !whole_request_value(t.collection)) {
+            return false;
+        }
+        if let Some(need) = &op.bytes {
+            let mut present = [0u64; 4];
+            for t in targets() {
+                let u = self.target_union(t, r, false);
+                for (p, x) in present.iter_mut().zip(u.present) {
+                    *p |= x;
+                }
+            }
+            if !meets(need, &present) {
+                return true;
+            }
+        }
+        if let Some(id) = r.prefilter_id {
+            return !targets().any(|t| {
+                let u = self.target_union(t, r, true);
+                u.bits.is_some_and(|b| may_match(&b, id))
+            });
+        }
+        false
+    }
+
+    /// What a target's values hold together: a whole collection's union
+    /// is kept for the request; a selector's few values are read again
+    /// (each one's transformation is cached).
+    fn target_union(&self, t: &Target, r: &Rule, bits: bool) -> Union {
+        if matches!(t.selector, Selector::All | Selector::XPath(_)) {
+            return self.union(t.collection, r, bits);
+        }
+        self.union_of(self.collect(t), r, bits)
+    }
+
+    /// A collection's values under a rule's transformations, together;
+    /// with their literal scans when `bits`.
+    fn union(&self, c: Collection, r: &Rule, bits: bool) -> Union {
+        let key = (c, r.transform_id);
+        if let Some(u) = self.unions.borrow().get(&key) {
+            if u.bits.is_some() || !bits {
+                return u.clone();
+            }
+        }
+        let all = Target {
+            collection: c,
+            selector: Selector::All,
+            count: false,
+            exclude: false,
+        };
+        let u = self.union_of(self.collect(&all), r, bits);
+        self.unions.borrow_mut().insert(key, u.clone());
+        u
+    }
+
+    fn union_of(&self, values: Vec<Var<'_>>, r: &Rule, bits: bool) -> Union {
+        let mut u = Union::default();
+        let mut acc: Option<Bits> = bits.then(|| {
+            let words = self.prefilter.map_or(0, Prefilter::words);
+            vec![0u64; words].into_boxed_slice()
+        });
+        for v in values {
+            let (k, mut p) = self.transform(&v.value, r);
+            for (x, y) in u.present.iter_mut().zip(p.present) {
+                *x |= y;
+            }
+            if let Some(acc) = &mut acc {
+                for (x, y) in acc.iter_mut().zip(self.scan(k, &mut p, &v.value).iter()) {
+                    *x |= y;
+                }
+            }
+        }
+        u.bits = acc.map(Rc::new);
+        u
     }
 
     /// Runs an operator: `Some(captures)` when it matches (the captures of
@@ -914,6 +1145,36 @@ impl<'r> Tx<'r> {
             | ResponseContentLength => Vec::new(),
         }
     }
+}
+
+/// Collections whose values are the request's own, fixed once its body
+/// is read: their transformations and scans can be kept for the request.
+fn whole_request_value(c: Collection) -> bool {
+    use Collection::*;
+    matches!(
+        c,
+        Args | ArgsGet
+            | ArgsPost
+            | ArgsNames
+            | ArgsGetNames
+            | ArgsPostNames
+            | RequestHeaders
+            | RequestHeadersNames
+            | RequestCookies
+            | RequestCookiesNames
+            | RequestFilename
+            | RequestBasename
+            | RequestUri
+            | RequestUriRaw
+            | RequestLine
+            | RequestMethod
+            | RequestProtocol
+            | QueryString
+            | Files
+            | FilesNames
+            | Xml
+            | MultipartPartHeaders
+    )
 }
 
 /// A variable as a rule reads it.

@@ -18,6 +18,7 @@ pub mod detect;
 pub mod engine;
 mod multipart;
 pub mod parse;
+pub mod prefilter;
 pub mod request;
 pub mod rule;
 pub mod transform;

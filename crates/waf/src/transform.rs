@@ -201,6 +201,40 @@ impl Transform {
     }
 }
 
+impl Transform {
+    /// The bytes without which this transformation leaves a value as it
+    /// is (`None`: it may change any value).
+    pub fn triggers(&self) -> Option<[u64; 4]> {
+        use Transform::*;
+        const SPACE: &[u8] = b" \t\n\x0b\x0c\r";
+        let bytes: Vec<u8> = match self {
+            Lowercase => (b'A'..=b'Z').collect(),
+            Uppercase => (b'a'..=b'z').collect(),
+            UrlDecode | UrlDecodeUni => b"%+".to_vec(),
+            HtmlEntityDecode => b"&".to_vec(),
+            JsDecode | CssDecode | EscapeSeqDecode => b"\\".to_vec(),
+            CmdLine => (b'A'..=b'Z')
+                .chain(*b"\"'\\^,;")
+                .chain(SPACE.iter().copied())
+                .collect(),
+            CompressWhitespace | RemoveWhitespace => SPACE.iter().copied().chain([NBSP]).collect(),
+            Trim | TrimLeft | TrimRight => SPACE.to_vec(),
+            RemoveNulls | ReplaceNulls => vec![0],
+            ReplaceComments => b"/".to_vec(),
+            RemoveComments => b"/<-#".to_vec(),
+            RemoveCommentsChar => b"/*<-#".to_vec(),
+            Utf8ToUnicode => (0x80..=0xff).collect(),
+            NormalizePath | NormalizePathWin | Base64Decode | Base64DecodeExt | HexDecode
+            | HexEncode | UrlEncode | Length | Sha1 => return None,
+        };
+        let mut set = [0u64; 4];
+        for b in bytes {
+            set[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+        Some(set)
+    }
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 const NBSP: u8 = 0xa0;
 

@@ -261,3 +261,76 @@ fn pathological_bodies_at_pl2_are_timed() {
         assert!(o.block.is_some(), "{name}: {:?}", o.matched);
     }
 }
+
+/// The prefilter only ever saves work: for every CRS `@rx` and `@pm`
+/// operator, on every attack and benign line of libinjection's data (each
+/// also URL-decoded and lower-cased, as CRS's transformations would give
+/// it), whenever the operator matches, one of its literals is there.
+#[test]
+fn the_prefilter_never_hides_a_match_of_a_crs_operator() {
+    let set = centinela_waf::load(&crs_files()).unwrap_or_else(|e| panic!("{e}"));
+    let dir = centinela_testkit::testdata("waf-libinjection/data");
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read(&f).unwrap();
+        // A sample of each file: every 12th line.
+        for l in text.split(|&c| c == b'\n').step_by(12) {
+            lines.push(l.to_vec());
+            let decoded = centinela_waf::transform::Transform::UrlDecodeUni.apply(l);
+            lines.push(decoded.to_ascii_lowercase());
+        }
+    }
+    let mut links = Vec::new();
+    for r in set.rules() {
+        let mut l = Some(r);
+        while let Some(x) = l {
+            links.push(x);
+            l = x.chain.as_deref();
+        }
+    }
+    let (mut checked, mut with_literals) = (0, 0);
+    for r in links {
+        let Some(lits) = &r.operator.literals else {
+            continue;
+        };
+        with_literals += 1;
+        let ac = aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(lits.iter())
+            .unwrap();
+        for line in &lines {
+            let matched = match &r.operator.kind {
+                OpKind::Rx(re) => re.is_match(line),
+                OpKind::Pm(pm) => pm.is_match(line.as_slice()),
+                _ => continue,
+            };
+            if matched {
+                checked += 1;
+                assert!(
+                    ac.is_match(line.as_slice()),
+                    "rule {}: {:?} matched {:?} without any of its literals {:?}",
+                    r.id,
+                    r.operator.text,
+                    String::from_utf8_lossy(line),
+                    lits.iter()
+                        .map(|l| String::from_utf8_lossy(l))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+    println!(
+        "{with_literals} operators prefiltered; {checked} matches over {} lines checked",
+        lines.len()
+    );
+    assert!(
+        with_literals > 150 && checked > 1000,
+        "{with_literals} {checked}"
+    );
+}

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aho_corasick::AhoCorasick;
 use regex::bytes::Regex;
 
 use crate::parse::{self, Directive};
@@ -75,6 +74,9 @@ pub struct Rule {
     /// The same for every rule with the same `transforms` (set by the
     /// engine, for its cache of transformed values).
     pub transform_id: u32,
+    /// This link's bit in the engine's prefilter, when its operator has
+    /// literals to scan for (set by the engine).
+    pub prefilter_id: Option<u32>,
     pub disruptive: Disruptive,
     pub status: Option<u16>,
     pub capture: bool,
@@ -182,7 +184,7 @@ struct Loader {
     pending_chain: Option<(Rule, usize)>,
     ids: HashMap<u32, (Arc<str>, usize)>,
     /// `@pmFromFile` files read so far, by path.
-    data: HashMap<PathBuf, Arc<AhoCorasick>>,
+    data: HashMap<PathBuf, operator::Phrases>,
 }
 
 fn err(d: &Directive, id: Option<u32>, message: impl Into<String>) -> LoadError {
@@ -412,6 +414,8 @@ impl Loader {
                     negated: false,
                     kind: OpKind::UnconditionalMatch,
                     text: "@unconditionalMatch".into(),
+                    literals: None,
+                    bytes: None,
                 },
             ),
         };
@@ -435,6 +439,7 @@ impl Loader {
             operator,
             transforms: def.transforms.clone(),
             transform_id: 0,
+            prefilter_id: None,
             disruptive: def.disruptive,
             status: def.status,
             capture: false,

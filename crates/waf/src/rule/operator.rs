@@ -44,14 +44,24 @@ pub struct Operator {
     pub kind: OpKind,
     /// As written, for logs.
     pub text: String,
+    /// Literals (ASCII lower case) one of which any value this operator
+    /// matches contains: `@rx` where its pattern requires them, `@pm`'s
+    /// phrases. See [`crate::prefilter`].
+    pub literals: Option<Arc<Vec<Vec<u8>>>>,
+    /// Bytes one of which any value this operator matches contains.
+    pub bytes: Option<crate::prefilter::ByteSet>,
 }
+
+/// A phrase list, compiled, with its phrases for the prefilter.
+#[derive(Clone)]
+pub(super) struct Phrases(Arc<AhoCorasick>, Arc<Vec<Vec<u8>>>);
 
 /// An operator, compiled; `@pmFromFile` lists are read once per file
 /// (`data`) and shared.
 pub(super) fn operator(
     text: &str,
     dir: &Path,
-    data: &mut HashMap<PathBuf, Arc<AhoCorasick>>,
+    data: &mut HashMap<PathBuf, Phrases>,
 ) -> Result<Operator, String> {
     let (negated, rest) = match text.strip_prefix('!') {
         Some(r) => (true, r),
@@ -66,26 +76,38 @@ pub(super) fn operator(
         None => ("rx", rest),
     };
     let expand = |a: &str| Expand::parse(a);
+    let pm = |Phrases(ac, words): Phrases| Operator {
+        negated,
+        kind: OpKind::Pm(ac),
+        text: text.to_string(),
+        bytes: crate::prefilter::phrase_bytes(&words),
+        literals: Some(words),
+    };
     let kind = match name {
-        "rx" => OpKind::Rx(compile_rx(arg)?),
+        "rx" => {
+            let (re, unicode) = compile_rx_mode(arg)?;
+            return Ok(Operator {
+                negated,
+                kind: OpKind::Rx(re),
+                text: text.to_string(),
+                literals: crate::prefilter::required_literals(arg, unicode).map(Arc::new),
+                bytes: crate::prefilter::required_bytes(arg, unicode),
+            });
+        }
         "pm" => {
             let words: Vec<&str> = arg.split_ascii_whitespace().collect();
             if words.is_empty() {
                 return Err("@pm needs at least one phrase".into());
             }
-            OpKind::Pm(Arc::new(phrases(&words)?))
+            return Ok(pm(phrases(&words)?));
         }
         "pmFromFile" | "pmf" => {
             let mut all = Vec::new();
             for f in arg.split_ascii_whitespace() {
                 let path = dir.join(f);
-                if let Some(ac) = data.get(&path) {
+                if let Some(p) = data.get(&path) {
                     if arg.split_ascii_whitespace().count() == 1 {
-                        return Ok(Operator {
-                            negated,
-                            kind: OpKind::Pm(ac.clone()),
-                            text: text.to_string(),
-                        });
+                        return Ok(pm(p.clone()));
                     }
                 }
                 let body = std::fs::read_to_string(&path)
@@ -98,18 +120,14 @@ pub(super) fn operator(
                     .collect();
                 if arg.split_ascii_whitespace().count() == 1 {
                     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-                    let ac = Arc::new(phrases(&refs)?);
-                    data.insert(path, ac.clone());
-                    return Ok(Operator {
-                        negated,
-                        kind: OpKind::Pm(ac),
-                        text: text.to_string(),
-                    });
+                    let p = phrases(&refs)?;
+                    data.insert(path, p.clone());
+                    return Ok(pm(p));
                 }
                 all.extend(words);
             }
             let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-            OpKind::Pm(Arc::new(phrases(&refs)?))
+            return Ok(pm(phrases(&refs)?));
         }
         "streq" => OpKind::StrEq(expand(arg)?),
         "beginsWith" => OpKind::BeginsWith(expand(arg)?),
@@ -136,6 +154,8 @@ pub(super) fn operator(
         negated,
         kind,
         text: text.to_string(),
+        literals: None,
+        bytes: None,
     })
 }
 
@@ -143,23 +163,31 @@ pub(super) fn operator(
 /// and classes over bytes, `(?i)` over ASCII), else with Unicode's (a
 /// pattern that names code points above U+00FF).
 pub fn compile_rx(pattern: &str) -> Result<Regex, String> {
+    compile_rx_mode(pattern).map(|(re, _)| re)
+}
+
+/// [`compile_rx`], and whether it took Unicode mode.
+fn compile_rx_mode(pattern: &str) -> Result<(Regex, bool), String> {
     let build = |unicode: bool| {
         RegexBuilder::new(pattern)
             .unicode(unicode)
             .size_limit(256 << 20)
             .dfa_size_limit(64 << 20)
             .build()
+            .map(|re| (re, unicode))
     };
     build(false)
         .or_else(|_| build(true))
         .map_err(|e| format!("@rx: {e}"))
 }
 
-fn phrases(words: &[&str]) -> Result<AhoCorasick, String> {
-    AhoCorasick::builder()
+fn phrases(words: &[&str]) -> Result<Phrases, String> {
+    let ac = AhoCorasick::builder()
         .ascii_case_insensitive(true)
         .build(words)
-        .map_err(|e| format!("phrase list: {e}"))
+        .map_err(|e| format!("phrase list: {e}"))?;
+    let lits = words.iter().map(|w| w.as_bytes().to_ascii_lowercase());
+    Ok(Phrases(Arc::new(ac), Arc::new(lits.collect())))
 }
 
 fn parse_networks(s: &str) -> Result<Vec<(IpAddr, u8)>, String> {
