@@ -20,6 +20,9 @@ pub struct Waf {
     pub anomaly_threshold: u32,
     /// Bodies are inspected up to this many bytes.
     pub inspect_body: u64,
+    /// Responses go through the rules' phases 3 and 4 (CRS's data-leak
+    /// rules): text bodies are held, up to `inspect_body`, until they are.
+    pub inspect_response: bool,
     pub exclusions: Vec<Exclusion>,
 }
 
@@ -66,6 +69,7 @@ pub(crate) fn waf(
     let paranoia = o.int(sink, "paranoia", 1, 1, 4) as u8;
     let anomaly_threshold = o.int(sink, "anomaly_threshold", 5, 1, 10_000) as u32;
     let inspect_body = o.size(sink, "inspect_body", 128 * 1024);
+    let inspect_response = o.bool(sink, "inspect_response", false);
     let mut exclusions = Vec::new();
     if let Some(v) = o.get("exclusion") {
         for (i, item) in array_items(sink, v, "waf.exclusion") {
@@ -124,6 +128,7 @@ pub(crate) fn waf(
         paranoia,
         anomaly_threshold,
         inspect_body,
+        inspect_response,
         exclusions,
     })
 }

@@ -399,9 +399,10 @@ async fn forward(
         cfg.retry.buffer_body.max(w.inspect_body)
     });
     let body = prepare(body, read_first, idle, route.max_body).await?;
-    if let Some(w) = waf {
-        waf_stage(w, &parts, &body, client_ip, &ids.request, &route.name)?;
-    }
+    let waf_state = match waf {
+        Some(w) => waf_stage(w, &parts, &body, client_ip, &ids.request, &route.name)?,
+        None => None,
+    };
     let deadline = start + cfg.timeouts.request + reading.map_or(Duration::ZERO, |t| t.elapsed());
 
     // Stages pick → send → classify → record → retry, over retry.attempts.
@@ -455,7 +456,19 @@ async fn forward(
         match tried {
             // Decorated as it was built (on_response): moved, not copied
             // once more to be changed here.
-            Tried::Done(resp) => return Ok(resp),
+            Tried::Done(resp) => {
+                return match (waf, waf_state) {
+                    (Some(w), Some(state)) => {
+                        // Boxed: the stage's future is built only for the
+                        // responses it reads.
+                        Box::pin(waf_response_stage(
+                            w, &state, &parts, client_ip, ids, route, resp,
+                        ))
+                        .await
+                    }
+                    _ => Ok(resp),
+                };
+            }
             Tried::Fail(e) => return Err(e),
             Tried::Again(e) => {
                 last_err = e.or(last_err);
@@ -553,7 +566,8 @@ fn forward_claims(
 }
 
 /// Stage **waf**: the request's head and the first `inspect_body` bytes of
-/// its body through `[waf]`'s rules.
+/// its body through `[waf]`'s rules. `Some` state when its response goes
+/// through them too (`inspect_response`).
 fn waf_stage(
     w: &crate::waf::WafStage,
     parts: &http::request::Parts,
@@ -561,7 +575,7 @@ fn waf_stage(
     client: std::net::IpAddr,
     request_id: &HeaderValue,
     route: &str,
-) -> Result<(), ProxyError> {
+) -> Result<Option<Box<centinela_waf::State>>, ProxyError> {
     let max = usize::try_from(w.inspect_body).unwrap_or(usize::MAX);
     let (bytes, truncated): (&[u8], bool) = match body {
         Prepared::Replayable(None) => (b"", false),
@@ -571,19 +585,79 @@ fn waf_stage(
             (&p[..p.len().min(max)], true)
         }
     };
-    // The target as the client sent it: origin form, or absolute form
-    // over HTTP/1 (HTTP/2's scheme and authority are pseudo-headers).
-    let full;
-    let target: &[u8] = if parts.uri.scheme().is_some() && parts.version != http::Version::HTTP_2 {
-        full = parts.uri.to_string();
-        full.as_bytes()
+    let target = raw_target(parts);
+    w.check(parts, &target, bytes, truncated, client, request_id, route)
+}
+
+/// The target as the client sent it: origin form, or absolute form over
+/// HTTP/1 (HTTP/2's scheme and authority are pseudo-headers).
+fn raw_target(parts: &http::request::Parts) -> std::borrow::Cow<'_, [u8]> {
+    if parts.uri.scheme().is_some() && parts.version != http::Version::HTTP_2 {
+        std::borrow::Cow::Owned(parts.uri.to_string().into_bytes())
     } else {
-        parts
-            .uri
-            .path_and_query()
-            .map_or(b"/", |p| p.as_str().as_bytes())
+        std::borrow::Cow::Borrowed(
+            parts
+                .uri
+                .path_and_query()
+                .map_or(b"/", |p| p.as_str().as_bytes()),
+        )
+    }
+}
+
+/// Stage **waf (response)**: the response's head, and the first
+/// `inspect_body` bytes of a text body, through the rules' phases 3 and 4
+/// before anything goes to the client. Refused: the client gets the
+/// refusal, and the server's body is dropped. Passed: what was read goes
+/// first, then the rest as it comes.
+async fn waf_response_stage(
+    w: &crate::waf::WafStage,
+    state: &centinela_waf::State,
+    parts: &http::request::Parts,
+    client: std::net::IpAddr,
+    ids: &Ids,
+    route: &CompiledRoute,
+    resp: Response<RespBody>,
+) -> Result<Response<RespBody>, ProxyError> {
+    use http_body_util::BodyExt;
+    let (head, mut body) = resp.into_parts();
+    let text = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(crate::waf::inspectable);
+    let max = usize::try_from(w.inspect_body).unwrap_or(usize::MAX);
+    let mut read = bytes::BytesMut::new();
+    while text && read.len() < max && !body.is_end_stream() {
+        match body.frame().await {
+            None => break,
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    read.extend_from_slice(&d);
+                }
+            }
+            Some(Err(e)) => return Err(ProxyError::Reset(e.to_string())),
+        }
+    }
+    let target = raw_target(parts);
+    w.check_response(
+        parts,
+        &target,
+        client,
+        &ids.request,
+        &route.name,
+        state,
+        &head,
+        &read[..read.len().min(max)],
+    )?;
+    let body = if read.is_empty() {
+        body
+    } else {
+        RespBody::Prefixed {
+            prefix: Some(read.freeze()),
+            rest: Box::new(body),
+        }
     };
-    w.check(parts, target, bytes, truncated, client, request_id, route)
+    Ok(Response::from_parts(head, body))
 }
 
 /// Stage **limits**: the route's `max_uri` (414); `max_body` is checked

@@ -3,7 +3,9 @@
 //! A refused request gets 403 (or the rule's `status`) with the JSON
 //! error; one line names the matched rules, the variables and the anomaly
 //! score, never a value. Counted in `centinela_waf_requests_total{action}`
-//! and `centinela_waf_rule_matches_total{rule}`.
+//! and `centinela_waf_rule_matches_total{rule}`. With `inspect_response`,
+//! the response's head and the first `inspect_body` bytes of a text body
+//! go through phases 3 and 4 too, before anything is sent to the client.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use centinela_config::waf::{Waf as WafConfig, WafMode};
-use centinela_waf::{Exclusion, Request, Settings, Waf};
+use centinela_waf::{Exclusion, Outcome, Request, Response, Settings, State, Waf};
 use http::HeaderValue;
 use tracing::warn;
 
@@ -69,6 +71,7 @@ impl WafStage {
             paranoia: cfg.paranoia,
             anomaly_threshold: cfg.anomaly_threshold,
             exclusions,
+            inspect_response: cfg.inspect_response,
         };
         Ok(WafStage {
             waf: Waf::new(set, settings),
@@ -82,7 +85,8 @@ impl WafStage {
         })
     }
 
-    /// Inspects a request: `Err` when it is refused.
+    /// Inspects a request: `Err` when it is refused; else what its
+    /// response's phases start from, when responses are inspected.
     #[allow(clippy::too_many_arguments)]
     pub fn check(
         &self,
@@ -93,39 +97,72 @@ impl WafStage {
         client: IpAddr,
         request_id: &HeaderValue,
         route: &str,
-    ) -> Result<(), ProxyError> {
-        let host;
-        let mut headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(parts.headers.len() + 1);
-        if !parts.headers.contains_key(http::header::HOST) {
-            // HTTP/2's :authority is the Host the rules read.
-            if let Some(a) = parts.uri.authority() {
-                host = a.as_str().as_bytes().to_vec();
-                headers.push((b"Host", &host));
-            }
-        }
-        for (n, v) in &parts.headers {
-            headers.push((n.as_str().as_bytes(), v.as_bytes()));
-        }
-        let protocol: &[u8] = match parts.version {
-            http::Version::HTTP_10 => b"HTTP/1.0",
-            http::Version::HTTP_2 => b"HTTP/2.0",
-            http::Version::HTTP_3 => b"HTTP/3.0",
-            _ => b"HTTP/1.1",
-        };
+    ) -> Result<Option<Box<State>>, ProxyError> {
         if body_truncated {
             self.truncated.fetch_add(1, Ordering::Relaxed);
         }
-        let req = Request {
-            method: parts.method.as_str().as_bytes(),
-            target: raw_target,
-            protocol,
-            headers,
+        let mut out = request(
+            parts,
+            raw_target,
             body,
             body_truncated,
-            remote_addr: client,
-            unique_id: request_id.to_str().unwrap_or(""),
+            client,
+            request_id,
+            |r| self.waf.inspect(r),
+        );
+        let state = out.state.take();
+        // Counted as passed once its response passes too, when it has
+        // response phases.
+        self.decide(out, request_id, route, "request", state.is_none())
+            .map(|()| state)
+    }
+
+    /// Are responses inspected (phases 3 and 4)?
+    pub fn inspects_responses(&self) -> bool {
+        self.waf.inspects_responses()
+    }
+
+    /// Inspects a response (its head, and `body`: the first
+    /// `inspect_body` bytes of a text body, else nothing): `Err` when it is
+    /// refused, and the client gets the refusal instead.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_response(
+        &self,
+        parts: &http::request::Parts,
+        raw_target: &[u8],
+        client: IpAddr,
+        request_id: &HeaderValue,
+        route: &str,
+        state: &State,
+        resp: &http::response::Parts,
+        body: &[u8],
+    ) -> Result<(), ProxyError> {
+        let headers: Vec<(&[u8], &[u8])> = resp
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+            .collect();
+        let r = Response {
+            status: resp.status.as_u16(),
+            protocol: b"HTTP/1.1",
+            headers,
+            body,
         };
-        let out = self.waf.inspect(&req);
+        let out = request(parts, raw_target, b"", false, client, request_id, |req| {
+            self.waf.inspect_response(req, state, &r)
+        });
+        self.decide(out, request_id, route, "response", true)
+    }
+
+    /// Counts an outcome and logs a refusal.
+    fn decide(
+        &self,
+        out: Outcome,
+        request_id: &HeaderValue,
+        route: &str,
+        what: &'static str,
+        count_pass: bool,
+    ) -> Result<(), ProxyError> {
         if !out.matched.is_empty() {
             let mut m = self.matches.lock().unwrap_or_else(|p| p.into_inner());
             for r in &out.matched {
@@ -133,7 +170,9 @@ impl WafStage {
             }
         }
         let Some(deciding) = out.disruptive_rule else {
-            self.passed.fetch_add(1, Ordering::Relaxed);
+            if count_pass {
+                self.passed.fetch_add(1, Ordering::Relaxed);
+            }
             return Ok(());
         };
         // Rule ids and variable names only: a value may be a cookie or a
@@ -149,6 +188,7 @@ impl WafStage {
             target: "waf",
             request_id = request_id.to_str().unwrap_or(""),
             route,
+            phase = what,
             action = if blocked { "block" } else { "detect" },
             rule = deciding,
             score = out.score,
@@ -185,4 +225,61 @@ impl WafStage {
         let m = self.matches.lock().unwrap_or_else(|p| p.into_inner());
         m.iter().map(|(k, v)| (*k, *v)).collect()
     }
+}
+
+/// Is a response body of this `Content-Type` read by the response phases?
+/// Text, JSON and XML: what a leak would be written in (ModSecurity's
+/// `SecResponseBodyMimeType text/plain text/html text/xml`, and JSON).
+pub fn inspectable(content_type: &str) -> bool {
+    let t = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    t.starts_with("text/")
+        || t == "application/json"
+        || t == "application/xml"
+        || t.ends_with("+json")
+        || t.ends_with("+xml")
+}
+
+/// The engine's view of a request's head (and body), handed to `f`.
+fn request<T>(
+    parts: &http::request::Parts,
+    raw_target: &[u8],
+    body: &[u8],
+    body_truncated: bool,
+    client: IpAddr,
+    request_id: &HeaderValue,
+    f: impl FnOnce(&Request<'_>) -> T,
+) -> T {
+    let host;
+    let mut headers: Vec<(&[u8], &[u8])> = Vec::with_capacity(parts.headers.len() + 1);
+    if !parts.headers.contains_key(http::header::HOST) {
+        // HTTP/2's :authority is the Host the rules read.
+        if let Some(a) = parts.uri.authority() {
+            host = a.as_str().as_bytes().to_vec();
+            headers.push((b"Host", &host));
+        }
+    }
+    for (n, v) in &parts.headers {
+        headers.push((n.as_str().as_bytes(), v.as_bytes()));
+    }
+    let protocol: &[u8] = match parts.version {
+        http::Version::HTTP_10 => b"HTTP/1.0",
+        http::Version::HTTP_2 => b"HTTP/2.0",
+        http::Version::HTTP_3 => b"HTTP/3.0",
+        _ => b"HTTP/1.1",
+    };
+    f(&Request {
+        method: parts.method.as_str().as_bytes(),
+        target: raw_target,
+        protocol,
+        headers,
+        body,
+        body_truncated,
+        remote_addr: client,
+        unique_id: request_id.to_str().unwrap_or(""),
+    })
 }

@@ -3,7 +3,9 @@
 //! in load order, `skip`/`skipAfter` jumps, chains, `capture` into
 //! `TX:0`–`TX:9`, `setvar` once per matched variable, `ctl` for the rest
 //! of the request, and the first disruptive action (`deny`, `drop`) ends
-//! it. Response phases (3 and 4) and logging (5) are not run: see
+//! it. The response phases (3: headers, 4: body) run in a second call
+//! with the state the request's phases left, when `[waf]
+//! inspect_response` asks for them; logging (5) is not run: see
 //! `docs/waf.md`.
 
 use std::borrow::Cow;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::prefilter::{bytes_in, may_match, meets, Bits, ByteSet, Prefilter};
-use crate::request::{Pair, Parsed, Request};
+use crate::request::{Pair, Parsed, Request, Response};
 use crate::rule::{
     Collection, Ctl, Disruptive, Engine, Entry, Expand, IdRange, OpKind, Operator, Part, Rule,
     RuleSet, Selector, SetOp, Target,
@@ -37,6 +39,8 @@ pub struct Settings {
     pub anomaly_threshold: u32,
     /// `[[waf.exclusion]]`: rules, or one of their targets, off for paths.
     pub exclusions: Vec<Exclusion>,
+    /// Run the response phases (3 and 4) too.
+    pub inspect_response: bool,
 }
 
 /// A rule (or one target of it) off for requests under a path.
@@ -54,14 +58,15 @@ impl Default for Settings {
             paranoia: 1,
             anomaly_threshold: 5,
             exclusions: Vec::new(),
+            inspect_response: false,
         }
     }
 }
 
 /// A compiled rule set, ready for requests.
 pub struct Waf {
-    /// Phases 1 and 2, each in load order.
-    phases: [Vec<Step>; 2],
+    /// Phases 1 to 4, each in load order.
+    phases: [Vec<Step>; 4],
     engine: Engine,
     body_access: bool,
     settings: Settings,
@@ -103,11 +108,32 @@ pub struct Outcome {
     pub matched: Vec<Matched>,
     /// `tx.blocking_inbound_anomaly_score` at the end.
     pub score: i64,
+    /// What the response's phases start from (when they are run).
+    pub state: Option<Box<State>>,
+}
+
+/// What a request's phases leave for its response's: the `TX`
+/// collection and the request's `ctl` changes.
+#[derive(Clone)]
+pub struct State {
+    tx: HashMap<String, (String, Vec<u8>)>,
+    removed_ids: Vec<IdRange>,
+    removed_tags: Vec<String>,
+    removed_targets: Vec<(Removal, Target)>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("tx", &self.tx.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Waf {
     pub fn new(set: RuleSet, settings: Settings) -> Waf {
-        let mut phases: [Vec<Step>; 2] = [Vec::new(), Vec::new()];
+        let mut phases: [Vec<Step>; 4] = Default::default();
         let mut chains: HashMap<Vec<Transform>, u32> = HashMap::new();
         let mut literals: Vec<Arc<Vec<Vec<u8>>>> = Vec::new();
         for e in set.entries {
@@ -130,14 +156,15 @@ impl Waf {
                         }
                         link = l.chain.as_deref_mut();
                     }
-                    if r.phase == 1 || r.phase == 2 {
+                    if (1..=4).contains(&r.phase) {
                         phases[usize::from(r.phase - 1)].push(Step::Rule(Arc::new(*r)));
                     }
                 }
                 Entry::Marker(m) => {
                     // A marker is a place in every phase.
-                    phases[0].push(Step::Marker(m.clone()));
-                    phases[1].push(Step::Marker(m));
+                    for p in &mut phases {
+                        p.push(Step::Marker(m.clone()));
+                    }
                 }
             }
         }
@@ -165,12 +192,58 @@ impl Waf {
         }
     }
 
+    /// Are there response phases to run (`inspect_response`, and rules in
+    /// phase 3 or 4)?
+    pub fn inspects_responses(&self) -> bool {
+        self.settings.inspect_response
+            && self.phases[2..]
+                .iter()
+                .any(|p| p.iter().any(|s| matches!(s, Step::Rule(_))))
+    }
+
+    /// Runs phases 3 and 4 over a response, from the state its request's
+    /// phases left (`Outcome::state`).
+    pub fn inspect_response(
+        &self,
+        req: &Request<'_>,
+        state: &State,
+        resp: &Response<'_>,
+    ) -> Outcome {
+        let mut tx = Tx::new(req, &self.settings, self.prefilter.as_ref(), &self.chains);
+        tx.tx = state.tx.clone();
+        tx.removed_ids = state.removed_ids.clone();
+        tx.removed_tags = state.removed_tags.clone();
+        tx.removed_targets = state.removed_targets.clone();
+        tx.engine = state.engine;
+        tx.data.response_headers = resp
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        tx.resp = Some(resp);
+        if tx.engine == Engine::Off {
+            return tx.outcome(None, None, false);
+        }
+        for phase in 2..4 {
+            match self.run(&mut tx, phase) {
+                Flow::Continue | Flow::EndPhase => {}
+                Flow::Stop => break,
+                Flow::Disrupt(id, status) => {
+                    let block = !self.detecting(&tx);
+                    return tx.outcome(block.then_some(status), Some(id), false);
+                }
+            }
+        }
+        tx.outcome(None, None, false)
+    }
+
     /// Inspects a request.
     pub fn inspect(&self, req: &Request<'_>) -> Outcome {
         let mut tx = Tx::new(req, &self.settings, self.prefilter.as_ref(), &self.chains);
         if self.engine == Engine::Off {
-            return tx.outcome(None, None);
+            return tx.outcome(None, None, false);
         }
+        let keep = self.inspects_responses();
         let content_type = req
             .headers
             .iter()
@@ -203,18 +276,18 @@ impl Waf {
                     severity: Some(2),
                 });
                 let block = !self.detecting(&tx);
-                return tx.outcome(block.then_some(400), Some(REQBODY_ERROR_RULE));
+                return tx.outcome(block.then_some(400), Some(REQBODY_ERROR_RULE), keep);
             }
             match self.run(&mut tx, phase) {
                 Flow::Continue | Flow::EndPhase => {}
                 Flow::Stop => break,
                 Flow::Disrupt(id, status) => {
                     let block = !self.detecting(&tx);
-                    return tx.outcome(block.then_some(status), Some(id));
+                    return tx.outcome(block.then_some(status), Some(id), keep);
                 }
             }
         }
-        tx.outcome(None, None)
+        tx.outcome(None, None, keep)
     }
 
     /// Detect mode, from `[waf] mode` or a rule's `ctl:ruleEngine`.
@@ -286,6 +359,8 @@ enum Flow {
 /// One request's state.
 struct Tx<'r> {
     req: &'r Request<'r>,
+    /// The response, in phases 3 and 4.
+    resp: Option<&'r Response<'r>>,
     prefilter: Option<&'r Prefilter>,
     chains: &'r [Option<ByteSet>],
     data: Parsed,
@@ -371,6 +446,7 @@ impl std::hash::Hasher for KeyHasher {
 /// and the operator's captures when the rule asks for them.
 type Hit = (String, Vec<u8>, Option<Vec<Vec<u8>>>);
 
+#[derive(Clone)]
 enum Removal {
     Id(Vec<IdRange>),
     Tag(String),
@@ -385,6 +461,7 @@ impl<'r> Tx<'r> {
     ) -> Tx<'r> {
         let mut tx = Tx {
             req,
+            resp: None,
             prefilter,
             chains,
             data: Parsed::head(req),
@@ -427,16 +504,28 @@ impl<'r> Tx<'r> {
         tx
     }
 
-    fn outcome(self, block: Option<u16>, rule: Option<u32>) -> Outcome {
+    /// The decision; with the state for the response's phases when
+    /// `keep`.
+    fn outcome(self, block: Option<u16>, rule: Option<u32>, keep: bool) -> Outcome {
         let score = self
             .tx
             .get("blocking_inbound_anomaly_score")
             .map_or(0, |(_, v)| atoi(v));
+        let state = keep.then(|| {
+            Box::new(State {
+                tx: self.tx,
+                removed_ids: self.removed_ids,
+                removed_tags: self.removed_tags,
+                removed_targets: self.removed_targets,
+                engine: self.engine,
+            })
+        });
         Outcome {
             block,
             disruptive_rule: rule,
             matched: self.matched,
             score,
+            state,
         }
     }
 
@@ -1136,13 +1225,39 @@ impl<'r> Tx<'r> {
                 "DURATION",
                 self.started.elapsed().as_micros().to_string().into_bytes(),
             ),
-            ResponseBody
-            | ResponseHeaders
-            | ResponseHeadersNames
-            | ResponseStatus
-            | ResponseProtocol
-            | ResponseContentType
-            | ResponseContentLength => Vec::new(),
+            ResponseHeaders => keyed(t, "RESPONSE_HEADERS", &[&d.response_headers], false),
+            ResponseHeadersNames => {
+                keyed(t, "RESPONSE_HEADERS_NAMES", &[&d.response_headers], true)
+            }
+            ResponseBody => match self.resp {
+                Some(r) => scalar("RESPONSE_BODY", r.body),
+                None => Vec::new(),
+            },
+            ResponseStatus => match self.resp {
+                Some(r) => owned("RESPONSE_STATUS", r.status.to_string().into_bytes()),
+                None => Vec::new(),
+            },
+            ResponseProtocol => match self.resp {
+                Some(r) => scalar("RESPONSE_PROTOCOL", r.protocol),
+                None => Vec::new(),
+            },
+            ResponseContentType => {
+                match d
+                    .response_headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
+                {
+                    Some((_, v)) => scalar("RESPONSE_CONTENT_TYPE", v),
+                    None => Vec::new(),
+                }
+            }
+            ResponseContentLength => match self.resp {
+                Some(r) => owned(
+                    "RESPONSE_CONTENT_LENGTH",
+                    r.body.len().to_string().into_bytes(),
+                ),
+                None => Vec::new(),
+            },
         }
     }
 }
@@ -1174,6 +1289,10 @@ fn whole_request_value(c: Collection) -> bool {
             | FilesNames
             | Xml
             | MultipartPartHeaders
+            | ResponseBody
+            | ResponseHeaders
+            | ResponseHeadersNames
+            | ResponseProtocol
     )
 }
 

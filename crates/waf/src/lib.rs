@@ -24,8 +24,8 @@ pub mod rule;
 pub mod transform;
 mod xml;
 
-pub use engine::{Exclusion, Matched, Outcome, Settings, Waf};
-pub use request::Request;
+pub use engine::{Exclusion, Matched, Outcome, Settings, State, Waf};
+pub use request::{Request, Response};
 pub use rule::{load, RuleSet};
 
 /// Why rules could not be loaded: the file, the line, the rule's id when

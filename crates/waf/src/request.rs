@@ -23,6 +23,18 @@ pub struct Request<'a> {
     pub unique_id: &'a str,
 }
 
+/// A response as the gateway hands it to the engine (phases 3 and 4).
+#[derive(Debug, Clone)]
+pub struct Response<'a> {
+    pub status: u16,
+    /// `HTTP/1.1`.
+    pub protocol: &'a [u8],
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    /// The body, or its first `inspect_body` bytes; empty when it is not
+    /// inspected (not a text type).
+    pub body: &'a [u8],
+}
+
 /// A name and a value.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
@@ -55,6 +67,8 @@ pub struct Parsed {
     pub xml: Vec<Vec<u8>>,
     pub multipart_strict_error: bool,
     pub multipart_unmatched_boundary: bool,
+    /// The response's headers (phases 3 and 4).
+    pub response_headers: Vec<Pair>,
 }
 
 /// `application/x-www-form-urlencoded` pairs, each name and value

@@ -334,3 +334,46 @@ fn the_prefilter_never_hides_a_match_of_a_crs_operator() {
         "{with_literals} {checked}"
     );
 }
+
+/// Phases 3 and 4: with `inspect_response`, the request's state carries
+/// over and a response body leaking a SQL error is refused by CRS's
+/// outbound score (959100); a plain one passes. Without it, no state.
+#[test]
+fn response_phases_refuse_a_leak() {
+    let set = centinela_waf::load(&crs_files()).unwrap_or_else(|e| panic!("{e}"));
+    let waf = centinela_waf::Waf::new(
+        set.clone(),
+        centinela_waf::Settings {
+            inspect_response: true,
+            ..Default::default()
+        },
+    );
+    assert!(waf.inspects_responses());
+    let req = get("/orders?id=7", BROWSER.to_vec());
+    let out = waf.inspect(&req);
+    assert_eq!(out.block, None, "{:?}", out.matched);
+    let state = out.state.expect("state for the response phases");
+    let resp = |body: &'static [u8]| centinela_waf::Response {
+        status: 200,
+        protocol: b"HTTP/1.1",
+        headers: vec![(b"Content-Type", b"text/html")],
+        body,
+    };
+    let leak = waf.inspect_response(
+        &req,
+        &state,
+        &resp(b"<p>You have an error in your SQL syntax; check the manual that corresponds to your MySQL server version for the right syntax to use near ''7'' at line 1</p>"),
+    );
+    assert_eq!(leak.block, Some(403), "{:?}", leak.matched);
+    assert!(
+        leak.matched.iter().any(|m| m.id / 1000 == 951),
+        "{:?}",
+        leak.matched
+    );
+    let plain = waf.inspect_response(&req, &state, &resp(b"<p>Order 7: 2 items</p>"));
+    assert_eq!(plain.block, None, "{:?}", plain.matched);
+
+    let off = centinela_waf::Waf::new(set, Default::default());
+    assert!(!off.inspects_responses());
+    assert!(off.inspect(&req).state.is_none());
+}

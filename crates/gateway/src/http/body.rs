@@ -214,6 +214,12 @@ pub enum RespBody {
         edge: Option<Arc<crate::http::headers::EdgeHeaders>>,
     },
     Full(Option<Bytes>),
+    /// What a stage read of the body first (the WAF's response phases),
+    /// then the rest.
+    Prefixed {
+        prefix: Option<Bytes>,
+        rest: Box<RespBody>,
+    },
 }
 
 impl RespBody {
@@ -222,6 +228,7 @@ impl RespBody {
         match self {
             RespBody::Upstream { edge, .. } => edge.take(),
             RespBody::Full(_) => None,
+            RespBody::Prefixed { rest, .. } => rest.take_edge(),
         }
     }
 
@@ -244,6 +251,10 @@ impl RespBody {
         match self {
             RespBody::Upstream { inner, .. } => inner.poll_data(cx, false),
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Prefixed { prefix, rest } => match prefix.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => rest.poll_frame_now(cx),
+            },
         }
     }
 }
@@ -259,6 +270,10 @@ impl Body for RespBody {
         match self.get_mut() {
             RespBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            RespBody::Prefixed { prefix, rest } => match prefix.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Pin::new(&mut **rest).poll_frame(cx),
+            },
         }
     }
 
@@ -266,6 +281,7 @@ impl Body for RespBody {
         match self {
             RespBody::Upstream { inner, .. } => inner.is_end_stream(),
             RespBody::Full(b) => b.is_none(),
+            RespBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -273,6 +289,16 @@ impl Body for RespBody {
         match self {
             RespBody::Upstream { inner, .. } => inner.size_hint(),
             RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            RespBody::Prefixed { prefix, rest } => {
+                let n = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let r = rest.size_hint();
+                let mut h = SizeHint::new();
+                h.set_lower(r.lower() + n);
+                if let Some(u) = r.upper() {
+                    h.set_upper(u + n);
+                }
+                h
+            }
         }
     }
 }
