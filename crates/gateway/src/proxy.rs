@@ -652,10 +652,7 @@ async fn waf_response_stage(
     let body = if read.is_empty() {
         body
     } else {
-        RespBody::Prefixed {
-            prefix: Some(read.freeze()),
-            rest: Box::new(body),
-        }
+        body.after(read.freeze())
     };
     Ok(Response::from_parts(head, body))
 }

@@ -214,11 +214,15 @@ pub enum RespBody {
         edge: Option<Arc<crate::http::headers::EdgeHeaders>>,
     },
     Full(Option<Bytes>),
-    /// What a stage read of the body first (the WAF's response phases),
-    /// then the rest.
+    /// An upstream body whose start a stage read first (the WAF's
+    /// response phases): that start, then the rest. Its own variant, not
+    /// a wrapper: the plain path's calls stay flat (no recursion to keep
+    /// them from being inlined).
     Prefixed {
         prefix: Option<Bytes>,
-        rest: Box<RespBody>,
+        inner: Box<UpBody>,
+        _guards: Guards,
+        edge: Option<Arc<crate::http::headers::EdgeHeaders>>,
     },
 }
 
@@ -228,7 +232,7 @@ impl RespBody {
         match self {
             RespBody::Upstream { edge, .. } => edge.take(),
             RespBody::Full(_) => None,
-            RespBody::Prefixed { rest, .. } => rest.take_edge(),
+            RespBody::Prefixed { edge, .. } => edge.take(),
         }
     }
 
@@ -238,6 +242,35 @@ impl RespBody {
 
     pub fn empty() -> Self {
         RespBody::Full(None)
+    }
+
+    /// This body, after `prefix` (already read from it).
+    pub fn after(self, prefix: Bytes) -> RespBody {
+        match self {
+            RespBody::Upstream {
+                inner,
+                _guards,
+                edge,
+            } => RespBody::Prefixed {
+                prefix: Some(prefix),
+                inner: Box::new(inner),
+                _guards,
+                edge,
+            },
+            RespBody::Prefixed {
+                prefix: None,
+                inner,
+                _guards,
+                edge,
+            } => RespBody::Prefixed {
+                prefix: Some(prefix),
+                inner,
+                _guards,
+                edge,
+            },
+            // Read whole: what was read is all of it.
+            _ => RespBody::full(prefix),
+        }
     }
 }
 
@@ -251,9 +284,9 @@ impl RespBody {
         match self {
             RespBody::Upstream { inner, .. } => inner.poll_data(cx, false),
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Prefixed { prefix, rest } => match prefix.take() {
+            RespBody::Prefixed { prefix, inner, .. } => match prefix.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => rest.poll_frame_now(cx),
+                None => inner.poll_data(cx, false),
             },
         }
     }
@@ -270,9 +303,9 @@ impl Body for RespBody {
         match self.get_mut() {
             RespBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
             RespBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            RespBody::Prefixed { prefix, rest } => match prefix.take() {
+            RespBody::Prefixed { prefix, inner, .. } => match prefix.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Pin::new(&mut **rest).poll_frame(cx),
+                None => Pin::new(&mut **inner).poll_frame(cx),
             },
         }
     }
@@ -281,7 +314,7 @@ impl Body for RespBody {
         match self {
             RespBody::Upstream { inner, .. } => inner.is_end_stream(),
             RespBody::Full(b) => b.is_none(),
-            RespBody::Prefixed { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            RespBody::Prefixed { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
         }
     }
 
@@ -289,9 +322,9 @@ impl Body for RespBody {
         match self {
             RespBody::Upstream { inner, .. } => inner.size_hint(),
             RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            RespBody::Prefixed { prefix, rest } => {
+            RespBody::Prefixed { prefix, inner, .. } => {
                 let n = prefix.as_ref().map_or(0, |b| b.len() as u64);
-                let r = rest.size_hint();
+                let r = inner.size_hint();
                 let mut h = SizeHint::new();
                 h.set_lower(r.lower() + n);
                 if let Some(u) = r.upper() {

@@ -1031,6 +1031,7 @@ impl H2Body {
     fn new(body: RespBody, stream: Stream) -> H2Body {
         let idle = match &body {
             RespBody::Upstream { inner, .. } if !body.is_end_stream() => inner.idle_timeout(),
+            RespBody::Prefixed { inner, .. } if !body.is_end_stream() => inner.idle_timeout(),
             _ => {
                 return H2Body {
                     body: Sent::Own(body),
