@@ -1,6 +1,12 @@
 //! The engine's cost per request at PL1 with the real CRS, alone (release,
 //! one thread): a typical API GET (path, 3 query arguments, 10 headers) and
-//! a 2 KB JSON POST. `bench/waf.sh` measures the same through the proxy.
+//! a 2 KB JSON POST; and the worst cases at PL2, one 128 KiB form value of
+//! quotes and parentheses or of SQL keywords (warm: the regexes' lazy DFAs
+//! built by earlier requests; `tests/crs.rs` times the first, cold one).
+//! `bench/waf.sh` measures the same through the proxy.
+//!
+//!     cargo bench -p centinela-waf --bench waf
+//!     WAF_BENCH_ONLY=api_get WAF_BENCH_N=20000 cargo bench -p centinela-waf --bench waf
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -12,7 +18,14 @@ fn main() {
             .expect("CRS files");
     let t = Instant::now();
     let set = centinela_waf::load(&files).expect("CRS loads");
-    let waf = centinela_waf::Waf::new(set, Default::default());
+    let waf = centinela_waf::Waf::new(set.clone(), Default::default());
+    let pl2 = centinela_waf::Waf::new(
+        set,
+        centinela_waf::Settings {
+            paranoia: 2,
+            ..Default::default()
+        },
+    );
     println!(
         "load_and_compile_crs: {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
@@ -94,6 +107,41 @@ fn main() {
             "waf_pl1_{name}: {:.1} µs a request (body {} bytes)",
             t.elapsed().as_secs_f64() * 1e6 / f64::from(n),
             req.body.len()
+        );
+    }
+
+    // The worst cases (PL2): one 128 KiB form value of pathological input.
+    let mut form_headers = headers.clone();
+    form_headers.push((b"Content-Type", b"application/x-www-form-urlencoded"));
+    let mut quotes = b"q=".to_vec();
+    quotes.extend(std::iter::repeat_n(b"'(".as_slice(), 65_535).flatten());
+    let mut keywords = b"q=".to_vec();
+    while keywords.len() < 131_072 {
+        keywords.extend_from_slice(b"select+union+or+and+");
+    }
+    for (name, body) in [("quotes_128kib", &quotes), ("sql_keywords_128kib", &keywords)] {
+        if !only.is_empty() && only != name {
+            continue;
+        }
+        let req = centinela_waf::Request {
+            method: b"POST",
+            target: b"/api/products",
+            body,
+            headers: form_headers.clone(),
+            ..get.clone()
+        };
+        let n: u32 = std::env::var("WAF_BENCH_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20);
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(pl2.inspect(black_box(&req)));
+        }
+        println!(
+            "waf_pl2_worst_{name}: {:.1} ms a request (body {} bytes)",
+            t.elapsed().as_secs_f64() * 1e3 / f64::from(n),
+            body.len()
         );
     }
 }
