@@ -119,7 +119,10 @@ fn main() {
     while keywords.len() < 131_072 {
         keywords.extend_from_slice(b"select+union+or+and+");
     }
-    for (name, body) in [("quotes_128kib", &quotes), ("sql_keywords_128kib", &keywords)] {
+    for (name, body) in [
+        ("quotes_128kib", &quotes),
+        ("sql_keywords_128kib", &keywords),
+    ] {
         if !only.is_empty() && only != name {
             continue;
         }
