@@ -384,7 +384,7 @@ struct Tx<'r> {
     /// What a whole collection's values hold under a transformation
     /// chain: (collection, chain) → their bytes and literal scans, so that
     /// a rule none of whose targets can match is passed over whole.
-    unions: RefCell<HashMap<(Collection, u32), Union>>,
+    unions: RefCell<HashMap<(Collection, u32), Union, BuildKeyHasher>>,
 }
 
 /// The prefilter's view of every value of a collection, together.
@@ -477,8 +477,8 @@ impl<'r> Tx<'r> {
             request_body: false,
             matched: Vec::new(),
             started: Instant::now(),
-            cache: RefCell::new(HashMap::with_hasher(BuildKeyHasher)),
-            unions: RefCell::new(HashMap::new()),
+            cache: RefCell::new(HashMap::with_capacity_and_hasher(256, BuildKeyHasher)),
+            unions: RefCell::new(HashMap::with_capacity_and_hasher(64, BuildKeyHasher)),
         };
         let pl = s.paranoia.to_string();
         tx.set_tx("blocking_paranoia_level", pl.clone().into_bytes());
@@ -530,6 +530,13 @@ impl<'r> Tx<'r> {
     }
 
     fn set_tx(&mut self, name: &str, v: Vec<u8>) {
+        // A variable set again keeps its entry (no new key, no new name).
+        if !name.bytes().any(|c| c.is_ascii_uppercase()) {
+            if let Some(e) = self.tx.get_mut(name) {
+                e.1 = v;
+                return;
+            }
+        }
         self.tx
             .insert(name.to_ascii_lowercase(), (name.to_string(), v));
     }
@@ -565,7 +572,9 @@ impl<'r> Tx<'r> {
             for (name, value, caps) in &m {
                 if let Some(caps) = caps {
                     for (i, c) in caps.iter().enumerate().take(10) {
-                        self.set_tx(&i.to_string(), c.clone());
+                        const DIGITS: [&str; 10] =
+                            ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+                        self.set_tx(DIGITS[i], c.clone());
                     }
                 }
                 self.matched_var = Some((name.clone(), value.clone()));
@@ -977,9 +986,13 @@ impl<'r> Tx<'r> {
                 applies.then_some(t)
             }))
             .collect();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(16);
         for t in r.targets.iter().filter(|t| !t.exclude) {
             let vals = self.collect(t);
+            if excluded.is_empty() && !t.count {
+                out.extend(vals);
+                continue;
+            }
             if t.count {
                 out.push(Var {
                     col: collection_name(t.collection),
@@ -1019,7 +1032,10 @@ impl<'r> Tx<'r> {
             pairs: &[&'a [Pair]],
             names: bool,
         ) -> Vec<Var<'a>> {
-            let mut out = Vec::new();
+            let mut out = match t.selector {
+                Selector::Key(_) => Vec::with_capacity(1),
+                _ => Vec::with_capacity(pairs.iter().map(|p| p.len()).sum()),
+            };
             for ps in pairs {
                 for (k, v) in ps.iter() {
                     let ok = match &t.selector {
