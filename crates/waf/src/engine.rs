@@ -988,11 +988,11 @@ impl<'r> Tx<'r> {
             .collect();
         let mut out = Vec::with_capacity(16);
         for t in r.targets.iter().filter(|t| !t.exclude) {
-            let vals = self.collect(t);
             if excluded.is_empty() && !t.count {
-                out.extend(vals);
+                self.collect_into(t, &mut out);
                 continue;
             }
+            let vals = self.collect(t);
             if t.count {
                 out.push(Var {
                     col: collection_name(t.collection),
@@ -1022,6 +1022,35 @@ impl<'r> Tx<'r> {
         out
     }
 
+    /// The request's name-value collections: their name, their pairs, and
+    /// whether the names are the values.
+    fn pairs_of(&self, c: Collection) -> Option<(&'static str, [&[Pair]; 2], bool)> {
+        use Collection::*;
+        let d = &self.data;
+        Some(match c {
+            Args => ("ARGS", [&d.args_get, &d.args_post], false),
+            ArgsGet => ("ARGS_GET", [&d.args_get, &[]], false),
+            ArgsPost => ("ARGS_POST", [&d.args_post, &[]], false),
+            ArgsNames => ("ARGS_NAMES", [&d.args_get, &d.args_post], true),
+            ArgsGetNames => ("ARGS_GET_NAMES", [&d.args_get, &[]], true),
+            ArgsPostNames => ("ARGS_POST_NAMES", [&d.args_post, &[]], true),
+            RequestHeaders => ("REQUEST_HEADERS", [&d.headers, &[]], false),
+            RequestHeadersNames => ("REQUEST_HEADERS_NAMES", [&d.headers, &[]], true),
+            RequestCookies => ("REQUEST_COOKIES", [&d.cookies, &[]], false),
+            RequestCookiesNames => ("REQUEST_COOKIES_NAMES", [&d.cookies, &[]], true),
+            _ => return None,
+        })
+    }
+
+    /// [`Tx::collect`] into `out`: no vector of its own for the
+    /// name-value collections.
+    fn collect_into<'s>(&'s self, t: &Target, out: &mut Vec<Var<'s>>) {
+        match self.pairs_of(t.collection) {
+            Some((col, pairs, names)) => keyed_into(t, col, &pairs, names, out),
+            None => out.extend(self.collect(t)),
+        }
+    }
+
     /// A target's members, borrowed from the request where they can be.
     fn collect(&self, t: &Target) -> Vec<Var<'_>> {
         use Collection::*;
@@ -1036,24 +1065,11 @@ impl<'r> Tx<'r> {
                 Selector::Key(_) => Vec::with_capacity(1),
                 _ => Vec::with_capacity(pairs.iter().map(|p| p.len()).sum()),
             };
-            for ps in pairs {
-                for (k, v) in ps.iter() {
-                    let ok = match &t.selector {
-                        Selector::All | Selector::XPath(_) => true,
-                        Selector::Key(sel) => k.eq_ignore_ascii_case(sel.as_bytes()),
-                        Selector::Regex(re) => re.is_match(k),
-                    };
-                    if ok {
-                        out.push(Var {
-                            col,
-                            key: Some(k),
-                            value: Cow::Borrowed(if names { k } else { v }),
-                            stable: true,
-                        });
-                    }
-                }
-            }
+            keyed_into(t, col, pairs, names, &mut out);
             out
+        }
+        if let Some((col, pairs, names)) = self.pairs_of(t.collection) {
+            return keyed(t, col, &pairs, names);
         }
         fn scalar<'a>(col: &'static str, v: &'a [u8]) -> Vec<Var<'a>> {
             vec![Var {
@@ -1080,12 +1096,11 @@ impl<'r> Tx<'r> {
             }]
         };
         match t.collection {
-            Args => keyed(t, "ARGS", &[&d.args_get, &d.args_post], false),
-            ArgsGet => keyed(t, "ARGS_GET", &[&d.args_get], false),
-            ArgsPost => keyed(t, "ARGS_POST", &[&d.args_post], false),
-            ArgsNames => keyed(t, "ARGS_NAMES", &[&d.args_get, &d.args_post], true),
-            ArgsGetNames => keyed(t, "ARGS_GET_NAMES", &[&d.args_get], true),
-            ArgsPostNames => keyed(t, "ARGS_POST_NAMES", &[&d.args_post], true),
+            // Read by `pairs_of`, above.
+            Args | ArgsGet | ArgsPost | ArgsNames | ArgsGetNames | ArgsPostNames => Vec::new(),
+            RequestHeaders | RequestHeadersNames | RequestCookies | RequestCookiesNames => {
+                Vec::new()
+            }
             ArgsCombinedSize => {
                 let n: usize = d
                     .args_get
@@ -1095,10 +1110,6 @@ impl<'r> Tx<'r> {
                     .sum();
                 owned("ARGS_COMBINED_SIZE", n.to_string().into_bytes())
             }
-            RequestHeaders => keyed(t, "REQUEST_HEADERS", &[&d.headers], false),
-            RequestHeadersNames => keyed(t, "REQUEST_HEADERS_NAMES", &[&d.headers], true),
-            RequestCookies => keyed(t, "REQUEST_COOKIES", &[&d.cookies], false),
-            RequestCookiesNames => keyed(t, "REQUEST_COOKIES_NAMES", &[&d.cookies], true),
             RequestFilename => scalar("REQUEST_FILENAME", &d.filename),
             RequestBasename => scalar("REQUEST_BASENAME", &d.basename),
             RequestUri => scalar("REQUEST_URI", &d.uri),
@@ -1274,6 +1285,33 @@ impl<'r> Tx<'r> {
                 ),
                 None => Vec::new(),
             },
+        }
+    }
+}
+
+/// A name-value collection's members that a target's selector takes.
+fn keyed_into<'a>(
+    t: &Target,
+    col: &'static str,
+    pairs: &[&'a [Pair]],
+    names: bool,
+    out: &mut Vec<Var<'a>>,
+) {
+    for ps in pairs {
+        for (k, v) in ps.iter() {
+            let ok = match &t.selector {
+                Selector::All | Selector::XPath(_) => true,
+                Selector::Key(sel) => k.eq_ignore_ascii_case(sel.as_bytes()),
+                Selector::Regex(re) => re.is_match(k),
+            };
+            if ok {
+                out.push(Var {
+                    col,
+                    key: Some(k),
+                    value: Cow::Borrowed(if names { k } else { v }),
+                    stable: true,
+                });
+            }
         }
     }
 }
