@@ -20,6 +20,7 @@
 # test: it never runs in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 ROUNDS=${1:-8}
 DUR=${2:-5}
 CONNS=${CONNS:-"1 32 128"}
@@ -27,9 +28,7 @@ BASELINE=${BASELINE:-HEAD~1}
 
 need=()
 for t in nginx wrk; do command -v "$t" >/dev/null 2>&1 || need+=("$t"); done
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
+apt_install "${need[@]}"
 
 work=$(mktemp -d /tmp/centinela-ab.XXXXXX)
 pids=()
@@ -53,14 +52,6 @@ else
     OLD=$work/target-base/release/centinela
 fi
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 200); do
-        python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "nothing listens on $1" >&2; exit 1
-}
 ORIGIN=$(port); A=$(port); B=$(port); AA=$(port); BA=$(port)
 mkdir -p "$work/tmp"
 cat >"$work/origin.conf" <<CONF

@@ -28,6 +28,7 @@
 # Not a test: it never runs in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DUR=${1:-10}
 CONNS=${CONNS:-"1 32 128"}
 # Rounds are interleaved (every target once per round) and summarised by
@@ -45,9 +46,7 @@ need=()
 for t in haproxy:haproxy nginx:nginx wrk:wrk curl:curl; do
     command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t##*:}")
 done
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
+apt_install "${need[@]}"
 cargo build --release --bins -q
 ulimit -n 65536 2>/dev/null || true
 
@@ -60,16 +59,6 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 200); do
-        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "nothing listens on $1; logs:" >&2
-    tail -n 5 "$work"/*.err "$work"/*.log >&2 2>/dev/null || true
-    exit 1
-}
 if [ "$LOGS" = 1 ]; then
     NGX_ACCESS="access_log $work/nginx-access.log combined buffer=64k;"
     HAP_GLOBAL_LOG="    log stdout format raw local0"
@@ -280,7 +269,6 @@ proc_pids() {
         direct) echo "" ;;
     esac
 }
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 rss_kib() { local t=0; for p in "$@"; do t=$((t + $(awk '/^'"$2"':/{print $2}' "/proc/$p/status"))); done; echo $t; }
 sum_status() { local key=$1; shift; local t=0; for p in "$@"; do t=$((t + $(awk -v k="$key:" '$1==k{print $2}' "/proc/$p/status"))); done; echo $t; }
 port_of() { case $1 in direct) echo $ORIGIN;; centinela) echo $CEN;; haproxy) echo $HAP;; nginx) echo $NGX;; esac; }

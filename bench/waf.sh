@@ -20,6 +20,7 @@
 # ModSecurity module (installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 DUR=${1:-5}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-"1 8"}
@@ -30,9 +31,7 @@ need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 [ -f /usr/lib/nginx/modules/ngx_http_modsecurity_module.so ] || need+=(libnginx-mod-http-modsecurity)
-if [ ${#need[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-fi
+apt_install "${need[@]}"
 cargo build --release --bins -q
 ulimit -n 65536 2>/dev/null || true
 
@@ -45,16 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 400); do
-        python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "nothing listens on $1; logs:" >&2
-    tail -n 5 "$work"/*.err "$work"/*.log >&2 2>/dev/null || true
-    exit 1
-}
 ORIGIN=$(port); COFF=$(port); CON=$(port); NOFF=$(port); NON=$(port)
 mkdir -p "$work/tmp"
 
@@ -173,7 +162,6 @@ proc_pids() {
     esac
 }
 port_of() { case $1 in centinela-off) echo $COFF;; centinela-on) echo $CON;; nginx-off) echo $NOFF;; nginx-on) echo $NON;; esac; }
-cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t; }
 HZ=$(getconf CLK_TCK)
 TARGETS="centinela-off centinela-on nginx-off nginx-on"
 

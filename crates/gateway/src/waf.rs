@@ -236,12 +236,14 @@ pub fn inspectable(content_type: &str) -> bool {
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
-    t.starts_with("text/")
-        || t == "application/json"
-        || t == "application/xml"
-        || t.ends_with("+json")
-        || t.ends_with("+xml")
+        .as_bytes();
+    let starts = |p: &[u8]| t.len() >= p.len() && t[..p.len()].eq_ignore_ascii_case(p);
+    let ends = |p: &[u8]| t.len() >= p.len() && t[t.len() - p.len()..].eq_ignore_ascii_case(p);
+    starts(b"text/")
+        || t.eq_ignore_ascii_case(b"application/json")
+        || t.eq_ignore_ascii_case(b"application/xml")
+        || ends(b"+json")
+        || ends(b"+xml")
 }
 
 /// The engine's view of a request's head (and body), handed to `f`.
@@ -282,4 +284,29 @@ fn request<T>(
         remote_addr: client,
         unique_id: request_id.to_str().unwrap_or(""),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_json_and_xml_bodies_are_inspectable() {
+        for t in [
+            "text/html; charset=utf-8",
+            "TEXT/PLAIN",
+            "application/json",
+            "Application/XML",
+            "application/problem+json",
+            "application/atom+xml ; q=1",
+        ] {
+            assert!(super::inspectable(t), "{t}");
+        }
+        for t in [
+            "image/png",
+            "application/octet-stream",
+            "application/jsonx",
+            "",
+        ] {
+            assert!(!super::inspectable(t), "{t}");
+        }
+    }
 }

@@ -75,6 +75,8 @@ pub struct Waf {
     /// Per transformation chain (`Rule::transform_id`): the bytes without
     /// which it leaves a value as it is; `None` if it may change any.
     chains: Vec<Option<ByteSet>>,
+    /// `inspect_response`, and there are rules in phase 3 or 4.
+    responses: bool,
 }
 
 /// The cache key of a value as the request holds it (no transformation
@@ -182,7 +184,12 @@ impl Waf {
             }
             by_id[*id as usize] = set;
         }
+        let responses = settings.inspect_response
+            && phases[2..]
+                .iter()
+                .any(|p| p.iter().any(|s| matches!(s, Step::Rule(_))));
         Waf {
+            responses,
             chains: by_id,
             phases,
             engine: set.engine,
@@ -195,10 +202,7 @@ impl Waf {
     /// Are there response phases to run (`inspect_response`, and rules in
     /// phase 3 or 4)?
     pub fn inspects_responses(&self) -> bool {
-        self.settings.inspect_response
-            && self.phases[2..]
-                .iter()
-                .any(|p| p.iter().any(|s| matches!(s, Step::Rule(_))))
+        self.responses
     }
 
     /// Runs phases 3 and 4 over a response, from the state its request's

@@ -258,18 +258,23 @@ impl RespBody {
                 edge,
             },
             RespBody::Prefixed {
-                prefix: None,
+                prefix: left,
                 inner,
                 _guards,
                 edge,
             } => RespBody::Prefixed {
-                prefix: Some(prefix),
+                prefix: Some(match left {
+                    Some(l) => [prefix, l].concat().into(),
+                    None => prefix,
+                }),
                 inner,
                 _guards,
                 edge,
             },
-            // Read whole: what was read is all of it.
-            _ => RespBody::full(prefix),
+            RespBody::Full(left) => RespBody::full(match left {
+                Some(l) => [prefix, l].concat(),
+                None => prefix.to_vec(),
+            }),
         }
     }
 }
