@@ -623,19 +623,30 @@ shutdown_timeout = "2s"
         .unwrap()
         .clone();
     assert_eq!(site["restore_test"]["ok"], true, "{site}");
+    // Prune runs after each backup: at most `last = 2` remain once it has
+    // (a new backup every 3 s makes a third for the moment before its
+    // prune; a stop in that moment leaves it to the next run's prune).
+    let list = || {
+        let out = cli(&[
+            "backup",
+            "list",
+            "site",
+            "--json",
+            "--config",
+            cfg.to_str().unwrap(),
+        ]);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            let n = list()["snapshots"].as_array().map_or(0, Vec::len);
+            (1..=2).contains(&n)
+        })
+        .await,
+        "{}",
+        list()
+    );
     crate::alerts::stop(r).await;
-    // Prune ran after each backup: at most `last = 2` remain.
-    let out = cli(&[
-        "backup",
-        "list",
-        "site",
-        "--json",
-        "--config",
-        cfg.to_str().unwrap(),
-    ]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let n = v["snapshots"].as_array().unwrap().len();
-    assert!((1..=2).contains(&n), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
