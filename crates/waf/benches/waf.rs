@@ -119,9 +119,20 @@ fn main() {
     while keywords.len() < 131_072 {
         keywords.extend_from_slice(b"select+union+or+and+");
     }
+    // And the most values a body may hold (1,000; more is refused), each
+    // of 128 bytes of the same.
+    let mut many = Vec::new();
+    for i in 0..1000 {
+        if i > 0 {
+            many.push(b'&');
+        }
+        many.extend_from_slice(format!("q{i}=").as_bytes());
+        many.extend(std::iter::repeat_n(b"'(union+select".as_slice(), 9).flatten());
+    }
     for (name, body) in [
         ("quotes_128kib", &quotes),
         ("sql_keywords_128kib", &keywords),
+        ("1000_values_128kib", &many),
     ] {
         if !only.is_empty() && only != name {
             continue;

@@ -77,6 +77,27 @@ pub struct Waf {
     chains: Vec<Option<ByteSet>>,
     /// `inspect_response`, and there are rules in phase 3 or 4.
     responses: bool,
+    /// How many target groups (`Rule::group_id`) the links form.
+    groups: usize,
+}
+
+/// The key of a link's target group: its transformations and the targets
+/// it reads, when the prefilter can tell from their collections' values
+/// together that its operator cannot match (`Tx::cannot_match`).
+fn group_key(r: &Rule) -> Option<String> {
+    let op = &r.operator;
+    if op.negated || r.multi_match || (op.bytes.is_none() && r.prefilter_id.is_none()) {
+        return None;
+    }
+    let targets: Vec<&Target> = r.targets.iter().filter(|t| !t.exclude).collect();
+    if targets.is_empty()
+        || targets
+            .iter()
+            .any(|t| t.count || !whole_request_value(t.collection))
+    {
+        return None;
+    }
+    Some(format!("{}|{targets:?}", r.transform_id))
 }
 
 /// The cache key of a value as the request holds it (no transformation
@@ -138,6 +159,7 @@ impl Waf {
         let mut phases: [Vec<Step>; 4] = Default::default();
         let mut chains: HashMap<Vec<Transform>, u32> = HashMap::new();
         let mut literals: Vec<Arc<Vec<Vec<u8>>>> = Vec::new();
+        let mut groups: HashMap<String, u32> = HashMap::new();
         for e in set.entries {
             match e {
                 Entry::Rule(mut r) => {
@@ -155,6 +177,10 @@ impl Waf {
                         {
                             l.prefilter_id = Some(literals.len() as u32);
                             literals.push(lits.clone());
+                        }
+                        if let Some(key) = group_key(l) {
+                            let n = groups.len() as u32;
+                            l.group_id = Some(*groups.entry(key).or_insert(n));
                         }
                         link = l.chain.as_deref_mut();
                     }
@@ -190,6 +216,7 @@ impl Waf {
                 .any(|p| p.iter().any(|s| matches!(s, Step::Rule(_))));
         Waf {
             responses,
+            groups: groups.len(),
             chains: by_id,
             phases,
             engine: set.engine,
@@ -213,7 +240,7 @@ impl Waf {
         state: &State,
         resp: &Response<'_>,
     ) -> Outcome {
-        let mut tx = Tx::new(req, &self.settings, self.prefilter.as_ref(), &self.chains);
+        let mut tx = Tx::new(req, self);
         tx.tx = state.tx.clone();
         tx.removed_ids = state.removed_ids.clone();
         tx.removed_tags = state.removed_tags.clone();
@@ -243,7 +270,7 @@ impl Waf {
 
     /// Inspects a request.
     pub fn inspect(&self, req: &Request<'_>) -> Outcome {
-        let mut tx = Tx::new(req, &self.settings, self.prefilter.as_ref(), &self.chains);
+        let mut tx = Tx::new(req, self);
         if self.engine == Engine::Off {
             return tx.outcome(None, None, false);
         }
@@ -260,6 +287,7 @@ impl Waf {
                 tx.data.body(processor, req.body, content_type);
                 // The body's arguments join their collections.
                 tx.unions.borrow_mut().clear();
+                tx.groups.borrow_mut().fill(None);
                 if processor.is_none() && tx.force_body_variable {
                     tx.request_body = true;
                 }
@@ -389,6 +417,9 @@ struct Tx<'r> {
     /// chain: (collection, chain) → their bytes and literal scans, so that
     /// a rule none of whose targets can match is passed over whole.
     unions: RefCell<HashMap<(Collection, u32), Union, BuildKeyHasher>>,
+    /// The same per target group (`Rule::group_id`): every link of a
+    /// group is passed over from one summary.
+    groups: RefCell<Vec<Option<Union>>>,
 }
 
 /// The prefilter's view of every value of a collection, together.
@@ -457,17 +488,14 @@ enum Removal {
 }
 
 impl<'r> Tx<'r> {
-    fn new(
-        req: &'r Request<'r>,
-        s: &Settings,
-        prefilter: Option<&'r Prefilter>,
-        chains: &'r [Option<ByteSet>],
-    ) -> Tx<'r> {
+    fn new(req: &'r Request<'r>, waf: &'r Waf) -> Tx<'r> {
+        let s = &waf.settings;
         let mut tx = Tx {
             req,
             resp: None,
-            prefilter,
-            chains,
+            prefilter: waf.prefilter.as_ref(),
+            chains: &waf.chains,
+            groups: RefCell::new(vec![None; waf.groups]),
             data: Parsed::head(req),
             tx: HashMap::new(),
             matched_var: None,
@@ -806,36 +834,54 @@ impl<'r> Tx<'r> {
     }
 
     /// Whether the prefilter shows that no target of a rule link can
-    /// match, from what each target's whole collection holds (a superset
-    /// of the values the rule reads).
+    /// match, from what its target group's collections hold together (a
+    /// superset of the values the rule reads).
     fn cannot_match(&self, r: &Rule) -> bool {
-        let op = &r.operator;
-        if op.negated || r.multi_match || (op.bytes.is_none() && r.prefilter_id.is_none()) {
+        let Some(g) = r.group_id else {
             return false;
-        }
-        let targets = || r.targets.iter().filter(|t| !t.exclude);
-        if targets().any(|t| t.count || !whole_request_value(t.collection)) {
-            return false;
-        }
-        if let Some(need) = &op.bytes {
-            let mut present = [0u64; 4];
-            for t in targets() {
-                let u = self.target_union(t, r, false);
-                for (p, x) in present.iter_mut().zip(u.present) {
-                    *p |= x;
-                }
-            }
-            if !meets(need, &present) {
+        };
+        if let Some(need) = &r.operator.bytes {
+            if !meets(need, &self.group_union(g, r, false).present) {
                 return true;
             }
         }
         if let Some(id) = r.prefilter_id {
-            return !targets().any(|t| {
-                let u = self.target_union(t, r, true);
-                u.bits.is_some_and(|b| may_match(&b, id))
-            });
+            let u = self.group_union(g, r, true);
+            return !u.bits.is_some_and(|b| may_match(&b, id));
         }
         false
+    }
+
+    /// What a target group's values hold together, kept for the request
+    /// (until the body's arguments join); with their literal scans when
+    /// `bits`.
+    fn group_union(&self, g: u32, r: &Rule, bits: bool) -> Union {
+        if let Some(Some(u)) = self.groups.borrow().get(g as usize) {
+            if u.bits.is_some() || !bits {
+                return u.clone();
+            }
+        }
+        let mut u = Union::default();
+        let mut acc: Option<Bits> = None;
+        for t in r.targets.iter().filter(|t| !t.exclude) {
+            let x = self.target_union(t, r, bits);
+            for (p, y) in u.present.iter_mut().zip(x.present) {
+                *p |= y;
+            }
+            if let Some(b) = &x.bits {
+                match &mut acc {
+                    None => acc = Some(b.to_vec().into_boxed_slice()),
+                    Some(a) => a.iter_mut().zip(b.iter()).for_each(|(a, b)| *a |= b),
+                }
+            }
+        }
+        if bits {
+            u.bits = Some(Rc::new(acc.unwrap_or_default()));
+        }
+        if let Some(slot) = self.groups.borrow_mut().get_mut(g as usize) {
+            *slot = Some(u.clone());
+        }
+        u
     }
 
     /// What a target's values hold together: a whole collection's union
@@ -901,11 +947,7 @@ impl<'r> Tx<'r> {
                 } else if !want {
                     (true, None)
                 } else {
-                    let caps = re.captures(v).map(|c| {
-                        c.iter()
-                            .map(|m| m.map_or(Vec::new(), |m| m.as_bytes().to_vec()))
-                            .collect()
-                    });
+                    let caps = re.captures(v);
                     (caps.is_some(), caps)
                 }
             }

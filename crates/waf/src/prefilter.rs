@@ -87,8 +87,20 @@ pub fn phrase_bytes(phrases: &[Vec<u8>]) -> Option<ByteSet> {
 /// The bytes in `value`.
 pub fn bytes_in(value: &[u8]) -> ByteSet {
     let mut set = [0u64; 4];
+    if value.len() < 256 {
+        for &b in value {
+            set[usize::from(b >> 6)] |= 1 << (b & 63);
+        }
+        return set;
+    }
+    // A long value: a table of seen bytes has no chain of dependent
+    // updates through four words, and folds into the set once.
+    let mut seen = [false; 256];
     for &b in value {
-        set[usize::from(b >> 6)] |= 1 << (b & 63);
+        seen[usize::from(b)] = true;
+    }
+    for (b, _) in seen.iter().enumerate().filter(|(_, s)| **s) {
+        set[b >> 6] |= 1 << (b & 63);
     }
     set
 }

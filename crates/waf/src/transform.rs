@@ -169,6 +169,14 @@ impl Transform {
             }
             RemoveComments => remove_comments(v),
             RemoveCommentsChar => remove_comments_char(v),
+            // Without a separator or a dot there is no segment to fold.
+            NormalizePath | NormalizePathWin
+                if !v.iter().any(|&c| {
+                    c == b'/' || c == b'.' || (c == b'\\' && self == NormalizePathWin)
+                }) =>
+            {
+                return Cow::Borrowed(v);
+            }
             NormalizePath => normalize_path(v, false),
             NormalizePathWin => normalize_path(v, true),
             Base64Decode => base64_decode(v, false),
@@ -224,8 +232,11 @@ impl Transform {
             RemoveComments => b"/<-#".to_vec(),
             RemoveCommentsChar => b"/*<-#".to_vec(),
             Utf8ToUnicode => (0x80..=0xff).collect(),
-            NormalizePath | NormalizePathWin | Base64Decode | Base64DecodeExt | HexDecode
-            | HexEncode | UrlEncode | Length | Sha1 => return None,
+            NormalizePath => b"/.".to_vec(),
+            NormalizePathWin => b"/.\\".to_vec(),
+            Base64Decode | Base64DecodeExt | HexDecode | HexEncode | UrlEncode | Length | Sha1 => {
+                return None
+            }
         };
         let mut set = [0u64; 4];
         for b in bytes {
@@ -992,6 +1003,65 @@ mod tests {
         }
         assert_eq!(ts(NormalizePathWin, r"C:\foo\..\bar\\baz"), "C:/bar/baz");
         assert_eq!(ts(NormalizePath, r"C:\foo\..\bar"), r"C:\foo\..\bar");
+    }
+
+    #[test]
+    fn a_value_without_a_transformations_trigger_bytes_is_left_as_it_is() {
+        let names = [
+            "base64decode",
+            "cmdline",
+            "compresswhitespace",
+            "cssdecode",
+            "escapeseqdecode",
+            "htmlentitydecode",
+            "jsdecode",
+            "lowercase",
+            "normalizepath",
+            "normalizepathwin",
+            "removecomments",
+            "removecommentschar",
+            "removenulls",
+            "removewhitespace",
+            "replacecomments",
+            "replacenulls",
+            "trim",
+            "uppercase",
+            "urldecode",
+            "urldecodeuni",
+            "utf8tounicode",
+        ];
+        let samples: Vec<Vec<u8>> = [
+            &b"/foo/bar/../baz"[..],
+            b"./a/..",
+            b"C:\\foo\\..\\bar",
+            b"select * from t where a='1' -- x",
+            b"<script>alert(1)</script> /* c */ #",
+            b"%41+%u0041&amp;\\x41\x00end\xa0\xc3\xa9 ",
+            b"  Mixed Case\t\r\n",
+            b"a.b.c",
+            b"..",
+        ]
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+        for name in names {
+            let Some(super::Named::Transform(tr)) = Transform::named(name) else {
+                panic!("{name}");
+            };
+            let Some(set) = tr.triggers() else { continue };
+            for s in &samples {
+                let clean: Vec<u8> = s
+                    .iter()
+                    .copied()
+                    .filter(|&b| set[usize::from(b >> 6)] & (1 << (b & 63)) == 0)
+                    .collect();
+                assert_eq!(t(tr, &clean), clean, "{name} on {clean:?}");
+            }
+        }
+        // The shortcut and the whole algorithm agree.
+        for v in ["abc", "a b", "x", "a\\b"] {
+            assert_eq!(super::normalize_path(v.as_bytes(), false), v.as_bytes());
+        }
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub struct Rule {
     /// This link's bit in the engine's prefilter, when its operator has
     /// literals to scan for (set by the engine).
     pub prefilter_id: Option<u32>,
+    /// The same for every link that reads the same targets through the
+    /// same transformations, when the prefilter can pass over them whole
+    /// (set by the engine, for its per-request summaries of them).
+    pub group_id: Option<u32>,
     pub disruptive: Disruptive,
     pub status: Option<u16>,
     pub capture: bool,
@@ -440,6 +444,7 @@ impl Loader {
             transforms: def.transforms.clone(),
             transform_id: 0,
             prefilter_id: None,
+            group_id: None,
             disruptive: def.disruptive,
             status: def.status,
             capture: false,

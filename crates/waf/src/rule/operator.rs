@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use aho_corasick::AhoCorasick;
-use regex::bytes::{Regex, RegexBuilder};
+use regex_automata::meta;
+use regex_automata::util::syntax;
 
 use super::target::Expand;
 
 /// An operator's kind, compiled.
 #[derive(Debug, Clone)]
 pub enum OpKind {
-    Rx(Regex),
+    Rx(Rx),
     /// `@pm` and `@pmFromFile`: phrases, matched without regard to case.
     Pm(Arc<AhoCorasick>),
     StrEq(Expand),
@@ -159,26 +160,65 @@ pub(super) fn operator(
     })
 }
 
+/// An `@rx` regular expression, over bytes.
+///
+/// Built without the regex engine's own literal prefilter: the engine's
+/// prefilter (`crate::prefilter`) has already found a literal that every
+/// match needs before the regex runs, and on a value that holds such a
+/// literal many times (a body of quotes and parentheses), the regex's
+/// prefilter restarts its search at each one, which costs more than
+/// one pass of its DFA.
+#[derive(Debug, Clone)]
+pub struct Rx(meta::Regex);
+
+impl Rx {
+    pub fn is_match(&self, v: &[u8]) -> bool {
+        self.0.is_match(v)
+    }
+
+    /// The whole match and each group (empty when a group took no
+    /// part), or `None` without a match.
+    pub fn captures(&self, v: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let mut caps = self.0.create_captures();
+        self.0.captures(v, &mut caps);
+        if !caps.is_match() {
+            return None;
+        }
+        Some(
+            (0..caps.group_len())
+                .map(|i| {
+                    caps.get_group(i)
+                        .map_or(Vec::new(), |s| v[s.range()].to_vec())
+                })
+                .collect(),
+        )
+    }
+}
+
 /// A regular expression with PCRE's byte semantics where it can (`.`
 /// and classes over bytes, `(?i)` over ASCII), else with Unicode's (a
 /// pattern that names code points above U+00FF).
-pub fn compile_rx(pattern: &str) -> Result<Regex, String> {
+pub fn compile_rx(pattern: &str) -> Result<Rx, String> {
     compile_rx_mode(pattern).map(|(re, _)| re)
 }
 
 /// [`compile_rx`], and whether it took Unicode mode.
-fn compile_rx_mode(pattern: &str) -> Result<(Regex, bool), String> {
+fn compile_rx_mode(pattern: &str) -> Result<(Rx, bool), String> {
     let build = |unicode: bool| {
-        RegexBuilder::new(pattern)
-            .unicode(unicode)
-            .size_limit(256 << 20)
-            .dfa_size_limit(64 << 20)
-            .build()
-            .map(|re| (re, unicode))
+        meta::Regex::builder()
+            .syntax(syntax::Config::new().unicode(unicode).utf8(false))
+            .configure(
+                meta::Config::new()
+                    .utf8_empty(false)
+                    .auto_prefilter(false)
+                    .nfa_size_limit(Some(256 << 20))
+                    .hybrid_cache_capacity(64 << 20),
+            )
+            .build(pattern)
+            .map(|re| (Rx(re), unicode))
+            .map_err(|e| format!("@rx: {e}"))
     };
-    build(false)
-        .or_else(|_| build(true))
-        .map_err(|e| format!("@rx: {e}"))
+    build(false).or_else(|_| build(true))
 }
 
 fn phrases(words: &[&str]) -> Result<Phrases, String> {
