@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub struct Waf {
     responses: bool,
     /// How many target groups (`Rule::group_id`) the links form.
     groups: usize,
+    /// Per phase and step: the step a rule's `skipAfter` goes on from.
+    skip_to: [Vec<usize>; 4],
 }
 
 /// The key of a link's target group: its transformations and the targets
@@ -210,12 +213,28 @@ impl Waf {
             }
             by_id[*id as usize] = set;
         }
+        // Where each `skipAfter` lands: after its marker, the next one in
+        // its phase; ModSecurity skips the rest when there is none.
+        let skip_to = phases.each_ref().map(|steps| {
+            (0..steps.len())
+                .map(|i| match &steps[i] {
+                    Step::Rule(r) => r.skip_after.as_ref().map_or(0, |m| {
+                        steps[i + 1..]
+                            .iter()
+                            .position(|s| matches!(s, Step::Marker(n) if n == m))
+                            .map_or(steps.len(), |p| i + 1 + p + 1)
+                    }),
+                    Step::Marker(_) => 0,
+                })
+                .collect()
+        });
         let responses = settings.inspect_response
             && phases[2..]
                 .iter()
                 .any(|p| p.iter().any(|s| matches!(s, Step::Rule(_))));
         Waf {
             responses,
+            skip_to,
             groups: groups.len(),
             chains: by_id,
             phases,
@@ -358,15 +377,8 @@ impl Waf {
                 Disruptive::AllowPhase => return Flow::EndPhase,
                 Disruptive::Pass | Disruptive::Block => {}
             }
-            if let Some(m) = &rule.skip_after {
-                match steps[i..]
-                    .iter()
-                    .position(|s| matches!(s, Step::Marker(n) if n == m))
-                {
-                    Some(p) => i += p + 1,
-                    // ModSecurity: a missing marker skips the rest.
-                    None => i = steps.len(),
-                }
+            if rule.skip_after.is_some() {
+                i = self.skip_to[phase][i - 1];
             } else if rule.skip > 0 {
                 let mut left = rule.skip;
                 while left > 0 && i < steps.len() {
@@ -397,6 +409,7 @@ struct Tx<'r> {
     chains: &'r [Option<ByteSet>],
     data: Parsed,
     tx: HashMap<String, (String, Vec<u8>)>,
+    /// The match whose actions run (see `Tx::current_match`).
     matched_var: Option<(String, Vec<u8>)>,
     matched_vars: Vec<(String, Vec<u8>)>,
     removed_ids: Vec<IdRange>,
@@ -600,25 +613,30 @@ impl<'r> Tx<'r> {
             if m.is_empty() {
                 return false;
             }
-            // Each match's captures are TX:0-9 while its actions run.
-            for (name, value, caps) in &m {
+            // Each match's captures are TX:0-9, and it is MATCHED_VAR,
+            // while its actions run; then the link's matches are
+            // MATCHED_VARS (and the last, MATCHED_VAR) for the next link.
+            let mut list = Vec::with_capacity(m.len());
+            for (name, value, caps) in m {
                 if let Some(caps) = caps {
-                    for (i, c) in caps.iter().enumerate().take(10) {
+                    for (i, c) in caps.into_iter().enumerate().take(10) {
                         const DIGITS: [&str; 10] =
                             ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
-                        self.set_tx(DIGITS[i], c.clone());
+                        self.set_tx(DIGITS[i], c);
                     }
                 }
-                self.matched_var = Some((name.clone(), value.clone()));
+                self.matched_var = Some((name, value));
                 self.actions(r);
+                list.extend(self.matched_var.take());
             }
-            let m: Vec<(String, Vec<u8>)> = m.into_iter().map(|(n, v, _)| (n, v)).collect();
-            self.matched_var = m.last().cloned();
-            self.matched_vars = m;
+            self.matched_vars = list;
             link = r.chain.as_deref();
         }
         if rule.log {
-            let (var, _) = self.matched_var.clone().unwrap_or_default();
+            let var = self
+                .current_match()
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default();
             let msg = rule
                 .msg
                 .as_ref()
@@ -640,26 +658,45 @@ impl<'r> Tx<'r> {
         true
     }
 
+    /// `MATCHED_VAR`: the match whose actions run, else the last match
+    /// of the link before.
+    fn current_match(&self) -> Option<&(String, Vec<u8>)> {
+        self.matched_var.as_ref().or(self.matched_vars.last())
+    }
+
     fn actions(&mut self, r: &Rule) {
         for sv in &r.setvars {
-            let name = String::from_utf8_lossy(&self.expand(&sv.name)).to_ascii_lowercase();
+            let expanded = self.expand(&sv.name);
+            let name = String::from_utf8_lossy(&expanded);
+            let name: Cow<'_, str> = if name.bytes().any(|c| c.is_ascii_uppercase()) {
+                Cow::Owned(name.to_ascii_lowercase())
+            } else {
+                name
+            };
             match &sv.op {
                 SetOp::Unset => {
-                    self.tx.remove(&name);
+                    self.tx.remove(&*name);
                 }
                 SetOp::Set(v) => {
-                    let v = self.expand(v);
+                    let v = self.expand(v).into_owned();
                     self.set_tx(&name, v);
                 }
                 SetOp::Add(v) | SetOp::Sub(v) => {
                     let d = atoi(&self.expand(v));
-                    let cur = self.tx.get(&name).map_or(0, |(_, v)| atoi(v));
+                    let cur = self.tx.get(&*name).map_or(0, |(_, v)| atoi(v));
                     let n = if matches!(sv.op, SetOp::Add(_)) {
                         cur.saturating_add(d)
                     } else {
                         cur.saturating_sub(d)
                     };
-                    self.set_tx(&name, n.to_string().into_bytes());
+                    // The number is written over the old one, in place.
+                    match self.tx.get_mut(&*name) {
+                        Some((_, v)) => {
+                            v.clear();
+                            let _ = write!(v, "{n}");
+                        }
+                        None => self.set_tx(&name, n.to_string().into_bytes()),
+                    }
                 }
             }
         }
@@ -697,7 +734,7 @@ impl<'r> Tx<'r> {
 
     /// The variables of a rule link that its operator matches. Values are
     /// borrowed from the request; only matches are copied.
-    fn eval(&mut self, head_id: u32, r: &Rule) -> Vec<Hit> {
+    fn eval(&self, head_id: u32, r: &Rule) -> Vec<Hit> {
         if r.targets.is_empty() {
             // SecAction: matches, once.
             return vec![(String::new(), Vec::new(), None)];
@@ -706,9 +743,8 @@ impl<'r> Tx<'r> {
         if self.cannot_match(r) {
             return Vec::new();
         }
-        let values = self.values(head_id, r);
         let mut out = Vec::new();
-        for v in &values {
+        self.each_value(head_id, r, &mut |v| {
             let value: &[u8] = &v.value;
             let mut hit = None;
             if r.multi_match {
@@ -735,7 +771,7 @@ impl<'r> Tx<'r> {
                 // The request's own values: each transformation chain is
                 // computed and scanned once per value and request.
                 let Some(p) = self.prepare(value, r) else {
-                    continue;
+                    return;
                 };
                 let t = p.changed.as_deref().unwrap_or(value);
                 {
@@ -756,8 +792,7 @@ impl<'r> Tx<'r> {
             if let Some((val, captures)) = hit {
                 out.push((v.name(), val, captures));
             }
-        }
-        drop(values);
+        });
         out
     }
 
@@ -891,7 +926,7 @@ impl<'r> Tx<'r> {
         if matches!(t.selector, Selector::All | Selector::XPath(_)) {
             return self.union(t.collection, r, bits);
         }
-        self.union_of(self.collect(t), r, bits)
+        self.union_of(t, r, bits)
     }
 
     /// A collection's values under a rule's transformations, together;
@@ -909,18 +944,18 @@ impl<'r> Tx<'r> {
             count: false,
             exclude: false,
         };
-        let u = self.union_of(self.collect(&all), r, bits);
+        let u = self.union_of(&all, r, bits);
         self.unions.borrow_mut().insert(key, u.clone());
         u
     }
 
-    fn union_of(&self, values: Vec<Var<'_>>, r: &Rule, bits: bool) -> Union {
+    fn union_of(&self, t: &Target, r: &Rule, bits: bool) -> Union {
         let mut u = Union::default();
         let mut acc: Option<Bits> = bits.then(|| {
             let words = self.prefilter.map_or(0, Prefilter::words);
             vec![0u64; words].into_boxed_slice()
         });
-        for v in values {
+        self.each(t, &mut |v| {
             let (k, mut p) = self.transform(&v.value, r);
             for (x, y) in u.present.iter_mut().zip(p.present) {
                 *x |= y;
@@ -930,7 +965,7 @@ impl<'r> Tx<'r> {
                     *x |= y;
                 }
             }
-        }
+        });
         u.bits = acc.map(Rc::new);
         u
     }
@@ -955,7 +990,7 @@ impl<'r> Tx<'r> {
                 Some(m) => (true, want.then(|| vec![v[m.start()..m.end()].to_vec()])),
                 None => (false, None),
             },
-            OpKind::StrEq(e) => (self.expand(e) == v, None),
+            OpKind::StrEq(e) => (*self.expand(e) == *v, None),
             OpKind::BeginsWith(e) => (v.starts_with(&self.expand(e)), None),
             OpKind::EndsWith(e) => (v.ends_with(&self.expand(e)), None),
             OpKind::Contains(e) => {
@@ -992,7 +1027,11 @@ impl<'r> Tx<'r> {
         (m != op.negated).then_some(if op.negated { None } else { caps })
     }
 
-    fn expand(&self, e: &Expand) -> Vec<u8> {
+    /// A macro text, expanded; borrowed when it has no macros.
+    fn expand<'e>(&self, e: &'e Expand) -> Cow<'e, [u8]> {
+        if let Some(t) = e.text() {
+            return Cow::Borrowed(t.as_bytes());
+        }
         let mut out = Vec::new();
         for p in &e.parts {
             match p {
@@ -1004,22 +1043,25 @@ impl<'r> Tx<'r> {
                         count: false,
                         exclude: false,
                     };
-                    if let Some(v) = self.collect(&t).first() {
-                        out.extend_from_slice(&v.value);
-                    }
+                    let mut first = true;
+                    self.each(&t, &mut |v| {
+                        if std::mem::take(&mut first) {
+                            out.extend_from_slice(&v.value);
+                        }
+                    });
                 }
             }
         }
-        out
+        Cow::Owned(out)
     }
 
     fn expand_str(&self, e: &Expand) -> String {
         String::from_utf8_lossy(&self.expand(e)).into_owned()
     }
 
-    /// The values a rule link reads, after its exclusions and the
+    /// Each value a rule link reads, after its exclusions and the
     /// request's `ctl:ruleRemoveTarget*`.
-    fn values(&self, head_id: u32, r: &Rule) -> Vec<Var<'_>> {
+    fn each_value<'s>(&'s self, head_id: u32, r: &Rule, f: &mut dyn FnMut(Var<'s>)) {
         let excluded: Vec<&Target> = r
             .targets
             .iter()
@@ -1032,26 +1074,22 @@ impl<'r> Tx<'r> {
                 applies.then_some(t)
             }))
             .collect();
-        let mut out = Vec::with_capacity(16);
         for t in r.targets.iter().filter(|t| !t.exclude) {
-            if excluded.is_empty() && !t.count {
-                self.collect_into(t, &mut out);
-                continue;
-            }
-            let vals = self.collect(t);
             if t.count {
-                out.push(Var {
+                let mut n = 0usize;
+                self.each(t, &mut |_| n += 1);
+                f(Var {
                     col: collection_name(t.collection),
                     key: None,
-                    value: Cow::Owned(vals.len().to_string().into_bytes()),
+                    value: Cow::Owned(n.to_string().into_bytes()),
                     stable: false,
                 });
-                continue;
-            }
-            for v in vals {
-                let key = v.key.unwrap_or(b"");
-                let gone = !excluded.is_empty()
-                    && excluded.iter().any(|x| {
+            } else if excluded.is_empty() {
+                self.each(t, f);
+            } else {
+                self.each(t, &mut |v| {
+                    let key = v.key.unwrap_or(b"");
+                    let gone = excluded.iter().any(|x| {
                         same_source(x.collection, t.collection)
                             && match &x.selector {
                                 Selector::All => true,
@@ -1060,12 +1098,12 @@ impl<'r> Tx<'r> {
                                 Selector::XPath(_) => false,
                             }
                     });
-                if !gone {
-                    out.push(v);
-                }
+                    if !gone {
+                        f(v);
+                    }
+                });
             }
         }
-        out
     }
 
     /// The request's name-value collections: their name, their pairs, and
@@ -1088,65 +1126,119 @@ impl<'r> Tx<'r> {
         })
     }
 
-    /// [`Tx::collect`] into `out`: no vector of its own for the
-    /// name-value collections.
-    fn collect_into<'s>(&'s self, t: &Target, out: &mut Vec<Var<'s>>) {
-        match self.pairs_of(t.collection) {
-            Some((col, pairs, names)) => keyed_into(t, col, &pairs, names, out),
-            None => out.extend(self.collect(t)),
+    /// Each of a target's members, in order, borrowed from the request
+    /// where they can be.
+    fn each<'s>(&'s self, t: &Target, f: &mut dyn FnMut(Var<'s>)) {
+        use Collection::*;
+        let d = &self.data;
+        if let Some((col, pairs, names)) = self.pairs_of(t.collection) {
+            return keyed_each(t, col, &pairs, names, f);
+        }
+        let named = |col: &'static str, key: &'s [u8], value: &'s [u8]| Var {
+            col,
+            key: Some(key),
+            value: Cow::Borrowed(value),
+            stable: false,
+        };
+        match t.collection {
+            Files => keyed_each(t, "FILES", &[&d.files], false, f),
+            FilesNames => keyed_each(t, "FILES_NAMES", &[&d.files], true, f),
+            MultipartPartHeaders => keyed_each(
+                t,
+                "MULTIPART_PART_HEADERS",
+                &[&d.multipart_part_headers],
+                false,
+                f,
+            ),
+            ResponseHeaders => keyed_each(t, "RESPONSE_HEADERS", &[&d.response_headers], false, f),
+            ResponseHeadersNames => {
+                keyed_each(t, "RESPONSE_HEADERS_NAMES", &[&d.response_headers], true, f)
+            }
+            Xml => {
+                for v in &d.xml {
+                    f(Var {
+                        col: "XML",
+                        key: None,
+                        value: Cow::Borrowed(v.as_slice()),
+                        stable: true,
+                    });
+                }
+            }
+            // TX changes as rules run: never cached (`stable: false`).
+            Tx => match &t.selector {
+                Selector::Key(sel) => {
+                    if let Some((orig, v)) = self.tx.get(sel.as_str()) {
+                        f(named("TX", orig.as_bytes(), v));
+                    }
+                }
+                sel => {
+                    let mut all: Vec<&(String, Vec<u8>)> = self
+                        .tx
+                        .iter()
+                        .filter(|(k, _)| match sel {
+                            Selector::Regex(re) => re.is_match(k.as_bytes()),
+                            _ => true,
+                        })
+                        .map(|(_, e)| e)
+                        .collect();
+                    all.sort_by(|a, b| a.0.cmp(&b.0));
+                    for (orig, v) in all {
+                        f(named("TX", orig.as_bytes(), v));
+                    }
+                }
+            },
+            // Named as the variables they hold.
+            MatchedVars => {
+                for (n, v) in &self.matched_vars {
+                    f(named("", n.as_bytes(), v));
+                }
+            }
+            MatchedVarsNames => {
+                for (n, _) in &self.matched_vars {
+                    f(named("", n.as_bytes(), n.as_bytes()));
+                }
+            }
+            c => {
+                if let Some(v) = self.single(c) {
+                    f(v);
+                }
+            }
         }
     }
 
-    /// A target's members, borrowed from the request where they can be.
-    fn collect(&self, t: &Target) -> Vec<Var<'_>> {
+    /// A collection of (at most) one member, borrowed from the request
+    /// where it can be.
+    fn single(&self, c: Collection) -> Option<Var<'_>> {
         use Collection::*;
         let d = &self.data;
-        fn keyed<'a>(
-            t: &Target,
-            col: &'static str,
-            pairs: &[&'a [Pair]],
-            names: bool,
-        ) -> Vec<Var<'a>> {
-            let mut out = match t.selector {
-                Selector::Key(_) => Vec::with_capacity(1),
-                _ => Vec::with_capacity(pairs.iter().map(|p| p.len()).sum()),
-            };
-            keyed_into(t, col, pairs, names, &mut out);
-            out
-        }
-        if let Some((col, pairs, names)) = self.pairs_of(t.collection) {
-            return keyed(t, col, &pairs, names);
-        }
-        fn scalar<'a>(col: &'static str, v: &'a [u8]) -> Vec<Var<'a>> {
-            vec![Var {
+        fn scalar<'a>(col: &'static str, v: &'a [u8]) -> Option<Var<'a>> {
+            Some(Var {
                 col,
                 key: None,
                 value: Cow::Borrowed(v),
                 stable: true,
-            }]
+            })
         }
-        let owned = |col: &'static str, v: Vec<u8>| {
-            vec![Var {
+        fn owned(col: &'static str, v: Vec<u8>) -> Option<Var<'static>> {
+            Some(Var {
                 col,
                 key: None,
                 value: Cow::Owned(v),
                 stable: false,
-            }]
-        };
-        let flag = |col: &'static str, on: bool| {
-            vec![Var {
+            })
+        }
+        fn flag(col: &'static str, on: bool) -> Option<Var<'static>> {
+            Some(Var {
                 col,
                 key: None,
                 value: Cow::Borrowed(if on { &b"1"[..] } else { &b"0"[..] }),
                 stable: false,
-            }]
-        };
-        match t.collection {
-            // Read by `pairs_of`, above.
-            Args | ArgsGet | ArgsPost | ArgsNames | ArgsGetNames | ArgsPostNames => Vec::new(),
-            RequestHeaders | RequestHeadersNames | RequestCookies | RequestCookiesNames => {
-                Vec::new()
-            }
+            })
+        }
+        fn count(col: &'static str, n: usize) -> Option<Var<'static>> {
+            owned(col, n.to_string().into_bytes())
+        }
+        match c {
             ArgsCombinedSize => {
                 let n: usize = d
                     .args_get
@@ -1154,7 +1246,7 @@ impl<'r> Tx<'r> {
                     .chain(&d.args_post)
                     .map(|(k, v)| k.len() + v.len())
                     .sum();
-                owned("ARGS_COMBINED_SIZE", n.to_string().into_bytes())
+                count("ARGS_COMBINED_SIZE", n)
             }
             RequestFilename => scalar("REQUEST_FILENAME", &d.filename),
             RequestBasename => scalar("REQUEST_BASENAME", &d.basename),
@@ -1168,13 +1260,10 @@ impl<'r> Tx<'r> {
                 if d.processor == Some("URLENCODED") || self.request_body {
                     scalar("REQUEST_BODY", self.req.body)
                 } else {
-                    Vec::new()
+                    None
                 }
             }
-            RequestBodyLength => owned(
-                "REQUEST_BODY_LENGTH",
-                self.req.body.len().to_string().into_bytes(),
-            ),
+            RequestBodyLength => count("REQUEST_BODY_LENGTH", self.req.body.len()),
             ReqbodyError => flag("REQBODY_ERROR", d.reqbody_error),
             ReqbodyErrorMsg => scalar("REQBODY_ERROR_MSG", d.reqbody_error_msg.as_bytes()),
             // Empty, not absent, without a processor: CRS's 901340 tests it
@@ -1183,15 +1272,7 @@ impl<'r> Tx<'r> {
                 "REQBODY_PROCESSOR",
                 d.processor.unwrap_or("").as_bytes().to_vec(),
             ),
-            Files => keyed(t, "FILES", &[&d.files], false),
-            FilesNames => keyed(t, "FILES_NAMES", &[&d.files], true),
             FilesCombinedSize | FilesSizes => flag("FILES_COMBINED_SIZE", false),
-            MultipartPartHeaders => keyed(
-                t,
-                "MULTIPART_PART_HEADERS",
-                &[&d.multipart_part_headers],
-                false,
-            ),
             MultipartStrictError => flag("MULTIPART_STRICT_ERROR", d.multipart_strict_error),
             MultipartUnmatchedBoundary => flag(
                 "MULTIPART_UNMATCHED_BOUNDARY",
@@ -1207,141 +1288,59 @@ impl<'r> Tx<'r> {
             | MultipartInvalidQuoting
             | MultipartLfLine
             | MultipartMissingSemicolon
-            | MultipartCrlfLfLines => flag(collection_name(t.collection), false),
-            MultipartFilename | MultipartName => Vec::new(),
-            Xml => d
-                .xml
-                .iter()
-                .map(|v| Var {
-                    col: "XML",
-                    key: None,
-                    value: Cow::Borrowed(v.as_slice()),
-                    stable: true,
-                })
-                .collect(),
-            Tx => {
-                fn var((orig, v): &(String, Vec<u8>)) -> Var<'_> {
-                    Var {
-                        col: "TX",
-                        key: Some(orig.as_bytes()),
-                        value: Cow::Borrowed(v.as_slice()),
-                        // TX changes as rules run: never cached.
-                        stable: false,
-                    }
-                }
-                match &t.selector {
-                    Selector::Key(sel) => self.tx.get(sel.as_str()).map(var).into_iter().collect(),
-                    Selector::All | Selector::XPath(_) => {
-                        let mut out: Vec<Var<'_>> = self.tx.values().map(var).collect();
-                        out.sort_by(|a, b| a.key.cmp(&b.key));
-                        out
-                    }
-                    Selector::Regex(re) => {
-                        let mut out: Vec<Var<'_>> = self
-                            .tx
-                            .iter()
-                            .filter(|(k, _)| re.is_match(k.as_bytes()))
-                            .map(|(_, e)| var(e))
-                            .collect();
-                        out.sort_by(|a, b| a.key.cmp(&b.key));
-                        out
-                    }
-                }
-            }
-            Env | FullRequest | FullRequestLength | RemotePort => Vec::new(),
-            MatchedVar => self
-                .matched_var
-                .as_ref()
-                .map(|(_, v)| Var {
-                    col: "MATCHED_VAR",
-                    key: None,
-                    value: Cow::Borrowed(v.as_slice()),
-                    stable: false,
-                })
-                .into_iter()
-                .collect(),
-            MatchedVarName => self
-                .matched_var
-                .as_ref()
-                .map(|(n, _)| Var {
-                    col: "MATCHED_VAR_NAME",
-                    key: None,
-                    value: Cow::Borrowed(n.as_bytes()),
-                    stable: false,
-                })
-                .into_iter()
-                .collect(),
-            // Named as the variables they hold.
-            MatchedVars => self
-                .matched_vars
-                .iter()
-                .map(|(n, v)| Var {
-                    col: "",
-                    key: Some(n.as_bytes()),
-                    value: Cow::Borrowed(v.as_slice()),
-                    stable: false,
-                })
-                .collect(),
-            MatchedVarsNames => self
-                .matched_vars
-                .iter()
-                .map(|(n, _)| Var {
-                    col: "",
-                    key: Some(n.as_bytes()),
-                    value: Cow::Borrowed(n.as_bytes()),
-                    stable: false,
-                })
-                .collect(),
+            | MultipartCrlfLfLines => flag(collection_name(c), false),
+            MatchedVar => self.current_match().map(|(_, v)| Var {
+                col: "MATCHED_VAR",
+                key: None,
+                value: Cow::Borrowed(v.as_slice()),
+                stable: false,
+            }),
+            MatchedVarName => self.current_match().map(|(n, _)| Var {
+                col: "MATCHED_VAR_NAME",
+                key: None,
+                value: Cow::Borrowed(n.as_bytes()),
+                stable: false,
+            }),
             RemoteAddr => owned("REMOTE_ADDR", self.req.remote_addr.to_string().into_bytes()),
             UniqueId => scalar("UNIQUE_ID", self.req.unique_id.as_bytes()),
             Duration => owned(
                 "DURATION",
                 self.started.elapsed().as_micros().to_string().into_bytes(),
             ),
-            ResponseHeaders => keyed(t, "RESPONSE_HEADERS", &[&d.response_headers], false),
-            ResponseHeadersNames => {
-                keyed(t, "RESPONSE_HEADERS_NAMES", &[&d.response_headers], true)
-            }
-            ResponseBody => match self.resp {
-                Some(r) => scalar("RESPONSE_BODY", r.body),
-                None => Vec::new(),
-            },
-            ResponseStatus => match self.resp {
-                Some(r) => owned("RESPONSE_STATUS", r.status.to_string().into_bytes()),
-                None => Vec::new(),
-            },
-            ResponseProtocol => match self.resp {
-                Some(r) => scalar("RESPONSE_PROTOCOL", r.protocol),
-                None => Vec::new(),
-            },
-            ResponseContentType => {
-                match d
-                    .response_headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
-                {
-                    Some((_, v)) => scalar("RESPONSE_CONTENT_TYPE", v),
-                    None => Vec::new(),
-                }
-            }
-            ResponseContentLength => match self.resp {
-                Some(r) => owned(
-                    "RESPONSE_CONTENT_LENGTH",
-                    r.body.len().to_string().into_bytes(),
-                ),
-                None => Vec::new(),
-            },
+            ResponseBody => self.resp.and_then(|r| scalar("RESPONSE_BODY", r.body)),
+            ResponseStatus => self
+                .resp
+                .and_then(|r| owned("RESPONSE_STATUS", r.status.to_string().into_bytes())),
+            ResponseProtocol => self
+                .resp
+                .and_then(|r| scalar("RESPONSE_PROTOCOL", r.protocol)),
+            ResponseContentType => d
+                .response_headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(b"content-type"))
+                .and_then(|(_, v)| scalar("RESPONSE_CONTENT_TYPE", v)),
+            ResponseContentLength => self
+                .resp
+                .and_then(|r| count("RESPONSE_CONTENT_LENGTH", r.body.len())),
+            // The name-value collections are read by `each`; these are
+            // never set (documented in docs/waf.md).
+            Args | ArgsGet | ArgsPost | ArgsNames | ArgsGetNames | ArgsPostNames
+            | RequestHeaders | RequestHeadersNames | RequestCookies | RequestCookiesNames
+            | Files | FilesNames | MultipartPartHeaders | ResponseHeaders
+            | ResponseHeadersNames | Xml | Tx | MatchedVars | MatchedVarsNames
+            | MultipartFilename | MultipartName | Env | FullRequest | FullRequestLength
+            | RemotePort => None,
         }
     }
 }
 
 /// A name-value collection's members that a target's selector takes.
-fn keyed_into<'a>(
+fn keyed_each<'a>(
     t: &Target,
     col: &'static str,
     pairs: &[&'a [Pair]],
     names: bool,
-    out: &mut Vec<Var<'a>>,
+    f: &mut dyn FnMut(Var<'a>),
 ) {
     for ps in pairs {
         for (k, v) in ps.iter() {
@@ -1351,7 +1350,7 @@ fn keyed_into<'a>(
                 Selector::Regex(re) => re.is_match(k),
             };
             if ok {
-                out.push(Var {
+                f(Var {
                     col,
                     key: Some(k),
                     value: Cow::Borrowed(if names { k } else { v }),
@@ -1411,12 +1410,18 @@ struct Var<'a> {
 impl Var<'_> {
     /// `ARGS:q`, `REQUEST_URI`.
     fn name(&self) -> String {
-        let key = self.key.map(String::from_utf8_lossy);
-        match (self.col, key) {
-            ("", Some(k)) => k.into_owned(),
-            (c, Some(k)) => format!("{c}:{k}"),
-            (c, None) => c.to_string(),
+        let Some(key) = self.key else {
+            return self.col.to_string();
+        };
+        let key = String::from_utf8_lossy(key);
+        if self.col.is_empty() {
+            return key.into_owned();
         }
+        let mut name = String::with_capacity(self.col.len() + 1 + key.len());
+        name.push_str(self.col);
+        name.push(':');
+        name.push_str(&key);
+        name
     }
 }
 

@@ -230,7 +230,7 @@ impl Parsed {
         match processor {
             Some("URLENCODED") => self.args_post = urlencoded(body),
             Some("JSON") => match serde_json::from_slice::<serde_json::Value>(body) {
-                Ok(v) => json_args(&v, "json", &mut self.args_post),
+                Ok(v) => json_args(&v, &mut b"json".to_vec(), &mut self.args_post),
                 Err(e) => self.fail(format!("JSON parsing error: {e}")),
             },
             Some("MULTIPART") => crate::multipart::parse(self, body, content_type),
@@ -252,22 +252,31 @@ impl Parsed {
 
 /// JSON values as arguments named by their path: `{"a":{"b":1}}` gives
 /// `json.a.b = 1`; array members are numbered (`json.a.0`).
-fn json_args(v: &serde_json::Value, name: &str, out: &mut Vec<Pair>) {
+/// A JSON value's leaves as arguments named by their path (`json.a.0`),
+/// the path built in one buffer.
+fn json_args(v: &serde_json::Value, name: &mut Vec<u8>, out: &mut Vec<Pair>) {
     use serde_json::Value;
+    let mut nested = |key: &[u8], v: &serde_json::Value, name: &mut Vec<u8>| {
+        let len = name.len();
+        name.push(b'.');
+        name.extend_from_slice(key);
+        json_args(v, name, out);
+        name.truncate(len);
+    };
     match v {
         Value::Object(m) => {
             for (k, v) in m {
-                json_args(v, &format!("{name}.{k}"), out);
+                nested(k.as_bytes(), v, name);
             }
         }
         Value::Array(a) => {
             for (i, v) in a.iter().enumerate() {
-                json_args(v, &format!("{name}.{i}"), out);
+                nested(i.to_string().as_bytes(), v, name);
             }
         }
-        Value::String(s) => out.push((name.as_bytes().to_vec(), s.as_bytes().to_vec())),
-        Value::Null => out.push((name.as_bytes().to_vec(), Vec::new())),
-        other => out.push((name.as_bytes().to_vec(), other.to_string().into_bytes())),
+        Value::String(s) => out.push((name.clone(), s.as_bytes().to_vec())),
+        Value::Null => out.push((name.clone(), Vec::new())),
+        other => out.push((name.clone(), other.to_string().into_bytes())),
     }
 }
 

@@ -223,6 +223,15 @@ impl Expand {
         Ok(Expand { parts })
     }
 
+    /// The text, when it has no macros, borrowed.
+    pub fn text(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [Part::Text(t)] => Some(t),
+            _ => None,
+        }
+    }
+
     /// The text, when it has no macros.
     pub fn literal(&self) -> Option<String> {
         match self.parts.as_slice() {
