@@ -440,7 +440,7 @@ struct Tx<'r> {
 struct Union {
     present: ByteSet,
     /// The literal scans, OR-ed, once a rule has asked.
-    bits: Option<Rc<Bits>>,
+    bits: Option<Rc<[u64]>>,
 }
 
 type TransformCache = HashMap<(usize, usize, u32), Prepared, BuildKeyHasher>;
@@ -449,11 +449,11 @@ type TransformCache = HashMap<(usize, usize, u32), Prepared, BuildKeyHasher>;
 #[derive(Clone, Default)]
 struct Prepared {
     /// `None`: the chain left it as it was.
-    changed: Option<Rc<[u8]>>,
+    changed: Option<Rc<Vec<u8>>>,
     /// The bytes it holds.
     present: ByteSet,
     /// The prefilter's scan of it, once a rule has asked.
-    bits: Option<Rc<Bits>>,
+    bits: Option<Rc<[u64]>>,
 }
 
 /// The cache's keys are three integers made by this process: a
@@ -510,7 +510,8 @@ impl<'r> Tx<'r> {
             chains: &waf.chains,
             groups: RefCell::new(vec![None; waf.groups]),
             data: Parsed::head(req),
-            tx: HashMap::new(),
+            // CRS's setup and initialization set about a hundred.
+            tx: HashMap::with_capacity(128),
             matched_var: None,
             matched_vars: Vec::new(),
             removed_ids: Vec::new(),
@@ -773,7 +774,7 @@ impl<'r> Tx<'r> {
                 let Some(p) = self.prepare(value, r) else {
                     return;
                 };
-                let t = p.changed.as_deref().unwrap_or(value);
+                let t = p.changed.as_deref().map_or(value, Vec::as_slice);
                 {
                     if let Some(c) = self.op(&r.operator, t, want) {
                         hit = Some((t.to_vec(), c));
@@ -846,7 +847,7 @@ impl<'r> Tx<'r> {
             Cow::Borrowed(t) if t.len() == value.len() => base,
             t => Prepared {
                 present: bytes_in(&t),
-                changed: Some(Rc::from(t.into_owned())),
+                changed: Some(Rc::new(t.into_owned())),
                 bits: None,
             },
         };
@@ -855,14 +856,23 @@ impl<'r> Tx<'r> {
     }
 
     /// The prefilter's literal scan of a prepared value (cached).
-    fn scan(&self, key: (usize, usize, u32), p: &mut Prepared, value: &[u8]) -> Rc<Bits> {
+    fn scan(&self, key: (usize, usize, u32), p: &mut Prepared, value: &[u8]) -> Rc<[u64]> {
         if let Some(b) = &p.bits {
             return b.clone();
         }
-        let bits = Rc::new(match self.prefilter {
-            Some(pf) => pf.scan(p.changed.as_deref().unwrap_or(value)),
-            None => Bits::default(),
-        });
+        let bits: Rc<[u64]> = match self.prefilter {
+            // On the stack first: one allocation, the shared one.
+            Some(pf) if pf.words() <= 32 => {
+                let mut buf = [0u64; 32];
+                pf.scan_into(
+                    p.changed.as_deref().map_or(value, Vec::as_slice),
+                    &mut buf[..pf.words()],
+                );
+                Rc::from(&buf[..pf.words()])
+            }
+            Some(pf) => Rc::from(pf.scan(p.changed.as_deref().map_or(value, Vec::as_slice))),
+            None => Rc::from([]),
+        };
         p.bits = Some(bits.clone());
         self.cache.borrow_mut().insert(key, p.clone());
         bits
@@ -911,7 +921,7 @@ impl<'r> Tx<'r> {
             }
         }
         if bits {
-            u.bits = Some(Rc::new(acc.unwrap_or_default()));
+            u.bits = Some(Rc::from(acc.unwrap_or_default()));
         }
         if let Some(slot) = self.groups.borrow_mut().get_mut(g as usize) {
             *slot = Some(u.clone());
@@ -966,7 +976,7 @@ impl<'r> Tx<'r> {
                 }
             }
         });
-        u.bits = acc.map(Rc::new);
+        u.bits = acc.map(Rc::from);
         u
     }
 

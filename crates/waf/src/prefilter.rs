@@ -429,6 +429,12 @@ impl Prefilter {
     /// One scan of `value`: the rules whose literals it holds.
     pub(crate) fn scan(&self, value: &[u8]) -> Bits {
         let mut bits = vec![0u64; self.words].into_boxed_slice();
+        self.scan_into(value, &mut bits);
+        bits
+    }
+
+    /// [`Prefilter::scan`] into `bits` (`words()` long, zeroed).
+    pub(crate) fn scan_into(&self, value: &[u8], bits: &mut [u64]) {
         let mut state = aho_corasick::automaton::OverlappingState::start();
         while let Some(m) = {
             self.ac.find_overlapping(value, &mut state);
@@ -438,7 +444,6 @@ impl Prefilter {
                 bits[r as usize / 64] |= 1 << (r % 64);
             }
         }
-        bits
     }
 }
 
