@@ -76,6 +76,9 @@ pub struct Waf {
     /// Per transformation chain (`Rule::transform_id`): the bytes without
     /// which it leaves a value as it is; `None` if it may change any.
     chains: Vec<Option<ByteSet>>,
+    /// Per transformation chain, per step: the bytes without which the
+    /// step leaves a value as it is (`None`: it may change any).
+    steps: Vec<Vec<Option<ByteSet>>>,
     /// `inspect_response`, and there are rules in phase 3 or 4.
     responses: bool,
     /// How many target groups (`Rule::group_id`) the links form.
@@ -201,6 +204,7 @@ impl Waf {
         }
         let sets: Vec<&[Vec<u8>]> = literals.iter().map(|l| l.as_slice()).collect();
         let mut by_id: Vec<Option<ByteSet>> = vec![None; chains.len()];
+        let mut steps: Vec<Vec<Option<ByteSet>>> = vec![Vec::new(); chains.len()];
         for (chain, id) in &chains {
             let mut set = Some([0u64; 4]);
             for t in chain {
@@ -212,6 +216,7 @@ impl Waf {
                 };
             }
             by_id[*id as usize] = set;
+            steps[*id as usize] = chain.iter().map(|t| t.triggers()).collect();
         }
         // Where each `skipAfter` lands: after its marker, the next one in
         // its phase; ModSecurity skips the rest when there is none.
@@ -237,6 +242,7 @@ impl Waf {
             skip_to,
             groups: groups.len(),
             chains: by_id,
+            steps,
             phases,
             engine: set.engine,
             body_access: set.request_body_access,
@@ -407,6 +413,7 @@ struct Tx<'r> {
     resp: Option<&'r Response<'r>>,
     prefilter: Option<&'r Prefilter>,
     chains: &'r [Option<ByteSet>],
+    steps: &'r [Vec<Option<ByteSet>>],
     data: Parsed,
     tx: HashMap<String, (String, Vec<u8>)>,
     /// The match whose actions run (see `Tx::current_match`).
@@ -508,6 +515,7 @@ impl<'r> Tx<'r> {
             resp: None,
             prefilter: waf.prefilter.as_ref(),
             chains: &waf.chains,
+            steps: &waf.steps,
             groups: RefCell::new(vec![None; waf.groups]),
             data: Parsed::head(req),
             // CRS's setup and initialization set about a hundred.
@@ -843,16 +851,45 @@ impl<'r> Tx<'r> {
         if let Some(p) = self.cache.borrow().get(&key) {
             return (key, p.clone());
         }
-        let p = match transformed(value, &r.transforms) {
-            Cow::Borrowed(t) if t.len() == value.len() => base,
-            t => Prepared {
-                present: bytes_in(&t),
-                changed: Some(Rc::new(t.into_owned())),
+        let p = match self.apply_chain(value, base.present, r) {
+            None => base,
+            Some((t, present)) => Prepared {
+                present,
+                changed: Some(Rc::new(t)),
                 bits: None,
             },
         };
         self.cache.borrow_mut().insert(key, p.clone());
         (key, p)
+    }
+
+    /// A rule's transformations over a value that holds the bytes
+    /// `present`: a step is passed over, without reading the value, when
+    /// the value holds none of the bytes it acts on. `None`: nothing
+    /// changed; else the result and its bytes.
+    fn apply_chain(
+        &self,
+        value: &[u8],
+        mut present: ByteSet,
+        r: &Rule,
+    ) -> Option<(Vec<u8>, ByteSet)> {
+        let triggers = self.steps.get(r.transform_id as usize);
+        let mut cur: Option<Vec<u8>> = None;
+        for (i, t) in r.transforms.iter().enumerate() {
+            if let Some(Some(trigger)) = triggers.and_then(|s| s.get(i)) {
+                if !meets(trigger, &present) {
+                    continue;
+                }
+            }
+            let v = cur.as_deref().unwrap_or(value);
+            let next = match t.apply(v) {
+                Cow::Borrowed(same) if same.len() == v.len() => continue,
+                next => next.into_owned(),
+            };
+            present = bytes_in(&next);
+            cur = Some(next);
+        }
+        cur.map(|c| (c, present))
     }
 
     /// The prefilter's literal scan of a prepared value (cached).

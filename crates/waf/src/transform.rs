@@ -169,11 +169,13 @@ impl Transform {
             }
             RemoveComments => remove_comments(v),
             RemoveCommentsChar => remove_comments_char(v),
-            // Without a separator or a dot there is no segment to fold.
+            // Without a separator, one segment: only a last `.` or `..`
+            // can be folded (`a.b` is left as it is, `ab..` is not).
             NormalizePath | NormalizePathWin
-                if !v.iter().any(|&c| {
-                    c == b'/' || c == b'.' || (c == b'\\' && self == NormalizePathWin)
-                }) =>
+                if v.last() != Some(&b'.')
+                    && !v
+                        .iter()
+                        .any(|&c| c == b'/' || (c == b'\\' && self == NormalizePathWin)) =>
             {
                 return Cow::Borrowed(v);
             }
@@ -1058,9 +1060,33 @@ mod tests {
                 assert_eq!(t(tr, &clean), clean, "{name} on {clean:?}");
             }
         }
-        // The shortcut and the whole algorithm agree.
-        for v in ["abc", "a b", "x", "a\\b"] {
-            assert_eq!(super::normalize_path(v.as_bytes(), false), v.as_bytes());
+        // The shortcut and the whole algorithm agree: one segment is left
+        // as it is unless it ends with a dot.
+        for v in [
+            "abc",
+            "a b",
+            "x",
+            "a\\b",
+            "a.b",
+            ".a",
+            "..a",
+            "json.items.0.sku",
+            "a...b",
+        ] {
+            assert_eq!(
+                super::normalize_path(v.as_bytes(), false),
+                v.as_bytes(),
+                "{v}"
+            );
+            assert_eq!(t(NormalizePath, v.as_bytes()), v.as_bytes(), "{v}");
+        }
+        for (v, want) in [("ab..", ""), (".", ""), ("abc.", "abc.")] {
+            assert_eq!(ts(NormalizePath, v), want, "{v}");
+            assert_eq!(
+                super::normalize_path(v.as_bytes(), false),
+                want.as_bytes(),
+                "{v}"
+            );
         }
     }
 
