@@ -793,7 +793,11 @@ impl<'r> Tx<'r> {
                     hit = Some((value.to_vec(), c));
                 }
             } else {
-                let t = transformed(value, &r.transforms);
+                // A value that changes as rules run (TX, MATCHED_*): the
+                // same chain, not kept.
+                let t = self
+                    .apply_chain(value, bytes_in(value), r)
+                    .map_or(Cow::Borrowed(value), |(t, _)| Cow::Owned(t));
                 if let Some(c) = self.op(&r.operator, &t, want) {
                     hit = Some((t.into_owned(), c));
                 }
@@ -1470,17 +1474,6 @@ impl Var<'_> {
         name.push_str(&key);
         name
     }
-}
-
-fn transformed<'v>(value: &'v [u8], ts: &[Transform]) -> Cow<'v, [u8]> {
-    let mut cur: Cow<'v, [u8]> = Cow::Borrowed(value);
-    for t in ts {
-        cur = match cur {
-            Cow::Borrowed(b) => t.apply(b),
-            Cow::Owned(o) => Cow::Owned(t.apply(&o).into_owned()),
-        };
-    }
-    cur
 }
 
 /// `ARGS` and its parts are one source for exclusions.
