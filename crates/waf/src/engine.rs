@@ -206,17 +206,12 @@ impl Waf {
         let mut by_id: Vec<Option<ByteSet>> = vec![None; chains.len()];
         let mut steps: Vec<Vec<Option<ByteSet>>> = vec![Vec::new(); chains.len()];
         for (chain, id) in &chains {
-            let mut set = Some([0u64; 4]);
-            for t in chain {
-                set = match (set, t.triggers()) {
-                    (Some(a), Some(b)) => {
-                        Some([a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]])
-                    }
-                    _ => None,
-                };
-            }
-            by_id[*id as usize] = set;
-            steps[*id as usize] = chain.iter().map(|t| t.triggers()).collect();
+            let each: Vec<Option<ByteSet>> = chain.iter().map(|t| t.triggers()).collect();
+            // The chain's: the union of its steps', if each has one.
+            by_id[*id as usize] = each.iter().try_fold([0u64; 4], |a, b| {
+                b.map(|b| [a[0] | b[0], a[1] | b[1], a[2] | b[2], a[3] | b[3]])
+            });
+            steps[*id as usize] = each;
         }
         // Where each `skipAfter` lands: after its marker, the next one in
         // its phase; ModSecurity skips the rest when there is none.
