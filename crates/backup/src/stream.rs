@@ -112,6 +112,7 @@ pub fn services(backups: &[Backup], state_dir: &Path) -> Vec<Service> {
                     signal: Signal::parse("INT").unwrap_or(Signal::TERM),
                     timeout: Duration::from_secs(10),
                     drain: Duration::ZERO,
+                    liveness_grace: Duration::from_secs(1),
                 },
                 liveness: None,
                 readiness: None,

@@ -84,6 +84,10 @@ pub struct Stop {
     /// first leaves its upstream; its requests in flight get this long to
     /// finish before the stop signal is sent.
     pub drain: Duration,
+    /// SIGKILL this long after the stop signal when the instance failed its
+    /// liveness probe: a process that does not answer is not trusted to
+    /// drain, so it does not get the planned-stop `timeout`.
+    pub liveness_grace: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -425,20 +429,23 @@ pub(crate) fn service(
             };
             let timeout = s.duration(sink, "timeout", Duration::from_secs(10));
             let drain = s.duration(sink, "drain", Duration::from_secs(30));
+            let liveness_grace = s.duration(sink, "liveness_grace", Duration::from_secs(1));
             s.finish(sink);
             Stop {
                 signal,
                 timeout,
                 drain,
+                liveness_grace,
             }
         }
         None => Stop {
             signal: Signal::TERM,
             timeout: Duration::from_secs(10),
             drain: Duration::from_secs(30),
+            liveness_grace: Duration::from_secs(1),
         },
     };
-    let liveness = probe(sink, &mut o, "liveness", Duration::from_secs(2));
+    let liveness = probe(sink, &mut o, "liveness", Duration::from_secs(1));
     let readiness = probe(sink, &mut o, "readiness", Duration::from_millis(250));
     for (p, key) in [(&liveness, "liveness"), (&readiness, "readiness")] {
         if matches!(

@@ -156,6 +156,10 @@ pub struct Retry {
     pub on: Vec<RetryOn>,
     /// Request bodies up to this size are buffered so they can be replayed.
     pub buffer_body: u64,
+    /// Each try waits at most this long for the response head (within
+    /// `timeouts.response` and the request's deadline): a request stuck on
+    /// one server is tried on another before its deadline.
+    pub per_try_timeout: Option<Duration>,
 }
 
 impl Retry {
@@ -398,6 +402,14 @@ pub(crate) fn upstream(
             let budget_percent = x.int(sink, "budget_percent", 20, 0, 100) as u32;
             let budget_min = x.int(sink, "budget_min", 10, 0, 1_000_000) as u32;
             let buffer_body = x.size(sink, "buffer_body", 64 * 1024);
+            let per_try_timeout = x.get("per_try_timeout").is_some().then(|| {
+                x.duration_min(
+                    sink,
+                    "per_try_timeout",
+                    Duration::ZERO,
+                    Duration::from_millis(1),
+                )
+            });
             let xp = x.path.clone();
             let on = match x.get("on") {
                 Some(list) => {
@@ -428,6 +440,7 @@ pub(crate) fn upstream(
                 budget_min,
                 on,
                 buffer_body,
+                per_try_timeout,
             }
         }
         None => default_retry(),
@@ -562,6 +575,7 @@ pub fn default_retry() -> Retry {
             RetryOn::Status(504),
         ],
         buffer_body: 64 * 1024,
+        per_try_timeout: None,
     }
 }
 

@@ -87,6 +87,55 @@ give_up = {{ restarts = 10, within = "5m" }}
 }
 
 #[test]
+fn a_hung_instance_is_found_in_3_s_and_killed_after_1_s_by_default() {
+    let d = dir_with_scripts("hang");
+    let src = format!(
+        r#"{BASE}
+retry = {{ per_try_timeout = "250ms" }}
+[service.products]
+command = "bin/app"
+args = ["{{port}}"]
+ports = "8001-8002"
+upstream = "products"
+liveness = {{ http = "/health" }}
+[service.other]
+command = "bin/app"
+stop = {{ liveness_grace = "300ms" }}
+"#
+    );
+    let file = d.0.join("centinela.toml");
+    let cfg = parse(&src, file.to_str().unwrap())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    let l = cfg.services[0].liveness.as_ref().unwrap();
+    assert_eq!(
+        (l.interval, l.timeout, l.failures),
+        (Duration::from_secs(1), Duration::from_secs(1), 3)
+    );
+    assert_eq!(cfg.services[0].stop.liveness_grace, Duration::from_secs(1));
+    assert_eq!(cfg.services[0].stop.timeout, Duration::from_secs(10));
+    assert_eq!(
+        cfg.services[1].stop.liveness_grace,
+        Duration::from_millis(300)
+    );
+    let retry = &cfg.upstream("products").unwrap().retry;
+    assert_eq!(retry.per_try_timeout, Some(Duration::from_millis(250)));
+    // Off unless set; never zero.
+    let bad = src.replace("\"250ms\"", "\"0s\"");
+    let err = parse(&bad, file.to_str().unwrap()).unwrap_err().to_string();
+    assert!(
+        err.contains("upstream.products.retry.per_try_timeout: must be at least 1ms"),
+        "{err}"
+    );
+    let without = src.replace("retry = { per_try_timeout = \"250ms\" }\n", "");
+    let cfg = parse(&without, file.to_str().unwrap()).unwrap().config;
+    assert_eq!(
+        cfg.upstream("products").unwrap().retry.per_try_timeout,
+        None
+    );
+}
+
+#[test]
 fn service_errors_are_all_reported_with_positions() {
     let d = dir_with_scripts("bad");
     let src = format!(

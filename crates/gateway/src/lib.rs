@@ -421,6 +421,24 @@ impl Gateway {
         }
     }
 
+    /// Removes a supervised instance that stopped answering (its liveness
+    /// probe failed) and ends the requests waiting on it at once: the
+    /// idempotent ones are retried on another server, within the retry
+    /// rules and budget; the others get 502.
+    pub fn fail_member(&self, upstream: &str, addr: SocketAddr) {
+        let server = self.server(upstream, addr);
+        self.set_member(upstream, addr, false);
+        let server = server.or_else(|| {
+            lock(&self.shared.draining)
+                .get(&(upstream.to_string(), addr))
+                .and_then(Weak::upgrade)
+        });
+        if let Some(s) = server {
+            let ended = s.pool.abort();
+            warn!(upstream, server = %addr, connections_ended = ended, "Supervised server failed liveness; its requests in flight were ended");
+        }
+    }
+
     fn server(&self, upstream: &str, addr: SocketAddr) -> Option<Arc<Server>> {
         let snap = self.shared.snapshot.load();
         snap.group(upstream)?

@@ -464,7 +464,7 @@ async fn forward(
             attempt,
             out: &out,
             body: &body,
-            deadline_bound: timeouts.head < group.cfg.timeouts.response,
+            deadline_bound: timeouts.head < try_head_timeout(&group.cfg),
         };
         let tried = match sent {
             Ok(resp) => this.on_response(resp, in_flight, &mut permit, &mut upgrade, &ids.request),
@@ -1142,6 +1142,18 @@ impl Try<'_> {
     /// breaker, outlier ejection) or are retried.
     fn on_failure(&self, e: SendError, mut in_flight: InFlight) -> Tried {
         let (outcome, err) = match e {
+            // The server was marked down or failed liveness while the
+            // request waited on it: already out of rotation, nothing to
+            // record; retried as a reset (idempotent requests only).
+            SendError::Aborted => {
+                let err = ProxyError::Reset("the server was taken out of rotation".into());
+                let retries = self.group.cfg.retry.retries(RetryOn::Reset);
+                return if retries && self.out.idempotent && self.may_go_again() {
+                    Tried::Again(Some(err))
+                } else {
+                    Tried::Fail(err)
+                };
+            }
             // This host, not the server: nothing recorded (a half-open
             // probe is given back as the guard drops).
             SendError::Connect(e) if e.local => {
@@ -1267,9 +1279,17 @@ fn try_timeouts(cfg: &centinela_config::Upstream, deadline: Instant) -> Option<T
     Some(Timeouts {
         connect: cfg.timeouts.connect,
         pool_idle: cfg.timeouts.idle,
-        head: cfg.timeouts.response.min(deadline - now),
+        head: try_head_timeout(cfg).min(deadline - now),
         body_idle: cfg.timeouts.body_idle,
     })
+}
+
+/// How long one try waits for the response head, deadline aside.
+fn try_head_timeout(cfg: &centinela_config::Upstream) -> Duration {
+    match cfg.retry.per_try_timeout {
+        Some(t) => t.min(cfg.timeouts.response),
+        None => cfg.timeouts.response,
+    }
 }
 
 /// Stage **pick**: a server of the group not tried yet, counted in flight

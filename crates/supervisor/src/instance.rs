@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::backoff::RestartBackoff;
 use crate::logs::RotatingFile;
+use crate::ports::Ports;
 use crate::probe;
 use crate::sys;
 
@@ -89,6 +90,11 @@ pub trait Membership: Send + Sync {
     /// Requests in flight to `addr`, including those of a server that has
     /// just been removed.
     fn in_flight(&self, upstream: &str, addr: SocketAddr) -> u32;
+    /// Removes `addr`, which stopped answering, and ends the requests
+    /// waiting on it instead of letting them run into their timeout.
+    fn fail(&self, upstream: &str, addr: SocketAddr) {
+        self.set(upstream, addr, false);
+    }
 }
 
 /// A log file shared by the successive instances of one slot.
@@ -103,6 +109,10 @@ pub struct Setup {
     pub log: Option<SharedLog>,
     /// Turns true when centinela shuts down: stop at once, without draining.
     pub closing: Option<watch::Receiver<bool>>,
+    /// The service's port book: `port` is held in it (see [`Ports::hold`]);
+    /// the instance gives its port back once its process group is gone,
+    /// and takes a spare one from it to replace a hung process at once.
+    pub ports: Arc<Ports>,
 }
 
 /// How to stop an instance.
@@ -132,13 +142,19 @@ impl Instance {
     /// upstream), with its own log file, and keeps it running until stopped.
     pub fn spawn(svc: Arc<Service>, slot: u32) -> Instance {
         let log = svc.logs.as_ref().and_then(|l| open_log(&svc.name, slot, l));
+        let ports = Arc::new(Ports::default());
+        let port = svc.port(slot);
+        if let Some(p) = port {
+            ports.hold(p);
+        }
         Self::start(Setup {
-            port: svc.port(slot),
+            port,
             svc,
             slot,
             member: None,
             log,
             closing: None,
+            ports,
         })
     }
 
@@ -394,22 +410,33 @@ async fn exited(child: &mut tokio::process::Child, pidfd: Option<&AsyncFd<OwnedF
     }
 }
 
-/// Stops the whole group: the stop signal, then SIGKILL after the timeout;
+/// Stops the whole group: the stop signal, then SIGKILL after `grace`;
 /// then what is left of the group, before the instance is reaped.
-async fn stop_group(child: &mut tokio::process::Child, pid: u32, svc: &Service) {
+async fn stop_group(child: &mut tokio::process::Child, pid: u32, svc: &Service, grace: Duration) {
     let pidfd = sys::watch_exit(pid);
     sys::kill_group(pid, svc.stop.signal.number);
-    if tokio::time::timeout(svc.stop.timeout, exited(child, pidfd.as_ref()))
+    // As systemd does: a stopped (SIGSTOP) process acts on the signal only
+    // once it runs again.
+    sys::kill_group(pid, libc::SIGCONT);
+    if tokio::time::timeout(grace, exited(child, pidfd.as_ref()))
         .await
         .is_err()
     {
-        warn!(service = %svc.name, pid, timeout_secs = svc.stop.timeout.as_secs_f64(), "Instance ignored the stop signal; sending SIGKILL");
+        warn!(service = %svc.name, pid, grace_secs = grace.as_secs_f64(), "Instance ignored the stop signal; sending SIGKILL");
         sys::kill_group(pid, libc::SIGKILL);
         exited(child, pidfd.as_ref()).await;
     }
     // Leftover members of the group never outlive the instance.
     sys::kill_group(pid, libc::SIGKILL);
     let _ = child.wait().await;
+}
+
+/// Lets a stopped instance's output pumps record its last lines (they end
+/// at end of file), within a bound.
+async fn flush(pumps: [Option<JoinHandle<()>>; 2]) {
+    for h in pumps.into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_millis(200), h).await;
+    }
 }
 
 /// Waits until the instance is ready (its readiness probe, else a TCP connect
@@ -439,15 +466,20 @@ async fn probes(
     let Some(l) = &svc.liveness else {
         return std::future::pending().await;
     };
+    // A check starts every `interval` (as Kubernetes' `periodSeconds`), or
+    // as soon as the previous one timed out if that took longer: a frozen
+    // process is found after `failures` × max(interval, timeout).
+    let mut every = tokio::time::interval_at(Instant::now() + l.interval, l.interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0;
     loop {
-        tokio::time::sleep(l.interval).await;
+        every.tick().await;
         match probe::check(l, port, &svc.workdir).await {
             Ok(()) => failures = 0,
             Err(e) => {
                 failures += 1;
                 if failures >= l.failures {
-                    return format!("liveness probe failed {failures} times, last: {e}");
+                    return format!("liveness failed {failures}×: {e}");
                 }
             }
         }
@@ -519,25 +551,15 @@ async fn run(
     let Setup {
         svc,
         slot,
-        port,
+        mut port,
         member,
         log,
         mut closing,
+        ports,
     } = setup;
     let set_state = |s: State| {
         lock(&status).state = s;
         state_tx.send_replace(s);
-    };
-    let upstream_addr = match (&member, &svc.upstream, port) {
-        (Some(m), Some(up), Some(p)) => {
-            Some((m.clone(), up.clone(), SocketAddr::from(([127, 0, 0, 1], p))))
-        }
-        _ => None,
-    };
-    let ready = |r: bool| {
-        if let Some((m, up, addr)) = &upstream_addr {
-            m.set(up, *addr, r);
-        }
     };
     let name = format!("{}[{slot}]", svc.name);
     let mut backoff = RestartBackoff::new(svc.backoff.clone());
@@ -546,8 +568,21 @@ async fn run(
         if stop.borrow().is_some() || closing.as_ref().is_some_and(|c| *c.borrow()) {
             break;
         }
+        // The port changes when a hung process is replaced on a spare one.
+        let upstream_addr = match (&member, &svc.upstream, port) {
+            (Some(m), Some(up), Some(p)) => {
+                Some((m.clone(), up.clone(), SocketAddr::from(([127, 0, 0, 1], p))))
+            }
+            _ => None,
+        };
+        let ready = |r: bool| {
+            if let Some((m, up, addr)) = &upstream_addr {
+                m.set(up, *addr, r);
+            }
+        };
         set_state(State::Starting);
         let started = Instant::now();
+        let mut hung = false;
         let (outcome, success) = match command(&svc, slot, port).spawn() {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
@@ -577,10 +612,20 @@ async fn run(
                     m = stop_asked(&mut stop, &mut closing) => Ended::Stop(m),
                     why = probes(&svc, port, &set_state, &ready) => Ended::Hung(why),
                 };
-                // Out of rotation before anything is stopped.
-                ready(false);
-                let exit = match ended {
-                    Ended::Exited(r) => r,
+                // Out of rotation before anything is stopped; a hung
+                // instance's requests in flight are ended too.
+                match (&ended, &upstream_addr) {
+                    (Ended::Hung(_), Some((m, up, addr))) => m.fail(up, *addr),
+                    _ => ready(false),
+                }
+                match ended {
+                    Ended::Exited(r) => {
+                        flush([out, err]).await;
+                        match r {
+                            Ok(s) => (describe(s), s.success()),
+                            Err(e) => (format!("lost: {e}"), false),
+                        }
+                    }
                     Ended::Stop(mode) => {
                         if let (StopMode::Drain, Some((m, up, addr))) = (mode, &upstream_addr) {
                             set_state(State::Draining);
@@ -595,26 +640,40 @@ async fn run(
                                 info!(instance = %name, pid, drain_ms = t.elapsed().as_millis() as u64, "Instance drained");
                             }
                         }
-                        stop_group(&mut child, pid, &svc).await;
-                        for h in [out, err].into_iter().flatten() {
-                            let _ = tokio::time::timeout(Duration::from_millis(200), h).await;
-                        }
+                        stop_group(&mut child, pid, &svc, svc.stop.timeout).await;
+                        flush([out, err]).await;
                         info!(instance = %name, pid, "Instance stopped");
                         break;
                     }
                     Ended::Hung(why) => {
-                        warn!(instance = %name, pid, reason = %why, "Instance is not alive; stopping it");
-                        stop_group(&mut child, pid, &svc).await;
-                        Err(std::io::Error::other(why))
+                        hung = true;
+                        let grace = svc.stop.liveness_grace;
+                        // A process that ignores its liveness probe is not
+                        // trusted to drain: the stop signal, SIGKILL after
+                        // `liveness_grace`. Its replacement starts at once
+                        // on a spare port when there is one.
+                        match port.and_then(|_| ports.take(&svc, None)) {
+                            Some(spare) => {
+                                warn!(instance = %name, pid, reason = %why, port = port.unwrap_or(0), new_port = spare, "Instance is not alive; replacing it on a spare port while it is killed");
+                                let (svc, ports, old) = (svc.clone(), ports.clone(), port);
+                                port = Some(spare);
+                                lock(&status).port = port;
+                                tokio::spawn(async move {
+                                    stop_group(&mut child, pid, &svc, grace).await;
+                                    flush([out, err]).await;
+                                    if let Some(p) = old {
+                                        ports.release(p);
+                                    }
+                                });
+                            }
+                            None => {
+                                warn!(instance = %name, pid, reason = %why, "Instance is not alive; killing it");
+                                stop_group(&mut child, pid, &svc, grace).await;
+                                flush([out, err]).await;
+                            }
+                        }
+                        (format!("killed ({why})"), false)
                     }
-                };
-                // Let the pumps record the last lines (they end at EOF).
-                for h in [out, err].into_iter().flatten() {
-                    let _ = tokio::time::timeout(Duration::from_millis(200), h).await;
-                }
-                match exit {
-                    Ok(s) => (describe(s), s.success()),
-                    Err(e) => (format!("killed: {e}"), false),
                 }
             }
             Err(e) => (format!("spawn failed: {e}"), false),
@@ -654,6 +713,13 @@ async fn run(
         }
         let delay = backoff.on_exit(uptime);
         let crash_looping = backoff.quick_exits >= CRASH_LOOP_AFTER;
+        // A hung process is already out and being killed: its replacement
+        // starts at once, unless hangs come as fast as a crash loop.
+        let delay = if hung && !crash_looping {
+            Duration::ZERO
+        } else {
+            delay
+        };
         let was = {
             let mut st = lock(&status);
             st.restarts += 1;
@@ -684,6 +750,10 @@ async fn run(
         st.pid = None;
         st.cpu_percent = None;
         st.rss_kib = None;
+    }
+    // Its process group is gone.
+    if let Some(p) = port {
+        ports.release(p);
     }
     if *state_tx.borrow() != State::Failed {
         set_state(State::Stopped);

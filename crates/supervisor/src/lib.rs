@@ -15,11 +15,13 @@ pub mod backoff;
 pub mod instance;
 pub mod logs;
 mod metrics;
+pub mod ports;
 pub mod probe;
 pub mod stats;
 mod sys;
 
 pub use instance::{Instance, Membership, Setup, SharedLog, State, Status};
+pub use ports::Ports;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -28,7 +30,6 @@ use std::time::Duration;
 use centinela_config::Service;
 use serde_json::json;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tracing::{info, warn};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,9 +101,9 @@ struct Group {
     slots: Vec<Instance>,
     stopped: bool,
     logs: HashMap<u32, SharedLog>,
-    /// When each port of the pool was last given back: a replacement gets
-    /// the port that has been free the longest.
-    released: HashMap<u16, Instant>,
+    /// Which ports of the pool are held; shared with the instances, which
+    /// give theirs back once their process group is gone.
+    ports: Arc<Ports>,
 }
 
 impl Group {
@@ -298,7 +299,7 @@ impl Inner {
                 slots: Vec::new(),
                 stopped: false,
                 logs: HashMap::new(),
-                released: HashMap::new(),
+                ports: Arc::default(),
             }),
             shown: Mutex::new(Vec::new()),
             retired: Mutex::new((0, 0.0)),
@@ -311,7 +312,8 @@ impl Inner {
         *self.closing.borrow()
     }
 
-    /// Starts instance `slot` of `spec` on `port` and shows it.
+    /// Starts instance `slot` of `spec` on `port` (held in the port book
+    /// by the caller) and shows it.
     fn launch(
         &self,
         svc: &Svc,
@@ -333,9 +335,6 @@ impl Inner {
                 l
             }
         };
-        if let Some(p) = port {
-            g.released.remove(&p);
-        }
         let inst = Instance::start(Setup {
             svc: spec.clone(),
             slot,
@@ -343,32 +342,17 @@ impl Inner {
             member: self.member.clone(),
             log,
             closing: Some(self.closing.subscribe()),
+            ports: g.ports.clone(),
         });
         lock(&svc.shown).push(inst.status_handle());
         inst
     }
 
-    /// Forgets a finished instance: hides it and gives its port back.
-    fn retire(&self, svc: &Svc, g: &mut Group, status: &Arc<Mutex<Status>>) {
+    /// Forgets a finished instance: hides it, keeps its totals. (It gave
+    /// its port back itself.)
+    fn retire(&self, svc: &Svc, status: &Arc<Mutex<Status>>) {
         lock(&svc.shown).retain(|s| !Arc::ptr_eq(s, status));
         svc.keep_totals(&lock(status));
-        if let Some(p) = lock(status).port {
-            g.released.insert(p, Instant::now());
-        }
-    }
-
-    /// A port of `spec`'s pool that no running instance holds: never used
-    /// ones first, else the one given back the longest ago.
-    fn free_port(g: &Group, spec: &Service) -> Option<u16> {
-        let used: Vec<u16> = g.slots.iter().filter_map(Instance::port).collect();
-        spec.port_pool()
-            .filter(|p| !used.contains(p))
-            .min_by_key(|p| {
-                g.released
-                    .get(p)
-                    .map(|t| (1, *t))
-                    .unwrap_or((0, Instant::now()))
-            })
     }
 
     /// Starts the slots missing up to `instances`, each on its own port
@@ -378,12 +362,7 @@ impl Inner {
         let from = g.slots.len();
         while g.slots.len() < spec.instances as usize && !self.closing() {
             let slot = g.slots.len() as u32;
-            let used: Vec<u16> = g.slots.iter().filter_map(Instance::port).collect();
-            let port = match spec.port(slot) {
-                Some(p) if !used.contains(&p) && spec.port_pool().any(|q| q == p) => Some(p),
-                Some(_) => Self::free_port(g, &spec),
-                None => None,
-            };
+            let port = g.ports.take(&spec, spec.port(slot));
             let inst = self.launch(svc, g, &spec, slot, port);
             g.slots.push(inst);
         }
@@ -415,7 +394,7 @@ impl Inner {
             let Some(old) = g.slots.pop() else { break };
             let status = old.status_handle();
             old.drain_and_stop().await;
-            self.retire(svc, g, &status);
+            self.retire(svc, &status);
         }
     }
 
@@ -463,7 +442,7 @@ impl Inner {
                     spec.name
                 ))
             };
-            match Self::free_port(g, &spec) {
+            match g.ports.take(&spec, None) {
                 Some(port) => {
                     // Surge: the replacement runs beside the old instance
                     // until it is ready.
@@ -471,36 +450,40 @@ impl Inner {
                     if let Err(e) = new.wait_ready(spec.ready_timeout).await {
                         let st = new.status_handle();
                         new.stop().await;
-                        self.retire(svc, g, &st);
+                        self.retire(svc, &st);
                         warn!(service = %spec.name, slot, error = %e, "Rolling restart stopped: the replacement did not become ready; the old instance keeps serving");
                         return Err(fail(e));
                     }
                     let old = std::mem::replace(&mut g.slots[slot], new);
                     old.drain_and_stop().await;
-                    self.retire(svc, g, &old_status);
+                    self.retire(svc, &old_status);
                     info!(service = %spec.name, slot, old_port = ?old_port, new_port = port, "Instance replaced");
                 }
                 None => {
                     // No spare port (or no ports): the old instance leaves
                     // first, and the replacement takes its port.
-                    let port = old_port.filter(|p| spec.port_pool().any(|q| q == *p));
+                    let old = g.slots.remove(slot);
+                    let old_spec = old.spec();
+                    old.drain_and_stop().await;
+                    self.retire(svc, &old_status);
+                    let port = g.ports.take(&spec, old_port);
                     if spec.ports.is_some() && port.is_none() {
+                        let back = g.ports.take(&old_spec, old_port);
+                        let back = self.launch(svc, g, &old_spec, slot as u32, back);
+                        g.slots.insert(slot, back);
                         return Err(fail(format!(
                             "has no free port in {:?}",
                             spec.ports.unwrap_or_default()
                         )));
                     }
-                    let old = g.slots.remove(slot);
-                    let old_spec = old.spec();
-                    old.drain_and_stop().await;
-                    self.retire(svc, g, &old_status);
                     let new = self.launch(svc, g, &spec, slot as u32, port);
                     if let Err(e) = new.wait_ready(spec.ready_timeout).await {
                         // Roll back this slot: the settings it ran before.
                         let st = new.status_handle();
                         new.stop().await;
-                        self.retire(svc, g, &st);
-                        let back = self.launch(svc, g, &old_spec, slot as u32, old_port);
+                        self.retire(svc, &st);
+                        let port = g.ports.take(&old_spec, old_port);
+                        let back = self.launch(svc, g, &old_spec, slot as u32, port);
                         let back_ready = back.wait_ready(old_spec.ready_timeout).await;
                         g.slots.insert(slot, back);
                         warn!(service = %spec.name, slot, error = %e, rolled_back = back_ready.is_ok(), "Rolling restart stopped: the replacement did not become ready; the instance runs its previous settings again");

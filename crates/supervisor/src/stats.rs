@@ -210,27 +210,29 @@ mod tests {
     }
 
     #[test]
-    fn samples_this_process_group_with_cpu_after_the_second_sample() {
-        let st = stat_of(std::process::id()).unwrap();
+    fn samples_a_process_group_with_cpu_after_the_second_sample() {
+        // A group of its own, burning CPU: the test runner's group has
+        // other tests' processes coming and going.
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "while :; do :; done"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let g = child.id();
         let mut s = Sampler::default();
-        let first = s.sample(&[st.pgrp]);
-        let (cpu, rss, used) = first[&st.pgrp];
+        let first = s.sample(&[g]);
+        let (cpu, rss, _) = first[&g];
         assert_eq!(cpu, None);
-        // The first sample counts the CPU used since the group started.
-        assert!(
-            used >= st.cpu_ticks as f64 / s.ticks as f64 - 1e-9,
-            "{used}"
-        );
         assert!(rss > 100, "rss {rss} KiB");
-        // Burn 5 ticks of CPU so the second sample sees it.
-        let me = std::process::id();
-        let mut x = 0u64;
-        while stat_of(me).unwrap().cpu_ticks < st.cpu_ticks + 5 {
-            for _ in 0..100_000 {
-                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-            }
+        let start = stat_of(g).unwrap().cpu_ticks;
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while stat_of(g).unwrap().cpu_ticks < start + 5 && Instant::now() < deadline {
+            std::thread::yield_now();
         }
-        let (cpu, _, used) = s.sample(&[st.pgrp])[&st.pgrp];
+        let (cpu, _, used) = s.sample(&[g])[&g];
+        let _ = child.kill();
+        let _ = child.wait();
         let cpu = cpu.unwrap();
         // Since the first sample: at least the 5 ticks burnt.
         assert!(used >= 5.0 / s.ticks as f64 - 1e-9, "{used}");

@@ -42,6 +42,7 @@ fn service(dir: &Path, script: &str) -> Service {
             signal: Signal::TERM,
             timeout: Duration::from_secs(5),
             drain: Duration::from_secs(5),
+            liveness_grace: Duration::from_secs(1),
         },
         liveness: None,
         // The scripts listen on no port: ready once `true` exits 0.

@@ -272,6 +272,10 @@ impl centinela_supervisor::Membership for Members {
     fn in_flight(&self, upstream: &str, addr: std::net::SocketAddr) -> u32 {
         self.0.member_in_flight(upstream, addr)
     }
+
+    fn fail(&self, upstream: &str, addr: std::net::SocketAddr) {
+        self.0.fail_member(upstream, addr);
+    }
 }
 
 /// `POST /-/services/NAME/{restart,stop,start}`. The operation runs in its

@@ -57,14 +57,14 @@ pub(super) fn status(admin: Option<String>, config: &Path, json: bool) -> ExitCo
         }
     };
     println!(
-        "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>6} {:>8} {:<8}  LAST EXIT",
+        "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>6} {:>8} {:<8}",
         "SERVICE", "#", "STATE", "PID", "PORT", "UPTIME", "RESTARTS", "CPU%", "RSS MiB", "HEALTH"
     );
     for svc in v["services"].as_array().into_iter().flatten() {
         for i in svc["instances"].as_array().into_iter().flatten() {
             let dash = || "-".to_string();
             println!(
-                "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>6} {:>8} {:<8}  {}",
+                "{:<16} {:>3} {:<14} {:>8} {:>6} {:>9} {:>8} {:>6} {:>8} {:<8}",
                 svc["name"].as_str().unwrap_or("?"),
                 i["index"],
                 i["state"].as_str().unwrap_or("?"),
@@ -94,8 +94,11 @@ pub(super) fn status(admin: Option<String>, config: &Path, json: bool) -> ExitCo
                 } else {
                     health(svc["upstream"].as_str(), i["port"].as_u64())
                 },
-                i["last_exit"].as_str().unwrap_or("-"),
             );
+            // Under its row, as `systemctl status` shows the main process's.
+            if let Some(exit) = i["last_exit"].as_str() {
+                println!("{:<20} last exit: {exit}", "");
+            }
         }
     }
     ExitCode::SUCCESS

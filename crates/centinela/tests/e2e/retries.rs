@@ -139,3 +139,95 @@ async fn timeouts_are_retried_elsewhere_and_the_request_deadline_holds() {
         got.text()
     );
 }
+
+#[tokio::test]
+async fn per_try_timeout_sends_a_stuck_request_elsewhere_long_before_the_response_timeout() {
+    let stuck =
+        server_with(|_| Reply::ok("late").delayed(std::time::Duration::from_secs(20))).await;
+    let fast = servers(1).await;
+    // timeouts.response stays at its default, 30 s.
+    let extra = "retry = { per_try_timeout = \"200ms\" }\noutlier = { consecutive_failures = 0 }\nbreaker = { enabled = false }";
+    let gw = start(&config(&[(stuck.addr, 1), (fast[0].addr, 1)], extra)).await;
+    let c = client();
+    for _ in 0..4 {
+        let t = std::time::Instant::now();
+        let got = get(&c, &gw, "/").await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.header("x-served-by"), Some(&*fast[0].addr.to_string()));
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert!(stuck.hits() >= 1, "the stuck server was never tried");
+}
+
+/// Sends `method /` (in a task) until one reaches `target`, which keeps it;
+/// the others are answered at once by another server and must succeed.
+async fn until_one_reaches(
+    c: &centinela_testkit::HttpClient,
+    gw: &centinela_gateway::Gateway,
+    target: &centinela_testkit::TestServer,
+    method: &'static str,
+) -> tokio::task::JoinHandle<(centinela_testkit::Got, std::time::Duration)> {
+    let url = url(gw, "/");
+    for _ in 0..10 {
+        let before = target.hits();
+        let (c2, url) = (c.clone(), url.clone());
+        let task = tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            let req = hyper::Request::builder()
+                .method(method)
+                .uri(url)
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+                .unwrap();
+            let got = centinela_testkit::send(&c2, req).await.expect("request");
+            (got, t.elapsed())
+        });
+        let reached = centinela_testkit::eventually(std::time::Duration::from_secs(5), || async {
+            task.is_finished() || target.hits() > before
+        })
+        .await;
+        assert!(reached, "{method} neither answered nor received");
+        if target.hits() > before {
+            return task;
+        }
+        assert_eq!(task.await.unwrap().0.status, 200);
+    }
+    panic!("no {method} reached {}", target.addr);
+}
+
+#[tokio::test]
+async fn requests_waiting_on_a_server_marked_down_end_at_once() {
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f2 = frozen.clone();
+    // Once frozen it answers nothing, health checks included.
+    let freezing = server_with(move |_| {
+        if f2.load(Ordering::Relaxed) {
+            Reply::ok("late").delayed(std::time::Duration::from_secs(60))
+        } else {
+            Reply::ok("ok")
+        }
+    })
+    .await;
+    let good = servers(1).await;
+    let extra = "health = { path = \"/health\", interval = \"100ms\", timeout = \"200ms\", rise = 1, fall = 2 }\noutlier = { consecutive_failures = 0 }\nbreaker = { enabled = false }";
+    let gw = start(&config(&[(freezing.addr, 1), (good[0].addr, 1)], extra)).await;
+    let c = client();
+    assert_eq!(get(&c, &gw, "/").await.status, 200);
+    frozen.store(true, Ordering::Relaxed);
+    // One GET and one POST wait on the frozen server (the response
+    // timeout is the default 30 s); it fails two health checks.
+    let get = until_one_reaches(&c, &gw, &freezing, "GET").await;
+    let post = until_one_reaches(&c, &gw, &freezing, "POST").await;
+    let (got, took) = get.await.unwrap();
+    assert_eq!(got.status, 200, "the GET is retried on the good server");
+    assert_eq!(got.header("x-served-by"), Some(&*good[0].addr.to_string()));
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    let (got, took) = post.await.unwrap();
+    assert_eq!(got.status, 502, "a POST is not replayed: {}", got.text());
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    let state = upstream_state(&c, &gw).await;
+    assert_eq!(server_state(&state, freezing.addr)["healthy"], false);
+}

@@ -6,27 +6,39 @@ use std::sync::Mutex;
 
 use centinela_config::Balance;
 
-/// A server the policy may choose: its index in the group, effective weight
-/// and requests in flight.
+/// A server the policy may choose: its index in the group, effective weight,
+/// requests in flight and requests ended so far (wrapping).
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate {
     pub index: usize,
     pub weight: f64,
     pub in_flight: u32,
+    pub ended: u32,
 }
 
 #[derive(Debug)]
 pub struct Balancer {
     policy: Balance,
-    /// Smooth weighted round robin: current weight per server index.
-    current: Mutex<Vec<f64>>,
+    /// Smooth weighted round robin's state, per server index.
+    rr: Mutex<Vec<RrSlot>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct RrSlot {
+    /// The current weight.
+    current: f64,
+    /// The server's `ended` count at the last pick...
+    ended: u32,
+    /// ...and how many picks in a row it has kept requests in flight
+    /// without ending any.
+    quiet: u32,
 }
 
 impl Balancer {
     pub fn new(policy: Balance, servers: usize) -> Self {
         Balancer {
             policy,
-            current: Mutex::new(vec![0.0; servers]),
+            rr: Mutex::new(vec![RrSlot::default(); servers]),
         }
     }
 
@@ -67,25 +79,51 @@ impl Balancer {
 
     /// nginx's smooth weighted round robin: each pick adds every candidate's
     /// weight to its current value, takes the largest and subtracts the total.
+    ///
+    /// A stuck server sits out: one that has ended none of its requests for
+    /// [`QUIET_ROUNDS`] rounds of picks while holding more than twice its
+    /// share of the requests in flight (plus one). A frozen process collects
+    /// requests it never answers, and plain round robin would keep sending
+    /// it its share until every client waits on it. A server that answers,
+    /// however slowly, and an idle one are never skipped.
     fn smooth_wrr(&self, cands: &[Candidate]) -> usize {
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let least = cands
+            .iter()
+            .map(|c| f64::from(c.in_flight) / c.weight)
+            .fold(f64::INFINITY, f64::min);
+        let quiet_limit = QUIET_ROUNDS * cands.len() as u32;
+        let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
         let mut total = 0.0;
-        let mut best: Option<usize> = None;
+        let mut best: Option<(usize, f64)> = None;
         for c in cands {
-            if c.index >= cur.len() {
-                cur.resize(c.index + 1, 0.0);
+            if c.index >= rr.len() {
+                rr.resize(c.index + 1, RrSlot::default());
             }
-            cur[c.index] += c.weight;
+            let slot = &mut rr[c.index];
+            if c.ended != slot.ended || c.in_flight == 0 {
+                slot.ended = c.ended;
+                slot.quiet = 0;
+            } else {
+                slot.quiet = slot.quiet.saturating_add(1);
+            }
+            if slot.quiet >= quiet_limit && f64::from(c.in_flight) > 2.0 * c.weight * least + 1.0 {
+                continue;
+            }
+            slot.current += c.weight;
             total += c.weight;
-            if best.is_none_or(|b| cur[c.index] > cur[b]) {
-                best = Some(c.index);
+            if best.is_none_or(|(_, cur)| slot.current > cur) {
+                best = Some((c.index, slot.current));
             }
         }
-        let best = best.unwrap_or(cands[0].index);
-        cur[best] -= total;
+        let best = best.map_or(cands[0].index, |(i, _)| i);
+        rr[best].current -= total;
         best
     }
 }
+
+/// Rounds of picks (each as many picks as candidates) a busy server may
+/// go without ending a request before round robin may skip it.
+const QUIET_ROUNDS: u32 = 2;
 
 fn load(c: &Candidate) -> f64 {
     f64::from(c.in_flight + 1) / c.weight
@@ -154,6 +192,7 @@ mod tests {
                 index,
                 weight,
                 in_flight: 0,
+                ended: 0,
             })
             .collect()
     }
@@ -165,6 +204,54 @@ mod tests {
         let seq: Vec<usize> = (0..7).map(|_| b.pick(&c, None, &[])).collect();
         // nginx's documented sequence for 5:1:1.
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn round_robin_does_not_pile_onto_a_stuck_server() {
+        let b = Balancer::new(Balance::RoundRobin, 3);
+        let mut c = cands(&[1.0, 1.0, 1.0]);
+        // Server 0 answers nothing: the picks that land on it stay in
+        // flight; the others' end at once.
+        let pick = |c: &mut Vec<Candidate>| {
+            let i = b.pick(c, None, &[]);
+            if i == 0 {
+                c[0].in_flight += 1;
+            } else {
+                c[i].ended += 1;
+            }
+            i
+        };
+        let picks: Vec<usize> = (0..40).map(|_| pick(&mut c)).collect();
+        assert_eq!(c[0].in_flight, 2, "{picks:?}");
+        assert!(picks[10..].iter().all(|&i| i != 0), "{picks:?}");
+        // It answers again: back in the rotation.
+        c[0].ended += 2;
+        c[0].in_flight = 0;
+        let picks: Vec<usize> = (0..6).map(|_| pick(&mut c)).collect();
+        assert!(picks.contains(&0), "{picks:?}");
+    }
+
+    #[test]
+    fn round_robin_keeps_exact_shares_for_busy_servers_that_answer() {
+        // Weights 3:2:1 and uneven requests in flight, as at a moment of
+        // real traffic: every server keeps ending requests, none is skipped.
+        let b = Balancer::new(Balance::RoundRobin, 3);
+        let mut c = cands(&[3.0, 2.0, 1.0]);
+        let mut seq = Vec::new();
+        for n in 0..60u32 {
+            for (i, x) in c.iter_mut().enumerate() {
+                x.in_flight = [4, 0, 2][i];
+                x.ended = n;
+            }
+            seq.push(b.pick(&c, None, &[]));
+        }
+        let count = |i| seq.iter().filter(|&&x| x == i).count();
+        assert_eq!((count(0), count(1), count(2)), (30, 20, 10));
+        // An idle server in slow start (a tenth of its weight) takes its
+        // share too.
+        c[2].weight = 0.1;
+        c[2].in_flight = 0;
+        assert!((0..40).any(|_| b.pick(&c, None, &[]) == 2));
     }
 
     #[test]

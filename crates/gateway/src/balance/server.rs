@@ -4,7 +4,7 @@
 //! the new state and the reason.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -62,7 +62,10 @@ pub struct Server {
     pub authority: http::uri::Authority,
     addr_label: Arc<str>,
     weight: AtomicU32,
-    in_flight: AtomicU32,
+    /// Requests in flight (low 32 bits) and requests ended so far (high 32
+    /// bits, wrapping): one atomic add counts both as a request ends, and
+    /// round robin tells a busy server that answers from a stuck one.
+    in_flight: AtomicU64,
     /// Removed from its upstream: requests that started on an older
     /// snapshot must not pick it any more (it is draining).
     retired: AtomicBool,
@@ -114,7 +117,7 @@ impl Server {
                 .expect("a socket address is a valid authority"),
             addr_label: label.into(),
             weight: AtomicU32::new(weight),
-            in_flight: AtomicU32::new(0),
+            in_flight: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             pool: Arc::default(),
             inner: Mutex::new(Inner {
@@ -147,7 +150,13 @@ impl Server {
     }
 
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::SeqCst)
+        self.in_flight.load(Ordering::SeqCst) as u32
+    }
+
+    /// Requests in flight, and how many have ended (wrapping).
+    pub fn load(&self) -> (u32, u32) {
+        let v = self.in_flight.load(Ordering::SeqCst);
+        (v as u32, (v >> 32) as u32)
     }
 
     /// Marks the server as removed from its upstream. Together with
@@ -346,7 +355,11 @@ impl Server {
                 g.consecutive_failures = 0;
                 info!(upstream, server = &*self.addr_label, old = "down", new = "up", reason = %format_args!("{rise} consecutive health checks passed"), "Server state changed");
             } else {
-                warn!(upstream, server = &*self.addr_label, old = "up", new = "down", reason = %format_args!("{fall} consecutive health checks failed, last: {}", error.unwrap_or("?")), "Server state changed");
+                drop(g);
+                // Requests waiting on a server that fails its checks end
+                // now, not at their timeout (retried elsewhere when safe).
+                let ended = self.pool.abort();
+                warn!(upstream, server = &*self.addr_label, old = "up", new = "down", reason = %format_args!("{fall} consecutive health checks failed, last: {}", error.unwrap_or("?")), connections_ended = ended, "Server state changed");
             }
         }
     }
@@ -389,7 +402,10 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // One more ended, one fewer in flight (never 0 here: no borrow).
+        self.server
+            .in_flight
+            .fetch_add((1 << 32) - 1, Ordering::Relaxed);
         if let Some(epoch) = self.probe {
             self.server.lock().breaker.cancel(epoch);
         }

@@ -165,10 +165,12 @@ impl Group {
 
     fn candidate(&self, i: usize, now: Instant) -> Candidate {
         let s = &self.servers[i];
+        let (in_flight, ended) = s.load();
         Candidate {
             index: i,
             weight: f64::from(s.weight()) * s.ramp(self.cfg.slow_start, now),
-            in_flight: s.in_flight(),
+            in_flight,
+            ended,
         }
     }
 

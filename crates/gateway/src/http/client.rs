@@ -112,6 +112,8 @@ impl From<BodyError> for Error {
 /// A keep-alive connection to one server.
 #[derive(Debug)]
 pub struct Conn {
+    /// Its entry among its pool's open connections (dropped with it).
+    pub(crate) registered: Option<crate::http::pool::Registered>,
     io: Stream,
     /// Read but not yet consumed; empty between exchanges.
     buf: InBuf,
@@ -179,10 +181,16 @@ impl Conn {
             Some(tls) => Box::pin(tls_connect(io, addr, tls, start + timeout, timeout)).await?,
         };
         Ok(Conn {
+            registered: None,
             io,
             buf: InBuf::default(),
             wbuf: Vec::new(),
         })
+    }
+
+    /// The TCP socket under it.
+    pub fn tcp(&self) -> &TcpStream {
+        self.io.tcp()
     }
 
     /// Can an idle connection take a request? A server that closed it made

@@ -1012,6 +1012,10 @@ pub struct H2Body {
     _stream: Stream,
 }
 
+// One per HTTP/2 response, held in place while hyper sends it: boxing the
+// common variant would cost an allocation per response to save bytes no
+// one counts.
+#[allow(clippy::large_enum_variant)]
 enum Sent {
     /// A body of the gateway's own (an error), or one already whole: sent
     /// at once.

@@ -6,8 +6,16 @@
 //! cleanly ([`crate::http::client::UpBody`]); one whose body was dropped half way,
 //! or that was upgraded, is closed. An idle connection the server has
 //! closed is seen at checkout (it reads as end of file) and dropped.
+//!
+//! The pool also knows every open connection it made, idle or in use, by a
+//! second handle on its socket: [`Pool::abort`] shuts them all down when
+//! the server is marked down or its instance fails liveness, so that the
+//! requests waiting on it end at once instead of at their timeout. That
+//! costs a `dup` per connection, nothing per request.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +36,36 @@ pub struct Pool {
     idle_ms: AtomicU64,
     /// `[upstream.X] tls`: how new connections speak TLS.
     tls: arc_swap::ArcSwapOption<Tls>,
+    /// Every open connection made here, idle or in use.
+    open: Arc<Mutex<Open>>,
+    /// How many times the pool was aborted: a request that sees it change
+    /// while it waited knows why its connection failed.
+    aborts: AtomicU64,
+}
+
+/// Second handles on the sockets of a pool's open connections.
+#[derive(Debug, Default)]
+struct Open {
+    next: u64,
+    socks: HashMap<u64, std::net::TcpStream>,
+}
+
+/// A connection's entry among its pool's open ones, removed when the
+/// connection is dropped.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    open: Arc<Mutex<Open>>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock_open(&self.open).socks.remove(&self.id);
+    }
+}
+
+fn lock_open(m: &Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a request could not be sent.
@@ -37,6 +75,9 @@ pub enum SendError {
     Connect(ConnectError),
     /// The connection failed after the request was (maybe partly) sent.
     Failed(Error),
+    /// The pool was aborted while the request waited: the server was marked
+    /// down or failed liveness. Whatever reached it is lost with it.
+    Aborted,
 }
 
 impl Pool {
@@ -102,6 +143,37 @@ impl Pool {
         Conn::connect(addr, timeout, self.tls.load_full())
     }
 
+    /// Ends every connection to the server at once, idle or in use: the
+    /// requests waiting on them fail with [`SendError::Aborted`] (or, past
+    /// the response head, see their body cut). Returns how many were open.
+    pub fn abort(&self) -> usize {
+        self.aborts.fetch_add(1, Ordering::SeqCst);
+        self.lock().clear();
+        let open = lock_open(&self.open);
+        for sock in open.socks.values() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+        open.socks.len()
+    }
+
+    /// Enters a new connection among the open ones. Without a second
+    /// handle (out of file descriptors) it cannot be aborted, only timed
+    /// out.
+    fn register(&self, conn: &mut Conn) {
+        let Ok(fd) = conn.tcp().as_fd().try_clone_to_owned() else {
+            return;
+        };
+        let mut open = lock_open(&self.open);
+        let id = open.next;
+        open.next += 1;
+        open.socks.insert(id, std::net::TcpStream::from(fd));
+        drop(open);
+        conn.registered = Some(Registered {
+            open: self.open.clone(),
+            id,
+        });
+    }
+
     /// Idle connections kept.
     pub fn idle_count(&self) -> usize {
         self.lock().len()
@@ -138,19 +210,29 @@ impl Pool {
     ) -> Result<Response<UpBody>, SendError> {
         self.idle_ms
             .store(t.pool_idle.as_millis() as u64, Ordering::Relaxed);
+        let aborts = self.aborts.load(Ordering::SeqCst);
+        let aborted = || self.aborts.load(Ordering::SeqCst) != aborts;
         let mut body = body;
         loop {
             let (conn, again) = match self.checkout(t.pool_idle) {
                 Some(c) => (c, replay.then(|| body.try_clone()).flatten()),
-                None => (
-                    self.connect(addr, t.connect)
+                None => {
+                    let mut conn = self
+                        .connect(addr, t.connect)
                         .await
-                        .map_err(SendError::Connect)?,
-                    None,
-                ),
+                        .map_err(SendError::Connect)?;
+                    self.register(&mut conn);
+                    (conn, None)
+                }
             };
+            // Aborted before the connection was entered: it was not shut
+            // down, and must not be waited on.
+            if aborted() {
+                return Err(SendError::Aborted);
+            }
             match conn.send(head, body, Some(self.clone()), t).await {
                 Ok(resp) => return Ok(resp),
+                Err(_) if aborted() => return Err(SendError::Aborted),
                 Err(Error::Closed(e)) => match again {
                     Some(b) => body = b,
                     None => return Err(SendError::Failed(Error::Closed(e))),
