@@ -48,7 +48,9 @@ pub use rate_limit::{RateKey, RateLimit};
 pub use route::{Cors, IpRule, Route, SECURITY_HEADERS};
 pub use runtime::{LogFormat, Runtime};
 pub use secret::Secret;
-pub use service::{GiveUp, Logs, Probe, ProbeKind, Restart, Service, ServiceBackoff, Signal, Stop};
+pub use service::{
+    GiveUp, Logs, Probe, ProbeKind, Restart, Service, ServiceBackoff, ServiceLimits, Signal, Stop,
+};
 pub use slo::Slo;
 pub use upstream::{
     default_breaker, default_limits, default_outlier, default_retry, default_timeouts, Balance,

@@ -103,6 +103,27 @@ pub struct GiveUp {
     pub within: Duration,
 }
 
+/// `limits`: resources each instance may use. `memory`, `cpu` and `pids`
+/// through a cgroup of its own (v2, else v1), `nofile` through setrlimit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServiceLimits {
+    /// Bytes; past this the kernel's OOM killer ends the instance.
+    pub memory: Option<u64>,
+    /// Cores, as a CFS quota per 100 ms period.
+    pub cpu: Option<f64>,
+    /// Processes and threads, the instance's children included.
+    pub pids: Option<u64>,
+    /// Open file descriptors per process (soft and hard limit).
+    pub nofile: Option<u64>,
+}
+
+impl ServiceLimits {
+    /// Any limit that needs a cgroup.
+    pub fn needs_cgroup(&self) -> bool {
+        self.memory.is_some() || self.cpu.is_some() || self.pids.is_some()
+    }
+}
+
 /// A supervised program run as `instances` processes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Service {
@@ -129,6 +150,7 @@ pub struct Service {
     pub give_up: Option<GiveUp>,
     /// How long a rolling restart waits for a replacement to become ready.
     pub ready_timeout: Duration,
+    pub limits: ServiceLimits,
 }
 
 impl Service {
@@ -500,6 +522,37 @@ pub(crate) fn service(
         Duration::from_secs(60),
         Duration::from_millis(10),
     );
+    let limits = match o.sub(sink, "limits") {
+        Some(mut l) => {
+            let memory_span = l.get("memory").map(|v| v.span());
+            let memory = memory_span.is_some().then(|| l.size(sink, "memory", 0));
+            if let (Some(m), Some(span)) = (memory, &memory_span) {
+                if m < 1024 * 1024 {
+                    sink.error(span, &format!("{}.memory", l.path), "must be at least 1MiB");
+                }
+            }
+            let cpu = l
+                .get("cpu")
+                .is_some()
+                .then(|| l.float(sink, "cpu", 1.0, 0.0, 1024.0));
+            let pids = l
+                .get("pids")
+                .is_some()
+                .then(|| l.int(sink, "pids", 1, 1, 4_194_304));
+            let nofile = l
+                .get("nofile")
+                .is_some()
+                .then(|| l.int(sink, "nofile", 1024, 8, 1 << 30));
+            l.finish(sink);
+            ServiceLimits {
+                memory,
+                cpu,
+                pids,
+                nofile,
+            }
+        }
+        None => ServiceLimits::default(),
+    };
     o.finish(sink);
     Some(ParsedService {
         service: Service {
@@ -519,6 +572,7 @@ pub(crate) fn service(
             logs,
             give_up,
             ready_timeout,
+            limits,
         },
         upstream_span,
         ports_span,

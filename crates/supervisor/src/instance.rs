@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::backoff::RestartBackoff;
+use crate::cgroup::{Cgroup, Usage};
 use crate::logs::RotatingFile;
 use crate::ports::Ports;
 use crate::probe;
@@ -81,6 +82,42 @@ pub struct Status {
     /// CPU seconds used by the instance's process groups, every run of
     /// this slot since it was shown.
     pub cpu_seconds: f64,
+    /// The running instance's cgroup, when `limits` asks for one: CPU%,
+    /// RSS and CPU time then come from it.
+    pub cgroup: Option<Arc<Cgroup>>,
+    /// The cgroup's counts at the last sample.
+    pub cgroup_seen: Option<(Usage, Instant)>,
+    /// Time the slot's instances waited because their CPU quota ran out,
+    /// and how many quota periods that happened in (every run).
+    pub throttled_seconds: f64,
+    pub throttled_periods: u64,
+}
+
+impl Status {
+    /// Reads the cgroup's counts: CPU% since the last sample, RSS now, and
+    /// the CPU and throttled time added since.
+    pub fn sample_cgroup(&mut self) {
+        let Some(cg) = &self.cgroup else { return };
+        let (now, u) = (Instant::now(), cg.usage());
+        let before = self.cgroup_seen.replace((u, now));
+        self.rss_kib = u.memory_bytes.map(|b| b / 1024);
+        let Some((prev, at)) = before else {
+            self.cpu_seconds += u.cpu.unwrap_or_default().as_secs_f64();
+            self.throttled_seconds += u.throttled.as_secs_f64();
+            self.throttled_periods += u.throttled_periods;
+            return;
+        };
+        let used = u
+            .cpu
+            .unwrap_or_default()
+            .saturating_sub(prev.cpu.unwrap_or_default());
+        let secs = now.duration_since(at).as_secs_f64();
+        self.cpu_percent =
+            (secs > 0.0 && u.cpu.is_some()).then(|| used.as_secs_f64() / secs * 100.0);
+        self.cpu_seconds += used.as_secs_f64();
+        self.throttled_seconds += u.throttled.saturating_sub(prev.throttled).as_secs_f64();
+        self.throttled_periods += u.throttled_periods.saturating_sub(prev.throttled_periods);
+    }
 }
 
 /// Where instances take and leave traffic: the gateway's upstreams.
@@ -173,6 +210,10 @@ impl Instance {
             cpu_percent: None,
             rss_kib: None,
             cpu_seconds: 0.0,
+            cgroup: None,
+            cgroup_seen: None,
+            throttled_seconds: 0.0,
+            throttled_periods: 0,
         }));
         let (stop, stop_rx) = watch::channel(None);
         let (state_tx, state) = watch::channel(State::Starting);
@@ -263,7 +304,12 @@ pub fn open_log(service: &str, slot: u32, l: &centinela_config::Logs) -> Option<
     }
 }
 
-fn command(svc: &Service, slot: u32, port: Option<u16>) -> tokio::process::Command {
+fn command(
+    svc: &Service,
+    slot: u32,
+    port: Option<u16>,
+    cgroup: Option<&Cgroup>,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&svc.command);
     for a in &svc.args {
         match port {
@@ -287,7 +333,65 @@ fn command(svc: &Service, slot: u32, port: Option<u16>) -> tokio::process::Comma
         .process_group(0)
         .kill_on_drop(true);
     sys::die_with_parent(&mut cmd);
+    let procs = match cgroup.map(Cgroup::procs_files) {
+        Some(Ok(fds)) => fds,
+        Some(Err(e)) => {
+            warn!(service = %svc.name, error = %e, "Cannot join the instance's cgroup; it runs without its limits");
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
+    sys::prepare_child(&mut cmd, procs, svc.limits.nofile);
     cmd
+}
+
+/// A cgroup for one run of an instance, with the service's limits; none
+/// when it asks for no limit, or (logged once) when the host gives none.
+fn make_cgroup(svc: &Service, slot: u32) -> Option<Arc<Cgroup>> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !svc.limits.needs_cgroup() {
+        return None;
+    }
+    let made = crate::cgroup::cgroups()
+        .map_err(str::to_string)
+        .and_then(|c| {
+            c.create(&format!("{}-{slot}", svc.name), &svc.limits)
+                .map_err(|e| e.to_string())
+        });
+    match made {
+        Ok(cg) => Some(Arc::new(cg)),
+        Err(e) => {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                warn!(service = %svc.name, error = %e, "Cannot create cgroups: memory, cpu and pids limits are not applied (logged once)");
+            }
+            None
+        }
+    }
+}
+
+/// The end of one run in its cgroup: the last counts into the status, an
+/// OOM kill named, the cgroup removed (what is left in it killed).
+async fn close_cgroup(status: &Mutex<Status>, svc: &Service, outcome: String) -> String {
+    let Some(cg) = lock(status).cgroup.clone() else {
+        return outcome;
+    };
+    let oom = {
+        let mut st = lock(status);
+        st.sample_cgroup();
+        st.cgroup = None;
+        st.cgroup_seen = None;
+        cg.usage().oom_kills > 0
+    };
+    let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+    // The OOM killer may have ended the main process (signal 9) or one of
+    // its children, which a wrapper then reports as its own exit.
+    match (oom, svc.limits.memory) {
+        (true, Some(m)) if !outcome.is_empty() => format!(
+            "OOM-killed (memory limit {})",
+            crate::cgroup::format_bytes(m)
+        ),
+        _ => outcome,
+    }
 }
 
 fn describe(status: std::process::ExitStatus) -> String {
@@ -583,7 +687,10 @@ async fn run(
         set_state(State::Starting);
         let started = Instant::now();
         let mut hung = false;
-        let (outcome, success) = match command(&svc, slot, port).spawn() {
+        let cgroup = make_cgroup(&svc, slot);
+        let spawned = command(&svc, slot, port, cgroup.as_deref()).spawn();
+        lock(&status).cgroup = cgroup;
+        let (outcome, success) = match spawned {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
                 {
@@ -642,6 +749,7 @@ async fn run(
                         }
                         stop_group(&mut child, pid, &svc, svc.stop.timeout).await;
                         flush([out, err]).await;
+                        close_cgroup(&status, &svc, String::new()).await;
                         info!(instance = %name, pid, "Instance stopped");
                         break;
                     }
@@ -657,10 +765,20 @@ async fn run(
                                 warn!(instance = %name, pid, reason = %why, port = port.unwrap_or(0), new_port = spare, "Instance is not alive; replacing it on a spare port while it is killed");
                                 let (svc, ports, old) = (svc.clone(), ports.clone(), port);
                                 port = Some(spare);
-                                lock(&status).port = port;
+                                let cgroup = {
+                                    let mut st = lock(&status);
+                                    st.port = port;
+                                    st.sample_cgroup();
+                                    st.cgroup_seen = None;
+                                    st.cgroup.take()
+                                };
                                 tokio::spawn(async move {
                                     stop_group(&mut child, pid, &svc, grace).await;
                                     flush([out, err]).await;
+                                    if let Some(cg) = cgroup {
+                                        let _ =
+                                            tokio::task::spawn_blocking(move || cg.remove()).await;
+                                    }
                                     if let Some(p) = old {
                                         ports.release(p);
                                     }
@@ -678,6 +796,7 @@ async fn run(
             }
             Err(e) => (format!("spawn failed: {e}"), false),
         };
+        let outcome = close_cgroup(&status, &svc, outcome).await;
         let uptime = started.elapsed();
         {
             let mut st = lock(&status);

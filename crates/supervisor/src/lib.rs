@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod backoff;
+pub mod cgroup;
 pub mod instance;
 pub mod logs;
 mod metrics;
@@ -78,7 +79,7 @@ struct Svc {
     spec: Mutex<Arc<Service>>,
     /// Restarts and CPU seconds of instances no longer shown, so that the
     /// service's totals never go down.
-    retired: Mutex<(u64, f64)>,
+    retired: Mutex<(u64, f64, f64)>,
 }
 
 impl Svc {
@@ -87,6 +88,7 @@ impl Svc {
         let mut r = lock(&self.retired);
         r.0 += u64::from(st.restarts);
         r.1 += st.cpu_seconds;
+        r.2 += st.throttled_seconds;
     }
 
     fn set_spec(&self, g: &mut Group, spec: Arc<Service>) {
@@ -302,7 +304,7 @@ impl Inner {
                 ports: Arc::default(),
             }),
             shown: Mutex::new(Vec::new()),
-            retired: Mutex::new((0, 0.0)),
+            retired: Mutex::new((0, 0.0, 0.0)),
         });
         lock(&self.services).push(svc.clone());
         svc
@@ -517,7 +519,17 @@ async fn sample_stats(inner: Weak<Inner>) {
                 .flat_map(|s| lock(&s.shown).clone())
                 .collect()
         };
-        let pids: Vec<u32> = shown.iter().filter_map(|s| lock(s).pid).collect();
+        // An instance in a cgroup is measured by its cgroup; the others
+        // by their process group, from /proc.
+        let mut pids: Vec<u32> = Vec::new();
+        for st in &shown {
+            let mut st = lock(st);
+            if st.cgroup.is_some() {
+                st.sample_cgroup();
+            } else if let Some(p) = st.pid {
+                pids.push(p);
+            }
+        }
         if pids.is_empty() {
             // Nothing to measure: do not scan /proc.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -529,6 +541,9 @@ async fn sample_stats(inner: Weak<Inner>) {
         sampler = s;
         for st in &shown {
             let mut st = lock(st);
+            if st.cgroup.is_some() {
+                continue;
+            }
             if let Some((cpu, rss, used)) = st.pid.and_then(|p| by_pid.get(&p)) {
                 st.cpu_percent = *cpu;
                 st.rss_kib = Some(*rss);
@@ -569,6 +584,9 @@ impl View {
                             "stderr_tail": st.stderr_tail,
                             "cpu_percent": st.cpu_percent.map(|c| (c * 10.0).round() / 10.0),
                             "rss_kib": st.rss_kib,
+                            "cgroup": st.cgroup.is_some(),
+                            "cpu_throttled_seconds": (st.throttled_seconds * 1000.0).round() / 1000.0,
+                            "cpu_throttled_periods": st.throttled_periods,
                         })
                     })
                     .collect();

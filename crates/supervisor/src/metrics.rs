@@ -24,17 +24,19 @@ struct Figures {
     by_state: [u32; STATES.len()],
     restarts: u64,
     cpu_seconds: f64,
+    throttled_seconds: f64,
     memory_bytes: u64,
 }
 
 fn figures(svc: &Svc) -> Figures {
     let shown: Vec<Status> = lock(&svc.shown).iter().map(|s| lock(s).clone()).collect();
-    let (mut restarts, mut cpu_seconds) = *lock(&svc.retired);
+    let (mut restarts, mut cpu_seconds, mut throttled_seconds) = *lock(&svc.retired);
     let mut f = Figures {
         name: svc.name.clone(),
         by_state: [0; STATES.len()],
         restarts: 0,
         cpu_seconds: 0.0,
+        throttled_seconds: 0.0,
         memory_bytes: 0,
     };
     for st in &shown {
@@ -43,12 +45,14 @@ fn figures(svc: &Svc) -> Figures {
         }
         restarts += u64::from(st.restarts);
         cpu_seconds += st.cpu_seconds;
+        throttled_seconds += st.throttled_seconds;
         if st.pid.is_some() {
             f.memory_bytes += st.rss_kib.unwrap_or(0) * 1024;
         }
     }
     f.restarts = restarts;
     f.cpu_seconds = cpu_seconds;
+    f.throttled_seconds = throttled_seconds;
     f
 }
 
@@ -84,6 +88,14 @@ impl Collect for View {
         );
         for f in &all {
             out.counter_f64(&[("service", &f.name)], f.cpu_seconds);
+        }
+        out.family(
+            "centinela_service_cpu_throttled_seconds",
+            "Time the service's instances waited because their CPU limit (limits.cpu) was used up.",
+            Kind::Counter,
+        );
+        for f in &all {
+            out.counter_f64(&[("service", &f.name)], f.throttled_seconds);
         }
         out.family(
             "centinela_service_memory_bytes",

@@ -6,6 +6,9 @@
 //!   the *thread* that spawned the child exits: instances are spawned from
 //!   runtime worker threads, which live as long as centinela.
 //! - `sysconf` for the clock tick rate and page size, to read `/proc`.
+//! - `write` to `cgroup.procs` and `setrlimit(RLIMIT_NOFILE)` in the child
+//!   between fork and exec: an instance is inside its cgroup and under its
+//!   limits before it runs a single instruction of its own.
 //! - `pidfd_open`: a descriptor that becomes readable when a process exits,
 //!   *before* it is reaped, so that its process group can be killed while
 //!   its id cannot yet be reused.
@@ -49,6 +52,51 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
             // from a raw code: `io::Error::other` would allocate.)
             if libc::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Between fork and exec, the child joins its cgroup (writes "0" to each
+/// `cgroup.procs` given, open) and lowers its open-file limit to `nofile`.
+pub fn prepare_child(
+    cmd: &mut tokio::process::Command,
+    cgroup_procs: Vec<std::os::fd::OwnedFd>,
+    nofile: Option<u64>,
+) {
+    use std::os::fd::AsRawFd;
+    if cgroup_procs.is_empty() && nofile.is_none() {
+        return;
+    }
+    // SAFETY: the closure calls only write(2), getrlimit(2) and
+    // setrlimit(2), which are
+    // async-signal-safe, on descriptors it owns (open, close-on-exec) and a
+    // struct on its stack; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &cgroup_procs {
+                if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(n) = nofile {
+                let n = n as libc::rlim_t;
+                let mut lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    // Above the hard limit without the right to raise it:
+                    // as much of it as the hard limit allows.
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = n.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
             }
             Ok(())
         });

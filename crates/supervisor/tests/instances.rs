@@ -55,6 +55,7 @@ fn service(dir: &Path, script: &str) -> Service {
         logs: None,
         give_up: None,
         ready_timeout: Duration::from_secs(10),
+        limits: Default::default(),
     }
 }
 
@@ -377,4 +378,147 @@ async fn a_leader_that_exits_takes_its_process_group_with_it() {
         "the exited leader's child {child} outlived it"
     );
     inst.stop().await;
+}
+
+/// The service of `script` with `limits`; `None` (after checking that the
+/// instance still starts, without a cgroup) where this host cannot make
+/// cgroups: limits are a protection, not a precondition.
+async fn limited(
+    d: &Path,
+    script: &str,
+    limits: centinela_config::ServiceLimits,
+) -> Option<Instance> {
+    let mut svc = service(d, script);
+    svc.limits = limits;
+    let inst = Instance::spawn(Arc::new(svc), 0);
+    if let Err(e) = centinela_supervisor::cgroup::usable() {
+        eprintln!("no cgroups here ({e}): checking that the instance runs without");
+        assert!(
+            until(Duration::from_secs(5), || inst.status().state
+                == State::Ready)
+            .await
+        );
+        assert!(inst.status().cgroup.is_none());
+        inst.stop().await;
+        return None;
+    }
+    assert!(
+        until(Duration::from_secs(5), || inst.status().cgroup.is_some()).await,
+        "{:?}",
+        inst.status()
+    );
+    Some(inst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_memory_limit_an_instance_is_oom_killed_reported_and_restarted_with_backoff() {
+    let d = tempdir("oom");
+    // 256 MiB written, under a 64 MiB limit.
+    let script = "/usr/bin/python3 -c \"b = bytearray(b'x') * (256 << 20)\"";
+    let limits = centinela_config::ServiceLimits {
+        memory: Some(64 << 20),
+        ..Default::default()
+    };
+    let Some(inst) = limited(&d.0, script, limits).await else {
+        return;
+    };
+    assert!(
+        until(Duration::from_secs(10), || inst.status().restarts >= 2).await,
+        "{:?}",
+        inst.status()
+    );
+    let st = inst.status();
+    assert_eq!(
+        st.last_exit.as_deref(),
+        Some("OOM-killed (memory limit 64 MiB)")
+    );
+    // Restarted with backoff, as any crash.
+    assert_eq!(
+        st.delays
+            .iter()
+            .take(2)
+            .map(|d| d.as_millis())
+            .collect::<Vec<_>>(),
+        [50, 100]
+    );
+    inst.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_bound_instance_is_throttled_to_its_quota() {
+    let d = tempdir("cpu");
+    let limits = centinela_config::ServiceLimits {
+        cpu: Some(0.5),
+        nofile: Some(100),
+        ..Default::default()
+    };
+    let script = "ulimit -n > nofile.txt; while :; do :; done";
+    let Some(inst) = limited(&d.0, script, limits).await else {
+        return;
+    };
+    let cg = inst.status().cgroup.unwrap();
+    let (u0, t0) = (cg.usage(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (u1, took) = (cg.usage(), t0.elapsed());
+    let used = (u1.cpu.unwrap() - u0.cpu.unwrap()).as_secs_f64();
+    let share = used / took.as_secs_f64();
+    assert!(
+        (0.4..=0.6).contains(&share),
+        "used {used:.2} s of CPU in {took:?}: {share:.2} cores, limit 0.5"
+    );
+    assert!(u1.throttled_periods > u0.throttled_periods, "{u1:?}");
+    assert!(u1.throttled > u0.throttled, "{u1:?}");
+    // nofile, through setrlimit.
+    assert_eq!(
+        std::fs::read_to_string(d.0.join("nofile.txt"))
+            .unwrap()
+            .trim(),
+        "100"
+    );
+    inst.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_stops_at_pids() {
+    let d = tempdir("pids");
+    let limits = centinela_config::ServiceLimits {
+        pids: Some(20),
+        ..Default::default()
+    };
+    // Tries to start 200 processes that stay; no more than 20 may exist
+    // at once. (A shell would exit at its first failed fork.)
+    std::fs::write(
+        d.0.join("bomb.py"),
+        "import os, sys, time\n\
+         for i in range(200):\n\
+         \x20   try:\n\
+         \x20       if os.fork() == 0:\n\
+         \x20           time.sleep(300)\n\
+         \x20           os._exit(0)\n\
+         \x20   except OSError as e:\n\
+         \x20       print('fork failed after', i, 'children:', e, file=sys.stderr, flush=True)\n\
+         \x20       break\n\
+         time.sleep(300)\n",
+    )
+    .unwrap();
+    let script = "exec /usr/bin/python3 bomb.py";
+    let Some(inst) = limited(&d.0, script, limits).await else {
+        return;
+    };
+    let cg = inst.status().cgroup.unwrap();
+    assert!(
+        until(Duration::from_secs(10), || inst
+            .status()
+            .stderr_tail
+            .iter()
+            .any(|l| l.to_lowercase().contains("fork")))
+        .await,
+        "no fork failed: {:?}",
+        inst.status()
+    );
+    let n = cg.pids().len();
+    assert!((2..=20).contains(&n), "{n} processes in the cgroup");
+    let pid = inst.status().pid.unwrap();
+    inst.stop().await;
+    assert!(!alive_u32(pid));
 }

@@ -39,6 +39,16 @@ pub(super) fn check(path: &Path) -> ExitCode {
             if c.notifiers.is_empty() && !c.alerts.is_empty() {
                 println!("no notifier: alerts are evaluated and shown, but nobody is told; the built-in rules are off until a [notify.NAME] exists");
             }
+            // Limits are a protection, not a precondition: said, not refused.
+            if let Some(s) = c.services.iter().find(|s| s.limits.needs_cgroup()) {
+                match centinela_supervisor::cgroup::usable() {
+                    Ok(v) => println!("service limits: enforced through cgroup {v}"),
+                    Err(e) => eprintln!(
+                        "warning: service.{}.limits: {e}; the services start without their memory, cpu and pids limits",
+                        s.name
+                    ),
+                }
+            }
             // Backups: where they go must take them.
             let mut bad = false;
             for b in &c.backups {

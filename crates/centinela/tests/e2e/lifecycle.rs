@@ -1023,3 +1023,93 @@ fn systemd_unit_is_type_notify_with_watchdog_and_restart() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_limits_are_checked_applied_and_their_throttling_shown() {
+    let dir = TempDir::new("limits");
+    let cfg = dir.path("centinela.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{PREAMBLE}servers = ["127.0.0.1:1"]
+
+[service.burn]
+command = "/bin/sh"
+args = ["-c", "while :; do :; done"]
+limits = {{ cpu = 0.2, memory = "256MiB", pids = 64, nofile = 1024 }}
+readiness = {{ exec = ["true"], interval = "20ms" }}
+
+[runtime]
+access_log = false
+"#
+        ),
+    )
+    .unwrap();
+    let usable = centinela_supervisor::cgroup::usable();
+    let out = std::process::Command::new(bin("centinela"))
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match &usable {
+        Ok(v) => assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("service limits: enforced through cgroup {v}")),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+        Err(_) => assert!(
+            String::from_utf8_lossy(&out.stderr).contains("warning: service.burn.limits: "),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+    let gw = run_gateway(&cfg).await;
+    let c = client();
+    let services = |c: HttpClient| async move {
+        let got = centinela_testkit::get(&c, &format!("http://{}/-/services", gw.admin))
+            .await
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&got.body).unwrap()["services"][0]["instances"]
+            [0]
+        .clone()
+    };
+    if usable.is_err() {
+        // Limits are a protection, not a precondition: it runs without.
+        assert!(
+            centinela_testkit::eventually(Duration::from_secs(10), || async {
+                services(c.clone()).await["state"] == "ready"
+            })
+            .await
+        );
+        return;
+    }
+    // Sampled every 2 s from the cgroup: throttled, at most 0.2 cores.
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(10), || async {
+            let i = services(c.clone()).await;
+            i["cpu_throttled_seconds"].as_f64().is_some_and(|t| t > 0.0)
+                && i["cpu_percent"].is_number()
+        })
+        .await,
+        "{}",
+        services(c.clone()).await
+    );
+    let i = services(c.clone()).await;
+    assert_eq!(i["cgroup"], true, "{i}");
+    assert!(i["cpu_percent"].as_f64().is_some_and(|p| p < 40.0), "{i}");
+    let got = centinela_testkit::get(&c, &format!("http://{}/metrics", gw.admin))
+        .await
+        .unwrap();
+    let text = got.text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("centinela_service_cpu_throttled_seconds_total{service=\"burn\"}"))
+        .unwrap_or_else(|| panic!("no throttling metric in:\n{text}"));
+    let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(v > 0.0, "{line}");
+}
