@@ -100,7 +100,10 @@ EOF
         [ "$(curl -s "http://127.0.0.1:$admin/-/services" | grep -o '"ready"' | wc -l)" = 2 ] && break
         sleep 0.05
     done
-    wrk -t1 -c4 -d10s "http://127.0.0.1:$web/products?limit=5" >"$work/$name.wrk" 2>&1 &
+    # --timeout 10s: a request held by the frozen instance waits until
+    # liveness fails (3-4 s), then is retried; wrk would count it a failure
+    # at its default 2 s.
+    wrk -t1 -c4 -d10s --timeout 10s "http://127.0.0.1:$web/products?limit=5" >"$work/$name.wrk" 2>&1 &
     local load=$!
     sleep 2
     local old t0 now state pid

@@ -124,6 +124,7 @@ pub fn services(backups: &[Backup], state_dir: &Path) -> Vec<Service> {
                 give_up: None,
                 ready_timeout: Duration::from_secs(60),
                 limits: Default::default(),
+                scale: None,
             })
         })
         .collect()

@@ -82,6 +82,30 @@ impl Cron {
         None
     }
 
+    /// The last time it fired at or before `at` (Unix seconds, UTC),
+    /// looking back at most a year.
+    pub fn last_at_or_before(&self, at: u64) -> Option<u64> {
+        let last_min = at / 60;
+        let last_day = last_min / 1440;
+        for day in (last_day.saturating_sub(366)..=last_day).rev() {
+            if !self.day_matches(day) {
+                continue;
+            }
+            let to = if day == last_day {
+                last_min % 1440
+            } else {
+                1439
+            };
+            for m in (0..=to).rev() {
+                let (h, mi) = (m / 60, m % 60);
+                if self.hours & (1 << h) != 0 && self.minutes & (1 << mi) != 0 {
+                    return Some(day * 86_400 + m * 60);
+                }
+            }
+        }
+        None
+    }
+
     fn day_matches(&self, day: u64) -> bool {
         let (_, m, d) = civil_from_days(day as i64);
         if self.months & (1 << m) == 0 {

@@ -49,7 +49,8 @@ pub use route::{Cors, IpRule, Route, SECURITY_HEADERS};
 pub use runtime::{LogFormat, Runtime};
 pub use secret::Secret;
 pub use service::{
-    GiveUp, Logs, Probe, ProbeKind, Restart, Service, ServiceBackoff, ServiceLimits, Signal, Stop,
+    GiveUp, Logs, Probe, ProbeKind, Restart, Scale, ScaleSchedule, ScaleTarget, Service,
+    ServiceBackoff, ServiceLimits, Signal, Stop,
 };
 pub use slo::Slo;
 pub use upstream::{

@@ -124,6 +124,36 @@ impl ServiceLimits {
     }
 }
 
+/// `scale`: the instance count follows the load, between `min` and `max`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scale {
+    pub min: u32,
+    pub max: u32,
+    pub target: ScaleTarget,
+    /// Averaging windows of the signal for going up and for going down.
+    pub up_after: Duration,
+    pub down_after: Duration,
+    /// No scaling down sooner than this after any scaling.
+    pub cooldown: Duration,
+    /// From each `cron` time on (UTC), `min` is that entry's, until the
+    /// next entry fires.
+    pub schedule: Vec<ScaleSchedule>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScaleTarget {
+    /// Requests in flight through the gateway per ready instance.
+    InFlight(f64),
+    /// CPU% per instance: of its `limits.cpu`, or of one core.
+    Cpu(f64),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaleSchedule {
+    pub cron: crate::cron::Cron,
+    pub min: u32,
+}
+
 /// A supervised program run as `instances` processes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Service {
@@ -151,6 +181,7 @@ pub struct Service {
     /// How long a rolling restart waits for a replacement to become ready.
     pub ready_timeout: Duration,
     pub limits: ServiceLimits,
+    pub scale: Option<Scale>,
 }
 
 impl Service {
@@ -553,6 +584,7 @@ pub(crate) fn service(
         }
         None => ServiceLimits::default(),
     };
+    let scale = scale(sink, &mut o, instances, ports, upstream.is_some());
     o.finish(sink);
     Some(ParsedService {
         service: Service {
@@ -573,9 +605,116 @@ pub(crate) fn service(
             give_up,
             ready_timeout,
             limits,
+            scale,
         },
         upstream_span,
         ports_span,
+    })
+}
+
+fn scale(
+    sink: &mut Sink<'_>,
+    o: &mut Obj<'_, '_>,
+    instances: u32,
+    ports: Option<(u16, u16)>,
+    has_upstream: bool,
+) -> Option<Scale> {
+    let span = o.get("scale").map(|v| v.span()).unwrap_or(0..0);
+    let mut s = o.sub(sink, "scale")?;
+    let path = s.path.clone();
+    let min = s.int(sink, "min", u64::from(instances.max(1)), 1, 1024) as u32;
+    let max = s.int(sink, "max", u64::from(min), 1, 1024) as u32;
+    if max < min {
+        sink.error(&span, &path, format!("max ({max}) is below min ({min})"));
+    }
+    let in_flight = s
+        .get("target_in_flight")
+        .is_some()
+        .then(|| s.float(sink, "target_in_flight", 1.0, 0.0, 1e6));
+    let cpu = s
+        .get("target_cpu")
+        .is_some()
+        .then(|| s.float(sink, "target_cpu", 70.0, 0.0, 100.0));
+    let target = match (in_flight, cpu) {
+        (Some(t), None) => ScaleTarget::InFlight(t),
+        (None, Some(c)) => ScaleTarget::Cpu(c),
+        (Some(_), Some(_)) => {
+            sink.error(&span, &path, "give one of target_in_flight and target_cpu");
+            ScaleTarget::InFlight(1.0)
+        }
+        (None, None) => {
+            sink.error(
+                &span,
+                &path,
+                "needs target_in_flight = N or target_cpu = PERCENT",
+            );
+            ScaleTarget::InFlight(1.0)
+        }
+    };
+    if matches!(target, ScaleTarget::InFlight(_)) && !has_upstream {
+        sink.error(&span, &path, "target_in_flight needs the service's `upstream`: it counts the gateway's requests in flight to it");
+    }
+    let up_after = s.duration_min(
+        sink,
+        "up_after",
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    );
+    let down_after = s.duration_min(
+        sink,
+        "down_after",
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+    );
+    let cooldown = s.duration(sink, "cooldown", Duration::from_secs(30));
+    let mut schedule = Vec::new();
+    if let Some(v) = s.get("schedule") {
+        for (i, item) in crate::read::array_items(sink, v, &format!("{path}.schedule")) {
+            let Some(mut e) = Obj::new(sink, item, &format!("{path}.schedule[{i}]")) else {
+                continue;
+            };
+            let cron = match e.str(sink, "cron") {
+                Some((text, cspan)) => match crate::cron::Cron::parse(&text) {
+                    Ok(c) => Some(c),
+                    Err(err) => {
+                        sink.error(&cspan, &format!("{}.cron", e.path), err);
+                        None
+                    }
+                },
+                None => {
+                    crate::read::missing(sink, &item.span(), &e.path, "cron");
+                    None
+                }
+            };
+            let emin = e.int(sink, "min", u64::from(min), 1, 1024) as u32;
+            if emin > max {
+                sink.error(
+                    &item.span(),
+                    &format!("{}.min", e.path),
+                    format!("{emin} is above scale.max ({max})"),
+                );
+            }
+            e.finish(sink);
+            if let Some(cron) = cron {
+                schedule.push(ScaleSchedule { cron, min: emin });
+            }
+        }
+    }
+    s.finish(sink);
+    if let Some((a, b)) = ports {
+        let pool = u32::from(b - a) + 1;
+        if pool < max {
+            sink.error(&span, &path, format!("max is {max} but the ports pool has {pool} port(s): give it at least max (one more lets rolling restarts surge)"));
+        }
+    }
+    Some(Scale {
+        min,
+        max,
+        target,
+        up_after,
+        down_after,
+        cooldown,
+        schedule,
     })
 }
 

@@ -136,6 +136,77 @@ stop = {{ liveness_grace = "300ms" }}
 }
 
 #[test]
+fn scale_and_limits_load_and_their_mistakes_are_named() {
+    let d = dir_with_scripts("scale");
+    let src = format!(
+        r#"{BASE}
+[service.products]
+command = "bin/app"
+args = ["{{port}}"]
+instances = 2
+ports = "8001-8009"
+upstream = "products"
+limits = {{ memory = "512MiB", cpu = 1.5, pids = 256, nofile = 65536 }}
+scale = {{ min = 2, max = 8, target_in_flight = 20, up_after = "10s", down_after = "2m", cooldown = "30s", schedule = [ {{ cron = "0 8 * * 1-5", min = 4 }}, {{ cron = "0 20 * * *", min = 2 }} ] }}
+"#
+    );
+    let file = d.0.join("centinela.toml");
+    let cfg = parse(&src, file.to_str().unwrap())
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    let s = &cfg.services[0];
+    assert_eq!(s.limits.memory, Some(512 << 20));
+    assert_eq!(
+        (s.limits.cpu, s.limits.pids, s.limits.nofile),
+        (Some(1.5), Some(256), Some(65536))
+    );
+    let sc = s.scale.as_ref().unwrap();
+    assert_eq!((sc.min, sc.max), (2, 8));
+    assert_eq!(sc.target, centinela_config::ScaleTarget::InFlight(20.0));
+    assert_eq!(
+        (sc.up_after, sc.down_after, sc.cooldown),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(120),
+            Duration::from_secs(30)
+        )
+    );
+    assert_eq!(sc.schedule.len(), 2);
+    assert_eq!(sc.schedule[0].min, 4);
+
+    let bad = src
+        .replace("ports = \"8001-8009\"", "ports = \"8001-8004\"")
+        .replace("max = 8", "max = 6")
+        .replace("min = 4 }", "min = 7 }")
+        .replace("cron = \"0 20 * * *\"", "cron = \"0 25 * * *\"")
+        .replace(
+            "target_in_flight = 20",
+            "target_in_flight = 20, target_cpu = 50",
+        )
+        .replace("memory = \"512MiB\"", "memory = \"1KiB\"")
+        .replace("cpu = 1.5", "cpu = 0");
+    let err = parse(&bad, file.to_str().unwrap()).unwrap_err().to_string();
+    for needle in [
+        "service.products.scale: give one of target_in_flight and target_cpu",
+        "service.products.scale: max is 6 but the ports pool has 4 port(s)",
+        "service.products.scale.schedule[0].min: 7 is above scale.max (6)",
+        "service.products.scale.schedule[1].cron: hour 25 is out of range 0-23",
+        "service.products.limits.memory: must be at least 1MiB",
+        "service.products.limits.cpu: must be a number greater than 0",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let none = src.replace("target_in_flight = 20, ", "");
+    let err = parse(&none, file.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("service.products.scale: needs target_in_flight = N or target_cpu = PERCENT"),
+        "{err}"
+    );
+}
+
+#[test]
 fn service_errors_are_all_reported_with_positions() {
     let d = dir_with_scripts("bad");
     let src = format!(

@@ -18,6 +18,7 @@ pub mod logs;
 mod metrics;
 pub mod ports;
 pub mod probe;
+pub mod scale;
 pub mod stats;
 mod sys;
 
@@ -80,6 +81,20 @@ struct Svc {
     /// Restarts and CPU seconds of instances no longer shown, so that the
     /// service's totals never go down.
     retired: Mutex<(u64, f64, f64)>,
+    /// `scale`: the decisions' state, what was decided last, and how many
+    /// times it went up and down.
+    autoscaler: Mutex<Option<scale::Autoscaler>>,
+    scaled: Mutex<Scaled>,
+}
+
+#[derive(Default)]
+struct Scaled {
+    /// The instance count the service should run (with `scale`, set by
+    /// the autoscaler; else `instances`).
+    desired: u32,
+    last: Option<(std::time::SystemTime, scale::Decision)>,
+    ups: u64,
+    downs: u64,
 }
 
 impl Svc {
@@ -93,6 +108,17 @@ impl Svc {
 
     fn set_spec(&self, g: &mut Group, spec: Arc<Service>) {
         *lock(&self.spec) = spec.clone();
+        let mut a = lock(&self.autoscaler);
+        if a.as_ref().map(|a| Some(a.config())) != Some(spec.scale.as_ref()) {
+            *a = spec.scale.clone().map(scale::Autoscaler::new);
+        }
+        // Without `scale`, `instances`; with it, the count decided so far
+        // within the new bounds.
+        g.desired = spec
+            .scale
+            .as_ref()
+            .map(|sc| g.desired.unwrap_or(spec.instances).clamp(sc.min, sc.max));
+        lock(&self.scaled).desired = g.want_of(&spec);
         g.spec = spec;
     }
 }
@@ -106,9 +132,20 @@ struct Group {
     /// Which ports of the pool are held; shared with the instances, which
     /// give theirs back once their process group is gone.
     ports: Arc<Ports>,
+    /// With `scale`: the count the autoscaler decided.
+    desired: Option<u32>,
 }
 
 impl Group {
+    /// How many instances to run.
+    fn want(&self) -> u32 {
+        self.want_of(&self.spec)
+    }
+
+    fn want_of(&self, spec: &Service) -> u32 {
+        self.desired.unwrap_or(spec.instances)
+    }
+
     /// Drains and stops every instance at once; the service stays stopped.
     async fn stop_all(&mut self) {
         let stops: Vec<_> = self.slots.drain(..).map(|i| i.drain_and_stop()).collect();
@@ -146,6 +183,7 @@ impl Supervisor {
             };
         }
         tokio::spawn(sample_stats(Arc::downgrade(&inner)));
+        tokio::spawn(autoscale(Arc::downgrade(&inner)));
         Supervisor { inner }
     }
 
@@ -293,18 +331,28 @@ impl Inner {
 
     fn add(&self, spec: Service) -> Arc<Svc> {
         let spec = Arc::new(spec);
+        let desired = spec
+            .scale
+            .as_ref()
+            .map(|sc| spec.instances.clamp(sc.min, sc.max));
         let svc = Arc::new(Svc {
             name: spec.name.clone(),
             spec: Mutex::new(spec.clone()),
             group: tokio::sync::Mutex::new(Group {
-                spec,
+                spec: spec.clone(),
                 slots: Vec::new(),
                 stopped: false,
                 logs: HashMap::new(),
                 ports: Arc::default(),
+                desired,
             }),
             shown: Mutex::new(Vec::new()),
             retired: Mutex::new((0, 0.0, 0.0)),
+            autoscaler: Mutex::new(spec.scale.clone().map(scale::Autoscaler::new)),
+            scaled: Mutex::new(Scaled {
+                desired: desired.unwrap_or(spec.instances),
+                ..Scaled::default()
+            }),
         });
         lock(&self.services).push(svc.clone());
         svc
@@ -362,7 +410,7 @@ impl Inner {
     fn scale_up(&self, svc: &Svc, g: &mut Group) -> std::ops::Range<usize> {
         let spec = g.spec.clone();
         let from = g.slots.len();
-        while g.slots.len() < spec.instances as usize && !self.closing() {
+        while g.slots.len() < g.want() as usize && !self.closing() {
             let slot = g.slots.len() as u32;
             let port = g.ports.take(&spec, spec.port(slot));
             let inst = self.launch(svc, g, &spec, slot, port);
@@ -400,10 +448,10 @@ impl Inner {
         }
     }
 
-    /// Scales to `g.spec.instances`: new slots start and must become ready;
-    /// slots beyond the count are drained and stopped, highest first.
+    /// Scales to `g.want()`: new slots start and must become ready; slots
+    /// beyond the count are drained and stopped, highest first.
     async fn scale(&self, svc: &Svc, g: &mut Group) -> Result<(), OpError> {
-        self.shrink(svc, g, g.spec.instances as usize).await;
+        self.shrink(svc, g, g.want() as usize).await;
         let new = self.scale_up(svc, g);
         self.wait_all_ready(g, new).await
     }
@@ -430,7 +478,7 @@ impl Inner {
         // The new settings are what the service should run from now on, even
         // if this roll stops half way: a later restart tries them again.
         svc.set_spec(g, spec.clone());
-        self.shrink(svc, g, spec.instances as usize).await;
+        self.shrink(svc, g, g.want() as usize).await;
         let started = std::time::Instant::now();
         for slot in 0..g.slots.len() {
             if self.closing() {
@@ -500,6 +548,105 @@ impl Inner {
         self.wait_all_ready(g, new).await?;
         info!(service = %spec.name, instances = g.slots.len(), secs = started.elapsed().as_secs_f64(), "Rolling restart finished");
         Ok(())
+    }
+}
+
+/// Once a second, for every service with `scale`: the signal, the
+/// autoscaler's decision, and the change carried out in a task of its own
+/// (a service busy with an operation skips its tick).
+async fn autoscale(inner: Weak<Inner>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closing() {
+            return;
+        }
+        let services: Vec<Arc<Svc>> = lock(&inner.services).clone();
+        for svc in services {
+            if lock(&svc.autoscaler).is_none() {
+                continue;
+            }
+            let Ok(g) = svc.group.try_lock() else {
+                continue;
+            };
+            if g.stopped {
+                continue;
+            }
+            let current = g.slots.len() as u32;
+            let ready: Vec<Status> = g
+                .slots
+                .iter()
+                .map(Instance::status)
+                .filter(|st| st.state == State::Ready)
+                .collect();
+            let all_ready = ready.len() as u32 == current;
+            let signal = scale_signal(&inner, &g.spec, &ready);
+            drop(g);
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let decision = lock(&svc.autoscaler).as_mut().and_then(|a| {
+                a.observe(
+                    tokio::time::Instant::now(),
+                    wall,
+                    current,
+                    all_ready,
+                    signal,
+                )
+            });
+            let Some(d) = decision else { continue };
+            info!(service = %svc.name, direction = d.direction.name(), from = d.from, to = d.to, signal = ?signal, ready = ready.len(), reason = %d.reason, "Scaling");
+            {
+                let mut sc = lock(&svc.scaled);
+                match d.direction {
+                    scale::Direction::Up => sc.ups += 1,
+                    scale::Direction::Down => sc.downs += 1,
+                }
+                sc.desired = d.to;
+                sc.last = Some((std::time::SystemTime::now(), d.clone()));
+            }
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let mut g = svc.group.lock().await;
+                if g.stopped {
+                    return;
+                }
+                g.desired = Some(d.to);
+                if let Err(e) = inner.scale(&svc, &mut g).await {
+                    warn!(service = %svc.name, error = %e, "Scaling did not finish");
+                }
+            });
+        }
+    }
+}
+
+/// The autoscaler's signal: requests in flight through the gateway per
+/// ready instance, or their mean CPU% (of `limits.cpu`, or of one core).
+/// `None` without a ready instance.
+fn scale_signal(inner: &Inner, spec: &Service, ready: &[Status]) -> Option<f64> {
+    if ready.is_empty() {
+        return None;
+    }
+    let n = ready.len() as f64;
+    match spec.scale.as_ref()?.target {
+        centinela_config::ScaleTarget::InFlight(_) => {
+            let (member, upstream) = (inner.member.as_ref()?, spec.upstream.as_ref()?);
+            let total: u32 = ready
+                .iter()
+                .filter_map(|st| st.port)
+                .map(|p| {
+                    member.in_flight(upstream, std::net::SocketAddr::from(([127, 0, 0, 1], p)))
+                })
+                .sum();
+            Some(f64::from(total) / n)
+        }
+        centinela_config::ScaleTarget::Cpu(_) => {
+            let cores = spec.limits.cpu.unwrap_or(1.0);
+            let sum: f64 = ready.iter().map(|st| st.cpu_percent.unwrap_or(0.0)).sum();
+            Some(sum / n / cores)
+        }
     }
 }
 
@@ -590,8 +737,31 @@ impl View {
                         })
                     })
                     .collect();
-                let upstream = lock(&svc.spec).upstream.clone();
-                json!({"name": svc.name, "upstream": upstream, "instances": instances})
+                let spec = lock(&svc.spec).clone();
+                let mut out = json!({"name": svc.name, "upstream": spec.upstream, "instances": instances});
+                if let Some(sc) = &spec.scale {
+                    let s = lock(&svc.scaled);
+                    let floor = lock(&svc.autoscaler).as_ref().map(|a| {
+                        a.floor(std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs()))
+                    });
+                    out["scale"] = json!({
+                        "desired": s.desired,
+                        "min": floor.unwrap_or(sc.min),
+                        "max": sc.max,
+                        "ups": s.ups,
+                        "downs": s.downs,
+                        "last": s.last.as_ref().map(|(at, d)| json!({
+                            "at": at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                            "direction": d.direction.name(),
+                            "from": d.from,
+                            "to": d.to,
+                            "reason": d.reason,
+                        })),
+                    });
+                }
+                out
             })
             .collect();
         json!({ "services": services })

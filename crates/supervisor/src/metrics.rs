@@ -26,6 +26,9 @@ struct Figures {
     cpu_seconds: f64,
     throttled_seconds: f64,
     memory_bytes: u64,
+    desired: u32,
+    /// Scale events up and down, with `scale`.
+    scale_events: Option<(u64, u64)>,
 }
 
 fn figures(svc: &Svc) -> Figures {
@@ -38,7 +41,17 @@ fn figures(svc: &Svc) -> Figures {
         cpu_seconds: 0.0,
         throttled_seconds: 0.0,
         memory_bytes: 0,
+        desired: 0,
+        scale_events: None,
     };
+    {
+        let sc = lock(&svc.scaled);
+        f.desired = sc.desired;
+        f.scale_events = lock(&svc.spec)
+            .scale
+            .is_some()
+            .then_some((sc.ups, sc.downs));
+    }
     for st in &shown {
         if let Some(i) = STATES.iter().position(|s| *s == st.state) {
             f.by_state[i] += 1;
@@ -96,6 +109,25 @@ impl Collect for View {
         );
         for f in &all {
             out.counter_f64(&[("service", &f.name)], f.throttled_seconds);
+        }
+        out.family(
+            "centinela_service_desired_instances",
+            "Instances the service should run: its `instances`, or what the autoscaler decided.",
+            Kind::Gauge,
+        );
+        for f in &all {
+            out.gauge(&[("service", &f.name)], f64::from(f.desired));
+        }
+        out.family(
+            "centinela_service_scale_events",
+            "Changes of the instance count by the autoscaler, by direction.",
+            Kind::Counter,
+        );
+        for f in &all {
+            if let Some((up, down)) = f.scale_events {
+                out.counter(&[("service", &f.name), ("direction", "up")], up);
+                out.counter(&[("service", &f.name), ("direction", "down")], down);
+            }
         }
         out.family(
             "centinela_service_memory_bytes",

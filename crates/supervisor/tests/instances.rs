@@ -56,6 +56,7 @@ fn service(dir: &Path, script: &str) -> Service {
         give_up: None,
         ready_timeout: Duration::from_secs(10),
         limits: Default::default(),
+        scale: None,
     }
 }
 

@@ -100,6 +100,28 @@ pub(super) fn status(admin: Option<String>, config: &Path, json: bool) -> ExitCo
                 println!("{:<20} last exit: {exit}", "");
             }
         }
+        let sc = &svc["scale"];
+        if sc.is_object() {
+            println!(
+                "{:<20} scale: {} wanted ({}–{}), {} up, {} down{}",
+                "",
+                sc["desired"],
+                sc["min"],
+                sc["max"],
+                sc["ups"],
+                sc["downs"],
+                match sc["last"].as_object() {
+                    Some(l) => format!(
+                        "; last: {} {} -> {}: {}",
+                        l["direction"].as_str().unwrap_or("?"),
+                        l["from"],
+                        l["to"],
+                        l["reason"].as_str().unwrap_or("")
+                    ),
+                    None => String::new(),
+                }
+            );
+        }
     }
     ExitCode::SUCCESS
 }

@@ -22,6 +22,7 @@ mod request_limits;
 mod retries;
 mod rolling;
 mod runbook;
+mod scaling;
 mod shield;
 mod slo;
 mod tls;
