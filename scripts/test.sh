@@ -9,7 +9,7 @@
 # postgresql (throwaway servers that the backup tests back up and restore),
 # and sslscan (what a TLS listener offers, seen from outside).
 # From PyPI: moto[server] (a throwaway S3-compatible server for the offsite
-# repo tests).
+# repo tests) and gunicorn (the seeds' own stack, supervised).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,10 @@ if [ ${#need[@]} -gt 0 ]; then
     $sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
+if ! python3 -c "import gunicorn" >/dev/null 2>&1; then
+    echo "Installing gunicorn (PyPI) for the tests" >&2
+    python3 -m pip install -q --disable-pip-version-check gunicorn
+fi
 if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
     echo "Installing moto[server] (PyPI) for the tests" >&2
     python3 -m pip install -q --disable-pip-version-check 'moto[server]'

@@ -693,6 +693,10 @@ async fn run(
         let (outcome, success) = match spawned {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
+                // Killed with its group should centinela die; until the
+                // group is gone (the end of this block, or of the task
+                // that kills a hung one).
+                let listed = crate::reaper::Listed::new(pid);
                 {
                     let mut st = lock(&status);
                     st.pid = Some(pid);
@@ -774,6 +778,7 @@ async fn run(
                                 };
                                 tokio::spawn(async move {
                                     stop_group(&mut child, pid, &svc, grace).await;
+                                    drop(listed);
                                     flush([out, err]).await;
                                     if let Some(cg) = cgroup {
                                         let _ =

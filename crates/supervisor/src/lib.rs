@@ -18,6 +18,7 @@ pub mod logs;
 mod metrics;
 pub mod ports;
 pub mod probe;
+mod reaper;
 pub mod scale;
 pub mod stats;
 mod sys;

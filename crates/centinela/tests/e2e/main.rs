@@ -9,6 +9,7 @@ mod backup_s3;
 mod backup_stream;
 mod balancing;
 mod dashboard;
+mod gunicorn;
 mod hardening;
 mod health;
 mod http1;
