@@ -87,38 +87,67 @@ impl Balancer {
     /// it its share until every client waits on it. A server that answers,
     /// however slowly, and an idle one are never skipped.
     fn smooth_wrr(&self, cands: &[Candidate]) -> usize {
-        let least = cands
-            .iter()
-            .map(|c| f64::from(c.in_flight) / c.weight)
-            .fold(f64::INFINITY, f64::min);
         let quiet_limit = QUIET_ROUNDS * cands.len() as u32;
         let mut rr = self.rr.lock().unwrap_or_else(|p| p.into_inner());
-        let mut total = 0.0;
-        let mut best: Option<(usize, f64)> = None;
-        for c in cands {
-            if c.index >= rr.len() {
-                rr.resize(c.index + 1, RrSlot::default());
-            }
-            let slot = &mut rr[c.index];
+        // One round as usual, keeping score of who ended nothing for a
+        // while with requests in flight.
+        let mut suspect = false;
+        let best = round(&mut rr, cands, |c, slot| {
             if c.ended != slot.ended || c.in_flight == 0 {
                 slot.ended = c.ended;
                 slot.quiet = 0;
             } else {
                 slot.quiet = slot.quiet.saturating_add(1);
+                suspect |= slot.quiet >= quiet_limit && c.in_flight > 1;
             }
-            if slot.quiet >= quiet_limit && f64::from(c.in_flight) > 2.0 * c.weight * least + 1.0 {
-                continue;
-            }
-            slot.current += c.weight;
-            total += c.weight;
-            if best.is_none_or(|(_, cur)| slot.current > cur) {
-                best = Some((c.index, slot.current));
-            }
+            true
+        });
+        if !suspect {
+            return best;
         }
-        let best = best.map_or(cands[0].index, |(i, _)| i);
-        rr[best].current -= total;
-        best
+        // Rarely: that round is undone and played again without the
+        // servers stuck with more than twice their share.
+        let total: f64 = cands.iter().map(|c| c.weight).sum();
+        rr[best].current += total;
+        for c in cands {
+            rr[c.index].current -= c.weight;
+        }
+        let least = cands
+            .iter()
+            .map(|c| f64::from(c.in_flight) / c.weight)
+            .fold(f64::INFINITY, f64::min);
+        round(&mut rr, cands, |c, slot| {
+            slot.quiet < quiet_limit || f64::from(c.in_flight) <= 2.0 * c.weight * least + 1.0
+        })
     }
+}
+
+/// One round of smooth weighted round robin over the candidates `take`
+/// keeps (it sees each one's state first): the chosen one.
+fn round(
+    rr: &mut Vec<RrSlot>,
+    cands: &[Candidate],
+    mut take: impl FnMut(&Candidate, &mut RrSlot) -> bool,
+) -> usize {
+    let mut total = 0.0;
+    let mut best: Option<(usize, f64)> = None;
+    for c in cands {
+        if c.index >= rr.len() {
+            rr.resize(c.index + 1, RrSlot::default());
+        }
+        let slot = &mut rr[c.index];
+        if !take(c, slot) {
+            continue;
+        }
+        slot.current += c.weight;
+        total += c.weight;
+        if best.is_none_or(|(_, cur)| slot.current > cur) {
+            best = Some((c.index, slot.current));
+        }
+    }
+    let best = best.map_or(cands[0].index, |(i, _)| i);
+    rr[best].current -= total;
+    best
 }
 
 /// Rounds of picks (each as many picks as candidates) a busy server may

@@ -112,8 +112,9 @@ impl From<BodyError> for Error {
 /// A keep-alive connection to one server.
 #[derive(Debug)]
 pub struct Conn {
-    /// Its entry among its pool's open connections (dropped with it).
-    pub(crate) registered: Option<crate::http::pool::Registered>,
+    /// A second handle on its socket, by which its pool can shut it down
+    /// (see `Pool::abort`); closed with it.
+    pub(crate) dup: Option<Arc<std::net::TcpStream>>,
     io: Stream,
     /// Read but not yet consumed; empty between exchanges.
     buf: InBuf,
@@ -181,7 +182,7 @@ impl Conn {
             Some(tls) => Box::pin(tls_connect(io, addr, tls, start + timeout, timeout)).await?,
         };
         Ok(Conn {
-            registered: None,
+            dup: None,
             io,
             buf: InBuf::default(),
             wbuf: Vec::new(),

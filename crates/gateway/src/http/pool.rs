@@ -13,11 +13,10 @@
 //! requests waiting on it end at once instead of at their timeout. That
 //! costs a `dup` per connection, nothing per request.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::Response;
@@ -36,36 +35,13 @@ pub struct Pool {
     idle_ms: AtomicU64,
     /// `[upstream.X] tls`: how new connections speak TLS.
     tls: arc_swap::ArcSwapOption<Tls>,
-    /// Every open connection made here, idle or in use.
-    open: Arc<Mutex<Open>>,
+    /// Every open connection made here, idle or in use: a second handle
+    /// on its socket, which the connection itself holds the only strong
+    /// reference to (so it closes with the connection).
+    open: Mutex<Vec<Weak<std::net::TcpStream>>>,
     /// How many times the pool was aborted: a request that sees it change
     /// while it waited knows why its connection failed.
     aborts: AtomicU64,
-}
-
-/// Second handles on the sockets of a pool's open connections.
-#[derive(Debug, Default)]
-struct Open {
-    next: u64,
-    socks: HashMap<u64, std::net::TcpStream>,
-}
-
-/// A connection's entry among its pool's open ones, removed when the
-/// connection is dropped.
-#[derive(Debug)]
-pub(crate) struct Registered {
-    open: Arc<Mutex<Open>>,
-    id: u64,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        lock_open(&self.open).socks.remove(&self.id);
-    }
-}
-
-fn lock_open(m: &Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Why a request could not be sent.
@@ -149,29 +125,27 @@ impl Pool {
     pub fn abort(&self) -> usize {
         self.aborts.fetch_add(1, Ordering::SeqCst);
         self.lock().clear();
-        let open = lock_open(&self.open);
-        for sock in open.socks.values() {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ended = 0;
+        for sock in open.iter().filter_map(Weak::upgrade) {
             let _ = sock.shutdown(std::net::Shutdown::Both);
+            ended += 1;
         }
-        open.socks.len()
+        ended
     }
 
-    /// Enters a new connection among the open ones. Without a second
-    /// handle (out of file descriptors) it cannot be aborted, only timed
-    /// out.
+    /// Enters a new connection among the open ones (and forgets the closed
+    /// ones). Without a second handle (out of file descriptors) it cannot
+    /// be aborted, only timed out.
     fn register(&self, conn: &mut Conn) {
         let Ok(fd) = conn.tcp().as_fd().try_clone_to_owned() else {
             return;
         };
-        let mut open = lock_open(&self.open);
-        let id = open.next;
-        open.next += 1;
-        open.socks.insert(id, std::net::TcpStream::from(fd));
-        drop(open);
-        conn.registered = Some(Registered {
-            open: self.open.clone(),
-            id,
-        });
+        let sock = Arc::new(std::net::TcpStream::from(fd));
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|w| w.strong_count() > 0);
+        open.push(Arc::downgrade(&sock));
+        conn.dup = Some(sock);
     }
 
     /// Idle connections kept.
@@ -214,22 +188,30 @@ impl Pool {
         let aborted = || self.aborts.load(Ordering::SeqCst) != aborts;
         let mut body = body;
         loop {
-            let (conn, again) = match self.checkout(t.pool_idle) {
-                Some(c) => (c, replay.then(|| body.try_clone()).flatten()),
+            // Not a `(conn, again)` tuple: past 128 bytes, every move of it
+            // is a call to memcpy.
+            let again;
+            let conn = match self.checkout(t.pool_idle) {
+                Some(c) => {
+                    again = replay.then(|| body.try_clone()).flatten();
+                    c
+                }
                 None => {
                     let mut conn = self
                         .connect(addr, t.connect)
                         .await
                         .map_err(SendError::Connect)?;
                     self.register(&mut conn);
-                    (conn, None)
+                    // Aborted while it connected: it was not shut down,
+                    // and must not be waited on. (An idle connection
+                    // checked out was open, so shut down by an abort.)
+                    if aborted() {
+                        return Err(SendError::Aborted);
+                    }
+                    again = None;
+                    conn
                 }
             };
-            // Aborted before the connection was entered: it was not shut
-            // down, and must not be waited on.
-            if aborted() {
-                return Err(SendError::Aborted);
-            }
             match conn.send(head, body, Some(self.clone()), t).await {
                 Ok(resp) => return Ok(resp),
                 Err(_) if aborted() => return Err(SendError::Aborted),
