@@ -163,3 +163,49 @@ async fn a_10x_spike_scales_out_and_back_to_min_with_no_failed_request() {
         &errors,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_cpu_scales_a_busy_service_out() {
+    let dir = TempDir::new("scale-cpu");
+    let cfg = dir.path("centinela.toml");
+    // Each instance spins at all the CPU its limit gives it (half a core):
+    // 100% of the limit against a target of 50 asks for twice as many.
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{}servers = ["127.0.0.1:1"]
+
+[service.spin]
+command = "/bin/sh"
+args = ["-c", "while :; do :; done"]
+limits = {{ cpu = 0.5 }}
+readiness = {{ exec = ["true"], interval = "20ms" }}
+scale = {{ min = 1, max = 2, target_cpu = 50, up_after = "3s", down_after = "1m" }}
+
+[runtime]
+access_log = false
+"#,
+            crate::lifecycle::PREAMBLE
+        ),
+    )
+    .unwrap();
+    let gw = run_gateway(&cfg).await;
+    let c = client();
+    // CPU% is sampled every 2 s; three seconds of it, then the decision.
+    assert!(
+        centinela_testkit::eventually(Duration::from_secs(20), || async {
+            ready(&service(&c, gw.admin).await) == 2
+        })
+        .await,
+        "never scaled out: {}",
+        service(&c, gw.admin).await
+    );
+    let s = service(&c, gw.admin).await;
+    assert_eq!(s["scale"]["last"]["direction"], "up", "{s}");
+    assert!(
+        s["scale"]["last"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("CPU% per instance averaged")),
+        "{s}"
+    );
+}
