@@ -369,11 +369,13 @@ fn make_cgroup(svc: &Service, slot: u32) -> Option<Arc<Cgroup>> {
     }
 }
 
-/// The end of one run in its cgroup: the last counts into the status, an
-/// OOM kill named, the cgroup removed (what is left in it killed).
-async fn close_cgroup(status: &Mutex<Status>, svc: &Service, outcome: String) -> String {
+/// The end of one run in its cgroup: the last counts into the status, the
+/// cgroup removed (what is left in it killed). True when the OOM killer
+/// ended a process of it: the main one (signal 9) or a child, which a
+/// wrapper then reports as its own exit.
+async fn close_cgroup(status: &Mutex<Status>) -> bool {
     let Some(cg) = lock(status).cgroup.clone() else {
-        return outcome;
+        return false;
     };
     let oom = {
         let mut st = lock(status);
@@ -383,15 +385,7 @@ async fn close_cgroup(status: &Mutex<Status>, svc: &Service, outcome: String) ->
         cg.usage().oom_kills > 0
     };
     let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
-    // The OOM killer may have ended the main process (signal 9) or one of
-    // its children, which a wrapper then reports as its own exit.
-    match (oom, svc.limits.memory) {
-        (true, Some(m)) if !outcome.is_empty() => format!(
-            "OOM-killed (memory limit {})",
-            crate::cgroup::format_bytes(m)
-        ),
-        _ => outcome,
-    }
+    oom
 }
 
 fn describe(status: std::process::ExitStatus) -> String {
@@ -753,7 +747,7 @@ async fn run(
                         }
                         stop_group(&mut child, pid, &svc, svc.stop.timeout).await;
                         flush([out, err]).await;
-                        close_cgroup(&status, &svc, String::new()).await;
+                        close_cgroup(&status).await;
                         info!(instance = %name, pid, "Instance stopped");
                         break;
                     }
@@ -801,7 +795,13 @@ async fn run(
             }
             Err(e) => (format!("spawn failed: {e}"), false),
         };
-        let outcome = close_cgroup(&status, &svc, outcome).await;
+        let outcome = match (close_cgroup(&status).await, svc.limits.memory) {
+            (true, Some(m)) => format!(
+                "OOM-killed (memory limit {})",
+                crate::cgroup::format_bytes(m)
+            ),
+            _ => outcome,
+        };
         let uptime = started.elapsed();
         {
             let mut st = lock(&status);
