@@ -469,6 +469,74 @@ mod tests {
         assert_eq!(dir_of(&ns, "/box/1"), PathBuf::from("/sys/fs/cgroup/1"));
     }
 
+    /// The v2 interface, on a directory standing in for the cgroup file
+    /// system (this project's machines bind every controller to v1): which
+    /// files get which values, and how the counts are read back.
+    #[test]
+    fn v2_limits_and_counts_go_through_the_unified_files() {
+        let root = std::env::temp_dir().join(format!("centinela-cg2-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let own = root.join("system.slice/app.service");
+        fs::create_dir_all(&own).unwrap();
+        fs::write(
+            own.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let mountinfo = format!(
+            "30 1 0:26 / {} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+            root.display()
+        );
+        let cgs = Cgroups::prepare(&mountinfo, "0::/system.slice/app.service\n").unwrap();
+        let parent = own.join("centinela");
+        assert!(matches!(&cgs, Cgroups::V2(p) if *p == parent), "{cgs:?}");
+        let enabled = "+memory +cpu +pids";
+        assert_eq!(
+            fs::read_to_string(own.join("cgroup.subtree_control")).unwrap(),
+            enabled
+        );
+        assert_eq!(
+            fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap(),
+            enabled
+        );
+        let limits = Limits {
+            memory: Some(512 << 20),
+            cpu: Some(1.5),
+            pids: Some(256),
+            nofile: None,
+        };
+        let cg = cgs.create("products-0", &limits).unwrap();
+        let dir = cg.dirs[0].clone();
+        assert!(dir.starts_with(&parent));
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), "536870912");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(read("pids.max"), "256");
+        fs::write(dir.join("cpu.stat"), "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\nnr_periods 40\nnr_throttled 12\nthrottled_usec 900000\n").unwrap();
+        fs::write(
+            dir.join("memory.stat"),
+            "anon 1048576\nfile 4096\nkernel 100\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cg.usage(),
+            Usage {
+                cpu: Some(Duration::from_millis(2500)),
+                memory_bytes: Some(1_052_672),
+                oom_kills: 1,
+                throttled_periods: 12,
+                throttled: Duration::from_millis(900),
+            }
+        );
+        let _ = fs::remove_dir_all(&root);
+    }
+
     #[test]
     fn sizes_read_as_people_write_them() {
         assert_eq!(format_bytes(512 << 20), "512 MiB");
