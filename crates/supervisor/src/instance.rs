@@ -687,15 +687,15 @@ async fn run(
         let (outcome, success) = match spawned {
             Ok(mut child) => {
                 let pid = child.id().unwrap_or(0);
-                // Killed with its group should centinela die; until the
-                // group is gone (the end of this block, or of the task
-                // that kills a hung one).
-                let listed = crate::reaper::Listed::new(pid);
                 {
                     let mut st = lock(&status);
                     st.pid = Some(pid);
                     st.started_at = Some(started);
                 }
+                // Killed with its group should centinela die; until the
+                // group is gone (the end of this block, or of the task
+                // that kills a hung one).
+                let listed = crate::reaper::Listed::new(pid);
                 info!(instance = %name, pid, port = port.unwrap_or(0), "Instance started");
                 let pidfd = sys::watch_exit(pid);
                 let out = child.stdout.take().map(|s| pump(s, log.clone(), None));
