@@ -224,6 +224,40 @@ shutdown_timeout = "2s"
             }
         })
     };
+    // The alert fires first; if it does not, say what the evaluator saw
+    // (this wait has timed out under load before, unexplained).
+    let alerts = || async {
+        centinela_testkit::send(&c, req(format!("http://{admin}/-/alerts"), bearer.clone()))
+            .await
+            .map(|g| g.text())
+            .unwrap_or_default()
+    };
+    let fired = centinela_testkit::eventually(Duration::from_secs(30), || async {
+        let a: serde_json::Value = serde_json::from_str(&alerts().await).unwrap_or_default();
+        a["alerts"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|x| x["name"] == "any-traffic" && x["state"] == "firing")
+        })
+    })
+    .await;
+    if !fired {
+        let metrics =
+            centinela_testkit::send(&c, req(format!("http://{admin}/metrics"), bearer.clone()))
+                .await
+                .map(|g| g.text())
+                .unwrap_or_default();
+        let counted: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("centinela_http_responses_total")
+                    || l.starts_with("centinela_upstream_requests")
+            })
+            .collect();
+        panic!(
+            "the alert never fired: /-/alerts {}\n/metrics: {counted:?}",
+            alerts().await
+        );
+    }
     run.wait_line("notifier=hook", Duration::from_secs(30))
         .await;
     run.wait_line("notifier=mail", Duration::from_secs(30))
