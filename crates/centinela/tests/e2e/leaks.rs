@@ -248,10 +248,7 @@ shutdown_timeout = "2s"
                 .unwrap_or_default();
         let counted: Vec<&str> = metrics
             .lines()
-            .filter(|l| {
-                l.starts_with("centinela_http_responses_total")
-                    || l.starts_with("centinela_upstream_requests")
-            })
+            .filter(|l| l.starts_with("centinela_http_requests_total"))
             .collect();
         panic!(
             "the alert never fired: /-/alerts {}\n/metrics: {counted:?}",
