@@ -460,6 +460,11 @@ access_log = false
         .find_map(|l| l.strip_prefix("child=")?.trim().parse().ok())
         .unwrap();
     let _reap = KillOnDrop(child);
+    // Its reaper would kill the child as centinela dies; gone too (as
+    // after a kill of every process, or with an older centinela), it
+    // leaves the orphan the next centinela must sweep.
+    let reaper = reaper_of(gw.proc.pid() as u64).expect("centinela runs a reaper");
+    kill("-9", reaper);
     gw.proc.signal(libc::SIGKILL);
     let _ = gw.proc.wait_exit(Duration::from_secs(5)).await;
     assert!(
@@ -496,8 +501,44 @@ access_log = false
         .await
         .unwrap();
     assert_eq!(got.status, 200);
-    gw2.proc.signal(libc::SIGTERM);
-    let _ = gw2.proc.wait_exit(Duration::from_secs(10)).await;
+
+    // With its reaper, a killed centinela takes the child with it.
+    let log = std::fs::read_to_string(&log).unwrap();
+    let child2: u64 = log
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("child=")?.trim().parse().ok())
+        .unwrap();
+    assert_ne!(child2, child);
+    let _reap2 = KillOnDrop(child2);
+    gw2.proc.signal(libc::SIGKILL);
+    let _ = gw2.proc.wait_exit(Duration::from_secs(5)).await;
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            !centinela_testkit::alive(child2)
+        })
+        .await,
+        "the instance's child {child2} outlived a killed centinela"
+    );
+}
+
+/// The reaper process `centinela` (pid) started: a child of it running
+/// the reaper's script.
+fn reaper_of(centinela: u64) -> Option<u64> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .find(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let rest = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+            let ppid = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok());
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            ppid == Some(centinela) && String::from_utf8_lossy(&cmd).contains("while read -r op pg")
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
